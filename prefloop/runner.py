@@ -1,0 +1,372 @@
+"""A durable async job runner: the part of ``prefloop generate`` and ``prefloop judge`` that runs for hours.
+
+Each job has a deterministic id. A pool of ``concurrency`` workers takes jobs in order and awaits the work
+function; every finished result is appended to the output JSONL and flushed at once (one ``write`` per line), so
+``kill -9`` loses at most the jobs in flight. On start the runner reads what is already there:
+
+- ``OUT`` (a cut last line is tolerated and repaired): those ids are done and skipped;
+- ``OUT.dropped.jsonl``: jobs that finished without a record (e.g. both sides identical), with the reason;
+  they are done too, so a rerun does not pay for them again;
+- ``OUT.failures.jsonl``: jobs that failed earlier, with the reason and how many attempts they had; they are
+  retried, and the sidecar is compacted (one line per id still failing) at start and at the end.
+
+A lock file (``OUT.lock``, ``flock``) stops two runs from writing the same output. Ctrl-C or SIGTERM cancels
+the jobs in flight and returns a summary marked ``interrupted``; nothing is half-written because each line is a
+single write. After ``abort_after`` failures in a row (server gone, model missing) the run stops early instead
+of burning through every remaining job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import random
+import signal
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterable
+
+from prefloop.jsonl import JsonlAppender, iter_jsonl, write_jsonl
+from prefloop.llm.base import ReplyInvalid, Transient
+
+# Worth another attempt inside the same run (the clients already retry; this covers a flaky minute).
+RETRYABLE: tuple[type[BaseException], ...] = (Transient, TimeoutError, ConnectionError)
+
+
+@dataclass
+class Job:
+    """One unit of work: ``id`` decides skipping and de-duplication; ``data`` is whatever the work needs."""
+
+    id: str
+    data: Any = None
+
+
+@dataclass
+class Drop:
+    """A job that finished without a record, and why (counted, remembered, not retried)."""
+
+    reason: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunSummary:
+    """What one run did. ``dropped``/``failure_reasons`` count this run; ``*_before`` what earlier runs left."""
+
+    total: int = 0
+    skipped_existing: int = 0
+    skipped_dropped: int = 0
+    written: int = 0
+    failed: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    failure_reasons: Counter = field(default_factory=Counter)
+    retries: int = 0
+    retried_failures: int = 0     # jobs that had failed in an earlier run and were tried again
+    interrupted: bool = False
+    aborted: str | None = None
+    elapsed_s: float = 0.0
+
+    @property
+    def done(self) -> bool:
+        return not self.interrupted and not self.aborted and self.failed == 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"total": self.total, "written": self.written, "failed": self.failed,
+                "dropped": dict(self.dropped), "failure_reasons": dict(self.failure_reasons),
+                "skipped_existing": self.skipped_existing, "skipped_dropped": self.skipped_dropped,
+                "retries": self.retries, "retried_failures": self.retried_failures,
+                "interrupted": self.interrupted, "aborted": self.aborted,
+                "elapsed_s": round(self.elapsed_s, 3)}
+
+
+def sidecar(output: str | Path, kind: str) -> Path:
+    """``OUT.failures.jsonl``, ``OUT.dropped.jsonl``, ``OUT.lock`` beside the output."""
+    output = Path(output)
+    return output.with_name(f"{output.name}.{kind}")
+
+
+def finished_ids(path: Path) -> set[str]:
+    """Ids already in a JSONL output (a cut last line is ignored; a broken middle line is an error)."""
+    if not path.exists():
+        return set()
+    return {str(obj["id"]) for _, obj in iter_jsonl(path) if isinstance(obj, dict) and "id" in obj}
+
+
+def read_sidecar(path: Path) -> dict[str, dict[str, Any]]:
+    """The last entry per id of a failures/dropped sidecar."""
+    if not path.exists():
+        return {}
+    return {str(obj["id"]): obj for _, obj in iter_jsonl(path) if isinstance(obj, dict) and "id" in obj}
+
+
+def classify(exc: BaseException) -> str:
+    """A short failure reason for counting: the error class, e.g. ``ServerFatal`` or ``ReplyInvalid``."""
+    return type(exc).__name__
+
+
+class _Lock:
+    """An exclusive ``flock`` on ``OUT.lock``: released by the kernel even on ``kill -9``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fh: Any = None
+
+    def __enter__(self) -> "_Lock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = self.path.open("a+")
+        try:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._fh.seek(0)
+            holder = self._fh.read().strip() or "?"
+            self._fh.close()
+            raise RuntimeError(f"{self.path.name.removesuffix('.lock')} is being written by another run "
+                               f"(pid {holder}); wait for it or stop it first") from None
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(str(os.getpid()))
+        self._fh.flush()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+        self._fh.close()
+
+
+class _Progress:
+    """A rich progress bar (items/s, ETA, retries, failures, drops), or nothing when quiet."""
+
+    def __init__(self, console: Any, total: int, done: int, description: str, enabled: bool):
+        self.bar = None
+        if not enabled:
+            return
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            TextColumn("retries {task.fields[retries]} · failed {task.fields[failed]} · dropped {task.fields[dropped]}"),
+            console=console, transient=False, refresh_per_second=4)
+        self.task = self.bar.add_task(description, total=total, completed=done, rate="", retries=0, failed=0,
+                                      dropped=0)
+        self.t0, self.n0 = time.perf_counter(), done
+        self.bar.start()
+
+    def update(self, s: RunSummary, completed: int) -> None:
+        if self.bar is None:
+            return
+        dt = time.perf_counter() - self.t0
+        rate = f"{(completed - self.n0) / dt:.2f}/s" if dt > 0 else ""
+        self.bar.update(self.task, completed=completed, rate=rate, retries=s.retries, failed=s.failed,
+                        dropped=sum(s.dropped.values()))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+Work = Callable[[Job], Awaitable["dict[str, Any] | Drop"]]
+
+
+class Runner:
+    """Runs ``work(job)`` for every job not done yet and stores each outcome durably.
+
+    ``work`` returns the record to append (its ``id`` is set to the job's) or a ``Drop``. Exceptions in
+    ``retry_on`` are retried up to ``max_attempts`` times with exponential backoff and jitter; any other
+    exception, or the last retryable one, is recorded as a failure (reason, message, attempts, raw reply for
+    ``ReplyInvalid``) and retried on the next run. Work functions may call ``note_retries(n)`` to count retries
+    their client made, so the progress bar shows them.
+    """
+
+    def __init__(self, output: str | Path, *, concurrency: int = 4, max_attempts: int = 3,
+                 backoff_s: float = 1.0, backoff_max_s: float = 30.0, abort_after: int = 25,
+                 retry_on: tuple[type[BaseException], ...] = RETRYABLE, fsync: bool = False,
+                 console: Any = None, progress: bool | None = None, description: str = "jobs"):
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        self.output = Path(output)
+        self.failures_path = sidecar(self.output, "failures.jsonl")
+        self.dropped_path = sidecar(self.output, "dropped.jsonl")
+        self.concurrency, self.max_attempts = concurrency, max(1, max_attempts)
+        self.backoff_s, self.backoff_max_s, self.abort_after = backoff_s, backoff_max_s, abort_after
+        self.retry_on, self.fsync = retry_on, fsync
+        self.console, self.progress, self.description = console, progress, description
+        self.summary = RunSummary()
+        self._streak = 0
+
+    def note_retries(self, n: int = 1) -> None:
+        self.summary.retries += max(0, n)
+
+    # ----------------------------------------------------------------------------------------------- run
+
+    async def run(self, jobs: Iterable[Job], work: Work) -> RunSummary:
+        """Run every pending job; returns the summary (also when interrupted: check ``interrupted``)."""
+        s = self.summary = RunSummary()
+        t0 = time.perf_counter()
+        with _Lock(sidecar(self.output, "lock")):
+            done = finished_ids(self.output)
+            dropped_before = read_sidecar(self.dropped_path)
+            failed_before = {k: v for k, v in read_sidecar(self.failures_path).items() if k not in done}
+            pending: list[Job] = []
+            seen: set[str] = set()
+            for job in jobs:
+                if job.id in seen:
+                    continue
+                seen.add(job.id)
+                if job.id in done:
+                    s.skipped_existing += 1
+                elif job.id in dropped_before:
+                    s.skipped_dropped += 1
+                else:
+                    pending.append(job)
+            s.total = len(seen)
+            s.retried_failures = sum(1 for j in pending if j.id in failed_before)
+            self._failed_before = failed_before
+            self._failed_now: dict[str, dict[str, Any]] = {}
+            self._succeeded: set[str] = set()
+            if self.failures_path.exists():  # compact now: drop ids finished since, one line per id
+                write_jsonl(self.failures_path, list(failed_before.values()))
+            enabled = self.progress if self.progress is not None else bool(
+                self.console is not None and getattr(self.console, "is_terminal", False))
+            bar = _Progress(self.console, s.total, s.skipped_existing + s.skipped_dropped, self.description,
+                            enabled)
+            try:
+                with JsonlAppender(self.output, fsync=self.fsync) as out, \
+                        JsonlAppender(self.failures_path, fsync=self.fsync) as fails, \
+                        JsonlAppender(self.dropped_path, fsync=self.fsync) as drops:
+                    await self._pool(pending, work, out, fails, drops, bar)
+            finally:
+                bar.close()
+                self._compact_failures()
+                s.elapsed_s = time.perf_counter() - t0
+        return s
+
+    async def _pool(self, pending: list[Job], work: Work, out: JsonlAppender, fails: JsonlAppender,
+                    drops: JsonlAppender, bar: _Progress) -> None:
+        s = self.summary
+        it = iter(pending)
+        written_ids: set[str] = set()
+        base = s.skipped_existing + s.skipped_dropped
+        stop = asyncio.Event()
+
+        async def worker() -> None:
+            for job in it:  # one shared iterator: each job is taken by exactly one worker
+                if stop.is_set():
+                    return
+                outcome = await self._attempt(job, work)
+                if isinstance(outcome, Drop):
+                    drops.append({"id": job.id, "reason": outcome.reason, **outcome.detail})
+                    s.dropped[outcome.reason] += 1
+                    self._succeeded.add(job.id)
+                    self._streak = 0
+                elif isinstance(outcome, BaseException):
+                    entry = self._failure_entry(job, outcome)
+                    fails.append(entry)
+                    self._failed_now[job.id] = entry
+                    s.failed += 1
+                    s.failure_reasons[entry["reason"]] += 1
+                    self._streak += 1
+                    if self.abort_after and self._streak >= self.abort_after:
+                        s.aborted = (f"{self._streak} failures in a row (last: {entry['reason']}: "
+                                     f"{entry['message'][:200]})")
+                        stop.set()
+                        return
+                else:
+                    if job.id not in written_ids:  # belt and braces: never two lines with one id
+                        record = dict(outcome)
+                        record["id"] = job.id
+                        out.append(record)
+                        written_ids.add(job.id)
+                        s.written += 1
+                    self._succeeded.add(job.id)
+                    self._streak = 0
+                bar.update(s, base + s.written + s.failed + sum(s.dropped.values()))
+
+        tasks = [asyncio.create_task(worker()) for _ in range(min(self.concurrency, max(1, len(pending))))]
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no support
+                pass
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            waiting = set(tasks) | {stopper}
+            while tasks and not stop.is_set():
+                finished, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for t in finished:
+                    if t is not stopper:
+                        tasks.remove(t)
+                        t.result()  # a bug in the runner itself surfaces here
+            if stop.is_set() and not s.aborted:
+                s.interrupted = True
+        except asyncio.CancelledError:
+            s.interrupted = True
+            raise
+        finally:
+            for t in tasks + [stopper]:
+                t.cancel()
+            await asyncio.gather(*tasks, stopper, return_exceptions=True)
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    async def _attempt(self, job: Job, work: Work) -> "dict[str, Any] | Drop | BaseException":
+        """Run one job with retries; return its record, a Drop, or the exception that finally failed it."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                result = await work(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure is recorded, none kills the run
+                if isinstance(exc, self.retry_on) and attempt < self.max_attempts:
+                    self.summary.retries += 1
+                    delay = min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1))
+                    await asyncio.sleep(delay * (0.5 + random.random()))
+                    continue
+                exc.attempts = attempt  # type: ignore[attr-defined]
+                return exc
+            if not isinstance(result, (dict, Drop)):
+                return TypeError(f"work returned {type(result).__name__}, expected a dict or Drop")
+            return result
+
+    def _failure_entry(self, job: Job, exc: BaseException) -> dict[str, Any]:
+        before = self._failed_before.get(job.id, {})
+        entry: dict[str, Any] = {
+            "id": job.id, "reason": classify(exc), "message": str(exc) or repr(exc),
+            "attempts": int(before.get("attempts", 0)) + int(getattr(exc, "attempts", 1)),
+            "runs": int(before.get("runs", 0)) + 1,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if isinstance(exc, ReplyInvalid):
+            entry["raw"] = exc.raw
+        elif not isinstance(exc, self.retry_on) and type(exc).__module__ == "builtins":
+            # a bug rather than a server problem: keep where it happened
+            entry["where"] = traceback.format_exception(exc)[-2].strip()[:500] if exc.__traceback__ else ""
+        return entry
+
+    def _compact_failures(self) -> None:
+        """One line per id still failing: earlier failures not retried (interrupted) plus this run's."""
+        keep = {k: v for k, v in self._failed_before.items() if k not in self._succeeded}
+        keep.update(self._failed_now)
+        if keep or self.failures_path.exists():
+            write_jsonl(self.failures_path, list(keep.values()))
+        if self.dropped_path.exists() and self.dropped_path.stat().st_size == 0:
+            self.dropped_path.unlink()
+        if self.failures_path.exists() and self.failures_path.stat().st_size == 0:
+            self.failures_path.unlink()
+
+
+def run_jobs(jobs: Iterable[Job], work: Work, output: str | Path, **kwargs: Any) -> RunSummary:
+    """Synchronous entry: ``asyncio.run`` a ``Runner`` (Ctrl-C/SIGTERM give an ``interrupted`` summary)."""
+    runner = Runner(output, **kwargs)
+    return asyncio.run(runner.run(jobs, work))
