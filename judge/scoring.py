@@ -1,0 +1,96 @@
+"""Score mode: one answer, 0–100, with the seed recipe's prompt.
+
+The reference recipe (LLMs-from-scratch ch07) asks "score the model response ... on a scale from 0 to 100 ...
+Respond with the integer number only" and skips any reply ``int()`` cannot read. Small judges answer "I'd rate it
+85 out of 100", "Score: 7/10" or ramble, and schema bounds are not enforced by llama.cpp grammars, so the reply
+is parsed here: an explicit "x/100" or "x out of 10" wins, the scale phrase "0 to 100" is ignored, the value is
+clamped to [0, 100]. A reply with no number is retried a bounded number of times; after that ``Score.value`` is
+None and ``Score.raw`` keeps the reply, so the caller counts it instead of losing it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from judge.cache import JudgeCache, judgment_key
+from judge.core import DEFAULT_OPTIONS, ask, judge_name, options_key
+from judge.prompts import JudgeTemplate, check_fields, judge_prompt_text, load_template
+from prefloop.llm.base import GenOptions
+from prefloop.records import Prompt
+
+NUMBER = r"[-+]?\d+(?:\.\d+)?"
+_OUT_OF = re.compile(rf"({NUMBER})\s*(?:/|out of|of)\s*(100|10|5)\b", re.IGNORECASE)
+_LABELLED = re.compile(rf"\b(?:score|rating|rate|grade)\b[^0-9\-+]{{0,20}}({NUMBER})", re.IGNORECASE)
+_SCALE = re.compile(r"\b(?:from\s+)?(?:0|1)\s*(?:to|-|–)\s*(?:100|10)\b", re.IGNORECASE)
+_ANY = re.compile(NUMBER)
+
+
+@dataclass
+class Score:
+    """A judge's 0–100 score (None if no reply parsed), the raw reply, and how it was obtained."""
+
+    value: float | None
+    raw: str = ""
+    attempts: int = 0
+    cached: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def clamp(value: float) -> float | None:
+    if math.isnan(value) or math.isinf(value):
+        return None
+    return min(100.0, max(0.0, value))
+
+
+def parse_score(data: Any, text: str) -> float | None:
+    """A 0–100 score from a reply, or None when there is no number to trust."""
+    if isinstance(data, dict) and isinstance(data.get("score"), (int, float)) and not isinstance(data["score"], bool):
+        return clamp(float(data["score"]))
+    text = (text or "").strip()
+    if not text:
+        return None
+    if text.startswith("{"):
+        try:
+            loaded = json.loads(text)
+            if isinstance(loaded, dict) and isinstance(loaded.get("score"), (int, float)):
+                return clamp(float(loaded["score"]))
+        except json.JSONDecodeError:
+            pass
+    out_of = _OUT_OF.search(text)
+    if out_of:
+        value, scale = float(out_of.group(1)), float(out_of.group(2))
+        return clamp(value * 100.0 / scale)
+    cleaned = _SCALE.sub(" ", text)
+    labelled = _LABELLED.search(cleaned)
+    if labelled:
+        return clamp(float(labelled.group(1)))
+    first = _ANY.search(cleaned)
+    return clamp(float(first.group(0))) if first else None
+
+
+async def score_answer(client: Any, prompt: Prompt, answer: str, *, reference: str | None = None,
+                       cache: JudgeCache | None = None, template: JudgeTemplate | str | None = None,
+                       options: GenOptions | None = None, attempts: int = 3) -> Score:
+    """Score ``answer`` to ``prompt`` from 0 to 100 (the seed recipe's prompt; ``reference`` = correct output).
+
+    An empty answer scores 0 without a call (as the recipe's ``ollama_evaluate.py`` does). Transport errors
+    propagate; unparseable replies come back as ``Score(value=None, raw=...)`` after ``attempts`` calls.
+    """
+    if not answer.strip():
+        return Score(value=0.0, raw="", attempts=0, cached=False)
+    tpl = template if isinstance(template, JudgeTemplate) else load_template(template or "score")
+    check_fields(tpl, ("prompt", "answer"))
+    text = judge_prompt_text(prompt)
+    opts = options or DEFAULT_OPTIONS
+    messages = tpl.render(prompt=text, answer=answer, reference=reference)
+    key = judgment_key(judge=judge_name(client), template_hash=tpl.hash, mode="score", prompt=text,
+                       answers=(answer,), reference=reference, options=options_key(opts))
+    got = await ask(client, messages, parse=parse_score, schema=None, options=opts, attempts=attempts, cache=cache,
+                    key=key)
+    return Score(value=got.value, raw=got.raw, attempts=got.attempts, cached=got.cached)

@@ -1,0 +1,1 @@
+"""Built-in judge prompt templates (``pairwise.txt``, ``score.txt``); see ``judge.prompts`` for the format."""
