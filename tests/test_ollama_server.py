@@ -1,0 +1,272 @@
+"""The test double itself, driven by the real ``ollama`` client: shapes, errors and faults as Ollama produces them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import httpx
+import ollama
+import pytest
+
+from ollama_server import BUSY_MESSAGE, OllamaServer
+
+USER = [{"role": "user", "content": "Say hello politely."}]
+SCHEMA = {"type": "object", "properties": {"score": {"type": "integer", "minimum": 0, "maximum": 100},
+                                           "reason": {"type": "string"}}, "required": ["score", "reason"]}
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def client(server: OllamaServer, timeout: float = 5.0) -> ollama.AsyncClient:
+    return ollama.AsyncClient(host=server.url, timeout=timeout, trust_env=False)
+
+
+def test_liveness_version_tags_show_ps(ollama_server):
+    with httpx.Client(base_url=ollama_server.url, trust_env=False) as h:
+        assert h.get("/").text == "Ollama is running"
+        assert h.head("/").status_code == 200
+        assert h.get("/api/version").json() == {"version": ollama_server.version}
+
+    async def go():
+        c = client(ollama_server)
+        tags = await c.list()
+        show = await c.show("LLAMA3.1:70B")  # case-insensitive
+        await c.chat(model="llama3.2:1b", messages=USER, keep_alive="10m")
+        ps = await c.ps()
+        await c.close()
+        return tags, show, ps
+
+    tags, show, ps = run(go())
+    assert "llama3.1:70b" in [m.model for m in tags.models]
+    assert "completion" in show.capabilities and show.modelinfo is not None
+    assert [m.model for m in ps.models] == ["llama3.2:1b:latest"] or [m.model for m in ps.models] == ["llama3.2:1b"]
+
+
+def test_chat_stream_and_not_agree_and_are_deterministic(ollama_server):
+    async def go():
+        c = client(ollama_server)
+        whole = await c.chat(model="llama3.1:70b", messages=USER, options={"seed": 7})
+        parts = [p async for p in await c.chat(model="llama3.1:70b", messages=USER, options={"seed": 7},
+                                               stream=True)]
+        other = await c.chat(model="llama3.1:70b", messages=USER, options={"seed": 8})
+        await c.close()
+        return whole, parts, other
+
+    whole, parts, other = run(go())
+    assert whole.done and whole.done_reason == "stop" and whole.eval_count > 0 and whole.prompt_eval_count > 0
+    assert len(parts) > 2 and parts[-1].done and not parts[0].done
+    assert "".join(p.message.content for p in parts) == whole.message.content
+    assert other.message.content != whole.message.content
+
+
+def test_generate_and_num_predict_length(ollama_server):
+    async def go():
+        c = client(ollama_server)
+        r = await c.generate(model="llama3.1:70b", prompt="Write a sentence.", options={"num_predict": 3})
+        full = await c.generate(model="llama3.1:70b", prompt="Write a sentence.")
+        await c.close()
+        return r, full
+
+    r, full = run(go())
+    assert r.done_reason == "length" and r.eval_count == 3 and full.response.startswith(r.response)
+    assert full.done_reason == "stop" and len(full.response) > len(r.response)
+
+
+def test_schema_format_gives_valid_json_and_faults_break_it(ollama_server):
+    async def go():
+        c = client(ollama_server)
+        good = await c.chat(model="llama3.1:70b", messages=USER, format=SCHEMA)
+        ollama_server.fail("malformed_json")
+        bad = await c.chat(model="llama3.1:70b", messages=USER, format=SCHEMA)
+        ollama_server.fail("schema_violation")
+        wrong = await c.chat(model="llama3.1:70b", messages=USER, format=SCHEMA)
+        await c.close()
+        return good, bad, wrong
+
+    good, bad, wrong = run(go())
+    data = json.loads(good.message.content)
+    assert set(data) == {"score", "reason"} and 0 <= data["score"] <= 100
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(bad.message.content)
+    assert "score" not in json.loads(wrong.message.content) or not isinstance(
+        json.loads(wrong.message.content)["score"], int)
+
+
+def test_scripted_reply_sees_messages_format_options(ollama_server):
+    seen = []
+
+    def reply(messages, format, options):
+        seen.append((messages, format, options))
+        return "scripted " + messages[-1]["content"]
+
+    ollama_server.reply = reply
+
+    async def go():
+        c = client(ollama_server)
+        r = await c.chat(model="llama3.1:70b", messages=USER, options={"num_ctx": 8192, "seed": 1})
+        await c.close()
+        return r
+
+    assert run(go()).message.content == "scripted Say hello politely."
+    assert seen[0][0] == USER and seen[0][2]["num_ctx"] == 8192
+
+
+@pytest.mark.parametrize("status,message", [(503, BUSY_MESSAGE), (500, "llama runner process has terminated: "
+                                                                       "exit status 2"),
+                                            (429, "rate limit exceeded")])
+def test_status_faults_are_one_shot(ollama_server, status, message):
+    ollama_server.fail("status", status=status)
+
+    async def go():
+        c = client(ollama_server)
+        with pytest.raises(ollama.ResponseError) as err:
+            await c.chat(model="llama3.1:70b", messages=USER)
+        ok = await c.chat(model="llama3.1:70b", messages=USER)
+        await c.close()
+        return err.value, ok
+
+    err, ok = run(go())
+    assert err.status_code == status and err.error == message and ok.done
+    assert [e.status for e in ollama_server.requests("/api/chat")] == [status, 200]
+
+
+def test_missing_model_and_errors_match_ollama(ollama_server):
+    async def go():
+        c = client(ollama_server)
+        errors = []
+        for call in (lambda: c.chat(model="nope:7b", messages=USER),
+                     lambda: c.show("nope:7b")):
+            try:
+                await call()
+            except ollama.ResponseError as e:
+                errors.append((e.status_code, e.error))
+        ollama_server.fail("missing_model")
+        try:
+            await c.chat(model="llama3.1:70b", messages=USER)
+        except ollama.ResponseError as e:
+            errors.append((e.status_code, e.error))
+        await c.close()
+        return errors
+
+    assert run(go()) == [(404, 'model "nope:7b" not found, try pulling it first'),
+                         (404, "model 'nope:7b' not found"),
+                         (404, 'model "llama3.1:70b" not found, try pulling it first')]
+    with httpx.Client(base_url=ollama_server.url, trust_env=False) as h:
+        assert h.post("/api/chat", content=b"").json() == {"error": "missing request body"}
+        assert h.post("/api/chat", json={"messages": USER}).status_code == 400
+        r = h.post("/api/chat", json={"model": "llama3.1:70b", "messages": USER, "format": "yaml"})
+        assert r.status_code == 500 and r.json()["error"].startswith('invalid format: "yaml"')
+
+
+def test_error_mid_stream_after_k_chunks(ollama_server):
+    ollama_server.fail("error_mid_stream", after_chunks=2, message="boom")
+
+    async def go():
+        c = client(ollama_server)
+        got = []
+        with pytest.raises(ollama.ResponseError) as err:
+            async for part in await c.chat(model="llama3.1:70b", messages=USER, stream=True):
+                got.append(part)
+        await c.close()
+        return got, err.value
+
+    got, err = run(go())
+    assert len(got) == 2 and err.status_code == -1 and err.error == "boom"
+
+
+def test_drop_and_hang(ollama_server):
+    ollama_server.fail("drop")
+    ollama_server.fail("hang", seconds=5)
+
+    async def go():
+        c = client(ollama_server, timeout=0.3)
+        with pytest.raises(httpx.RemoteProtocolError):
+            await c.chat(model="llama3.1:70b", messages=USER)
+        t = time.perf_counter()
+        with pytest.raises(httpx.ReadTimeout):
+            await c.chat(model="llama3.1:70b", messages=USER)
+        waited = time.perf_counter() - t
+        await c.close()
+        return waited
+
+    assert 0.25 < run(go()) < 2.0
+
+
+def test_connection_refused_after_stop():
+    server = OllamaServer().start()
+    url = server.url
+    server.stop()
+
+    async def go():
+        c = ollama.AsyncClient(host=url, timeout=1, trust_env=False)
+        with pytest.raises(ConnectionError):
+            await c.list()
+        await c.close()
+
+    run(go())
+
+
+def test_slots_queue_and_busy():
+    with OllamaServer(num_parallel=2, max_queue=2, latency=0.2) as server:
+        async def go():
+            c = client(server)
+            results = await asyncio.gather(*[c.chat(model="llama3.1:70b", messages=USER) for _ in range(6)],
+                                           return_exceptions=True)
+            await c.close()
+            return results
+
+        t = time.perf_counter()
+        results = run(go())
+        elapsed = time.perf_counter() - t
+    busy = [r for r in results if isinstance(r, ollama.ResponseError)]
+    assert len(busy) == 2 and all(e.status_code == 503 and e.error == BUSY_MESSAGE for e in busy)
+    assert server.peak_running == 2
+    assert 0.35 < elapsed < 1.5  # 4 admitted in 2 slots: two rounds of 0.2 s
+
+
+def test_queue_is_fifo():
+    order = []
+    with OllamaServer(num_parallel=1, latency=0.05) as server:  # one slot: the rest queue in arrival order
+        server.reply = lambda messages, fmt, options: order.append(messages[0]["content"]) or "ok"
+
+        def send(i):
+            httpx.post(server.url + "/api/chat", json={"model": "llama3.1:70b", "stream": False,
+                                                       "messages": [{"role": "user", "content": str(i)}]},
+                       timeout=5, trust_env=False)
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+            time.sleep(0.02)  # spaced arrivals; the log records the order the server saw them in
+        for t in threads:
+            t.join()
+    arrival = [e.body["messages"][0]["content"] for e in server.requests("/api/chat")]
+    assert len(order) == 6 and order == arrival
+
+
+def test_pull_and_openai_compat(ollama_server):
+    async def go():
+        c = client(ollama_server)
+        parts = [p.status async for p in await c.pull("new:1b", stream=True)]
+        await c.close()
+        return parts
+
+    parts = run(go())
+    assert parts[0] == "pulling manifest" and parts[-1] == "success" and "new:1b" in ollama_server.models
+    ollama_server.registry = set()
+    with httpx.Client(base_url=ollama_server.url, trust_env=False) as h:
+        assert h.post("/api/pull", json={"model": "gone:1b", "stream": False}).status_code == 500
+        ids = [m["id"] for m in h.get("/v1/models").json()["data"]]
+        assert "llama3.1:70b" in ids
+        r = h.post("/v1/chat/completions", json={"model": "llama3.1:70b", "messages": USER, "max_tokens": 2,
+                                                 "response_format": {"type": "json_schema", "json_schema": {
+                                                     "name": "s", "schema": SCHEMA}}})
+        body = r.json()
+        assert body["choices"][0]["finish_reason"] == "length" and body["usage"]["completion_tokens"] == 2
+        missing = h.post("/v1/chat/completions", json={"model": "x", "messages": USER})
+        assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
