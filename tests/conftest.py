@@ -37,3 +37,15 @@ def seed_prefs_path() -> Path:
     if not SEED_PREFS.exists():
         pytest.skip("../shared/seed-data is not beside this checkout")
     return SEED_PREFS
+
+
+@pytest.fixture
+def ollama_server():
+    """A started Ollama-protocol test server (tests/ollama_server.py); set attributes, inject faults, read .log."""
+    from ollama_server import OllamaServer  # tests/ is on sys.path (pytest rootdir-relative import)
+
+    server = OllamaServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
