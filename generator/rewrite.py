@@ -1,0 +1,124 @@
+"""The reference recipe (LLMs-from-scratch ch07): rewrite a known-good answer slightly along an axis.
+
+For each prompt with a known-good answer, a seeded coin picks a direction (e.g. polite or impolite); the model
+rewrites the answer slightly in that direction. The better side is chosen: a polite rewrite beats the original,
+the original beats an impolite rewrite. One side of every pair is the dataset's own answer.
+
+The notebook kept whatever the model said. About 1 in 15 of its rewrites carry a preamble ("Here is the
+rewritten response:"), wrapping quotes or backticks, and 6 in 1,100 are identical to the original; here those
+are cleaned (what was removed is kept in ``meta``) or dropped with a counted reason.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Any
+
+from prefloop.records import PromptRecord, prompt_text, stable_id
+from prefloop.runner import Drop
+from prefloop.templates import alpaca_input
+
+from generator.text import same_text
+
+# The notebook's prompt, quirks included ("return return", no space after the first two sentences).
+VERBATIM = ("Given the input `{task}` and correct output `{answer}`, slightly rewrite the output to be more "
+            "{direction}.Keep the modification minimal.Only return return the generated response and nothing else.")
+
+CLEAN = ("Here is a task and a correct answer to it.\n\n"
+         "Task:\n{task}\n\n"
+         "Correct answer:\n{answer}\n\n"
+         "Rewrite the answer to be slightly more {direction}. Keep the change minimal and keep it correct. "
+         "Reply with the rewritten answer only: no introduction, no quotes, no explanation.")
+
+# A first line that talks about the rewrite rather than being part of it.
+_PREAMBLE = re.compile(
+    r"^\s*(?:(?:sure|certainly|of course|okay|ok)[!,.]?\s*)?"
+    r"(?:here(?:'s| is| are)|below is|this is)\b[^\n]*?"
+    r"(?:rewrit|revis|version|modif|updat|edit|output|response|answer|tone|polite|impolite|{extra})[^\n]*:[ \t]*\n+",
+    re.IGNORECASE)
+_ACK = re.compile(r"^\s*(?:sure|certainly|of course|okay|ok)[!.,]?[ \t]*\n+", re.IGNORECASE)
+_LABEL = re.compile(r"^\s*(?:#+\s*)?(?:rewritten|revised|modified|updated)?\s*(?:response|output|answer)\s*:\s*",
+                    re.IGNORECASE)
+_TRAILING_NOTE = re.compile(
+    r"\n\s*\n\s*\(?(?:note|i (?:made|changed|rewrote|modified|kept|added|replaced))\b[^\n]*"
+    r"(?:rewrit|chang|modif|tone|polite|impolite|minimal)[^\n]*\)?\s*$", re.IGNORECASE | re.DOTALL)
+_QUOTES = [("```", "```"), ('"', '"'), ("“", "”"), ("'", "'"), ("`", "`"), ("«", "»")]
+
+
+def build_prompt(rec: PromptRecord, direction: str, style: str = "clean") -> str:
+    """The request for one rewrite. The task is shown as the notebook's ``format_input`` for Alpaca rows."""
+    if rec.meta.get("prompt_format") == "alpaca" and "instruction" in rec.meta:
+        task = alpaca_input(rec.meta["instruction"], rec.meta.get("input", ""))
+    else:
+        task = prompt_text(rec.prompt)
+    template = VERBATIM if style == "verbatim" else CLEAN
+    return template.format(task=task, answer=rec.reference or "", direction=direction)
+
+
+def pick_direction(prompt_id: str, seed: int, better: str, worse: str) -> str:
+    """A seeded coin per prompt: the same prompt gets the same direction in every run, whatever the order."""
+    return random.Random(stable_id(seed, prompt_id)).choice([better, worse])
+
+
+def clean_rewrite(text: str, original: str, directions: tuple[str, ...] = ()) -> tuple[str, list[str]]:
+    """Strip what a chat model wraps around a rewrite; return the text and what was removed.
+
+    A first line is only removed when it talks about the rewrite ("Here is the rewritten response:", "Here's a
+    more polite version:") and the original answer did not start with it, so "Here are the numbers in order:
+    1, 2, 3" stays when that is the answer.
+    """
+    removed: list[str] = []
+    out = text.strip()
+    extra = "|".join(re.escape(d) for d in directions if d) or "(?!)"
+    preamble = re.compile(_PREAMBLE.pattern.replace("{extra}", extra), re.IGNORECASE)
+    for pattern, name in ((_ACK, "acknowledgement"), (preamble, "preamble"), (_LABEL, "label")):
+        m = pattern.match(out)
+        if m and not original.strip().lower().startswith(m.group(0).strip().lower()) and out[m.end():].strip():
+            removed.append(f"{name}: {m.group(0).strip()}")
+            out = out[m.end():].strip()
+    m = _TRAILING_NOTE.search(out)
+    if m and m.start() > 0 and not _TRAILING_NOTE.search(original):
+        removed.append(f"note: {m.group(0).strip()[:200]}")
+        out = out[:m.start()].strip()
+    changed = True
+    while changed:
+        changed = False
+        for left, right in _QUOTES:
+            if not (out.startswith(left) and out.endswith(right) and len(out) > len(left) + len(right)):
+                continue
+            if original.strip().startswith(left) and original.strip().endswith(right):
+                continue  # the answer itself is quoted
+            inner = out[len(left):len(out) - len(right)]
+            if left == right and left != "```" and left in inner:
+                continue  # '"run" and "jump"' is not one wrapped string
+            if left == "```":
+                inner = re.sub(r"^[\w+-]*\n", "", inner)  # ```text\n...``` language tag
+            removed.append(f"quotes: {left}{right}")
+            out, changed = inner.strip(), True
+            break
+    return out, removed
+
+
+async def make_pair(ctx: Any, rec: PromptRecord) -> dict[str, Any] | Drop:
+    """One rewrite request -> one pair (or a counted drop)."""
+    cfg = ctx.cfg
+    if not rec.reference or not rec.reference.strip():
+        return Drop("no known-good answer to rewrite")
+    direction = pick_direction(rec.id, cfg.seed, cfg.better, cfg.worse)
+    request = build_prompt(rec, direction, cfg.recipe_prompt)
+    reply = await ctx.chat(cfg.model, [{"role": "user", "content": request}], temperature=cfg.temperature)
+    rewrite, removed = clean_rewrite(reply.text, rec.reference, (cfg.better, cfg.worse, cfg.axis))
+    if not rewrite:
+        return Drop("empty rewrite", {"raw": reply.text})
+    if same_text(rewrite, rec.reference):
+        return Drop("chosen identical to rejected", {"raw": reply.text, "direction": direction})
+    if direction == cfg.better:
+        chosen, rejected = rewrite, rec.reference
+    else:
+        chosen, rejected = rec.reference, rewrite
+    meta = {"direction": direction, "axis": cfg.axis, "rewritten_side": "chosen" if direction == cfg.better
+            else "rejected", "model": cfg.model}
+    if removed:
+        meta.update(cleaned=removed, raw=reply.text)
+    return ctx.pair(rec, chosen, rejected, meta, reply)

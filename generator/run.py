@@ -1,0 +1,205 @@
+"""``generate(cfg)``: prompts in, preference pairs out, through the durable runner.
+
+The plain path: load prompts -> build clients -> preflight every one (fail before any work) -> one job per prompt
+(id from the prompt and the settings that shape a pair) -> the strategy's ``make_pair`` per job -> the runner
+appends each pair at once -> a summary (written, failed, dropped and why) printed and saved beside the output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefloop.llm.base import ChatReply, GenOptions, parse_spec
+from prefloop.records import PromptRecord, stable_id, user_message
+from prefloop.runner import Job, Runner, RunSummary
+from prefloop.sources import load_prompts
+from prefloop.templates import alpaca_user_turn
+
+from generator.config import GenerateConfig
+
+
+@dataclass
+class GenerateSummary:
+    """What a ``generate`` run did; ``run`` is the runner's own account (retries, interruptions)."""
+
+    output: str
+    prompts: int = 0
+    written: int = 0
+    failed: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    skipped_existing: int = 0
+    total_in_output: int = 0
+    interrupted: bool = False
+    aborted: str | None = None
+    elapsed_s: float = 0.0
+    run: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("output", "prompts", "written", "failed", "dropped",
+                                              "skipped_existing", "total_in_output", "interrupted", "aborted",
+                                              "elapsed_s", "run")}
+
+
+def strategy_module(name: str) -> Any:
+    if name == "rewrite":
+        from generator import rewrite
+        return rewrite
+    if name == "rank":
+        from generator import rank
+        return rank
+    from generator import contrast
+    return contrast
+
+
+def pair_id(rec: PromptRecord, cfg: GenerateConfig) -> str:
+    """Same prompt, same known-good answer, same pair-shaping settings -> same id, in any run."""
+    return stable_id("pair", rec.prompt, rec.reference, cfg.identity())
+
+
+class Context:
+    """What a strategy needs: the settings, one client per model spec, and helpers that record provenance."""
+
+    def __init__(self, cfg: GenerateConfig, clients: dict[str, Any], runner: Runner | None = None):
+        self.cfg, self.clients, self.runner = cfg, clients, runner
+        limit = max(1, cfg.resolved_concurrency())
+        # a local model runs one request at a time whatever the runner's concurrency
+        self._slots = {spec: asyncio.Semaphore(1 if parse_spec(spec).backend == "local" else limit)
+                       for spec in clients}
+
+    def options(self, temperature: float, seed: int | None = None) -> GenOptions:
+        return GenOptions(temperature=temperature, seed=self.cfg.seed if seed is None else seed,
+                          max_tokens=self.cfg.max_tokens, num_ctx=self.cfg.num_ctx)
+
+    def slot(self, spec: str) -> asyncio.Semaphore:
+        """Bounds the requests in flight to one model (one at a time for a local model)."""
+        return self._slots[spec]
+
+    async def chat(self, spec: str, messages: list[dict[str, str]], *, temperature: float,
+                   seed: int | None = None) -> ChatReply:
+        async with self._slots[spec]:
+            reply = await self.clients[spec].chat(messages, options=self.options(temperature, seed))
+        if self.runner is not None and reply.attempts > 1:
+            self.runner.note_retries(reply.attempts - 1)
+        return reply
+
+    async def answer(self, spec: str, rec: PromptRecord, *, temperature: float, seed: int | None = None) -> str:
+        """A model's own answer to the prompt. A local (SFT) model sees the prompt exactly as it was trained on
+        it (Alpaca text as raw text: on-policy); a served chat model gets the task as a user turn."""
+        client = self.clients[spec]
+        if parse_spec(spec).backend == "local" and hasattr(client, "generate_batch"):
+            async with self._slots[spec]:
+                texts = await asyncio.to_thread(client.generate_batch, [rec.prompt], self.options(temperature, seed))
+            return texts[0]
+        if rec.meta.get("prompt_format") == "alpaca" and "instruction" in rec.meta:
+            messages = [{"role": "user", "content": alpaca_user_turn(rec.meta["instruction"],
+                                                                      rec.meta.get("input", ""))}]
+        else:
+            messages = user_message(rec.prompt)
+        return (await self.chat(spec, messages, temperature=temperature, seed=seed)).text
+
+    def pair(self, rec: PromptRecord, chosen: str, rejected: str, meta: dict[str, Any],
+             reply: ChatReply | None = None) -> dict[str, Any]:
+        """A record ``load_preferences`` reads, with provenance (model, strategy, options, seed, time)."""
+        cfg = self.cfg
+        full = {k: rec.meta[k] for k in ("prompt_format", "instruction", "input") if k in rec.meta}
+        if rec.reference is not None:
+            full["output"] = rec.reference
+        full.update(meta)
+        full.update(source_id=rec.id, strategy=cfg.strategy, settings=cfg.identity(),
+                    time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        if reply is not None:
+            full.setdefault("usage", {"prompt_tokens": reply.prompt_tokens,
+                                      "completion_tokens": reply.completion_tokens})
+            if reply.model:
+                full.setdefault("served_model", reply.model)
+        return {"prompt": rec.prompt, "chosen": chosen, "rejected": rejected, "meta": full}
+
+
+def summary_path(output: str | Path) -> Path:
+    output = Path(output)
+    return output.with_name(output.name + ".summary.json")
+
+
+def _count_lines(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with path.open("rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+def _make_clients(cfg: GenerateConfig) -> dict[str, Any]:
+    from prefloop.llm import make_client
+    return {spec: make_client(spec) for spec in cfg.specs_used()}
+
+
+async def generate_async(cfg: GenerateConfig, console: Any = None, clients: dict[str, Any] | None = None
+                         ) -> GenerateSummary:
+    """The async core (``clients`` may be passed in by callers that already hold them)."""
+    if not cfg.source or not cfg.output:
+        raise ValueError("generate needs a source (prompts) and an output (pairs JSONL)")
+    records, report = load_prompts(cfg.source, skip_bad=cfg.skip_bad)
+    if cfg.limit:
+        records = records[:cfg.limit]
+    if not records:
+        raise ValueError(f"{cfg.source}: no prompts to generate from")
+    strategy = strategy_module(cfg.strategy)
+    if cfg.strategy == "rewrite" and not any(r.reference for r in records):
+        raise ValueError(f"{cfg.source}: the rewrite strategy needs known-good answers (an Alpaca 'output' or a "
+                         f"'reference' field) and no prompt has one; use --strategy rank or contrast")
+    owned = clients is None
+    clients = _make_clients(cfg) if clients is None else clients
+    try:
+        for spec, client in clients.items():  # fail fast: server down, too old, model missing
+            await client.preflight()
+        runner = Runner(cfg.output, concurrency=cfg.resolved_concurrency(), max_attempts=cfg.max_attempts,
+                        backoff_s=cfg.backoff_s, abort_after=cfg.abort_after, fsync=cfg.fsync,
+                        console=console, progress=False if cfg.quiet else None, description=f"{cfg.strategy} pairs")
+        ctx = Context(cfg, clients, runner)
+
+        async def work(job: Job) -> Any:
+            return await strategy.make_pair(ctx, job.data)
+
+        jobs = [Job(id=pair_id(rec, cfg), data=rec) for rec in records]
+        run = await runner.run(jobs, work)
+    finally:
+        if owned:
+            for client in clients.values():
+                await client.aclose()
+    dropped = dict(run.dropped)
+    for why, n in report.dropped.items():
+        dropped[f"source: {why}"] = n
+    if report.errors:
+        dropped["source: bad record"] = len(report.errors)
+    summary = GenerateSummary(output=str(cfg.output), prompts=len(records), written=run.written, failed=run.failed,
+                              dropped=dropped, skipped_existing=run.skipped_existing + run.skipped_dropped,
+                              total_in_output=_count_lines(Path(cfg.output)), interrupted=run.interrupted,
+                              aborted=run.aborted, elapsed_s=round(run.elapsed_s, 3), run=run.to_json())
+    summary_path(cfg.output).write_text(json.dumps(summary.to_json(), indent=2) + "\n")
+    return summary
+
+
+def generate(cfg: GenerateConfig, console: Any = None, clients: dict[str, Any] | None = None) -> GenerateSummary:
+    """Run the generator to the end (or to Ctrl-C); print and save the summary."""
+    summary = asyncio.run(generate_async(cfg, console, clients))
+    if console is not None:
+        print_summary(summary, console)
+    return summary
+
+
+def print_summary(s: GenerateSummary, console: Any) -> None:
+    state = "interrupted" if s.interrupted else (f"stopped: {s.aborted}" if s.aborted else "finished")
+    console.print(f"[bold]generate {state}[/bold] in {s.elapsed_s:.1f}s: {s.written} pairs written, "
+                  f"{s.skipped_existing} already done, {s.failed} failed; {s.total_in_output} pairs in {s.output}")
+    for why, n in sorted(s.dropped.items()):
+        console.print(f"  dropped {n}: {why}")
+    if s.failed:
+        console.print(f"  failures (reasons in {Path(s.output).name}.failures.jsonl): "
+                      + ", ".join(f"{k} {v}" for k, v in s.run.get("failure_reasons", {}).items())
+                      + "; run the same command again to retry them")
+    if s.interrupted:
+        console.print("  run the same command again to resume")
