@@ -1,0 +1,250 @@
+"""``ollama:MODEL`` through the official ``ollama.AsyncClient``, made safe to leave running overnight.
+
+What the bare client does not do and this adds (see ../shared/reference/ollama-api.md):
+- a timeout: the client's default is none, and one hung request would stall a run for hours;
+- retries with backoff and jitter on connection errors, timeouts, 429/500/502/503 and errors mid-stream
+  (``status_code == -1``), never on 400/404, which will not get better;
+- a preflight that names the fix: server down, server older than JSON-schema ``format`` (0.5.0), model missing
+  (``ollama pull MODEL``);
+- ``num_ctx`` and ``keep_alive`` sent on every request (Ollama silently truncates prompts past its default
+  context, and unloads a 70B model after 5 idle minutes), with a warning when a prompt may not fit;
+- JSON-schema replies parsed and validated, re-asked a bounded number of times, then ``ReplyInvalid(raw)``.
+
+Replies are streamed: the read timeout then bounds the silence between chunks, not the whole answer, so a long
+answer from a slow 70B model is not cut off while a dead connection is still noticed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import random
+from typing import Any
+from urllib.parse import urlsplit
+
+from prefloop.llm.base import ChatReply, ClientSpec, GenOptions, ServerFatal, Transient
+from prefloop.llm.retry import ClientStats, RawReply, RetryPolicy, ask, with_retries
+
+log = logging.getLogger("prefloop.llm")
+
+MIN_VERSION = (0, 5, 0)  # JSON schema in `format` (PR #7900)
+DEFAULT_HOST = "http://127.0.0.1:11434"
+RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+def parse_version(text: str) -> tuple[int, int, int] | None:
+    """``"0.12.11"`` -> ``(0, 12, 11)``; ``"0.5.0-rc1"`` -> ``(0, 5, 0)``; unparseable -> None."""
+    parts = text.strip().lstrip("v").split("-")[0].split("+")[0].split(".")
+    try:
+        nums = [int(p) for p in parts[:3]]
+    except ValueError:
+        return None
+    return tuple(nums + [0] * (3 - len(nums)))  # type: ignore[return-value]
+
+
+def model_key(name: str) -> str:
+    """How Ollama matches names: case-insensitive, tag ``latest`` when none is given."""
+    name = name.strip().lower()
+    return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
+
+
+def base_url(host: str) -> str:
+    """The URL the ollama client will use for ``host`` (its own parser, so both agree)."""
+    try:
+        from ollama._client import _parse_host
+    except ImportError:  # pragma: no cover - parser moved; the simple rule covers the common forms
+        return host if "://" in host else f"http://{host}"
+    return _parse_host(host)
+
+
+def is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def estimate_tokens(messages: list[dict[str, Any]]) -> int:
+    """A rough count (4 characters a token, plus a few per message for the template)."""
+    return sum(len(str(m.get("content", ""))) // 4 + 4 for m in messages)
+
+
+class OllamaClient:
+    """An ``LLMClient`` for Ollama. ``timeout`` bounds silence on a connection (seconds), not the whole answer."""
+
+    def __init__(self, spec: ClientSpec, *, host: str | None = None, timeout: float = 300.0,
+                 connect_timeout: float = 10.0, keep_alive: str | float = "30m",
+                 retry: RetryPolicy = RetryPolicy(), invalid_retries: int = 2, stream: bool = True,
+                 max_connections: int = 256, seed: int | None = None):
+        self.spec = spec
+        self.host = host or os.environ.get("OLLAMA_HOST") or DEFAULT_HOST
+        self.url = base_url(self.host)
+        self.timeout, self.connect_timeout = timeout, connect_timeout
+        self.keep_alive = keep_alive
+        self.retry, self.invalid_retries = retry, invalid_retries
+        self.stream = stream
+        self.stats = ClientStats()
+        self._rng = random.Random(seed)
+        self._warned_ctx = False
+        self._max_connections = max_connections
+        self._client: Any = None
+
+    def __repr__(self) -> str:
+        return f"OllamaClient({self.spec}, url={self.url!r})"
+
+    @property
+    def client(self) -> Any:
+        """The ``ollama.AsyncClient``, created on first use (inside the running event loop)."""
+        if self._client is None:
+            import httpx
+            import ollama
+
+            limits = httpx.Limits(max_connections=self._max_connections,
+                                  max_keepalive_connections=self._max_connections)
+            # trust_env=False for loopback: an HTTP(S)_PROXY in the environment must not swallow 127.0.0.1 calls.
+            self._client = ollama.AsyncClient(host=self.url, timeout=httpx.Timeout(self.timeout,
+                                                                                   connect=self.connect_timeout),
+                                              limits=limits, trust_env=not is_loopback(self.url))
+        return self._client
+
+    # ---- preflight -------------------------------------------------------------------------------------------
+    async def preflight(self) -> None:
+        """Server reachable, new enough for JSON-schema ``format``, model present; else ``ServerFatal`` saying
+        what to run."""
+        where = f"Ollama at {self.url}"
+        try:
+            version, _ = await with_retries(self._version, RetryPolicy(attempts=3, base_delay=0.2, max_delay=1.0),
+                                            rng=self._rng, what=f"{where} /api/version")
+        except Transient as err:
+            raise ServerFatal(f"cannot reach {where} ({err}). Start it with `ollama serve`, or point the model "
+                              f"setting's host / OLLAMA_HOST at the right server.") from err
+        parsed = parse_version(version)
+        if parsed == (0, 0, 0):
+            log.warning("%s reports version 0.0.0 (a development build); assuming JSON-schema format works", where)
+        elif parsed is None or parsed < MIN_VERSION:
+            raise ServerFatal(f"{where} is version {version}; prefloop needs >= "
+                              f"{'.'.join(map(str, MIN_VERSION))} for JSON-schema structured outputs. "
+                              f"Upgrade Ollama (https://ollama.com/download).")
+        try:
+            listing, _ = await with_retries(self._tags, RetryPolicy(attempts=3, base_delay=0.2, max_delay=1.0),
+                                            rng=self._rng, what=f"{where} /api/tags")
+        except Transient as err:
+            raise ServerFatal(f"{where} did not list its models: {err}") from err
+        names = {model_key(m.model or "") for m in listing.models}
+        if model_key(self.spec.model) not in names:
+            have = ", ".join(sorted(names)) or "none"
+            raise ServerFatal(f"model '{self.spec.model}' is not in {where} (it has: {have}). "
+                              f"Run: ollama pull {self.spec.model}")
+
+    async def _version(self) -> str:
+        try:
+            response = await self.client._client.get("/api/version")  # the client has no version() method
+            response.raise_for_status()
+            return str(response.json().get("version", ""))
+        except Exception as err:  # noqa: BLE001 - mapped to Transient/ServerFatal
+            raise self._classify(err) from err
+
+    async def _tags(self) -> Any:
+        try:
+            return await self.client.list()
+        except Exception as err:  # noqa: BLE001
+            raise self._classify(err) from err
+
+    # ---- chat ------------------------------------------------------------------------------------------------
+    def request_options(self, options: GenOptions, seed: int | None) -> dict[str, Any]:
+        """GenOptions in Ollama's words; ``num_ctx`` always explicit."""
+        out: dict[str, Any] = {"temperature": options.temperature, "num_predict": options.max_tokens,
+                               "num_ctx": options.num_ctx}
+        if seed is not None:
+            out["seed"] = seed
+        if options.top_p is not None:
+            out["top_p"] = options.top_p
+        if options.stop:
+            out["stop"] = list(options.stop)
+        return out
+
+    async def chat(self, messages: list[dict[str, str]], *, schema: dict[str, Any] | None = None,
+                   options: GenOptions | None = None) -> ChatReply:
+        options = options or GenOptions()
+        self._check_context(messages, options)
+        return await ask(lambda seed: self._send(messages, schema, options, seed), schema=schema,
+                         seed=options.seed, policy=self.retry, invalid_retries=self.invalid_retries,
+                         stats=self.stats, model=str(self.spec), rng=self._rng, what=f"{self.spec}")
+
+    async def _send(self, messages: list[dict[str, str]], schema: dict[str, Any] | None, options: GenOptions,
+                    seed: int | None) -> RawReply:
+        request = {"model": self.spec.model, "messages": messages, "options": self.request_options(options, seed),
+                   "keep_alive": self.keep_alive, "format": schema or ""}
+        try:
+            if not self.stream:
+                final = await self.client.chat(**request, stream=False)
+                text = final.message.content or ""
+            else:
+                pieces: list[str] = []
+                final = None
+                async for part in await self.client.chat(**request, stream=True):
+                    pieces.append(part.message.content or "")
+                    if part.done:
+                        final = part
+                if final is None:
+                    raise Transient("the reply stream ended before its final chunk")
+                text = "".join(pieces)
+        except Transient:
+            raise
+        except Exception as err:  # noqa: BLE001 - every failure is classified, none swallowed
+            raise self._classify(err) from err
+        prompt_tokens = final.prompt_eval_count or 0
+        if prompt_tokens >= options.num_ctx and not self._warned_ctx:
+            self._warned_ctx = True
+            log.warning("%s: a prompt filled the whole context (%d tokens >= num_ctx %d); Ollama truncated it. "
+                        "Raise num_ctx.", self.spec, prompt_tokens, options.num_ctx)
+        return RawReply(text=text, prompt_tokens=prompt_tokens, completion_tokens=final.eval_count or 0,
+                        finish_reason=final.done_reason or "")
+
+    def _check_context(self, messages: list[dict[str, str]], options: GenOptions) -> None:
+        """Warn once: Ollama drops the start of a prompt that does not fit, without saying so."""
+        need = estimate_tokens(messages) + options.max_tokens
+        if need > options.num_ctx and not self._warned_ctx:
+            self._warned_ctx = True
+            log.warning("%s: a prompt may exceed num_ctx (~%d prompt tokens + %d max_tokens > %d); Ollama would "
+                        "silently truncate it. Raise num_ctx.", self.spec, need - options.max_tokens,
+                        options.max_tokens, options.num_ctx)
+
+    def _classify(self, err: Exception) -> Exception:
+        """Transient (worth a retry) or ServerFatal (fix the setup or the request), with a message that says which."""
+        import httpx
+        import ollama
+        import pydantic
+
+        where = f"{self.spec} at {self.url}"
+        if isinstance(err, ollama.ResponseError):
+            status = err.status_code
+            if status == -1:
+                return Transient(f"{where}: error mid-stream: {err.error}")
+            if status in RETRY_STATUS:
+                return Transient(f"{where}: HTTP {status}: {err.error}")
+            if status == 404 and "not found" in str(err.error):
+                return ServerFatal(f"{where}: {err.error}. Run: ollama pull {self.spec.model}")
+            return ServerFatal(f"{where}: HTTP {status}: {err.error}")
+        if isinstance(err, ConnectionError):
+            return Transient(f"{where}: cannot connect (is `ollama serve` running?)")
+        if isinstance(err, httpx.TimeoutException):
+            return Transient(f"{where}: no reply for {self.timeout:g}s ({type(err).__name__})")
+        if isinstance(err, httpx.TransportError):
+            return Transient(f"{where}: connection broken: {type(err).__name__}: {err}")
+        if isinstance(err, (json.JSONDecodeError, pydantic.ValidationError)):
+            return Transient(f"{where}: unreadable reply line: {str(err)[:200]}")
+        if isinstance(err, httpx.HTTPStatusError):
+            status = err.response.status_code
+            return (Transient if status in RETRY_STATUS else ServerFatal)(f"{where}: HTTP {status}")
+        return ServerFatal(f"{where}: {type(err).__name__}: {err}")
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
