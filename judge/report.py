@@ -1,0 +1,94 @@
+"""The judge's report: headline table, a win-rate plot, judge diagnostics, agreement, side-by-side examples.
+
+Built with ``prefloop.report.Report`` so the Markdown and HTML say the same thing; ``build_report`` returns the
+``Report`` so the loop can embed it in its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from judge.prompts import judge_prompt_text
+from prefloop.report import Report, fmt, pct, plot_win_rates
+
+
+def build_report(out_dir: Path, results: dict[str, Any], answers: list[dict[str, Any]],
+                 per_judge_rows: dict[str, dict[str, dict[str, Any]]], n_examples: int = 6) -> Report:
+    rep = Report(title="Held-out win rate",
+                 subtitle=f"policy `{results['policy']}` against reference `{results['reference']}` on "
+                          f"{results['n_prompts']} held-out prompts from `{results['prompts']}`")
+    for w in results.get("warnings", []):
+        rep.warning(w)
+    head = results["judges"][results["judge"]]
+    if head.get("n"):
+        rep.paragraph(f"**{pct(head['win_rate'])}** win rate (95% CI {pct(head['ci_low'])}–{pct(head['ci_high'])}, "
+                      f"prompt-level bootstrap) by judge `{results['judge']}`: the share of prompts where the judge "
+                      "preferred the trained model, ties counting half. Each prompt was judged in both orders; "
+                      "orders that disagree count as a tie. 50% = no better than the reference.")
+    rows = []
+    for name, s in results["judges"].items():
+        d = s.get("diagnostics") or {}
+        rows.append([name, pct(s.get("win_rate")), f"{pct(s.get('ci_low'))}–{pct(s.get('ci_high'))}",
+                     pct(s.get("lc_win_rate")), s.get("wins"), s.get("ties"), s.get("losses"), s.get("n"),
+                     pct(d.get("parse_rate")), pct(d.get("position_consistency")),
+                     pct(d.get("first_position_rate")), pct(d.get("longer_pick_rate"))])
+    rep.heading("Results")
+    rep.table(rows, headers=["judge", "win rate", "95% CI", "LC win rate", "wins", "ties", "losses", "n",
+                             "parsed", "position-consistent", "picks first", "picks longer"])
+    plot = plot_win_rates([{"name": name, "win_rate": s.get("win_rate"), "ci_low": s.get("ci_low"),
+                            "ci_high": s.get("ci_high"), "n": s.get("n")} for name, s in results["judges"].items()],
+                          out_dir / "win_rate.png")
+    if plot is not None:
+        rep.image(plot, caption="win rate with its 95% interval per judge; the dashed line is 50%")
+    rep.paragraph("LC win rate: AlpacaEval's length-controlled win rate (a logistic fit of the outcome on the "
+                  "normalised length difference, read at equal lengths), fitted on this set. *Picks first* near "
+                  "50% means no position bias; *picks longer* far above 50% means the judge rewards length.")
+    d = head.get("diagnostics") or {}
+    if d:
+        rep.heading("Judge diagnostics", 3)
+        rep.key_values({"judge calls (this and earlier runs)": d.get("calls"),
+                        "games answered from the cache": d.get("cached_games"),
+                        "prompts with an unparsed judgment (counted as ties)": d.get("unparsed"),
+                        "inconsistent prompts (orders disagree, counted as ties)": d.get("inconsistent"),
+                        "identical answers (ties, not sent to the judge)": d.get("identical_answers"),
+                        "judge called a tie": pct(d.get("tie_rate")),
+                        "mean answer length, policy (chars)": fmt(d.get("mean_len_policy")),
+                        "mean answer length, reference (chars)": fmt(d.get("mean_len_reference"))})
+    if results.get("kappa"):
+        rep.heading("Agreement between judges", 3)
+        rep.table([[k["a"], k["b"], fmt(k["kappa"]), pct(k["agreement"]), k["n"]] for k in results["kappa"]],
+                  headers=["judge", "judge", "Cohen's κ", "agreement", "prompts"])
+    rep.heading("Examples")
+    rows_by_id = per_judge_rows.get(results["judge"], {})
+    for a in pick_examples(answers, rows_by_id, n_examples):
+        r = rows_by_id.get(a["id"])
+        note = None
+        if r is not None:
+            reasons = "; ".join(f"{g['first']} first: {g['pick'] or 'unparsed'} ({g['reason'][:200]})"
+                                for g in r["games"])
+            note = f"verdict: {r['winner'] or 'unparsed'}" + (f" — {reasons}" if reasons else "")
+        rep.example(f"prompt {a['id']}", judge_prompt_text(a["prompt"]),
+                    [("reference", a["reference_answer"]), ("policy", a["policy_answer"])], note=note)
+    return rep
+
+
+def pick_examples(answers: list[dict[str, Any]], rows: dict[str, dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """A few of each outcome (wins, losses, ties) in prompt order, so the examples are not all one kind."""
+    buckets: dict[str, list[dict[str, Any]]] = {"win": [], "loss": [], "tie": []}
+    for a in answers:
+        r = rows.get(a["id"])
+        if r is not None:
+            buckets[r["outcome"]].append(a)
+    picked: list[dict[str, Any]] = []
+    while len(picked) < n and any(buckets.values()):
+        for key in ("win", "loss", "tie"):
+            if buckets[key] and len(picked) < n:
+                picked.append(buckets[key].pop(0))
+    return picked
+
+
+def write_report(out_dir: Path, results: dict[str, Any], answers: list[dict[str, Any]],
+                 per_judge_rows: dict[str, dict[str, dict[str, Any]]], n_examples: int = 6) -> tuple[Path, Path]:
+    rep = build_report(out_dir, results, answers, per_judge_rows, n_examples)
+    return rep.write(out_dir, "report")
