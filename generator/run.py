@@ -134,7 +134,12 @@ def _count_lines(path: Path) -> int:
 
 def _make_clients(cfg: GenerateConfig) -> dict[str, Any]:
     from prefloop.llm import make_client
-    return {spec: make_client(spec) for spec in cfg.specs_used()}
+
+    clients = {}
+    for spec in cfg.specs_used():
+        served = parse_spec(spec).backend != "local"
+        clients[spec] = make_client(spec, timeout=cfg.timeout_s) if served else make_client(spec)
+    return clients
 
 
 async def generate_async(cfg: GenerateConfig, console: Any = None, clients: dict[str, Any] | None = None

@@ -1,0 +1,121 @@
+"""How close ``prefloop generate`` gets to the server's capacity.
+
+The Ollama-protocol test server (tests/ollama_server.py) runs in its own process with N parallel slots and a
+fixed latency L per request, so it can serve at most N / L requests per second. The generator (rewrite strategy,
+the real ``ollama`` client, the durable runner writing every pair) runs against it with concurrency N, and we
+print achieved pairs/s ÷ N/L and the client-side overhead per request:
+
+    overhead = wall × N / requests − L      (time a slot sat idle or a request spent outside the server)
+
+Target: ≥ 95 % of capacity at every N, overhead under 2 ms. For contrast, the seed notebook's way: one request
+in flight at a time (a plain loop), which gets 1/N of capacity whatever the server can do.
+
+    .venv/bin/python bench/generate.py                 # N = 1, 4, 16, 64
+    .venv/bin/python bench/generate.py --n 4 16 --seconds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_LATENCY = {1: 0.05, 4: 0.05, 16: 0.1, 64: 0.2}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(slots: int, latency: float) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "ollama_server.py"), "--port", str(port),
+                             "--num-parallel", str(slots), "--latency", str(latency)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(url + "/api/version", timeout=0.5).read()
+            return proc, url
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("test server did not start")
+
+
+def write_prompts(path: Path, n: int) -> None:
+    rows = [{"instruction": f"Task {i}: name a colour.", "input": "", "output": f"Colour number {i} is blue."}
+            for i in range(n)]
+    path.write_text(json.dumps(rows))
+
+
+def run_generator(url: str, prompts: Path, out: Path, concurrency: int) -> dict:
+    from generator.config import GenerateConfig
+    from generator.run import generate
+
+    os.environ["OLLAMA_HOST"] = url
+    cfg = GenerateConfig(source=str(prompts), output=str(out), model="ollama:llama3.1:70b", strategy="rewrite",
+                         concurrency=concurrency, quiet=True, max_attempts=1)
+    s = generate(cfg)
+    return {"written": s.written + sum(s.dropped.values()), "elapsed": s.run["elapsed_s"], "failed": s.failed}
+
+
+def bench(n: int, latency: float, seconds: float, tmp: Path, baseline_requests: int) -> dict:
+    requests = max(n, int(round(seconds * n / latency)))
+    proc, url = start_server(n, latency)
+    try:
+        prompts = tmp / f"prompts-{n}.json"
+        write_prompts(prompts, requests)
+        run_generator(url, prompts, tmp / f"warm-{n}.jsonl", min(n, 4))  # warm up imports and connections
+        got = run_generator(url, prompts, tmp / f"out-{n}.jsonl", n)
+        base_prompts = tmp / f"base-{n}.json"
+        write_prompts(base_prompts, baseline_requests)
+        base = run_generator(url, base_prompts, tmp / f"base-{n}.jsonl", 1)
+    finally:
+        proc.terminate()
+        proc.wait()
+    capacity = n / latency
+    rate = got["written"] / got["elapsed"]
+    base_rate = base["written"] / base["elapsed"]
+    return {"n": n, "latency_ms": latency * 1000, "requests": got["written"], "failed": got["failed"],
+            "capacity": capacity, "rate": rate, "ratio": rate / capacity,
+            "overhead_ms": (got["elapsed"] * n / got["written"] - latency) * 1000,
+            "baseline_rate": base_rate, "baseline_ratio": base_rate / capacity}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[1, 4, 16, 64], help="parallel slots to test")
+    parser.add_argument("--latency", type=float, default=None, help="seconds per request (default per N)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="ideal run length per N")
+    parser.add_argument("--baseline-requests", type=int, default=20)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.n:
+            latency = args.latency or DEFAULT_LATENCY.get(n, 0.1)
+            rows.append(bench(n, latency, args.seconds, Path(tmp), args.baseline_requests))
+            r = rows[-1]
+            print(f"N={r['n']:>3}  L={r['latency_ms']:>4.0f} ms  {r['requests']:>5} pairs  capacity "
+                  f"{r['capacity']:7.1f}/s  achieved {r['rate']:7.1f}/s = {r['ratio']:6.1%}  overhead "
+                  f"{r['overhead_ms']:5.2f} ms/request  | one-in-flight (seed notebook) {r['baseline_rate']:6.1f}/s "
+                  f"= {r['baseline_ratio']:6.1%}", flush=True)
+    worst = min(r["ratio"] for r in rows)
+    print(f"worst ratio {worst:.1%} (target >= 95%); max overhead {max(r['overhead_ms'] for r in rows):.2f} ms "
+          f"(target < 2 ms)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""The generator end to end against the Ollama-protocol test server, through the real ``ollama`` client."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from generator.config import GenerateConfig
+from generator.run import generate, pair_id, summary_path
+from prefloop.llm import make_client
+from prefloop.llm.retry import RetryPolicy
+from prefloop.runner import sidecar
+from prefloop.sources import load_preferences, load_prompts
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "data" / "prompts" / "quickstart.json"
+MODEL = "ollama:llama3.1:70b"
+FAST = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05)
+
+
+def rewriter(messages: list[dict[str, Any]], fmt: Any, options: dict[str, Any]) -> str:
+    """A scripted big model: polite rewrites come with a preamble and quotes, impolite ones bare; the
+    Ottawa answer comes back unchanged (an identical pair, to be dropped)."""
+    text = messages[-1]["content"]
+    answer = re.search(r"Correct answer:\n(.*?)\n\nRewrite", text, re.S).group(1)
+    direction = re.search(r"slightly more (\w+)\.", text).group(1)
+    if "Ottawa" in answer:
+        return answer
+    if direction == "polite":
+        return f'Here is the rewritten response:\n\n"Kindly note: {answer}"'
+    return f"{answer} Obviously."
+
+
+def cfg_for(tmp_path: Path, **kw: Any) -> GenerateConfig:
+    base = dict(source=str(QUICKSTART), output=str(tmp_path / "pairs.jsonl"), model=MODEL, concurrency=4,
+                quiet=True, backoff_s=0.01, limit=16)
+    base.update(kw)
+    return GenerateConfig(**base)
+
+
+def clients_for(server: Any, cfg: GenerateConfig, **kw: Any) -> dict[str, Any]:
+    kw.setdefault("retry", FAST)
+    kw.setdefault("timeout", 5.0)
+    return {spec: make_client(spec, host=server.url, **kw) for spec in cfg.specs_used()}
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+
+
+def test_rewrite_pairs_cleaned_oriented_and_resumable(ollama_server: Any, tmp_path: Path) -> None:
+    ollama_server.reply = rewriter
+    cfg = cfg_for(tmp_path)
+    summary = generate(cfg, clients=clients_for(ollama_server, cfg))
+    prompts, _ = load_prompts(QUICKSTART)
+    prompts = prompts[:16]
+    pairs, report = load_preferences(cfg.output)
+    assert summary.written == len(pairs) == 15 and summary.dropped == {"chosen identical to rejected": 1}
+    assert summary.failed == 0 and report.kept == 15
+    by_source = {p.meta["source_id"]: p for p in pairs}
+    for rec in prompts:
+        if "Ottawa" in rec.reference:
+            assert rec.id not in by_source
+            continue
+        pair = by_source[rec.id]
+        assert pair.id == pair_id(rec, cfg) and pair.prompt == rec.prompt
+        if pair.meta["direction"] == "polite":  # the rewrite is better: chosen, cleaned of preamble and quotes
+            assert (pair.chosen, pair.rejected) == (f"Kindly note: {rec.reference}", rec.reference)
+            assert pair.meta["cleaned"] and pair.meta["raw"].startswith("Here is")
+        else:  # the original is better
+            assert (pair.chosen, pair.rejected) == (rec.reference, f"{rec.reference} Obviously.")
+        assert pair.meta["model"] == MODEL and pair.meta["strategy"] == "rewrite" and pair.meta["time"]
+        assert pair.meta["settings"]["seed"] == 123 and pair.meta["prompt_format"] == "alpaca"
+    directions = {p.meta["direction"] for p in pairs}
+    assert directions == {"polite", "impolite"}
+    saved = json.loads(summary_path(cfg.output).read_text())
+    assert saved["written"] == 15 and saved["dropped"] == {"chosen identical to rejected": 1}
+    sent = ollama_server.bodies("/api/chat")
+    assert all(b["options"]["seed"] == 123 and b["options"]["temperature"] == 0 and b["options"]["num_ctx"] == 4096
+               for b in sent)
+
+    # a rerun asks nothing again (pairs and the drop are both remembered); more prompts only add theirs
+    calls = ollama_server.count("/api/chat")
+    again = generate(cfg, clients=clients_for(ollama_server, cfg))
+    assert again.written == 0 and again.skipped_existing == 16 and ollama_server.count("/api/chat") == calls
+    more = generate(cfg_for(tmp_path, limit=20), clients=clients_for(ollama_server, cfg))
+    assert more.written == 4 and ollama_server.count("/api/chat") == calls + 4
+    ids = [r["id"] for r in rows(cfg.output)]
+    assert len(ids) == len(set(ids)) == 19
+
+
+@pytest.mark.parametrize("kind, extra", [
+    ("status", {"status": 503}), ("status", {"status": 500}), ("status", {"status": 429}),
+    ("error_mid_stream", {"after_chunks": 1}), ("drop", {}), ("hang", {"seconds": 30}),
+    ("garbage_line", {}),
+])
+def test_transient_faults_are_retried_to_success(ollama_server: Any, tmp_path: Path, kind: str, extra: dict) -> None:
+    ollama_server.reply = rewriter
+    ollama_server.fail(kind, times=3, **extra)
+    cfg = cfg_for(tmp_path, limit=6, concurrency=2)
+    summary = generate(cfg, clients=clients_for(ollama_server, cfg, timeout=0.5))
+    assert summary.failed == 0 and summary.written + sum(summary.dropped.values()) == 6
+    assert summary.run["retries"] >= 1  # counted (client retries reach the progress bar and the summary)
+    assert len(rows(cfg.output)) == summary.written
+
+
+def test_fatal_faults_are_recorded_then_retried_on_rerun(ollama_server: Any, tmp_path: Path) -> None:
+    ollama_server.reply = rewriter
+    ollama_server.fail("missing_model", times=2)
+    ollama_server.fail("status", status=400, times=1, message="invalid options")
+    cfg = cfg_for(tmp_path, limit=10, concurrency=1)
+    first = generate(cfg, clients=clients_for(ollama_server, cfg))
+    fails = rows(sidecar(cfg.output, "failures.jsonl"))
+    assert first.failed == 3 and len(fails) == 3
+    assert all(f["reason"] == "ServerFatal" and f["attempts"] == 1 for f in fails)  # never retried within the run
+    assert sum("not found" in f["message"] for f in fails) == 2
+    assert any("invalid options" in f["message"] for f in fails)
+
+    second = generate(cfg, clients=clients_for(ollama_server, cfg))
+    assert second.failed == 0 and second.written == 3 and second.run["retried_failures"] == 3
+    assert not sidecar(cfg.output, "failures.jsonl").exists()
+    pairs, _ = load_preferences(cfg.output)
+    assert len(pairs) == 10 and len({p.id for p in pairs}) == 10
+
+
+def test_server_down_stops_early_with_a_clear_error(ollama_server: Any, tmp_path: Path) -> None:
+    from prefloop.llm.base import ServerFatal
+
+    ollama_server.remove_model("llama3.1:70b")
+    cfg = cfg_for(tmp_path)
+    with pytest.raises(ServerFatal, match="ollama pull"):
+        generate(cfg, clients=clients_for(ollama_server, cfg))
+    assert not Path(cfg.output).exists() or not rows(cfg.output)
+
+
+def test_failure_streak_aborts(ollama_server: Any, tmp_path: Path) -> None:
+    ollama_server.reply = rewriter
+    cfg = cfg_for(tmp_path, limit=16, concurrency=1, abort_after=3, max_attempts=1)
+    clients = clients_for(ollama_server, cfg)
+    ollama_server.fail("status", status=500, times=-1)
+    summary = generate(cfg, clients=clients)
+    assert summary.aborted and summary.failed == 3 and summary.written == 0
