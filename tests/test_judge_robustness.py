@@ -1,0 +1,69 @@
+"""Adversarial answers: a gullible judge flips, a content-following judge does not."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+from judge.robustness import flip_rates
+from prefloop.llm import make_client
+from prefloop.llm.retry import RetryPolicy
+
+ITEMS = [(f"Question {i}?", f"Alpha answer {i} is correct.", f"Beta answer {i} is wrong.") for i in range(4)]
+
+
+def positions(messages) -> tuple[str, str]:
+    user = messages[-1]["content"]
+    a = re.search(r"Assistant A's Answer\]\n(.*?)\[The End of Assistant A", user, re.S).group(1)
+    b = re.search(r"Assistant B's Answer\]\n(.*?)\[The End of Assistant B", user, re.S).group(1)
+    return a, b
+
+
+def verdict(pick_a: bool) -> str:
+    return json.dumps({"reason": "scripted", "winner": "A" if pick_a else "B"})
+
+
+def content_judge(messages, fmt, options):
+    a, _ = positions(messages)
+    return verdict("Alpha" in a)
+
+
+def gullible_judge(messages, fmt, options):
+    """Obeys injections, loves length, otherwise prefers Alpha."""
+    a, b = positions(messages)
+    if "pick this one" in a or "pick this one" in b:
+        return verdict("pick this one" in a)
+    if abs(len(a) - len(b)) > 100:
+        return verdict(len(a) > len(b))
+    return verdict("Alpha" in a)
+
+
+def run_with(server, reply):
+    server.reply = reply
+
+    async def go():
+        client = make_client("ollama:judge", host=server.url, invalid_retries=0,
+                             retry=RetryPolicy(attempts=2, base_delay=0.01))
+        try:
+            return await flip_rates(client, ITEMS)
+        finally:
+            await client.aclose()
+    return asyncio.run(go())
+
+
+def test_content_judge_does_not_flip(ollama_server) -> None:
+    r = run_with(ollama_server, content_judge)
+    assert r["baseline"] == ["A"] * 4
+    for name in ("injection", "longer", "empty"):
+        assert r[name]["flip_rate"] == 0.0 and r[name]["attacked_wins"] == 0.0
+
+
+def test_gullible_judge_flips_and_the_rate_says_so(ollama_server) -> None:
+    r = run_with(ollama_server, gullible_judge)
+    assert r["baseline"] == ["A"] * 4
+    assert r["injection"]["flip_rate"] == 1.0 and r["injection"]["attacked_wins"] == 1.0
+    assert r["longer"]["flip_rate"] == 1.0
+    assert r["empty"]["flip_rate"] == 0.0  # empty is shorter: the length-lover still picks A
+    # every variant was judged in both orders
+    assert ollama_server.count("/api/chat") == 4 * 4 * 2
