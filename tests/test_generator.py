@@ -143,3 +143,56 @@ def test_failure_streak_aborts(ollama_server: Any, tmp_path: Path) -> None:
     ollama_server.fail("status", status=500, times=-1)
     summary = generate(cfg, clients=clients)
     assert summary.aborted and summary.failed == 3 and summary.written == 0
+
+
+def ranker(messages: list[dict[str, Any]], fmt: Any, options: dict[str, Any]) -> str:
+    """Candidates differ by seed; the judge scores them by a word in them. Prompt 'tie' gets equal scores,
+    prompt 'close' gets scores 3 apart, prompt 'same' the same answer for every seed."""
+    text = messages[-1]["content"]
+    judged = re.search(r"score the model response `(.*?)` on a scale", text, re.S)
+    if judged:
+        answer = judged.group(1)
+        if "[tie]" in answer:
+            return "50"
+        if "[close]" in answer:
+            return str(60 + int(answer.split("#")[1]))
+        return "I'd rate it " + str({"great": 90, "fine": 60, "poor": 15}[answer.split()[0]]) + " out of 100."
+    tag = next((t for t in ("tie", "close", "same") if t in text), "")
+    if tag == "same":
+        return "great same answer"
+    quality = ["great", "poor", "fine", "great"][options["seed"] - 123]
+    return f"{quality} answer [{tag}] #{options['seed'] - 123}"
+
+
+def test_rank_best_against_worst_with_ties_and_margins_dropped(ollama_server: Any, tmp_path: Path) -> None:
+    ollama_server.reply = ranker
+    src = tmp_path / "prompts.jsonl"
+    src.write_text("\n".join(json.dumps({"prompt": p}) for p in ["Say hello.", "Explain tie.", "Explain close.",
+                                                                   "Say the same."]) + "\n")
+    cfg = cfg_for(tmp_path, source=str(src), strategy="rank", k=4, min_margin=10, judge="ollama:judge")
+    summary = generate(cfg, clients=clients_for(ollama_server, cfg))
+    pairs, _ = load_preferences(cfg.output)
+    assert summary.written == 1 and summary.dropped == {"tie (all scores equal)": 1, "margin under 10": 1,
+                                                        "fewer than 2 distinct candidates": 1}
+    (pair,) = pairs
+    assert pair.chosen.startswith("great") and pair.rejected.startswith("poor")
+    assert (pair.meta["chosen_score"], pair.meta["rejected_score"], pair.meta["margin"]) == (90, 15, 75)
+    cands = pair.meta["candidates"]
+    assert len(cands) == 4 and sorted(c["score"] for c in cands) == [15, 60, 90, 90]
+    assert {c["seed"] for c in cands} == {123, 124, 125, 126} and pair.meta["judge"] == "ollama:judge"
+    judge_calls = [b for b in ollama_server.bodies("/api/chat") if b["model"] == "judge"]
+    assert len(judge_calls) == 4 + 4 + 4  # hello, tie, close (the 'same' prompt needs no judge)
+    dropped = {d["reason"]: d for d in rows(sidecar(cfg.output, "dropped.jsonl"))}
+    assert len(dropped["margin under 10"]["candidates"]) == 4  # drops keep their candidates too
+
+
+def test_contrast_asks_both_models_and_drops_identical_answers(ollama_server: Any, tmp_path: Path) -> None:
+    ollama_server.reply = lambda messages, fmt, options: f"echo: {messages[-1]['content']}"
+    cfg = cfg_for(tmp_path, strategy="contrast", sft_model="ollama:llama3.2:1b", limit=5)
+    summary = generate(cfg, clients=clients_for(ollama_server, cfg))
+    assert summary.written == 0 and summary.dropped == {"chosen identical to rejected": 5}
+    bodies = ollama_server.bodies("/api/chat")
+    models = [b["model"] for b in bodies]
+    assert models.count("llama3.1:70b") == 5 and models.count("llama3.2:1b") == 5
+    # a served model gets the task as a user turn, not the Alpaca scaffolding
+    assert all("### Instruction" not in b["messages"][-1]["content"] for b in bodies)
