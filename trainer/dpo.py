@@ -1,0 +1,132 @@
+"""DPO: the objective plugged into the shared loop, and ``train(cfg)``.
+
+Per packed batch: policy log-probs of chosen and rejected by the fast path; reference log-probs from the on-disk
+cache (default) or a frozen copy; the chosen loss of ``trainer.losses``; TRL's metrics.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+
+from prefloop.sources import DataError, load_preferences
+from trainer.config import TrainConfig
+from trainer.logps import packed_logps
+from trainer.losses import chosen_nll, logratio_margin, preference_loss
+from trainer.loop import Item, TrainError, TrainResult, run
+from trainer.metrics import LiveView
+from trainer.packing import PackedBatch
+from trainer.refcache import RefLogps, load_or_compute
+from trainer.tokenize import Example
+
+
+def load_pairs(source: str) -> tuple[list[Item], list[str]]:
+    """Preference pairs as loop items; bad records raise ``TrainError`` listing file, line and field."""
+    try:
+        records, report = load_preferences(source)
+    except (DataError, ValueError) as exc:
+        raise TrainError(str(exc)) from None
+    items = [(r.id, r.prompt, r.meta, r.prompt_format, [r.chosen, r.rejected]) for r in records]
+    return items, [report.summary()]
+
+
+def dpo_loss(cfg: TrainConfig, sums: torch.Tensor, counts: torch.Tensor, ref_sums: torch.Tensor
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss and TRL metrics from per-sequence log-prob sums (completion-major: chosen then rejected)."""
+    b = sums.numel() // 2
+    n_w, n_l = counts[:b], counts[b:]
+    pi_w, pi_l, ref_w, ref_l = sums[:b], sums[b:], ref_sums[:b], ref_sums[b:]
+    if cfg.logp_average:  # mean token log-prob (the seed recipe) instead of the sum (the DPO paper)
+        pi_w, pi_l, ref_w, ref_l = pi_w / n_w, pi_l / n_l, ref_w / n_w, ref_l / n_l
+    if cfg.loss_type == "ipo" and not cfg.logp_average:  # IPO's margin is per token (TRL, IPO authors)
+        h = (pi_w - ref_w) / n_w - (pi_l - ref_l) / n_l
+    else:
+        h = logratio_margin(pi_w, pi_l, ref_w, ref_l)
+    loss = preference_loss(cfg.loss_type, h, cfg.beta, cfg.label_smoothing).mean()
+    metrics: dict[str, float] = {}
+    if cfg.rpo_alpha > 0:
+        nll = chosen_nll(sums[:b], n_w)
+        loss = loss + cfg.rpo_alpha * nll
+        metrics["nll"] = nll.item()
+    with torch.no_grad():
+        r_w = cfg.beta * (pi_w - ref_w)
+        r_l = cfg.beta * (pi_l - ref_l)
+        metrics.update({
+            "loss": loss.item(),
+            "rewards/chosen": r_w.mean().item(),
+            "rewards/rejected": r_l.mean().item(),
+            "rewards/accuracies": (r_w > r_l).float().mean().item(),
+            "rewards/margins": (r_w - r_l).mean().item(),
+            "logps/chosen": pi_w.mean().item(),
+            "logps/rejected": pi_l.mean().item(),
+        })
+    return loss, metrics
+
+
+class DPOObjective:
+    name = "dpo"
+
+    def __init__(self, cfg: TrainConfig, ref_model: Any = None) -> None:
+        self.cfg = cfg
+        self.ref: RefLogps | None = None
+        self.ref_model = ref_model
+
+    def load(self, cfg: TrainConfig) -> tuple[list[Item], list[Item] | None, list[str]]:
+        if not cfg.data:
+            raise TrainError("train.data: no preference data given (a JSONL/JSON file, dataset folder or name)")
+        items, notes = load_pairs(cfg.data)
+        held = None
+        if cfg.eval_data:
+            held, more = load_pairs(cfg.eval_data)
+            notes += more
+        return items, held, notes
+
+    def prepare(self, model: Any, tokenizer: Any, train: list[Example], held_out: list[Example],
+                view: LiveView) -> list[str]:
+        if self.ref_model is model:
+            raise TrainError("the reference model is the policy object itself: its log-ratios would stay 0 and "
+                             "DPO would not learn; pass a frozen copy or use reference = 'cached'")
+        if self.cfg.reference == "model":
+            if self.ref_model is None:
+                self.ref_model = copy.deepcopy(model)
+            self.ref_model.eval().requires_grad_(False)
+            return ["reference: a frozen copy of the starting model (held in memory, one forward per step)"]
+        examples = train + held_out
+        ref, hit, path = load_or_compute(model, examples, tokenizer.pad_token_id,
+                                         batch_size=max(8, 2 * self.cfg.batch_size), dtype=self.cfg.dtype)
+        self.ref = ref
+        return [f"reference log-probs: {'read from cache' if hit else 'computed once and cached'} ({path})"]
+
+    def loss(self, model: Any, batch: PackedBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        sums, counts = packed_logps(model, batch)
+        if self.ref is not None:
+            ref_sums, _ = self.ref.lookup(batch.ids)
+        else:
+            with torch.no_grad():
+                ref_sums, _ = packed_logps(self.ref_model, batch)
+        return dpo_loss(self.cfg, sums.float(), counts, ref_sums.float())
+
+    def zero_margin_loss(self) -> float:
+        return float(preference_loss(self.cfg.loss_type, torch.zeros(1), self.cfg.beta, self.cfg.label_smoothing))
+
+    def is_stuck(self, row: dict[str, float]) -> bool:
+        if self.cfg.rpo_alpha > 0:
+            return False
+        still = max(abs(row["rewards/chosen"]), abs(row["rewards/rejected"])) < 1e-4
+        return still and abs(row["loss"] - self.zero_margin_loss()) < 1e-4
+
+    def stuck_message(self, steps: int) -> str:
+        z = self.zero_margin_loss()
+        at = "ln 2" if abs(z - math.log(2)) < 1e-9 else f"{z:.4f}"
+        return (f"the loss has stayed at {at} = {z:.4f} with zero rewards for {steps} steps: the policy is not "
+                f"moving away from the reference. Check that the reference is not the policy itself, that beta "
+                f"({self.cfg.beta}) is not tiny, and that the learning rate ({self.cfg.lr}) is large enough.")
+
+
+def train(cfg: TrainConfig, console: Any = None, *, model: Any = None, tokenizer: Any = None,
+          ref_model: Any = None) -> TrainResult:
+    """Run DPO as ``cfg`` says; returns where the model and metrics are and why it stopped."""
+    return run(cfg, DPOObjective(cfg, ref_model=ref_model), console, model=model, tokenizer=tokenizer)

@@ -1,0 +1,71 @@
+"""Preference losses as pure functions of log-probability tensors.
+
+Symbols follow the DPO paper (Rafailov et al., 2023): for a prompt x, chosen answer y_w and rejected answer y_l,
+
+    h = [log π_θ(y_w|x) − log π_ref(y_w|x)] − [log π_θ(y_l|x) − log π_ref(y_l|x)]
+
+is the difference of log-ratios (the implicit reward margin divided by β). Every function takes per-pair tensors
+of shape ``(batch,)`` and returns the per-pair loss; the trainer averages over the batch. These are the same
+formulas TRL 1.16 uses for the same names, so a run here and a TRL run on the same batch give the same loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def logratio_margin(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
+                    ref_chosen: torch.Tensor, ref_rejected: torch.Tensor) -> torch.Tensor:
+    """h = (log π_θ(y_w) − log π_ref(y_w)) − (log π_θ(y_l) − log π_ref(y_l))."""
+    return (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+
+
+def sigmoid_loss(h: torch.Tensor, beta: float) -> torch.Tensor:
+    """DPO (paper eq. 7): −log σ(β·h)."""
+    return -F.logsigmoid(beta * h)
+
+
+def cdpo_loss(h: torch.Tensor, beta: float, eps: float) -> torch.Tensor:
+    """Conservative DPO: labels flipped with probability ε, so −(1−ε)·log σ(βh) − ε·log σ(−βh)."""
+    return -(1 - eps) * F.logsigmoid(beta * h) - eps * F.logsigmoid(-beta * h)
+
+
+def robust_loss(h: torch.Tensor, beta: float, eps: float) -> torch.Tensor:
+    """Robust DPO (Chowdhury et al., 2024): the unbiased estimate under label noise ε,
+    [−(1−ε)·log σ(βh) + ε·log σ(−βh)] / (1 − 2ε)."""
+    return (-(1 - eps) * F.logsigmoid(beta * h) + eps * F.logsigmoid(-beta * h)) / (1 - 2 * eps)
+
+
+def hinge_loss(h: torch.Tensor, beta: float) -> torch.Tensor:
+    """SLiC-style hinge: max(0, 1 − β·h)."""
+    return torch.relu(1 - beta * h)
+
+
+def ipo_loss(h_per_token: torch.Tensor, beta: float) -> torch.Tensor:
+    """IPO (Azar et al., 2023, eq. 17) with τ = β: (h − 1/(2τ))².
+
+    ``h_per_token`` is built from log-ratios divided by each completion's token count, as TRL does and as the IPO
+    authors confirmed; the caller passes that normalised margin.
+    """
+    return (h_per_token - 1 / (2 * beta)) ** 2
+
+
+def preference_loss(loss_type: str, h: torch.Tensor, beta: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Dispatch by name; ``h`` is already length-normalised for ``ipo``."""
+    if loss_type == "sigmoid":
+        return sigmoid_loss(h, beta)
+    if loss_type == "cdpo":
+        return cdpo_loss(h, beta, label_smoothing)
+    if loss_type == "robust":
+        return robust_loss(h, beta, label_smoothing)
+    if loss_type == "hinge":
+        return hinge_loss(h, beta)
+    if loss_type == "ipo":
+        return ipo_loss(h, beta)
+    raise ValueError(f"unknown loss_type {loss_type!r}")
+
+
+def chosen_nll(chosen_logp_sums: torch.Tensor, chosen_token_counts: torch.Tensor) -> torch.Tensor:
+    """RPO's NLL term: −(Σ_tokens log π_θ(y_w,t | x, y_w,<t)) / (number of chosen tokens), pooled over the batch."""
+    return -chosen_logp_sums.sum() / chosen_token_counts.sum().clamp(min=1)

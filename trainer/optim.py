@@ -1,0 +1,39 @@
+"""Optimizer and learning-rate schedule, with the same shapes as Hugging Face's ``get_scheduler``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+
+def make_optimizer(model: Any, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW (β1 0.9, β2 0.999, ε 1e-8) over trainable weights; biases and norms get no weight decay."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+
+
+def lr_factor(step: int, *, warmup: int, total: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based): linear warmup, then the schedule."""
+    if step < warmup:
+        return step / max(1, warmup)
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    if schedule == "cosine":
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, *, warmup: int, total: int,
+                   schedule: str) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, warmup=warmup, total=total, schedule=schedule))

@@ -1,0 +1,104 @@
+"""Batches: one packed row per prompt, and the order batches are drawn in.
+
+A row holds the prompt once followed by each of its completions: ``[prompt | chosen | rejected]``. A 4-D attention
+mask lets every completion token see the prompt and the earlier tokens of its own completion only, and position
+ids restart each completion right after the prompt, so each completion is computed exactly as if it followed the
+prompt alone, while the prompt's forward (and backward) is done once instead of twice.
+
+Only positions that predict a completion token are scored: ``src`` indexes the hidden state that predicts each
+target token (the last prompt token predicts a completion's first token), so the LM head and log-softmax run on
+completion positions only.
+
+Batches are drawn in a seeded random order; with ``group_by_length`` examples are first sorted by length inside
+large random chunks so a batch needs little padding (the batch order stays random).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from trainer.tokenize import Example
+
+MEGABATCH = 50  # batches per length-sorting chunk (TRL/HF use the same idea and size)
+
+
+@dataclass
+class PackedBatch:
+    input_ids: torch.Tensor       # (rows, L)
+    position_ids: torch.Tensor    # (rows, L)
+    attention_mask: torch.Tensor  # (rows, 1, L, L) bool, True = may attend
+    src: torch.Tensor             # (N,) flat index into rows*L of the hidden state that predicts each target
+    targets: torch.Tensor         # (N,) target token ids
+    seq: torch.Tensor             # (N,) sequence of each target: completion k of row i is k * rows + i
+    n_rows: int
+    n_completions: int
+    counted_tokens: int           # prompt+completion tokens per sequence, the prompt counted per completion (TRL)
+    ids: list[str]
+
+    @property
+    def n_seqs(self) -> int:
+        return self.n_rows * self.n_completions
+
+
+def pack(examples: list[Example], pad_id: int) -> PackedBatch:
+    """Build one packed batch; every example must have the same number of completions."""
+    k = len(examples[0].completions)
+    length = max(ex.packed_length() for ex in examples)
+    rows = len(examples)
+    input_ids = torch.full((rows, length), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((rows, length), dtype=torch.long)
+    segment = torch.full((rows, length), -1, dtype=torch.long)  # 0 prompt, 1..k completions, -1 padding
+    src: list[int] = []
+    targets: list[int] = []
+    seq: list[int] = []
+    for i, ex in enumerate(examples):
+        p = len(ex.prompt_ids)
+        input_ids[i, :p] = torch.tensor(ex.prompt_ids)
+        position_ids[i, :p] = torch.arange(p)
+        segment[i, :p] = 0
+        start = p
+        for j, comp in enumerate(ex.completions):
+            n = len(comp)
+            input_ids[i, start:start + n] = torch.tensor(comp)
+            position_ids[i, start:start + n] = torch.arange(p, p + n)
+            segment[i, start:start + n] = j + 1
+            base = i * length
+            src.append(base + p - 1)
+            src.extend(base + start + t - 1 for t in range(1, n))
+            targets.extend(comp)
+            seq.extend([j * rows + i] * n)
+            start += n
+    q = segment.unsqueeze(2)   # (rows, L, 1)
+    kv = segment.unsqueeze(1)  # (rows, 1, L)
+    idx = torch.arange(length)
+    causal = idx.unsqueeze(1) >= idx.unsqueeze(0)  # (L, L): key position <= query position
+    visible = (kv == 0) | (kv == q)
+    mask = causal & visible & (kv >= 0)
+    mask = mask | torch.eye(length, dtype=torch.bool)  # padding queries see themselves: no all-masked row (NaN)
+    return PackedBatch(
+        input_ids=input_ids, position_ids=position_ids, attention_mask=mask.unsqueeze(1),
+        src=torch.tensor(src, dtype=torch.long), targets=torch.tensor(targets, dtype=torch.long),
+        seq=torch.tensor(seq, dtype=torch.long), n_rows=rows, n_completions=k,
+        counted_tokens=sum(ex.counted_tokens() for ex in examples), ids=[ex.id for ex in examples],
+    )
+
+
+def epoch_batches(examples: list[Example], batch_size: int, *, seed: int, epoch: int, shuffle: bool = True,
+                  group_by_length: bool = True) -> list[list[int]]:
+    """Indices of each batch for one epoch; the same (seed, epoch) always gives the same batches."""
+    n = len(examples)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=g).tolist() if shuffle else list(range(n))
+    if not group_by_length:
+        return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    chunk = batch_size * MEGABATCH
+    batches: list[list[int]] = []
+    for c in range(0, n, chunk):
+        part = sorted(order[c:c + chunk], key=lambda i: -examples[i].packed_length())
+        batches.extend(part[i:i + batch_size] for i in range(0, len(part), batch_size))
+    if shuffle:
+        perm = torch.randperm(len(batches), generator=g).tolist()
+        batches = [batches[i] for i in perm]
+    return batches

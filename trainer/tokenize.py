@@ -1,0 +1,174 @@
+"""Prompt formatting and tokenisation, the way TRL 1.16 does it, so a model trained here sees the same tokens.
+
+Prompt format (``prompt_format = "auto"`` follows the data, as TRL does):
+- ``text``: a string prompt is used as it is;
+- ``chat``: a message list goes through the tokenizer's chat template (``add_generation_prompt=True``);
+- ``alpaca``: Alpaca rows (instruction/input) are rendered with the Alpaca template (``prefloop.templates``).
+Forcing a format converts: text/Alpaca prompts become one user turn for ``chat``; a string becomes an Alpaca
+instruction for ``alpaca``; messages become ``role: content`` lines for ``text``.
+
+Boundary rule (TRL 1.16): tokenise the prompt alone and prompt+completion; the completion is the suffix after
+their common prefix (taken over both completions), so a token merged across the boundary is scored as part of the
+completion. A mismatch (prompt not a prefix) is counted and reported once with the dropped text.
+
+EOS: text completions get the tokenizer's EOS string appended (TRL's ``add_eos``); chat completions end with the
+template's own end-of-turn token.
+
+Truncation: a pair whose prompt has ``max_length`` tokens or more (or more than ``max_prompt_length``) is skipped
+and counted: nothing of its completion would be left to learn from. Otherwise each completion is cut so that
+prompt + completion fits ``max_length`` (TRL's ``keep_start``); such pairs are counted as truncated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from prefloop.records import Prompt, prompt_text, user_message
+from prefloop.templates import alpaca_prompt, alpaca_user_turn
+
+
+@dataclass
+class Example:
+    """One tokenised training item: a prompt and its completions ([chosen, rejected] for DPO, [answer] for SFT)."""
+
+    id: str
+    prompt_ids: list[int]
+    completions: list[list[int]]
+
+    def counted_tokens(self) -> int:
+        """Tokens as TRL counts them: prompt + completion for every sequence (the prompt counts once per side)."""
+        return sum(len(self.prompt_ids) + len(c) for c in self.completions)
+
+    def packed_length(self) -> int:
+        """Length of the packed row: the prompt once, then every completion."""
+        return len(self.prompt_ids) + sum(len(c) for c in self.completions)
+
+
+@dataclass
+class TokenizeReport:
+    """What tokenisation kept, skipped and changed; printed once by the trainer."""
+
+    kept: int = 0
+    formats: Counter = field(default_factory=Counter)
+    skipped: Counter = field(default_factory=Counter)
+    truncated: int = 0
+    boundary_mismatches: int = 0
+    boundary_example: str | None = None  # the prompt tail left out, for the one-time warning
+
+    def lines(self) -> list[str]:
+        out = [f"prompt format: {', '.join(f'{k} ({n})' for k, n in sorted(self.formats.items()))}"
+               " (set prompt_format to force one)"]
+        if self.skipped:
+            out.append("skipped: " + ", ".join(f"{n} {why}" for why, n in sorted(self.skipped.items())))
+        if self.truncated:
+            out.append(f"truncated: {self.truncated} pair(s) had completions cut to fit max_length")
+        if self.boundary_mismatches:
+            out.append(f"warning: in {self.boundary_mismatches} pair(s) the tokenised prompt is not a prefix of "
+                       f"prompt+completion (tokens merge across the boundary or the chat template renders the "
+                       f"prompt differently); the completion starts where they diverge and this prompt tail is "
+                       f"left out: {self.boundary_example!r}")
+        return out
+
+
+def choose_format(record_format: str, forced: str) -> str:
+    return record_format if forced == "auto" else forced
+
+
+def render_prompt(prompt: Prompt, meta: dict[str, Any], record_format: str, fmt: str) -> Prompt:
+    """The prompt as the chosen format wants it: a string (text/alpaca) or a message list (chat)."""
+    if fmt == "chat":
+        if isinstance(prompt, list):
+            return prompt
+        if record_format == "alpaca" and "instruction" in meta:
+            return user_message(alpaca_user_turn(meta["instruction"], meta.get("input", "")))
+        return user_message(prompt)
+    if fmt == "alpaca":
+        if record_format == "alpaca" and isinstance(prompt, str):
+            return prompt
+        text = prompt if isinstance(prompt, str) else "\n\n".join(m["content"] for m in prompt if m["role"] == "user")
+        return alpaca_prompt(text)
+    return prompt if isinstance(prompt, str) else prompt_text(prompt)
+
+
+def _ids(tokenizer: Any, prompt: Prompt, completion: str | None) -> list[int]:
+    if isinstance(prompt, list):
+        if completion is None:
+            out = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
+        else:
+            msgs = prompt + [{"role": "assistant", "content": completion}]
+            out = tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True)
+        return list(out["input_ids"])
+    text = prompt if completion is None else prompt + completion
+    return list(tokenizer(text)["input_ids"])
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def tokenize_example(tokenizer: Any, rid: str, prompt: Prompt, completions: list[str], *, max_length: int,
+                     max_prompt_length: int | None, report: TokenizeReport) -> Example | None:
+    """Tokenise one prompt with its completions; ``None`` (counted in ``report``) when it must be skipped."""
+    if isinstance(prompt, str):  # TRL's add_eos for standard (non-conversational) data
+        eos = tokenizer.eos_token
+        completions = [c if c.endswith(eos) else c + eos for c in completions]
+    prompt_ids = _ids(tokenizer, prompt, None)
+    full = [_ids(tokenizer, prompt, c) for c in completions]
+    prompt_len = min(common_prefix_length(prompt_ids, f) for f in full)
+    if prompt_len < len(prompt_ids):
+        report.boundary_mismatches += 1
+        if report.boundary_example is None:
+            report.boundary_example = tokenizer.decode(prompt_ids[prompt_len:])
+    prompt_ids = prompt_ids[:prompt_len]
+    comp_ids = [f[prompt_len:] for f in full]
+    if prompt_len == 0:
+        report.skipped["empty prompt"] += 1
+        return None
+    if prompt_len >= max_length or (max_prompt_length is not None and prompt_len > max_prompt_length):
+        report.skipped["prompt longer than the limit"] += 1
+        return None
+    if any(len(c) == 0 for c in comp_ids):
+        report.skipped["empty completion"] += 1
+        return None
+    room = max_length - prompt_len
+    if any(len(c) > room for c in comp_ids):
+        report.truncated += 1
+        comp_ids = [c[:room] for c in comp_ids]
+    return Example(id=rid, prompt_ids=prompt_ids, completions=comp_ids)
+
+
+def tokenize_records(tokenizer: Any, items: list[tuple[str, Prompt, dict[str, Any], str, list[str]]], *,
+                     prompt_format: str, max_length: int, max_prompt_length: int | None
+                     ) -> tuple[list[Example], TokenizeReport]:
+    """Tokenise ``(id, prompt, meta, record_format, completions)`` items; the report says what happened."""
+    report = TokenizeReport()
+    examples: list[Example] = []
+    for rid, prompt, meta, record_format, completions in items:
+        fmt = choose_format(record_format, prompt_format)
+        if fmt == "chat" and not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"record {rid}: prompt format 'chat' needs a tokenizer with a chat template; this "
+                             "tokenizer has none (set prompt_format = 'text' or 'alpaca')")
+        report.formats[fmt] += 1
+        ex = tokenize_example(tokenizer, rid, render_prompt(prompt, meta, record_format, fmt), completions,
+                              max_length=max_length, max_prompt_length=max_prompt_length, report=report)
+        if ex is not None:
+            examples.append(ex)
+    report.kept = len(examples)
+    return examples, report
+
+
+def examples_hash(examples: list[Example]) -> str:
+    """A digest of the token ids (and ids/order) of ``examples``: the data + tokenisation part of cache keys."""
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(json.dumps([ex.id, ex.prompt_ids, ex.completions], separators=(",", ":")).encode())
+    return h.hexdigest()
