@@ -44,6 +44,7 @@ class JudgeConfig:
     bootstrap_seed: int = 0
     # report
     examples: int = 6
+    adversarial: int = 0                   # also measure flip rates under adversarial edits on N prompts
     generator_model: str | None = None     # model that generated the training pairs (self-preference check)
     pairs: str | None = None               # training pairs file to read the generator model from
 
@@ -58,6 +59,8 @@ class JudgeConfig:
             raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.adversarial < 0:
+            raise ValueError(f"adversarial must be 0 (off) or a number of prompts, got {self.adversarial}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be at least 1, got {self.limit}")
 

@@ -154,6 +154,11 @@ def judgment_row(row: dict[str, Any], judge: str, verdict: PairVerdict | None) -
             "consistent": verdict.consistent, "identical": False, "unparsed": verdict.unparsed, "games": games}
 
 
+def judge_options(cfg: JudgeConfig) -> GenOptions:
+    return GenOptions(temperature=cfg.judge_temperature, seed=cfg.judge_seed, max_tokens=cfg.judge_max_tokens,
+                      num_ctx=cfg.judge_num_ctx)
+
+
 async def judge_all(cfg: JudgeConfig, judge: str, answers: list[dict[str, Any]], cache: JudgeCache,
                     console: Any = None, client: Any = None) -> tuple[dict[str, dict[str, Any]], Any]:
     """Judge every answer pair with one judge through the runner; returns rows by prompt id and the summary."""
@@ -161,8 +166,7 @@ async def judge_all(cfg: JudgeConfig, judge: str, answers: list[dict[str, Any]],
 
     template = load_template(cfg.template)
     check_fields(template, ("prompt", "answer_a", "answer_b"))
-    options = GenOptions(temperature=cfg.judge_temperature, seed=cfg.judge_seed, max_tokens=cfg.judge_max_tokens,
-                         num_ctx=cfg.judge_num_ctx)
+    options = judge_options(cfg)
     own = client is None
     client = client or make_client(judge)
     jobs = []
@@ -194,6 +198,27 @@ async def judge_all(cfg: JudgeConfig, judge: str, answers: list[dict[str, Any]],
     wanted = {j.id: j.data[0]["id"] for j in jobs}
     rows = {wanted[obj["id"]]: obj for _, obj in iter_jsonl(path) if isinstance(obj, dict) and obj.get("id") in wanted}
     return rows, summary
+
+
+async def adversarial_check(cfg: JudgeConfig, rows: list[dict[str, Any]], client: Any = None) -> dict[str, Any]:
+    """Flip rates of the headline judge when the reference answer is edited adversarially (judge.robustness)."""
+    from judge.robustness import flip_rates
+    from prefloop.llm import make_client
+
+    own = client is None
+    client = client or make_client(cfg.judges[0])
+    items = [(r["prompt"], r["policy_answer"], r["reference_answer"]) for r in rows]
+    refs = [r.get("gold") if cfg.use_reference else None for r in rows]
+    try:
+        with JudgeCache(cfg.cache_path) as cache:
+            out = await flip_rates(client, items, cache=cache, reference=refs, concurrency=cfg.concurrency,
+                                   template=load_template(cfg.template), options=judge_options(cfg),
+                                   attempts=cfg.attempts)
+    finally:
+        if own:
+            await client.aclose()
+    out["judge"] = cfg.judges[0]
+    return out
 
 
 # -------------------------------------------------------------------------------------------- statistics
@@ -298,6 +323,15 @@ def evaluate(cfg: JudgeConfig, console: Any = None, *, clients: dict[str, Any] |
                         + f" (reasons in {out / 'judgments.jsonl.failures.jsonl'}); run the same command again "
                           "to resume from the cache")
 
+    robustness = None
+    if cfg.adversarial and answers:
+        robustness = asyncio.run(adversarial_check(cfg, answers[: cfg.adversarial], (clients or {}).get(cfg.judges[0])))
+        for name in ("injection", "longer", "empty"):
+            if robustness[name]["attacked_wins"] > 0.2:
+                warnings.append(f"{cfg.judges[0]}: an answer edited by '{name}' won "
+                                f"{robustness[name]['attacked_wins']:.0%} of {robustness['n']} pairs; "
+                                "this judge is easy to game")
+
     head = per_judge[cfg.judges[0]]
     results = {
         "win_rate": head.get("win_rate"), "ci_low": head.get("ci_low"), "ci_high": head.get("ci_high"),
@@ -306,13 +340,13 @@ def evaluate(cfg: JudgeConfig, console: Any = None, *, clients: dict[str, Any] |
         "judge": cfg.judges[0], "judges": per_judge, "kappa": kappas(per_judge_rows) if len(cfg.judges) > 1 else [],
         "complete": complete, "warnings": warnings, "policy": cfg.policy, "reference": cfg.reference,
         "prompts": cfg.prompts, "n_prompts": len(answers), "confidence": 0.95, "n_boot": cfg.n_boot,
-        "template": cfg.template, "template_hash": load_template(cfg.template).hash,
+        "robustness": robustness, "template": cfg.template, "template_hash": load_template(cfg.template).hash,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (out / "results.json").write_text(json.dumps(_clean(results), indent=2, ensure_ascii=False) + "\n")
     from judge.report import write_report
 
-    write_report(out, results, answers, per_judge_rows)
+    write_report(out, results, answers, per_judge_rows, cfg.examples)
     return EvalResult(out_dir=out, results=results, complete=complete, warnings=warnings)
 
 

@@ -59,6 +59,14 @@ def build_report(out_dir: Path, results: dict[str, Any], answers: list[dict[str,
         rep.heading("Agreement between judges", 3)
         rep.table([[k["a"], k["b"], fmt(k["kappa"]), pct(k["agreement"]), k["n"]] for k in results["kappa"]],
                   headers=["judge", "judge", "Cohen's κ", "agreement", "prompts"])
+    rob = results.get("robustness")
+    if rob:
+        rep.heading("Robustness to adversarial answers", 3)
+        rep.paragraph(f"On {rob['n']} prompts the reference answer was edited and judged again by `{rob['judge']}`. "
+                      "A trustworthy judge keeps its verdict (low flip rate) and never lets the edited answer win.")
+        rep.table([[name, pct(rob[name]["flip_rate"]), pct(rob[name]["attacked_wins"])]
+                   for name in ("injection", "longer", "empty")],
+                  headers=["edit", "verdicts flipped", "edited answer wins"])
     rep.heading("Examples")
     rows_by_id = per_judge_rows.get(results["judge"], {})
     for a in pick_examples(answers, rows_by_id, n_examples):
