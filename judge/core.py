@@ -8,6 +8,7 @@ reply, so it is counted and shown, never dropped.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -72,3 +73,20 @@ async def ask(client: Any, messages: list[dict[str, str]], *, parse: Callable[[A
                 cache.put(key, {"value": value, "raw": raw})
             return Asked(value=value, raw=raw, attempts=attempt, cached=False)
     return Asked(value=None, raw=raw, attempts=max(1, attempts), cached=False)
+
+
+class Bounded:
+    """A client wrapper that keeps at most ``limit`` calls in flight (match the server's parallel slots).
+
+    The runner keeps ``limit`` prompts in flight and each prompt asks two orders at once; bounding the calls here
+    keeps the server's slots full without piling requests into its queue.
+    """
+
+    def __init__(self, client: Any, limit: int):
+        self.client = client
+        self.spec = getattr(client, "spec", None)
+        self._gate = asyncio.Semaphore(max(1, limit))
+
+    async def chat(self, messages: list[dict[str, str]], **kwargs: Any) -> Any:
+        async with self._gate:
+            return await self.client.chat(messages, **kwargs)

@@ -24,6 +24,7 @@ from typing import Any
 
 from judge.cache import JudgeCache
 from judge.config import JudgeConfig
+from judge.core import Bounded
 from judge.pairwise import PairVerdict, judge_pair
 from judge.prompts import check_fields, load_template
 from judge.selfpref import generator_models, self_preference_warnings
@@ -169,6 +170,7 @@ async def judge_all(cfg: JudgeConfig, judge: str, answers: list[dict[str, Any]],
     options = judge_options(cfg)
     own = client is None
     client = client or make_client(judge)
+    bounded = Bounded(client, cfg.concurrency)
     jobs = []
     for row in answers:
         reference = row.get("gold") if cfg.use_reference else None
@@ -180,7 +182,7 @@ async def judge_all(cfg: JudgeConfig, judge: str, answers: list[dict[str, Any]],
         row, reference = job.data
         if not cfg.judge_identical and row["policy_answer"].strip() == row["reference_answer"].strip():
             return judgment_row(row, judge, None)
-        verdict = await judge_pair(client, row["prompt"], row["policy_answer"], row["reference_answer"],
+        verdict = await judge_pair(bounded, row["prompt"], row["policy_answer"], row["reference_answer"],
                                    reference=reference, cache=cache, template=template, options=options,
                                    attempts=cfg.attempts)
         return judgment_row(row, judge, verdict)
