@@ -5,6 +5,11 @@ error line after some chunks, a 503 when the queue is full) live in the HTTP lay
 the client's timeouts, retries and stream parsing the way a real Ollama does. Behaviour follows
 ``../shared/reference/ollama-api.md`` (status codes, exact error strings, NDJSON shapes).
 
+Why asyncio and a hand-written HTTP/1.1 loop rather than ``http.server``: benchmarks measure clients against this
+server's capacity, so the server must cost little per request. One event loop in a background thread (keep-alive,
+chunked streaming) serves several thousand requests a second where a thread per connection managed a few hundred.
+For benchmarks run it in its own process: ``python tests/ollama_server.py --port P --num-parallel N --latency L``.
+
     server = OllamaServer(models=["llama3.1:70b"], num_parallel=4, latency=0.05).start()
     server.reply = lambda messages, format, options: "Hello"     # scripted replies
     server.fail("status", status=503, times=2)                     # the next two /api/chat calls get 503
@@ -32,17 +37,17 @@ per streamed chunk), ``reply`` (a callable ``(messages, format, options) -> str`
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import random
 import re
-import socket
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http import HTTPStatus
 from typing import Any, Callable
 
 BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
@@ -141,34 +146,40 @@ class LogEntry:
     fault: str | None = None
     started: float = field(default_factory=time.perf_counter)
 
-
 class SlotGate:
-    """``slots`` requests run at once; the rest wait in FIFO order; past ``slots + max_queue`` pending: busy."""
+    """``slots`` generations run at once; the rest wait in FIFO order; past ``slots + max_queue`` pending: busy.
+
+    Lives on the server's event loop (no locks needed there).
+    """
 
     def __init__(self, slots: int, max_queue: int):
         self.slots, self.max_queue = slots, max_queue
-        self._lock = threading.Lock()
         self._free = slots
-        self._waiters: deque[threading.Event] = deque()
+        self._waiters: deque[asyncio.Future] = deque()
         self.pending = 0
         self.running = 0
         self.peak_running = 0
 
-    def enter(self, stop: threading.Event) -> bool:
+    async def enter(self) -> bool:
         """Wait for a slot in arrival order. False when the queue is full (the caller answers 503)."""
-        with self._lock:
-            if self.pending >= self.slots + self.max_queue:
-                return False
-            self.pending += 1
-            if self._free > 0 and not self._waiters:
-                self._free -= 1
-                self._started()
-                return True
-            ticket = threading.Event()
-            self._waiters.append(ticket)
-        while not ticket.wait(0.5):
-            if stop.is_set():
-                return True  # shutting down: let the handler finish quickly
+        if self.pending >= self.slots + self.max_queue:
+            return False
+        self.pending += 1
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            self._started()
+            return True
+        ticket = asyncio.get_running_loop().create_future()
+        self._waiters.append(ticket)
+        try:
+            await ticket
+        except asyncio.CancelledError:
+            if ticket.done() and not ticket.cancelled():
+                self.leave()  # the slot was handed to us as we were cancelled: pass it on
+            else:
+                self._waiters.remove(ticket)
+                self.pending -= 1
+            raise
         return True
 
     def _started(self) -> None:
@@ -176,19 +187,15 @@ class SlotGate:
         self.peak_running = max(self.peak_running, self.running)
 
     def leave(self) -> None:
-        with self._lock:
-            self.pending -= 1
-            self.running -= 1
-            if self._waiters:
-                self._waiters.popleft().set()  # hand the slot straight to the oldest waiter
+        self.pending -= 1
+        self.running -= 1
+        while self._waiters:
+            ticket = self._waiters.popleft()
+            if not ticket.done():
+                ticket.set_result(None)  # hand the slot straight to the oldest waiter
                 self._started()
-            else:
-                self._free += 1
-
-    def release_all(self) -> None:
-        with self._lock:
-            while self._waiters:
-                self._waiters.popleft().set()
+                return
+        self._free += 1
 
 
 class OllamaServer:
@@ -213,31 +220,61 @@ class OllamaServer:
         self._lock = threading.Lock()
         self._gates: dict[str, SlotGate] = {}
         self._loaded: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._httpd: ThreadingHTTPServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._stopping: asyncio.Event | None = None
+        self._conns: set[asyncio.Task] = set()
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> "OllamaServer":
-        handler = type("Handler", (_Handler,), {"owner": self})
-        self._stop.clear()
+        """Listen on 127.0.0.1 (a free port, or the one given / used before) and serve from a background thread."""
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                loop.run_until_complete(self._open())
+            except BaseException as err:  # noqa: BLE001 - reported to start()'s caller
+                failure.append(err)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._close())
+            loop.close()
+
         self._gates = {}
-        self._httpd = _Server(("127.0.0.1", self._port), handler)
-        self._port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"ollama-test-server:{self._port}", daemon=True)
+        self._thread = threading.Thread(target=serve, name="ollama-test-server", daemon=True)
         self._thread.start()
+        ready.wait()
+        if failure:
+            raise failure[0]
         return self
+
+    async def _open(self) -> None:
+        self._stopping = asyncio.Event()
+        self._server = await asyncio.start_server(self._connection, "127.0.0.1", self._port, backlog=1024,
+                                                  limit=1 << 20, reuse_address=True)
+        self._port = self._server.sockets[0].getsockname()[1]
+
+    async def _close(self) -> None:
+        self._stopping.set()  # hung and queued requests end now
+        self._server.close()
+        for task in list(self._conns):
+            task.cancel()
+        await asyncio.gather(*self._conns, return_exceptions=True)
+        await self._server.wait_closed()
 
     def stop(self) -> None:
         """Stop serving; hung and queued requests end at once. ``start()`` again reuses the same port."""
-        self._stop.set()
-        for gate in list(self._gates.values()):
-            gate.release_all()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+        self._loop = self._thread = None
 
     def __enter__(self) -> "OllamaServer":
         return self.start()
@@ -266,7 +303,7 @@ class OllamaServer:
         self.models.pop(normalize_model(name), None)
 
     def fail(self, kind: str, endpoint: str = "/api/chat", times: int = 1, **kwargs: Any) -> Fault:
-        """Inject a fault for the next ``times`` requests on ``endpoint`` (``"*"`` = any path)."""
+        """Inject a fault for the next ``times`` requests on ``endpoint`` (``"*"`` = any path; -1 = forever)."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; one of {FAULT_KINDS}")
         fault = Fault(kind=kind, endpoint=endpoint, times=times, **kwargs)
@@ -288,16 +325,15 @@ class OllamaServer:
         return None
 
     def gate(self, model: str) -> SlotGate:
-        with self._lock:
-            gate = self._gates.get(model)
-            if gate is None:
-                gate = self._gates[model] = SlotGate(self.num_parallel, self.max_queue)
-            return gate
+        gate = self._gates.get(model)
+        if gate is None:
+            gate = self._gates[model] = SlotGate(self.num_parallel, self.max_queue)
+        return gate
 
     @property
     def peak_running(self) -> int:
         """The most generations that ran at once (for checking that clients respect the slot count)."""
-        return max((g.peak_running for g in self._gates.values()), default=0)
+        return max((g.peak_running for g in list(self._gates.values())), default=0)
 
     # ---- request log -----------------------------------------------------------------------------------------
     def requests(self, path: str | None = None) -> list[LogEntry]:
@@ -318,18 +354,52 @@ class OllamaServer:
         with self._lock:
             self.log.append(entry)
 
+    # ---- HTTP/1.1 connection loop ----------------------------------------------------------------------------
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._conns.add(task)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                method, target, version = (lines[0].split(" ") + ["", ""])[:3]
+                headers = {}
+                for line in lines[1:]:
+                    name, sep, value = line.partition(":")
+                    if sep:
+                        headers[name.strip().lower()] = value.strip()
+                if headers.get("transfer-encoding", "").lower() == "chunked":
+                    body = await _read_chunked(reader)
+                else:
+                    length = int(headers.get("content-length") or 0)
+                    body = await reader.readexactly(length) if length else b""
+                exchange = _Exchange(self, writer, method, target, headers)
+                keep = await exchange.handle(body)
+                await writer.drain()
+                wants_close = headers.get("connection", "").lower() == "close" or version == "HTTP/1.0"
+                if not keep or wants_close:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._conns.discard(task)
+            writer.close()
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 1024
-    allow_reuse_address = True
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Clients that hang up (timeouts, cancelled retries) are normal here, not worth a traceback."""
-        import sys
-
-        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            super().handle_error(request, client_address)
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    parts = []
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        if size == 0:
+            await reader.readuntil(b"\r\n")
+            return b"".join(parts)
+        parts.append(await reader.readexactly(size))
+        await reader.readexactly(2)
 
 
 def _tokens(text: str) -> list[str]:
@@ -337,122 +407,103 @@ def _tokens(text: str) -> list[str]:
     return re.findall(r"\s*\S+\s*", text) or ([text] if text else [])
 
 
-class _Handler(BaseHTTPRequestHandler):
-    owner: OllamaServer
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    server_version = "ollama-test"
+class _Exchange:
+    """One request and its response on a connection. ``handle`` returns whether the connection stays open."""
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet: tests read server.log
-        pass
+    def __init__(self, owner: OllamaServer, writer: asyncio.StreamWriter, method: str, target: str,
+                 headers: dict[str, str]):
+        self.owner, self.writer = owner, writer
+        self.method = method.upper()
+        self.path = target.split("?", 1)[0].rstrip("/") or "/"
+        self.headers = headers
+        self.keep = True
+        self.entry = LogEntry(method=self.method, path=self.path, body=None, headers=headers)
 
-    # ---- plumbing --------------------------------------------------------------------------------------------
-    def do_GET(self) -> None:
-        self._dispatch("GET")
+    # ---- writing ---------------------------------------------------------------------------------------------
+    def _head(self, status: int, extra: str) -> bytes:
+        return (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n{extra}"
+                f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S GMT', time.gmtime())}\r\n\r\n").encode()
 
-    def do_HEAD(self) -> None:
-        self._dispatch("HEAD")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def _send(self, status: int, body: Any, content_type: str = "application/json") -> None:
+    def send(self, status: int, body: Any, content_type: str = "application/json; charset=utf-8") -> None:
         data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
         self.entry.status = status
-        self.send_response(status)
-        self.send_header("Content-Type", content_type + ("; charset=utf-8" if content_type != "text/plain" else ""))
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
+        head = self._head(status, f"Content-Type: {content_type}\r\nContent-Length: {len(data)}\r\n")
+        self.writer.write(head if self.method == "HEAD" else head + data)
 
-    def _error(self, status: int, message: str) -> None:
+    def error(self, status: int, message: str) -> None:
         if self.path.startswith("/v1/"):
             kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
-            self._send(status, {"error": {"message": message, "type": kind, "param": None, "code": None}})
+            self.send(status, {"error": {"message": message, "type": kind, "param": None, "code": None}})
         else:
-            self._send(status, {"error": message})
+            self.send(status, {"error": message})
 
-    def _start_stream(self, content_type: str = "application/x-ndjson") -> None:
+    def start_stream(self, content_type: str = "application/x-ndjson") -> None:
         self.entry.status = 200
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
+        self.writer.write(self._head(200, f"Content-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n"))
 
-    def _chunk(self, data: bytes) -> None:
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+    def chunk(self, data: bytes) -> None:
+        self.writer.write(b"%x\r\n%s\r\n" % (len(data), data))
 
-    def _end_stream(self) -> None:
-        self.wfile.write(b"0\r\n\r\n")
+    def end_stream(self) -> None:
+        self.writer.write(b"0\r\n\r\n")
 
-    def _drop(self) -> None:
-        """Close the socket without a byte of response (what a crashed server or a dead proxy does)."""
+    def drop(self) -> bool:
+        """Close the connection without a byte of response (what a crashed server or a dead proxy does)."""
         self.entry.status = -1
-        try:
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.close_connection = True
+        return False
 
-    def _read_body(self) -> tuple[bool, Any]:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        if not raw:
-            return False, None
-        try:
-            return True, json.loads(raw)
-        except json.JSONDecodeError as e:
-            return True, e
-
-    def _dispatch(self, method: str) -> None:
+    # ---- dispatch --------------------------------------------------------------------------------------------
+    async def handle(self, raw: bytes) -> bool:
         owner = self.owner
-        path = self.path.split("?", 1)[0].rstrip("/") or "/"
-        self.path = path
-        has_body, body = self._read_body() if method in ("POST", "DELETE") else (False, None)
-        self.entry = LogEntry(method=method, path=path, body=None if isinstance(body, Exception) else body,
-                              headers={k.lower(): v for k, v in self.headers.items()})
+        body: Any = None
+        bad_json: Exception | None = None
+        if raw:
+            try:
+                body = json.loads(raw)
+            except json.JSONDecodeError as err:
+                bad_json = err
+        self.entry.body = body
         owner._record(self.entry)
-        route = ROUTES.get((method if method != "HEAD" else "GET", path))
+        route = ROUTES.get((self.method if self.method != "HEAD" else "GET", self.path))
         if route is None:
-            self._send(404, "404 page not found", "text/plain")
-            return
-        fault = owner._take_fault(path)
+            self.send(404, "404 page not found", "text/plain")
+            return True
+        fault = owner._take_fault(self.path)
         self.entry.fault = fault.kind if fault else None
         if fault is not None and fault.kind == "drop":
-            return self._drop()
+            return self.drop()
         if fault is not None and fault.kind == "hang":
-            owner._stop.wait(fault.seconds)
-            return self._drop()
+            try:
+                await asyncio.wait_for(owner._stopping.wait(), fault.seconds)
+            except asyncio.TimeoutError:
+                pass
+            return self.drop()
         if fault is not None and fault.kind == "status":
-            message = fault.message or (BUSY_MESSAGE if fault.status == 503 and path != "/v1/chat/completions"
+            message = fault.message or (BUSY_MESSAGE if fault.status == 503 and not self.path.startswith("/v1/")
                                         else DEFAULT_MESSAGES.get(fault.status, "error"))
-            return self._error(fault.status, message)
-        if method == "POST" and not has_body:
-            return self._error(400, "missing request body")
-        if isinstance(body, Exception):
-            return self._error(400, f"invalid character looking for beginning of value: {body}")
-        if method == "POST" and not isinstance(body, dict):
-            return self._error(400, "json: cannot unmarshal array into Go value of type api.Request")
-        try:
-            route(self, body or {}, fault)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
+            self.error(fault.status, message)
+            return True
+        if self.method == "POST" and not raw:
+            self.error(400, "missing request body")
+        elif bad_json is not None:
+            self.error(400, f"invalid character looking for beginning of value: {bad_json}")
+        elif self.method == "POST" and not isinstance(body, dict):
+            self.error(400, "json: cannot unmarshal array into Go value of type api.Request")
+        else:
+            await route(self, body or {}, fault)
+        return self.keep
 
     # ---- simple endpoints ------------------------------------------------------------------------------------
-    def root(self, body: dict, fault: Fault | None) -> None:
-        self._send(200, "Ollama is running", "text/plain")
+    async def root(self, body: dict, fault: Fault | None) -> None:
+        self.send(200, "Ollama is running", "text/plain")
 
-    def version(self, body: dict, fault: Fault | None) -> None:
-        self._send(200, {"version": self.owner.version})
+    async def version(self, body: dict, fault: Fault | None) -> None:
+        self.send(200, {"version": self.owner.version})
 
-    def tags(self, body: dict, fault: Fault | None) -> None:
-        self._send(200, {"models": list(self.owner.models.values())})
+    async def tags(self, body: dict, fault: Fault | None) -> None:
+        self.send(200, {"models": list(self.owner.models.values())})
 
-    def ps(self, body: dict, fault: Fault | None) -> None:
+    async def ps(self, body: dict, fault: Fault | None) -> None:
         models = []
         for name, expires in list(self.owner._loaded.items()):
             info = self.owner.models.get(name)
@@ -460,59 +511,59 @@ class _Handler(BaseHTTPRequestHandler):
                 continue
             models.append({**info, "expires_at": now_rfc3339(expires - time.time() if expires >= 0 else 3.15e8),
                            "size_vram": info["size"], "context_length": self.owner.num_ctx_default})
-        self._send(200, {"models": models})
+        self.send(200, {"models": models})
 
-    def show(self, body: dict, fault: Fault | None) -> None:
+    async def show(self, body: dict, fault: Fault | None) -> None:
         name = body.get("model") or body.get("name") or ""
         if not name:
-            return self._error(400, "model is required")
+            return self.error(400, "model is required")
         info = self.owner.models.get(normalize_model(name))
         if info is None:
-            return self._error(404, f"model '{name}' not found")
-        self._send(200, {"modelfile": f"FROM {info['name']}", "parameters": "stop \"<|eot_id|>\"",
-                         "template": "{{ .Prompt }}", "details": info["details"],
-                         "model_info": {"general.architecture": "llama", "llama.context_length": 131072},
-                         "capabilities": ["completion", "tools"], "modified_at": info["modified_at"]})
+            return self.error(404, f"model '{name}' not found")
+        self.send(200, {"modelfile": f"FROM {info['name']}", "parameters": "stop \"<|eot_id|>\"",
+                        "template": "{{ .Prompt }}", "details": info["details"],
+                        "model_info": {"general.architecture": "llama", "llama.context_length": 131072},
+                        "capabilities": ["completion", "tools"], "modified_at": info["modified_at"]})
 
-    def pull(self, body: dict, fault: Fault | None) -> None:
+    async def pull(self, body: dict, fault: Fault | None) -> None:
         name = body.get("model") or body.get("name") or ""
         registry = self.owner.registry
         known = registry is None or normalize_model(name) in {normalize_model(n) for n in registry}
-        stream = body.get("stream", True)
         if not known:
-            return self._error(500, "pull model manifest: file does not exist")
+            return self.error(500, "pull model manifest: file does not exist")
         self.owner.add_model(name)
-        if not stream:
-            return self._send(200, {"status": "success"})
+        if not body.get("stream", True):
+            return self.send(200, {"status": "success"})
         digest = "sha256:" + _digest(name)
-        self._start_stream()
+        self.start_stream()
         for part in ({"status": "pulling manifest"},
                      {"status": f"pulling {digest[7:19]}", "digest": digest, "total": 100, "completed": 50},
                      {"status": f"pulling {digest[7:19]}", "digest": digest, "total": 100, "completed": 100},
                      {"status": "verifying sha256 digest"}, {"status": "writing manifest"}, {"status": "success"}):
-            self._chunk(json.dumps(part).encode() + b"\n")
-        self._end_stream()
+            self.chunk(json.dumps(part).encode() + b"\n")
+        self.end_stream()
 
-    def v1_models(self, body: dict, fault: Fault | None) -> None:
+    async def v1_models(self, body: dict, fault: Fault | None) -> None:
         data = [{"id": n, "object": "model", "created": 1700000000, "owned_by": "library"}
                 for n in self.owner.models]
-        self._send(200, {"object": "list", "data": data})
+        self.send(200, {"object": "list", "data": data})
 
     # ---- generation ------------------------------------------------------------------------------------------
-    def chat(self, body: dict, fault: Fault | None) -> None:
-        self._generation(body, fault, api="chat")
+    async def chat(self, body: dict, fault: Fault | None) -> None:
+        await self._generation(body, fault, api="chat")
 
-    def generate(self, body: dict, fault: Fault | None) -> None:
-        self._generation(body, fault, api="generate")
+    async def generate(self, body: dict, fault: Fault | None) -> None:
+        await self._generation(body, fault, api="generate")
 
-    def v1_chat(self, body: dict, fault: Fault | None) -> None:
-        self._generation(body, fault, api="openai")
+    async def v1_chat(self, body: dict, fault: Fault | None) -> None:
+        await self._generation(body, fault, api="openai")
 
-    def _request_shape(self, body: dict, api: str) -> tuple[list[dict[str, Any]], Any, dict[str, Any], bool]:
+    @staticmethod
+    def _request_shape(body: dict, api: str) -> tuple[list[dict[str, Any]], Any, dict[str, Any], bool]:
         """(messages, format, options, stream) in Ollama terms, whatever the API."""
         if api == "chat":
-            return body.get("messages") or [], body.get("format"), dict(body.get("options") or {}), \
-                body.get("stream", True)
+            return (body.get("messages") or [], body.get("format"), dict(body.get("options") or {}),
+                    body.get("stream", True))
         if api == "generate":
             messages = ([{"role": "system", "content": body["system"]}] if body.get("system") else [])
             if body.get("prompt"):
@@ -532,40 +583,40 @@ class _Handler(BaseHTTPRequestHandler):
             options["num_predict"] = max_tokens
         return body.get("messages") or [], fmt, options, bool(body.get("stream", False))
 
-    def _generation(self, body: dict, fault: Fault | None, api: str) -> None:
+    async def _generation(self, body: dict, fault: Fault | None, api: str) -> None:
         owner = self.owner
         name = body.get("model") or ""
         if not name:
-            return self._error(404 if api == "generate" else 400,
-                               "model '' not found" if api == "generate" else "model is required")
+            return self.error(404 if api == "generate" else 400,
+                              "model '' not found" if api == "generate" else "model is required")
         model = normalize_model(name)
         if model not in owner.models or (fault is not None and fault.kind == "missing_model"):
-            return self._error(404, f'model "{name}" not found, try pulling it first')
+            return self.error(404, f'model "{name}" not found, try pulling it first')
         messages, fmt, options, stream = self._request_shape(body, api)
         if fmt not in (None, "", "json") and not isinstance(fmt, dict):
-            return self._error(500, f'invalid format: "{fmt}"; expected "json" or a valid JSON Schema object')
+            return self.error(500, f'invalid format: "{fmt}"; expected "json" or a valid JSON Schema object')
         keep_alive = body.get("keep_alive")
         if keep_alive is not None and not isinstance(keep_alive, (int, float, str)):
-            return self._error(400, "json: cannot unmarshal keep_alive into Go struct field")
+            return self.error(400, "json: cannot unmarshal keep_alive into Go struct field")
         if body.get("think") and api != "openai":
-            return self._error(400, f'"{name}" does not support thinking')
+            return self.error(400, f'"{name}" does not support thinking')
         if api != "openai" and not messages:
             return self._load_only(model, keep_alive, api)
 
         gate = owner.gate(model)
-        if not gate.enter(owner._stop):
-            return self._error(503, BUSY_MESSAGE)
+        if not await gate.enter():
+            return self.error(503, BUSY_MESSAGE)
         try:
             delay = owner.latency + (fault.seconds if fault is not None and fault.kind == "latency" else 0.0)
             if delay > 0:
-                owner._stop.wait(delay)
+                await asyncio.sleep(delay)
             text = owner.reply(messages, fmt, options)
             if fault is not None and fault.kind == "malformed_json":
                 text = text[: max(1, len(text) // 2)] if text.startswith(("{", "[")) else '{"answer": "cut off'
             elif fault is not None and fault.kind == "schema_violation":
                 text = json.dumps({"unexpected": "field", "score": "not a number"})
             self._mark_loaded(model, keep_alive)
-            self._answer(api, model, name, messages, text, options, stream, fault)
+            await self._answer(api, model, name, messages, text, options, stream, fault)
         finally:
             gate.leave()
 
@@ -592,10 +643,10 @@ class _Handler(BaseHTTPRequestHandler):
             out["message"] = {"role": "assistant", "content": ""}
         else:
             out["response"] = ""
-        self._send(200, out)
+        self.send(200, out)
 
-    def _answer(self, api: str, model: str, name: str, messages: list[dict[str, Any]], text: str,
-                options: dict[str, Any], stream: bool, fault: Fault | None) -> None:
+    async def _answer(self, api: str, model: str, name: str, messages: list[dict[str, Any]], text: str,
+                      options: dict[str, Any], stream: bool, fault: Fault | None) -> None:
         tokens = _tokens(text)
         limit = options.get("num_predict")
         reason = "stop"
@@ -610,33 +661,34 @@ class _Handler(BaseHTTPRequestHandler):
                    "eval_duration": latency_ns - latency_ns // 4}
         mid_error = fault is not None and fault.kind == "error_mid_stream"
         if api == "openai":
-            return self._answer_openai(name, "".join(tokens), reason, prompt_eval, len(tokens), stream, mid_error,
-                                       fault)
+            return await self._answer_openai(name, "".join(tokens), reason, prompt_eval, len(tokens), stream,
+                                             mid_error, fault)
         if not stream:
             if mid_error:
-                return self._error(500, fault.message or "an error was encountered while running the model")
+                return self.error(500, fault.message or "an error was encountered while running the model")
             out = self._piece(api, model, "".join(tokens))
             out.update(done=True, done_reason=reason, **metrics)
             if api == "generate":
                 out["context"] = [1, 2, 3]
-            return self._send(200, out)
-        self._start_stream()
+            return self.send(200, out)
+        self.start_stream()
         step = max(1, self.owner.chunk_words)
         pieces = ["".join(tokens[i:i + step]) for i in range(0, len(tokens), step)]
         for i, piece in enumerate(pieces):
             if mid_error and i == fault.after_chunks:
                 break
             if fault is not None and fault.kind == "garbage_line" and i == fault.after_chunks:
-                self._chunk(b"<html>proxy error</html>\n")
-            self._chunk(json.dumps(self._piece(api, model, piece)).encode() + b"\n")
+                self.chunk(b"<html>proxy error</html>\n")
+            self.chunk(json.dumps(self._piece(api, model, piece)).encode() + b"\n")
+            await self.writer.drain()
         if mid_error:
             message = fault.message or "an error was encountered while running the model: unexpected EOF"
-            self._chunk(json.dumps({"error": message}).encode() + b"\n")
+            self.chunk(json.dumps({"error": message}).encode() + b"\n")
         else:
             final = self._piece(api, model, "")
             final.update(done=True, done_reason=reason, **metrics)
-            self._chunk(json.dumps(final).encode() + b"\n")
-        self._end_stream()
+            self.chunk(json.dumps(final).encode() + b"\n")
+        self.end_stream()
 
     @staticmethod
     def _piece(api: str, model: str, content: str) -> dict[str, Any]:
@@ -648,8 +700,8 @@ class _Handler(BaseHTTPRequestHandler):
         out["done"] = False
         return out
 
-    def _answer_openai(self, name: str, text: str, reason: str, prompt_tokens: int, completion_tokens: int,
-                       stream: bool, mid_error: bool, fault: Fault | None) -> None:
+    async def _answer_openai(self, name: str, text: str, reason: str, prompt_tokens: int, completion_tokens: int,
+                             stream: bool, mid_error: bool, fault: Fault | None) -> None:
         finish = "length" if reason == "length" else "stop"
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                  "total_tokens": prompt_tokens + completion_tokens}
@@ -657,37 +709,37 @@ class _Handler(BaseHTTPRequestHandler):
                 "system_fingerprint": "fp_ollama"}
         if not stream:
             if mid_error:
-                return self._error(500, fault.message or "an error was encountered while running the model")
-            return self._send(200, {**base, "object": "chat.completion", "choices": [
+                return self.error(500, fault.message or "an error was encountered while running the model")
+            return self.send(200, {**base, "object": "chat.completion", "choices": [
                 {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
                 "usage": usage})
-        self._start_stream("text/event-stream")
+        self.start_stream("text/event-stream")
         for i, piece in enumerate(_tokens(text)):
             if mid_error and i == fault.after_chunks:
                 message = fault.message or "an error was encountered while running the model"
-                self._chunk(b"data: " + json.dumps({"error": {"message": message, "type": "api_error",
-                                                             "param": None, "code": None}}).encode() + b"\n\n")
-                return self._end_stream()
+                self.chunk(b"data: " + json.dumps({"error": {"message": message, "type": "api_error",
+                                                            "param": None, "code": None}}).encode() + b"\n\n")
+                return self.end_stream()
             delta = {**base, "object": "chat.completion.chunk", "choices": [
                 {"index": 0, "delta": {"role": "assistant", "content": piece}, "finish_reason": None}]}
-            self._chunk(b"data: " + json.dumps(delta).encode() + b"\n\n")
+            self.chunk(b"data: " + json.dumps(delta).encode() + b"\n\n")
         last = {**base, "object": "chat.completion.chunk", "choices": [
             {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": finish}], "usage": usage}
-        self._chunk(b"data: " + json.dumps(last).encode() + b"\n\ndata: [DONE]\n\n")
-        self._end_stream()
+        self.chunk(b"data: " + json.dumps(last).encode() + b"\n\ndata: [DONE]\n\n")
+        self.end_stream()
 
 
-ROUTES: dict[tuple[str, str], Callable[[_Handler, dict, Fault | None], None]] = {
-    ("GET", "/"): _Handler.root,
-    ("GET", "/api/version"): _Handler.version,
-    ("GET", "/api/tags"): _Handler.tags,
-    ("GET", "/api/ps"): _Handler.ps,
-    ("POST", "/api/show"): _Handler.show,
-    ("POST", "/api/pull"): _Handler.pull,
-    ("POST", "/api/chat"): _Handler.chat,
-    ("POST", "/api/generate"): _Handler.generate,
-    ("POST", "/v1/chat/completions"): _Handler.v1_chat,
-    ("GET", "/v1/models"): _Handler.v1_models,
+ROUTES: dict[tuple[str, str], Callable[[_Exchange, dict, Fault | None], Any]] = {
+    ("GET", "/"): _Exchange.root,
+    ("GET", "/api/version"): _Exchange.version,
+    ("GET", "/api/tags"): _Exchange.tags,
+    ("GET", "/api/ps"): _Exchange.ps,
+    ("POST", "/api/show"): _Exchange.show,
+    ("POST", "/api/pull"): _Exchange.pull,
+    ("POST", "/api/chat"): _Exchange.chat,
+    ("POST", "/api/generate"): _Exchange.generate,
+    ("POST", "/v1/chat/completions"): _Exchange.v1_chat,
+    ("GET", "/v1/models"): _Exchange.v1_models,
 }
 
 

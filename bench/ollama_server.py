@@ -1,0 +1,113 @@
+"""How much the Ollama-protocol test server and OllamaClient cost per request (so benchmarks built on them measure
+the generator, not the harness).
+
+1. Server alone: the server in its own process, latency 0, driven by raw httpx at concurrency C -> requests/s.
+2. Capacity: server with N slots and fixed latency L (capacity N/L req/s), driven by OllamaClient at concurrency N
+   -> achieved / capacity, and the client's overhead per request.
+
+    .venv/bin/python bench/ollama_server.py [--requests 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(port: int, **settings: float) -> subprocess.Popen:
+    args = [sys.executable, str(ROOT / "tests" / "ollama_server.py"), "--port", str(port)]
+    for key, value in settings.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    proc.stdout.readline()  # "serving on ..."
+    return proc
+
+
+async def raw_rate(url: str, n: int, concurrency: int, stream: bool) -> float:
+    import httpx
+
+    body = {"model": "llama3.1:70b", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, trust_env=False, timeout=30) as h:
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one() -> None:
+            async with sem:
+                r = await h.post("/api/chat", json=body)
+                r.raise_for_status()
+
+        await one()
+        t = time.perf_counter()
+        await asyncio.gather(*[one() for _ in range(n)])
+        return n / (time.perf_counter() - t)
+
+
+async def client_rate(url: str, n: int, concurrency: int) -> float:
+    from prefloop.llm import make_client
+
+    client = make_client("ollama:llama3.1:70b", host=url)
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with sem:
+            await client.chat([{"role": "user", "content": f"question {i}"}])
+
+    await one(-1)
+    t = time.perf_counter()
+    await asyncio.gather(*[one(i) for i in range(n)])
+    rate = n / (time.perf_counter() - t)
+    await client.aclose()
+    return rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=2000)
+    args = parser.parse_args()
+    port = free_port()
+    proc = spawn(port, num_parallel=64)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for stream in (False, True):
+            for conc in (1, 16):
+                rate = asyncio.run(raw_rate(url, args.requests, conc, stream))
+                print(f"server alone, latency 0, stream={stream!s:5} concurrency {conc:2}: {rate:7.0f} req/s "
+                      f"({1000 / rate:.2f} ms/req incl. a raw httpx client)")
+        rate = asyncio.run(client_rate(url, args.requests, 16))
+        print(f"OllamaClient (streaming), latency 0, concurrency 16: {rate:7.0f} req/s ({1000 / rate:.2f} ms/req)")
+    finally:
+        proc.terminate()
+        proc.wait()
+    latency = 0.05
+    for slots in (1, 4, 16):
+        port = free_port()
+        proc = spawn(port, num_parallel=slots, latency=latency)
+        try:
+            n = max(40, int(slots / latency * 2))  # ~2 s of work
+            rate = asyncio.run(client_rate(f"http://127.0.0.1:{port}", n, slots))
+            capacity = slots / latency
+            overhead_ms = (slots / rate - latency) * 1000
+            print(f"N={slots:2} slots, latency {latency * 1000:.0f} ms: {rate:6.1f} req/s of capacity {capacity:5.0f} "
+                  f"= {rate / capacity:6.1%}  (per-request overhead {overhead_ms:.2f} ms)")
+        finally:
+            proc.terminate()
+            proc.wait()
+
+
+if __name__ == "__main__":
+    main()
