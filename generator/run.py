@@ -163,7 +163,8 @@ async def generate_async(cfg: GenerateConfig, console: Any = None, clients: dict
             await client.preflight()
         runner = Runner(cfg.output, concurrency=cfg.resolved_concurrency(), max_attempts=cfg.max_attempts,
                         backoff_s=cfg.backoff_s, abort_after=cfg.abort_after, fsync=cfg.fsync,
-                        console=console, progress=False if cfg.quiet else None, description=f"{cfg.strategy} pairs")
+                        console=console, progress=False if cfg.quiet else None, description=f"generate ({cfg.strategy})",
+                        unit="pairs")
         ctx = Context(cfg, clients, runner)
 
         async def work(job: Job) -> Any:

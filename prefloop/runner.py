@@ -142,8 +142,8 @@ class _Lock:
 class _Progress:
     """A rich progress bar (items/s, ETA, retries, failures, drops), or nothing when quiet."""
 
-    def __init__(self, console: Any, total: int, done: int, description: str, enabled: bool):
-        self.bar = None
+    def __init__(self, console: Any, total: int, done: int, description: str, enabled: bool, unit: str = "items"):
+        self.bar, self.unit = None, unit
         if not enabled:
             return
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
@@ -162,7 +162,7 @@ class _Progress:
         if self.bar is None:
             return
         dt = time.perf_counter() - self.t0
-        rate = f"{(completed - self.n0) / dt:.2f}/s" if dt > 0 else ""
+        rate = f"{(completed - self.n0) / dt:.2f} {self.unit}/s" if dt > 0 else ""
         self.bar.update(self.task, completed=completed, rate=rate, retries=s.retries, failed=s.failed,
                         dropped=sum(s.dropped.values()))
 
@@ -187,7 +187,8 @@ class Runner:
     def __init__(self, output: str | Path, *, concurrency: int = 4, max_attempts: int = 3,
                  backoff_s: float = 1.0, backoff_max_s: float = 30.0, abort_after: int = 25,
                  retry_on: tuple[type[BaseException], ...] = RETRYABLE, fsync: bool = False,
-                 console: Any = None, progress: bool | None = None, description: str = "jobs"):
+                 console: Any = None, progress: bool | None = None, description: str = "jobs",
+                 unit: str = "items"):
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         self.output = Path(output)
@@ -196,7 +197,7 @@ class Runner:
         self.concurrency, self.max_attempts = concurrency, max(1, max_attempts)
         self.backoff_s, self.backoff_max_s, self.abort_after = backoff_s, backoff_max_s, abort_after
         self.retry_on, self.fsync = retry_on, fsync
-        self.console, self.progress, self.description = console, progress, description
+        self.console, self.progress, self.description, self.unit = console, progress, description, unit
         self.summary = RunSummary()
         self._streak = 0
 
@@ -235,7 +236,7 @@ class Runner:
             enabled = self.progress if self.progress is not None else bool(
                 self.console is not None and getattr(self.console, "is_terminal", False))
             bar = _Progress(self.console, s.total, s.skipped_existing + s.skipped_dropped, self.description,
-                            enabled)
+                            enabled, self.unit)
             try:
                 with JsonlAppender(self.output, fsync=self.fsync) as out, \
                         JsonlAppender(self.failures_path, fsync=self.fsync) as fails, \

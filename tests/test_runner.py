@@ -195,3 +195,27 @@ def test_second_run_on_same_output_is_refused(tmp_path: Path) -> None:
         assert (await first).written == 1
 
     asyncio.run(both())
+
+
+def test_progress_bar_shows_rate_retries_and_failures(tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=200)
+    tries: dict[str, int] = {}
+
+    async def work(job: Job) -> dict:
+        tries[job.id] = tries.get(job.id, 0) + 1
+        if job.data == 0:
+            raise ServerFatal("gone")
+        if job.data == 1 and tries[job.id] == 1:
+            raise Transient("busy")
+        await asyncio.sleep(0.01)
+        return {}
+
+    run_jobs(jobs(6), work, tmp_path / "o.jsonl", concurrency=2, console=console, unit="pairs", backoff_s=0)
+    text = buf.getvalue()
+    assert "6/6" in text and "pairs/s" in text and "retries 1" in text and "failed 1" in text
+    assert run_jobs(jobs(6), work, tmp_path / "q.jsonl", concurrency=2, console=Console(file=io.StringIO())).failed == 1
