@@ -147,7 +147,7 @@ class Report:
         return self
 
     def image(self, path: str | Path, caption: str | None = None, alt: str = "") -> "Report":
-        self.blocks.append(Image(Path(path), caption, alt or caption or Path(path).stem))
+        self.blocks.append(Image(Path(path), caption, alt or Path(path).stem.replace("_", " ")))
         return self
 
     def example(self, title: str, prompt: str, answers: Mapping[str, str] | Sequence[tuple[str, str]],

@@ -88,7 +88,7 @@ def test_images_embedded_or_linked(tmp_path):
     assert match and base64.b64decode(match.group(1)) == png.read_bytes()
     linked = report.to_html(tmp_path, embed_images=False)
     assert 'src="plots/training.png"' in linked
-    assert "![training curves](plots/training.png)" in report.to_markdown(tmp_path)
+    assert "![training](plots/training.png)\n\n*training curves*" in report.to_markdown(tmp_path)
     report.image(tmp_path / "nope.png")
     assert "missing image" in report.to_html(tmp_path)
 
