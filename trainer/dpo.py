@@ -120,7 +120,7 @@ class DPOObjective:
 
     def stuck_message(self, steps: int) -> str:
         z = self.zero_margin_loss()
-        at = "ln 2" if abs(z - math.log(2)) < 1e-9 else f"{z:.4f}"
+        at = "ln 2" if abs(z - math.log(2)) < 1e-6 else "its zero-margin value"
         return (f"the loss has stayed at {at} = {z:.4f} with zero rewards for {steps} steps: the policy is not "
                 f"moving away from the reference. Check that the reference is not the policy itself, that beta "
                 f"({self.cfg.beta}) is not tiny, and that the learning rate ({self.cfg.lr}) is large enough.")
