@@ -214,6 +214,7 @@ class OllamaServer:
         self.reply: Reply = reply or default_reply
         self.num_ctx_default = num_ctx_default
         self.registry: set[str] | None = None  # names /api/pull can fetch; None = any
+        self.api_key: str | None = None  # when set, /v1/* wants "Authorization: Bearer <key>" (hosted-API style)
         self.faults: list[Fault] = []
         self.log: list[LogEntry] = []
         self._port = port
@@ -483,7 +484,10 @@ class _Exchange:
                                         else DEFAULT_MESSAGES.get(fault.status, "error"))
             self.error(fault.status, message)
             return True
-        if self.method == "POST" and not raw:
+        if owner.api_key and self.path.startswith("/v1/") and \
+                self.headers.get("authorization") != f"Bearer {owner.api_key}":
+            self.error(401, "Incorrect API key provided")
+        elif self.method == "POST" and not raw:
             self.error(400, "missing request body")
         elif bad_json is not None:
             self.error(400, f"invalid character looking for beginning of value: {bad_json}")

@@ -1,0 +1,181 @@
+"""``openai:MODEL@BASE_URL``: any OpenAI-compatible chat server (vLLM, llama.cpp server, LM Studio, Ollama's /v1,
+hosted APIs) through plain httpx, with the same retry and JSON-validation rules as the Ollama client.
+
+Why not the ``openai`` package: one POST and one GET are all we need, and httpx is already here.
+The API key is read only from an environment variable (``OPENAI_API_KEY`` unless another name is given), kept only
+in the HTTP client's headers, and never put in a record, a log line, an error or a repr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from typing import Any
+
+from prefloop.llm.base import ChatReply, ClientSpec, GenOptions, ServerFatal, Transient
+from prefloop.llm.ollama_client import estimate_tokens, is_loopback
+from prefloop.llm.retry import ClientStats, RawReply, RetryPolicy, ask, with_retries
+
+log = logging.getLogger("prefloop.llm")
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header in seconds (the HTTP-date form is rare on these APIs and ignored)."""
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+class OpenAIClient:
+    """An ``LLMClient`` for OpenAI-compatible ``/chat/completions``. ``timeout`` bounds one whole reply."""
+
+    def __init__(self, spec: ClientSpec, *, api_key_env: str = "OPENAI_API_KEY", timeout: float = 600.0,
+                 connect_timeout: float = 10.0, retry: RetryPolicy = RetryPolicy(), invalid_retries: int = 2,
+                 max_connections: int = 256, seed: int | None = None, strict_schema: bool = False):
+        self.spec = spec
+        self.base_url = (spec.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self.api_key_env = api_key_env
+        self.timeout, self.connect_timeout = timeout, connect_timeout
+        self.retry, self.invalid_retries = retry, invalid_retries
+        self.strict_schema = strict_schema
+        self.stats = ClientStats()
+        self._rng = random.Random(seed)
+        self._max_connections = max_connections
+        self._warned_ctx = False
+        self._http: Any = None
+
+    def __repr__(self) -> str:
+        return f"OpenAIClient({self.spec.backend}:{self.spec.model}, base_url={self.base_url!r}, " \
+               f"key from ${self.api_key_env})"
+
+    @property
+    def http(self) -> Any:
+        """The httpx client; the key goes into its headers here and nowhere else."""
+        if self._http is None:
+            import httpx
+
+            headers = {"Content-Type": "application/json", "Accept": "application/json"}
+            key = os.environ.get(self.api_key_env)
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
+            limits = httpx.Limits(max_connections=self._max_connections,
+                                  max_keepalive_connections=self._max_connections)
+            self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, limits=limits,
+                                           timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
+                                           trust_env=not is_loopback(self.base_url))
+        return self._http
+
+    async def preflight(self) -> None:
+        """Server reachable, key accepted, model served; else ``ServerFatal`` saying what to fix."""
+        if not os.environ.get(self.api_key_env) and not is_loopback(self.base_url):
+            raise ServerFatal(f"{self.base_url} needs an API key: set the environment variable {self.api_key_env} "
+                              f"(keys are never read from settings files)")
+        policy = RetryPolicy(attempts=3, base_delay=0.2, max_delay=1.0)
+        try:
+            listing, _ = await with_retries(self._models, policy, rng=self._rng, what=f"{self.base_url}/models")
+        except Transient as err:
+            raise ServerFatal(f"cannot reach the OpenAI-compatible server at {self.base_url}: {err}") from err
+        if listing is None:
+            log.warning("%s has no /models listing; cannot check that it serves '%s'", self.base_url,
+                        self.spec.model)
+            return
+        ids = [str(m.get("id", "")) for m in listing.get("data", []) if isinstance(m, dict)]
+        if self.spec.model in ids:
+            return
+        if len(ids) == 1:  # single-model servers (llama.cpp) answer whatever name is asked
+            log.warning("%s serves only '%s', not '%s'; using it", self.base_url, ids[0], self.spec.model)
+            return
+        raise ServerFatal(f"model '{self.spec.model}' is not served by {self.base_url} (it serves: "
+                          f"{', '.join(ids[:20]) or 'nothing'})")
+
+    async def _models(self) -> dict[str, Any] | None:
+        response = await self._request("GET", "/models")
+        if response.status_code == 404:
+            return None
+        self._raise_for_status(response)
+        return response.json()
+
+    async def chat(self, messages: list[dict[str, str]], *, schema: dict[str, Any] | None = None,
+                   options: GenOptions | None = None) -> ChatReply:
+        options = options or GenOptions()
+        need = estimate_tokens(messages) + options.max_tokens
+        if need > options.num_ctx and not self._warned_ctx:
+            self._warned_ctx = True
+            log.warning("%s: a prompt may exceed the context (~%d tokens > num_ctx %d)", self.spec.model, need,
+                        options.num_ctx)
+        return await ask(lambda seed: self._send(messages, schema, options, seed), schema=schema,
+                         seed=options.seed, policy=self.retry, invalid_retries=self.invalid_retries,
+                         stats=self.stats, model=f"openai:{self.spec.model}", rng=self._rng,
+                         what=f"openai:{self.spec.model}")
+
+    def request_body(self, messages: list[dict[str, str]], schema: dict[str, Any] | None, options: GenOptions,
+                     seed: int | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.spec.model, "messages": messages,
+                                "temperature": options.temperature, "max_tokens": options.max_tokens}
+        if seed is not None:
+            body["seed"] = seed
+        if options.top_p is not None:
+            body["top_p"] = options.top_p
+        if options.stop:
+            body["stop"] = list(options.stop)
+        if schema is not None:
+            body["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "reply", "schema": schema, "strict": self.strict_schema}}
+        return body
+
+    async def _send(self, messages: list[dict[str, str]], schema: dict[str, Any] | None, options: GenOptions,
+                    seed: int | None) -> RawReply:
+        response = await self._request("POST", "/chat/completions",
+                                       json=self.request_body(messages, schema, options, seed))
+        self._raise_for_status(response)
+        try:
+            body = response.json()
+            choice = body["choices"][0]
+            text = choice["message"].get("content") or ""
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
+            raise Transient(f"{self.base_url}: unreadable completion: {response.text[:200]!r}") from err
+        usage = body.get("usage") or {}
+        return RawReply(text=text, prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                        completion_tokens=int(usage.get("completion_tokens") or 0),
+                        finish_reason=str(choice.get("finish_reason") or ""))
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One HTTP call; transport failures become ``Transient`` (the message names no header)."""
+        import httpx
+
+        try:
+            return await self.http.request(method, path, **kwargs)
+        except httpx.TimeoutException as err:
+            raise Transient(f"{self.base_url}{path}: no reply within {self.timeout:g}s "
+                            f"({type(err).__name__})") from None
+        except httpx.TransportError as err:
+            raise Transient(f"{self.base_url}{path}: connection failed: {type(err).__name__}") from None
+
+    def _raise_for_status(self, response: Any) -> None:
+        status = response.status_code
+        if status < 400:
+            return
+        try:
+            detail = response.json().get("error", {})
+            message = detail.get("message", "") if isinstance(detail, dict) else str(detail)
+        except (ValueError, AttributeError, json.JSONDecodeError):
+            message = response.text[:200]
+        where = f"{self.base_url}: HTTP {status}: {message}"
+        if status in RETRY_STATUS:
+            err = Transient(where)
+            err.retry_after = retry_after_seconds(response.headers.get("retry-after"))  # type: ignore[attr-defined]
+            raise err
+        if status in (401, 403):
+            raise ServerFatal(f"{where} (check the key in ${self.api_key_env})")
+        raise ServerFatal(where)
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
