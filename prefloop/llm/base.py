@@ -64,6 +64,8 @@ def parse_spec(spec: str) -> ClientSpec:
         base_url = base_url or None
         if not at:
             base_url = None
+    if backend == "local" and not rest:
+        rest = "smollm2"  # `local:` alone is the embedded SmolLM2-135M-Instruct
     if not rest:
         raise ValueError(f"model spec '{spec}' names no model")
     return ClientSpec(backend=backend, model=rest, base_url=base_url)
