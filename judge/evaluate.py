@@ -289,6 +289,7 @@ def evaluate(cfg: JudgeConfig, console: Any = None, *, clients: dict[str, Any] |
     out.mkdir(parents=True, exist_ok=True)
     records, pair_gens = load_eval_prompts(cfg)
     warnings = self_preference_warnings(cfg.judges, pair_gens | training_generators(cfg))
+    warnings += self_preference_warnings(cfg.judges, {cfg.policy, cfg.reference}, role="one of the models being compared")
     for w in warnings:
         say(console, f"[yellow]warning:[/] {w}")
     answers = generate_answers(cfg, records, console)

@@ -70,19 +70,19 @@ def generator_models(records: Iterable[Any]) -> set[str]:
     return found
 
 
-def self_preference_warnings(judges: Iterable[str], generators: Iterable[str]) -> list[str]:
-    """One warning per judge that is, or is a sibling of, a model that generated the training pairs."""
+def self_preference_warnings(judges: Iterable[str], generators: Iterable[str],
+                             role: str = "the model that generated the training pairs") -> list[str]:
+    """One warning per judge that is, or is a sibling of, one of ``generators`` (``role`` says what they are)."""
     out = []
     gens = sorted(set(generators))
     for judge in judges:
         for gen in gens:
             if model_name(judge, keep_tag=True) == model_name(gen, keep_tag=True):
-                out.append(f"judge {judge} is the model that generated the training pairs ({gen}): it tends to "
-                           "prefer its own style, so the win rate may be inflated; use a different judge family")
+                out.append(f"judge {judge} is {role} ({gen}): it tends to prefer its own style, so the win rate "
+                           "may be biased; use a judge from another family")
                 break
             if model_family(judge) == model_family(gen):
-                out.append(f"judge {judge} is from the same family ({model_family(judge)}) as the model that "
-                           f"generated the training pairs ({gen}): self-preference may inflate the win rate; "
-                           "use a judge from another family")
+                out.append(f"judge {judge} is from the same family ({model_family(judge)}) as {role} ({gen}): "
+                           "self-preference may bias the win rate; use a judge from another family")
                 break
     return out
