@@ -84,13 +84,13 @@ class GenerateConfig:
 
     def resolved_concurrency(self) -> int:
         """Requests in flight. An explicit setting wins; else the slowest backend used decides:
-        ``local`` alone runs in-process (1), Ollama serves ``OLLAMA_NUM_PARALLEL`` slots (when set here; one or two
+        ``local`` alone: its batch size (8; concurrent requests become one batched generate), Ollama serves ``OLLAMA_NUM_PARALLEL`` slots (when set here; one or two
         more in flight keeps every slot busy between replies), else 4; OpenAI-compatible servers batch (8)."""
         if self.concurrency:
             return self.concurrency
         backends = {parse_spec(s).backend for s in self.specs_used()}
         if backends == {"local"}:
-            return 1  # in-process; a mixed run caps local calls at one at a time on its own
+            return 8  # the local client gathers concurrent chats into one batched generate (its batch size)
         if "ollama" in backends:
             slots = os.environ.get("OLLAMA_NUM_PARALLEL", "").strip()
             return int(slots) + 1 if slots.isdigit() and int(slots) > 0 else 4

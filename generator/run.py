@@ -67,16 +67,16 @@ class Context:
     def __init__(self, cfg: GenerateConfig, clients: dict[str, Any], runner: Runner | None = None):
         self.cfg, self.clients, self.runner = cfg, clients, runner
         limit = max(1, cfg.resolved_concurrency())
-        # a local model runs one request at a time whatever the runner's concurrency
-        self._slots = {spec: asyncio.Semaphore(1 if parse_spec(spec).backend == "local" else limit)
-                       for spec in clients}
+        self._slots = {spec: asyncio.Semaphore(limit) for spec in clients}
+        # generate_batch runs a whole generate in a thread: one at a time per local model
+        self._batch_locks = {spec: asyncio.Lock() for spec in clients}
 
     def options(self, temperature: float, seed: int | None = None) -> GenOptions:
         return GenOptions(temperature=temperature, seed=self.cfg.seed if seed is None else seed,
                           max_tokens=self.cfg.max_tokens, num_ctx=self.cfg.num_ctx)
 
     def slot(self, spec: str) -> asyncio.Semaphore:
-        """Bounds the requests in flight to one model (one at a time for a local model)."""
+        """Bounds the requests in flight to one model."""
         return self._slots[spec]
 
     async def chat(self, spec: str, messages: list[dict[str, str]], *, temperature: float,
@@ -92,7 +92,7 @@ class Context:
         it (Alpaca text as raw text: on-policy); a served chat model gets the task as a user turn."""
         client = self.clients[spec]
         if parse_spec(spec).backend == "local" and hasattr(client, "generate_batch"):
-            async with self._slots[spec]:
+            async with self._batch_locks[spec]:
                 texts = await asyncio.to_thread(client.generate_batch, [rec.prompt], self.options(temperature, seed))
             return texts[0]
         if rec.meta.get("prompt_format") == "alpaca" and "instruction" in rec.meta:

@@ -280,8 +280,7 @@ class Runner:
                         return
                 else:
                     if job.id not in written_ids:  # belt and braces: never two lines with one id
-                        record = dict(outcome)
-                        record["id"] = job.id
+                        record = {"id": job.id, **{k: v for k, v in outcome.items() if k != "id"}}
                         out.append(record)
                         written_ids.add(job.id)
                         s.written += 1

@@ -103,7 +103,7 @@ def test_config_checks_and_concurrency(monkeypatch: pytest.MonkeyPatch) -> None:
         GenerateConfig(strategy="rank", k=1)
     with pytest.raises(ValueError, match="two different models"):
         GenerateConfig(strategy="contrast", model="local:smollm2", sft_model="local:smollm2")
-    assert GenerateConfig(model="local:smollm2").resolved_concurrency() == 1
+    assert GenerateConfig(model="local:smollm2").resolved_concurrency() == 8
     monkeypatch.delenv("OLLAMA_NUM_PARALLEL", raising=False)
     assert GenerateConfig(model="llama3.1:70b").resolved_concurrency() == 4
     monkeypatch.setenv("OLLAMA_NUM_PARALLEL", "8")
