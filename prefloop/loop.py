@@ -563,15 +563,20 @@ def run_preflight(cfg: LoopConfig, heldout_path: Path, judge_spec: str, out_dir:
     answers = sft.generate_batch([p.prompt for p in prompts], options)
     judge = make_client(judge_spec) if judge_spec != "local:" + str(cfg.train.model) else sft
 
+    # a score is a number: a short reply budget keeps a rambling small judge from writing an essay
+    score_options = GenOptions(temperature=cfg.judge.judge_temperature, seed=cfg.judge.judge_seed,
+                               max_tokens=min(64, cfg.judge.judge_max_tokens), num_ctx=cfg.judge.judge_num_ctx)
+
     async def score_all(cache: Any) -> list[tuple[Any, Any]]:
         try:
             await judge.preflight()
             out = []
             for p, answer in zip(prompts, answers):
-                mine = await score_answer(judge, p.prompt, answer, reference=p.reference, cache=cache)
+                mine = await score_answer(judge, p.prompt, answer, reference=p.reference, cache=cache,
+                                          options=score_options)
                 # the dataset's own answer under the same prompt: the judge's ceiling on this task
-                ref = await score_answer(judge, p.prompt, p.reference, reference=p.reference, cache=cache) \
-                    if p.reference else None
+                ref = await score_answer(judge, p.prompt, p.reference, reference=p.reference, cache=cache,
+                                         options=score_options) if p.reference else None
                 out.append((mine, ref))
             return out
         finally:  # close in the loop that opened the connections
@@ -667,6 +672,9 @@ def main(args: argparse.Namespace) -> int:
         html_path, _ = write_run_report(cfg.run_dir, cfg)
         print(html_path)
         return 0
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars for every model load drown the stage lines
     if cfg.run.threads:
         import torch
 
