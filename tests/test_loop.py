@@ -1,0 +1,242 @@
+"""The whole loop in miniature: the Ollama-protocol test server writes the pairs and judges, a tiny Llama is the
+SFT model that DPO trains. Checks the run folder, that a rerun skips every finished stage (no model call at all),
+and that a changed training setting reruns training and judging but not generation."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from prefloop.fingerprint import RunState
+from prefloop.jsonl import read_jsonl
+from prefloop.loop import SplitSection, choose_heldout, load_loop_config, main, split_key
+from prefloop.config import ConfigError
+
+PROMPTS = [
+    {"instruction": f"Task {i}: name a colour that rhymes with {w}.", "input": "", "output": f"The answer is {w}."}
+    for i, w in enumerate(["red", "blue", "green", "grey", "black", "white", "pink", "gold", "teal", "tan",
+                           "navy", "lime"])
+]
+
+A_ANSWER = re.compile(r"\[The Start of Assistant A's Answer\]\n(.*?)\n\[The End of Assistant A's Answer\]", re.S)
+B_ANSWER = re.compile(r"\[The Start of Assistant B's Answer\]\n(.*?)\n\[The End of Assistant B's Answer\]", re.S)
+
+
+def scripted_reply(messages, format, options):  # noqa: A002 - the server's callback signature
+    """A consistent fake judge and writer: rewrites by direction, scores 72, prefers the shorter answer."""
+    text = messages[-1]["content"]
+    if isinstance(format, dict):
+        a, b = A_ANSWER.search(text), B_ANSWER.search(text)
+        a_text, b_text = (a.group(1) if a else ""), (b.group(1) if b else "")
+        winner = "tie" if len(a_text) == len(b_text) else ("A" if len(a_text) < len(b_text) else "B")
+        return json.dumps({"reason": "the shorter answer is clearer", "winner": winner})
+    if "score the model response" in text:
+        return "72"
+    answer = text.split("Correct answer:\n", 1)[-1].split("\n\n", 1)[0] if "Correct answer:" in text else "Okay."
+    if "more impolite" in text:
+        return f"Ugh, fine. {answer}"
+    return f"Thank you for asking! {answer}"
+
+
+def write_config(tmp_path: Path, model_dir: Path, extra: str = "") -> Path:
+    data = tmp_path / "prompts.json"
+    data.write_text(json.dumps(PROMPTS))
+    cfg = tmp_path / "loop.toml"
+    cfg.write_text(f"""
+[run]
+out_dir = "{(tmp_path / 'run').as_posix()}"
+
+[data]
+prompts = "prompts.json"
+
+[split]
+heldout_fraction = 0.25
+
+[generate]
+model = "ollama:llama3.2:1b"
+max_tokens = 64
+
+[preflight]
+prompts = 2
+max_tokens = 12
+
+[train]
+model = "{model_dir.as_posix()}"
+max_steps = 2
+batch_size = 2
+max_length = 256
+save_every = 1
+eval_every = 1
+live = false
+
+[judge]
+judges = ["ollama:judge"]
+max_new_tokens = 12
+n_boot = 200
+{extra}
+""")
+    return cfg
+
+
+class Args:
+    def __init__(self, config: Path, *overrides: str):
+        self.config, self.overrides, self.out, self.report_only = str(config), list(overrides), None, False
+
+
+def stage_fps(run: Path) -> dict[str, tuple[str, str, int]]:
+    state = RunState(run)
+    return {name: (rec.fingerprint, rec.status, rec.runs) for name, rec in state.stages.items()}
+
+
+@pytest.fixture()
+def server(ollama_server, monkeypatch):
+    ollama_server.reply = scripted_reply
+    monkeypatch.setenv("OLLAMA_HOST", ollama_server.url)
+    return ollama_server
+
+
+def test_loop_end_to_end_then_skip_then_rerun_only_what_changed(tmp_path, tiny_model_dir, server, capsys):
+    cfg_path = write_config(tmp_path, tiny_model_dir)
+    run = tmp_path / "run"
+    assert main(Args(cfg_path)) == 0
+
+    # outputs of every stage
+    pairs = read_jsonl(run / "generate" / "pairs.jsonl")
+    assert len(pairs) == len(PROMPTS)
+    train_rows = read_jsonl(run / "split" / "train.jsonl")
+    heldout = read_jsonl(run / "split" / "heldout_prompts.jsonl")
+    assert len(heldout) == 4 and len(train_rows) == len(PROMPTS) - 4   # 25% of 12, raised to heldout_min
+    held_keys = {split_key(r["prompt"]) for r in heldout}
+    assert not held_keys & {split_key(r["prompt"]) for r in train_rows}   # held-out prompts never reach training
+    assert all(r["reference"] for r in heldout)                          # the dataset answer travels with them
+    assert (run / "train" / "final" / "config.json").exists()
+    metrics = read_jsonl(run / "train" / "metrics.jsonl")
+    assert {m["split"] for m in metrics} == {"train", "eval"}
+    results = json.loads((run / "judge" / "results.json").read_text())
+    assert results["n"] == 4 and results["judge"] == "ollama:judge"
+    assert results["prompts"].endswith("heldout_prompts.jsonl")
+    preflight = json.loads((run / "preflight" / "summary.json").read_text())
+    assert preflight["n"] == 2 and preflight["mean_reference_score"] == pytest.approx(72.0)
+    html = (run / "report.html").read_text()
+    md = (run / "report.md").read_text()
+    for text in ("Held-out win rate", "Preflight", "Generation", "Training", "side by side"):
+        assert text in html and text in md
+    assert "data:image/png;base64," in html and (run / "plots" / "training.png").exists()
+    assert (run / "plots" / "win_rate.png").exists()
+    out = capsys.readouterr().out
+    assert "held-out win rate" in out and "report.html" in out
+
+    first = stage_fps(run)
+    assert set(first) == {"generate", "split", "preflight", "train", "judge"}
+    assert all(status == "done" for _, status, _ in first.values())
+
+    # the same command again: nothing runs, no model is asked anything
+    calls = server.count("/api/chat")
+    assert main(Args(cfg_path)) == 0
+    assert server.count("/api/chat") == calls
+    assert stage_fps(run) == first
+    assert capsys.readouterr().out.count("skipped") == 5
+
+    # a changed training setting: train and judge run again, generation, split and preflight do not
+    gen_mtime = (run / "generate" / "pairs.jsonl").stat().st_mtime_ns
+    assert main(Args(cfg_path, "train.beta=0.3")) == 0
+    second = stage_fps(run)
+    for name in ("generate", "split", "preflight"):
+        assert second[name] == first[name]
+    for name in ("train", "judge"):
+        assert second[name][0] != first[name][0] and second[name][1] == "done"
+    assert (run / "generate" / "pairs.jsonl").stat().st_mtime_ns == gen_mtime
+    assert (run / "stale" / "train" / "train" / "final" / "config.json").exists()  # old model kept aside
+    assert RunState(run).get("train").settings["beta"] == 0.3
+
+
+def test_killed_training_resumes_from_checkpoint(tmp_path, tiny_model_dir, server, monkeypatch):
+    """Interrupted after the step-2 checkpoint, the loop leaves training 'running'; the same command resumes it
+    from that checkpoint instead of starting over, and skips the stages before it."""
+    import trainer.loop as tloop
+
+    cfg_path = write_config(tmp_path, tiny_model_dir)
+    run = tmp_path / "run"
+    original = tloop.save_checkpoint
+    saved = []
+
+    def save_then_die(out, step, *args, **kwargs):
+        path = original(out, step, *args, **kwargs)
+        saved.append(step)
+        if step == 2:
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(tloop, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        main(Args(cfg_path, "train.max_steps=4"))
+    monkeypatch.setattr(tloop, "save_checkpoint", original)
+    assert saved == [1, 2]
+    before = stage_fps(run)
+    assert before["train"][1] == "running" and "judge" not in before
+    assert (run / "report.html").exists()  # a partial report is written even when stopped
+
+    calls = server.count("/api/chat")
+    assert main(Args(cfg_path, "train.max_steps=4")) == 0
+    after = stage_fps(run)
+    assert after["generate"] == before["generate"] and after["train"][0] == before["train"][0]
+    assert after["train"][1:] == ("done", 2)
+    summary = json.loads((run / "train" / "train_summary.json").read_text())
+    assert summary["steps"] == 4
+    rows = [r["step"] for r in read_jsonl(run / "train" / "metrics.jsonl") if r["split"] == "train"]
+    assert rows == [1, 2, 3, 4]   # one log as if uninterrupted: steps 1-2 from the first run, 3-4 resumed
+    # generation was not asked again: any new calls are the judge's
+    assert all("Rewrite the answer" not in json.dumps(b) for b in server.bodies("/api/chat")[calls:])
+
+
+def test_heldout_choice_is_deterministic_and_order_free():
+    keys = [split_key(f"prompt {i}") for i in range(50)]
+    cfg = SplitSection(heldout_fraction=0.2)
+    chosen = choose_heldout(keys, cfg)
+    assert len(chosen) == 10
+    assert choose_heldout(list(reversed(keys)), cfg) == chosen
+    assert choose_heldout(keys, SplitSection(heldout_fraction=0.2, seed=1)) != chosen
+    assert len(choose_heldout(keys[:6], SplitSection(heldout_fraction=0.1, heldout_min=4))) == 4
+    assert len(choose_heldout(keys, SplitSection(heldout_fraction=0.5, heldout_max=7))) == 7
+
+
+def test_config_errors_name_the_key(tmp_path, tiny_model_dir):
+    cfg_path = write_config(tmp_path, tiny_model_dir)
+    with pytest.raises(ConfigError, match=r"\[train\].*bogus"):
+        load_loop_config(cfg_path, ["train.bogus=1"])
+    with pytest.raises(ConfigError, match=r"\[train\]\.data: set by `prefloop run`"):
+        load_loop_config(cfg_path, ["train.data=x.jsonl"])
+    with pytest.raises(ConfigError, match="unknown section"):
+        load_loop_config(cfg_path, ["trian.beta=0.2"])
+    with pytest.raises(ConfigError, match="heldout_fraction"):
+        load_loop_config(cfg_path, ["split.heldout_fraction=1.5"])
+
+
+def test_shipped_configs_load():
+    root = Path(__file__).resolve().parents[1] / "data"
+    quick = load_loop_config(root / "quickstart.toml")
+    assert quick.generate.model == "local:smollm2" and quick.judges == ["local:smollm2"]
+    assert Path(quick.data.prompts).exists()
+    recipe = load_loop_config(root / "reference-recipe.toml")
+    assert recipe.generate.model == "ollama:llama3.1:70b" and recipe.judges[0].startswith("ollama:llama3")
+
+
+def test_preflight_warns_with_numbers_when_the_model_cannot_do_the_task():
+    from prefloop.loop import PreflightSection, preflight_verdict
+
+    prompt = "Below is an instruction. Write a response that completes the request.\n\n### Instruction:\nName a fruit."
+    base_like = [{"prompt": prompt, "answer": prompt + " Name a fruit. Name a fruit.", "score": 10.0,
+                  "reference_score": 90.0},
+                 {"prompt": prompt, "answer": "", "score": 0.0, "reference_score": 80.0}]
+    verdict = preflight_verdict(base_like, PreflightSection(), "ollama:judge")
+    assert verdict["mean_score"] == 5.0 and verdict["mean_reference_score"] == 85.0
+    assert verdict["empty"] == 1 and verdict["echo"] == 1
+    (text,) = verdict["warnings"]
+    assert "5/100" in text and "85/100" in text and "prefloop sft" in text and "does not teach" in text
+    able = [{"prompt": prompt, "answer": "An apple.", "score": 80.0, "reference_score": 85.0}] * 2
+    assert preflight_verdict(able, PreflightSection(), "ollama:judge")["warnings"] == []
+    unscored = [{"prompt": prompt, "answer": "An apple.", "score": None, "reference_score": None}]
+    assert "no usable score" in preflight_verdict(unscored, PreflightSection(), "j")["warnings"][0]
