@@ -110,7 +110,7 @@ def generate_side(spec: str, records: list[PromptRecord], path: Path, cfg: Judge
         raise ValueError(f"{spec}: answers are generated with a local model (a folder, .gguf or smollm2)")
     say(console, f"generating {len(todo)} answers with {spec} (batch {cfg.batch_size}, "
                  f"{'greedy' if options.temperature == 0 else f'temperature {options.temperature}'})")
-    client = make_client(spec, dtype=cfg.dtype)
+    client = make_client(spec, dtype=cfg.dtype, batch_size=cfg.batch_size)
     t0 = time.perf_counter()
     try:
         with JsonlAppender(path) as out:
@@ -200,6 +200,21 @@ async def judge_all(cfg: JudgeConfig, judge: str, answers: list[dict[str, Any]],
     wanted = {j.id: j.data[0]["id"] for j in jobs}
     rows = {wanted[obj["id"]]: obj for _, obj in iter_jsonl(path) if isinstance(obj, dict) and obj.get("id") in wanted}
     return rows, summary
+
+
+async def judge_phase(cfg: JudgeConfig, answers: list[dict[str, Any]], clients: dict[str, Any],
+                      console: Any) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, Any], Any]:
+    """Every judge, then the optional adversarial check, in one event loop (clients are bound to the loop that
+    first used them)."""
+    rows: dict[str, dict[str, dict[str, Any]]] = {}
+    summaries: dict[str, Any] = {}
+    with JudgeCache(cfg.cache_path) as cache:
+        for judge in cfg.judges:
+            rows[judge], summaries[judge] = await judge_all(cfg, judge, answers, cache, console, clients.get(judge))
+    robustness = None
+    if cfg.adversarial and answers:
+        robustness = await adversarial_check(cfg, answers[: cfg.adversarial], clients.get(cfg.judges[0]))
+    return rows, summaries, robustness
 
 
 async def adversarial_check(cfg: JudgeConfig, rows: list[dict[str, Any]], client: Any = None) -> dict[str, Any]:
@@ -294,14 +309,7 @@ def evaluate(cfg: JudgeConfig, console: Any = None, *, clients: dict[str, Any] |
         say(console, f"[yellow]warning:[/] {w}")
     answers = generate_answers(cfg, records, console)
 
-    per_judge_rows: dict[str, dict[str, dict[str, Any]]] = {}
-    summaries: dict[str, Any] = {}
-    with JudgeCache(cfg.cache_path) as cache:
-        for judge in cfg.judges:
-            client = (clients or {}).get(judge)
-            rows, summary = asyncio.run(judge_all(cfg, judge, answers, cache, console, client))
-            per_judge_rows[judge] = rows
-            summaries[judge] = summary
+    per_judge_rows, summaries, robustness = asyncio.run(judge_phase(cfg, answers, clients or {}, console))
 
     complete = all(s.done for s in summaries.values()) and all(
         len(per_judge_rows[j]) == len(answers) for j in cfg.judges)
@@ -326,9 +334,7 @@ def evaluate(cfg: JudgeConfig, console: Any = None, *, clients: dict[str, Any] |
                         + f" (reasons in {out / 'judgments.jsonl.failures.jsonl'}); run the same command again "
                           "to resume from the cache")
 
-    robustness = None
-    if cfg.adversarial and answers:
-        robustness = asyncio.run(adversarial_check(cfg, answers[: cfg.adversarial], (clients or {}).get(cfg.judges[0])))
+    if robustness is not None:
         for name in ("injection", "longer", "empty"):
             if robustness[name]["attacked_wins"] > 0.2:
                 warnings.append(f"{cfg.judges[0]}: an answer edited by '{name}' won "

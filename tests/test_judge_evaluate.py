@@ -80,7 +80,6 @@ def second_tiny_model(tmp_path_factory, tiny_model_dir) -> Path:
 
 def test_evaluate_end_to_end_tiny_models(ollama_server, tmp_path: Path, tiny_model_dir: Path,
                                          second_tiny_model: Path) -> None:
-    pytest.importorskip("prefloop.llm.local_client")  # TEMP until the clients engineer lands LocalClient
     ollama_server.reply = hash_judge
     pairs = write_pairs(tmp_path / "heldout.jsonl", generator="ollama:judge")
     cfg = JudgeConfig(policy=str(tiny_model_dir), reference=str(second_tiny_model), prompts=str(pairs),
