@@ -357,7 +357,7 @@ class Loop:
                           f"pairs written; run again to retry the failures")
             return info, complete
 
-        return self._stage("generate", settings, inputs, ["generate"], work)
+        return self._stage("generate", settings, inputs, ["generate", "generate/pairs.jsonl"], work)
 
     # -- split
     def split(self) -> StageOutcome:
@@ -376,7 +376,8 @@ class Loop:
                      f"({result.heldout_pairs} held-out pairs for eval curves only)")
             return result.to_json(), True
 
-        return self._stage("split", settings, inputs, ["split"], work)
+        return self._stage("split", settings, inputs,
+                           ["split", "split/train.jsonl", "split/heldout_prompts.jsonl"], work)
 
     # -- preflight
     def preflight(self) -> StageOutcome | None:
@@ -392,7 +393,7 @@ class Loop:
             info = run_preflight(self.cfg, heldout, judge_spec, self.run_dir / "preflight", self.console)
             return info, True
 
-        outcome = self._stage("preflight", settings, inputs, ["preflight"], work)
+        outcome = self._stage("preflight", settings, inputs, ["preflight", "preflight/summary.json"], work)
         for line in outcome.info.get("warnings", []):
             self.warn(line)
         if outcome.info.get("warnings") and p.stop_on_warning:
@@ -425,7 +426,7 @@ class Loop:
             info["final_model_dir"] = str(final)
             return info, True
 
-        return self._stage("train", settings, inputs, ["train"], work)
+        return self._stage("train", settings, inputs, ["train", "train/final/config.json"], work)
 
     # -- judge
     def judge(self) -> StageOutcome:
@@ -454,7 +455,7 @@ class Loop:
                           "from the cache")
             return info, bool(result.complete)
 
-        return self._stage("judge", settings, inputs, ["judge"], work)
+        return self._stage("judge", settings, inputs, ["judge", "judge/results.json"], work)
 
     def warn(self, text: str) -> None:
         if text not in self.warnings:

@@ -140,6 +140,20 @@ def test_loop_end_to_end_then_skip_then_rerun_only_what_changed(tmp_path, tiny_m
     assert stage_fps(run) == first
     assert capsys.readouterr().out.count("skipped") == 5
 
+    # the report can be rewritten from the run folder alone
+    args = Args(cfg_path)
+    args.report_only = True
+    (run / "report.md").unlink()
+    assert main(args) == 0 and "Held-out win rate" in (run / "report.md").read_text()
+
+    # a deleted output makes its stage incomplete: only that stage and the ones after it run again
+    import shutil
+
+    shutil.rmtree(run / "judge")
+    assert main(Args(cfg_path)) == 0
+    assert stage_fps(run)["judge"][2] == 2 and stage_fps(run)["train"] == first["train"]
+    first = stage_fps(run)
+
     # a changed training setting: train and judge run again, generation, split and preflight do not
     gen_mtime = (run / "generate" / "pairs.jsonl").stat().st_mtime_ns
     assert main(Args(cfg_path, "train.beta=0.3")) == 0
