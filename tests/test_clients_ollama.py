@@ -191,3 +191,27 @@ def test_concurrent_requests_use_all_slots(ollama_server):
 def test_parse_version():
     assert parse_version("0.12.11") == (0, 12, 11) and parse_version("0.5.0-rc1") == (0, 5, 0)
     assert parse_version("v0.4") == (0, 4, 0) and parse_version("dev") is None
+
+
+def test_server_restart_mid_run_is_survived(ollama_server):
+    """Ollama restarted (crash, upgrade) while a request is being retried: connection refused, then success."""
+    import threading
+    import time
+
+    port = ollama_server.port
+    ollama_server.stop()
+    c = client_for(ollama_server, retry=RetryPolicy(attempts=8, base_delay=0.05, max_delay=0.2))
+    restart = threading.Timer(0.3, ollama_server.start)
+    t = time.perf_counter()
+    restart.start()
+    reply = chat(c)
+    restart.join()
+    assert ollama_server.port == port and reply.attempts > 1 and time.perf_counter() - t >= 0.3
+    assert ollama_server.count("/api/chat") == 1  # the refused attempts never reached it
+
+
+def test_timeout_is_always_explicit(ollama_server):
+    c = client_for(ollama_server)
+    timeout = c.client._client.timeout
+    assert timeout.read == 300.0 and timeout.connect == 10.0
+    assert c.client._client.trust_env is False  # loopback: no proxy from the environment

@@ -5,9 +5,10 @@
 
 from prefloop.llm.base import (ChatReply, ClientSpec, GenOptions, LLMClient, LLMError, ReplyInvalid, ServerFatal,
                                Transient, parse_spec)
+from prefloop.llm.retry import ClientStats, RetryPolicy
 
-__all__ = ["ChatReply", "ClientSpec", "GenOptions", "LLMClient", "LLMError", "ReplyInvalid", "ServerFatal",
-           "Transient", "parse_spec", "make_client"]
+__all__ = ["ChatReply", "ClientSpec", "ClientStats", "GenOptions", "LLMClient", "LLMError", "ReplyInvalid",
+           "RetryPolicy", "ServerFatal", "Transient", "parse_spec", "make_client"]
 
 
 def make_client(spec: str, **kwargs):  # noqa: ANN201 - returns one of the three clients
