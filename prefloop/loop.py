@@ -301,6 +301,16 @@ class Loop:
             self._prompts = prompts
         return self._prompts
 
+    def source_identity(self) -> str:
+        """The prompt source's content hash (a Hub dataset: its name), or a clear stop when it is missing."""
+        source = self.cfg.data.prompts
+        if Path(source).exists():
+            return file_hash(source)
+        if "/" in source and not source.startswith((".", "/")) and not Path(source).suffix:
+            return f"hub:{source}"
+        raise StageFailed(f"[data] prompts = {source!r}: no such file (looked beside {self.cfg.path} and in the "
+                          f"current folder); the comments at the top of {self.cfg.path} say where to get it")
+
     def _stage(self, name: str, settings: dict[str, Any], inputs: dict[str, str], outputs: list[str],
                work: Any) -> StageOutcome:
         fp = fingerprint(settings, inputs)
@@ -316,7 +326,16 @@ class Loop:
         self.say(f"[bold cyan]▶ {name}[/bold cyan]: {verb} (fingerprint {fp})")
         self.state.start(name, fp, outputs, settings=settings, inputs=inputs)
         start = time.monotonic()
-        info, complete = work(decision)
+        try:
+            info, complete = work(decision)
+        except (StageFailed, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # a stage's own error, said in one line; the traceback goes to a file
+            import traceback
+
+            log = self.run_dir / "error.log"
+            log.write_text(traceback.format_exc())
+            raise StageFailed(f"{name}: {type(exc).__name__}: {exc} (traceback in {log})") from exc
         seconds = time.monotonic() - start
         info = {**info, "seconds": round(seconds, 1)}
         if complete:
@@ -335,7 +354,7 @@ class Loop:
     def generate(self) -> StageOutcome:
         g = self.cfg.generate
         settings = {"identity": g.identity(), "limit": g.limit or self.cfg.data.limit, "skip_bad": g.skip_bad}
-        inputs = {"prompts": file_hash(self.cfg.data.prompts)}
+        inputs = {"prompts": self.source_identity()}
         out = Path(g.output)
 
         def work(decision: str) -> tuple[dict[str, Any], bool]:
@@ -363,7 +382,7 @@ class Loop:
     def split(self) -> StageOutcome:
         pairs = Path(self.cfg.generate.output)
         settings = {"split": to_dict(self.cfg.split), "limit": self.cfg.data.limit}
-        inputs = {"pairs": file_hash(pairs), "prompts": file_hash(self.cfg.data.prompts)}
+        inputs = {"pairs": file_hash(pairs), "prompts": self.source_identity()}
 
         def work(decision: str) -> tuple[dict[str, Any], bool]:
             result = split_pairs(pairs, self.prompts(), self.cfg.split, self.run_dir / "split")

@@ -254,3 +254,12 @@ def test_preflight_warns_with_numbers_when_the_model_cannot_do_the_task():
     assert preflight_verdict(able, PreflightSection(), "ollama:judge")["warnings"] == []
     unscored = [{"prompt": prompt, "answer": "An apple.", "score": None, "reference_score": None}]
     assert "no usable score" in preflight_verdict(unscored, PreflightSection(), "j")["warnings"][0]
+
+
+def test_missing_prompts_stop_with_a_clear_message(tmp_path, tiny_model_dir, capsys):
+    cfg_path = write_config(tmp_path, tiny_model_dir)
+    (tmp_path / "prompts.json").unlink()
+    assert main(Args(cfg_path)) == 1
+    out = capsys.readouterr().out
+    assert "prompts.json" in out and "no such file" in out
+    assert (tmp_path / "run" / "report.html").exists()
