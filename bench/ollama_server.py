@@ -1,7 +1,8 @@
 """How much the Ollama-protocol test server and OllamaClient cost per request (so benchmarks built on them measure
 the generator, not the harness).
 
-1. Server alone: the server in its own process, latency 0, driven by raw httpx at concurrency C -> requests/s.
+1. Server alone: the server in its own process, latency 0, driven by raw httpx at concurrency C -> requests/s
+   and the server's own CPU time per request (from /proc; the clean figure on a shared machine).
 2. Capacity: server with N slots and fixed latency L (capacity N/L req/s), driven by OllamaClient at concurrency N
    -> achieved / capacity, and the client's overhead per request.
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -27,6 +29,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU time of a process (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def spawn(port: int, **settings: float) -> subprocess.Popen:
@@ -85,9 +93,12 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}"
         for stream in (False, True):
             for conc in (1, 16):
+                before = cpu_seconds(proc.pid)
                 rate = asyncio.run(raw_rate(url, args.requests, conc, stream))
+                server_ms = (cpu_seconds(proc.pid) - before) / (args.requests + 1) * 1000
                 print(f"server alone, latency 0, stream={stream!s:5} concurrency {conc:2}: {rate:7.0f} req/s "
-                      f"({1000 / rate:.2f} ms/req incl. a raw httpx client)")
+                      f"through a raw httpx client; server CPU {server_ms:.2f} ms/req "
+                      f"(= {1000 / server_ms:,.0f} req/s on one core)")
         rate = asyncio.run(client_rate(url, args.requests, 16))
         print(f"OllamaClient (streaming), latency 0, concurrency 16: {rate:7.0f} req/s ({1000 / rate:.2f} ms/req)")
     finally:

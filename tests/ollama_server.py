@@ -258,8 +258,13 @@ class OllamaServer:
 
     async def _open(self) -> None:
         self._stopping = asyncio.Event()
-        self._server = await asyncio.start_server(self._connection, "127.0.0.1", self._port, backlog=1024,
-                                                  limit=1 << 20, reuse_address=True)
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> asyncio.StreamReaderProtocol:  # asyncio.start_server, with a reader that says "gone"
+            return asyncio.StreamReaderProtocol(_Reader(limit=1 << 20, loop=loop), self._connection, loop=loop)
+
+        self._server = await loop.create_server(protocol, "127.0.0.1", self._port, backlog=1024,
+                                                reuse_address=True)
         self._port = self._server.sockets[0].getsockname()[1]
 
     async def _close(self) -> None:
@@ -377,7 +382,7 @@ class OllamaServer:
                 else:
                     length = int(headers.get("content-length") or 0)
                     body = await reader.readexactly(length) if length else b""
-                exchange = _Exchange(self, writer, method, target, headers)
+                exchange = _Exchange(self, reader, writer, method, target, headers)
                 keep = await exchange.handle(body)
                 await writer.drain()
                 wants_close = headers.get("connection", "").lower() == "close" or version == "HTTP/1.0"
@@ -390,6 +395,22 @@ class OllamaServer:
         finally:
             self._conns.discard(task)
             writer.close()
+
+
+class _Reader(asyncio.StreamReader):
+    """A StreamReader that also sets ``gone`` when the client hangs up, so waiting work can be cancelled."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.gone = asyncio.Event()
+
+    def feed_eof(self) -> None:
+        super().feed_eof()
+        self.gone.set()
+
+    def set_exception(self, exc: BaseException) -> None:
+        super().set_exception(exc)
+        self.gone.set()
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
@@ -411,9 +432,9 @@ def _tokens(text: str) -> list[str]:
 class _Exchange:
     """One request and its response on a connection. ``handle`` returns whether the connection stays open."""
 
-    def __init__(self, owner: OllamaServer, writer: asyncio.StreamWriter, method: str, target: str,
-                 headers: dict[str, str]):
-        self.owner, self.writer = owner, writer
+    def __init__(self, owner: OllamaServer, reader: _Reader, writer: asyncio.StreamWriter, method: str,
+                 target: str, headers: dict[str, str]):
+        self.owner, self.reader, self.writer = owner, reader, writer
         self.method = method.upper()
         self.path = target.split("?", 1)[0].rstrip("/") or "/"
         self.headers = headers
@@ -474,10 +495,7 @@ class _Exchange:
         if fault is not None and fault.kind == "drop":
             return self.drop()
         if fault is not None and fault.kind == "hang":
-            try:
-                await asyncio.wait_for(owner._stopping.wait(), fault.seconds)
-            except asyncio.TimeoutError:
-                pass
+            await self.unless_gone(asyncio.wait_for(owner._stopping.wait(), fault.seconds))
             return self.drop()
         if fault is not None and fault.kind == "status":
             message = fault.message or (BUSY_MESSAGE if fault.status == 503 and not self.path.startswith("/v1/")
@@ -496,6 +514,31 @@ class _Exchange:
         else:
             await route(self, body or {}, fault)
         return self.keep
+
+    async def unless_gone(self, work: Any) -> tuple[bool, Any]:
+        """Await ``work`` unless the client hangs up first (then cancel it, as Ollama does): (finished, result)."""
+        if self.reader.gone.is_set():
+            work.close()
+            return False, None
+        task = asyncio.ensure_future(work)
+        gone = asyncio.ensure_future(self.reader.gone.wait())
+        try:
+            await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if task.done():
+            try:
+                return True, task.result()
+            except asyncio.TimeoutError:
+                return True, None
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return False, None
+
+    def canceled(self) -> None:
+        """The client left while its request waited (Ollama logs 499 ``request canceled``)."""
+        self.entry.status = 499
+        self.keep = False
 
     # ---- simple endpoints ------------------------------------------------------------------------------------
     async def root(self, body: dict, fault: Fault | None) -> None:
@@ -608,12 +651,20 @@ class _Exchange:
             return self._load_only(model, keep_alive, api)
 
         gate = owner.gate(model)
-        if not await gate.enter():
+        if gate.pending < gate.slots:  # a free slot: no wait, nothing to watch
+            entered = await gate.enter()
+        else:  # queued: a client that gives up leaves the queue
+            finished, entered = await self.unless_gone(gate.enter())
+            if not finished:
+                return self.canceled()
+        if not entered:
             return self.error(503, BUSY_MESSAGE)
         try:
             delay = owner.latency + (fault.seconds if fault is not None and fault.kind == "latency" else 0.0)
             if delay > 0:
-                await asyncio.sleep(delay)
+                finished, _ = await self.unless_gone(asyncio.sleep(delay))
+                if not finished:
+                    return self.canceled()
             text = owner.reply(messages, fmt, options)
             if fault is not None and fault.kind == "malformed_json":
                 text = text[: max(1, len(text) // 2)] if text.startswith(("{", "[")) else '{"answer": "cut off'
@@ -664,13 +715,14 @@ class _Exchange:
                    "prompt_eval_duration": latency_ns // 4, "eval_count": len(tokens),
                    "eval_duration": latency_ns - latency_ns // 4}
         mid_error = fault is not None and fault.kind == "error_mid_stream"
+        created = now_rfc3339()  # once per answer: formatting a timestamp per chunk was the server's top cost
         if api == "openai":
             return await self._answer_openai(name, "".join(tokens), reason, prompt_eval, len(tokens), stream,
                                              mid_error, fault)
         if not stream:
             if mid_error:
                 return self.error(500, fault.message or "an error was encountered while running the model")
-            out = self._piece(api, model, "".join(tokens))
+            out = self._piece(api, model, created, "".join(tokens))
             out.update(done=True, done_reason=reason, **metrics)
             if api == "generate":
                 out["context"] = [1, 2, 3]
@@ -683,20 +735,20 @@ class _Exchange:
                 break
             if fault is not None and fault.kind == "garbage_line" and i == fault.after_chunks:
                 self.chunk(b"<html>proxy error</html>\n")
-            self.chunk(json.dumps(self._piece(api, model, piece)).encode() + b"\n")
+            self.chunk(json.dumps(self._piece(api, model, created, piece)).encode() + b"\n")
             await self.writer.drain()
         if mid_error:
             message = fault.message or "an error was encountered while running the model: unexpected EOF"
             self.chunk(json.dumps({"error": message}).encode() + b"\n")
         else:
-            final = self._piece(api, model, "")
+            final = self._piece(api, model, created, "")
             final.update(done=True, done_reason=reason, **metrics)
             self.chunk(json.dumps(final).encode() + b"\n")
         self.end_stream()
 
     @staticmethod
-    def _piece(api: str, model: str, content: str) -> dict[str, Any]:
-        out: dict[str, Any] = {"model": model, "created_at": now_rfc3339()}
+    def _piece(api: str, model: str, created: str, content: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"model": model, "created_at": created}
         if api == "chat":
             out["message"] = {"role": "assistant", "content": content}
         else:

@@ -270,3 +270,27 @@ def test_pull_and_openai_compat(ollama_server):
         assert body["choices"][0]["finish_reason"] == "length" and body["usage"]["completion_tokens"] == 2
         missing = h.post("/v1/chat/completions", json={"model": "x", "messages": USER})
         assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
+
+
+def test_client_that_gives_up_is_cancelled_and_frees_its_place():
+    """A client timing out while queued or generating hangs up; the server drops the work (status 499) as
+    Ollama does, instead of spending a slot on an answer nobody reads."""
+    with OllamaServer(num_parallel=1, latency=0.4) as server:
+        async def go():
+            patient, impatient = client(server, timeout=5), client(server, timeout=0.1)
+            first = asyncio.ensure_future(patient.chat(model="llama3.1:70b", messages=USER))
+            await asyncio.sleep(0.05)
+            with pytest.raises(httpx.ReadTimeout):  # queued behind `first`, gives up
+                await impatient.chat(model="llama3.1:70b", messages=USER)
+            await first
+            t = time.perf_counter()
+            await patient.chat(model="llama3.1:70b", messages=USER)  # not behind the abandoned one
+            waited = time.perf_counter() - t
+            await patient.close()
+            await impatient.close()
+            return waited
+
+        waited = run(go())
+        time.sleep(0.05)
+        assert [e.status for e in server.requests("/api/chat")] == [200, 499, 200]
+        assert waited < 0.75
