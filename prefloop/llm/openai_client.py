@@ -37,7 +37,7 @@ class OpenAIClient:
 
     def __init__(self, spec: ClientSpec, *, api_key_env: str = "OPENAI_API_KEY", timeout: float = 600.0,
                  connect_timeout: float = 10.0, retry: RetryPolicy = RetryPolicy(), invalid_retries: int = 2,
-                 max_connections: int = 256, seed: int | None = None, strict_schema: bool = False):
+                 seed: int | None = None, strict_schema: bool = False):
         self.spec = spec
         self.base_url = (spec.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self.api_key_env = api_key_env
@@ -46,30 +46,35 @@ class OpenAIClient:
         self.strict_schema = strict_schema
         self.stats = ClientStats()
         self._rng = random.Random(seed)
-        self._max_connections = max_connections
         self._warned_ctx = False
-        self._http: Any = None
+        self._clients: list[Any] = []  # one httpx client (one connection) per request in flight; see OllamaClient
+        self._idle: list[Any] = []
 
     def __repr__(self) -> str:
         return f"OpenAIClient({self.spec.backend}:{self.spec.model}, base_url={self.base_url!r}, " \
                f"key from ${self.api_key_env})"
 
+    def _new_client(self) -> Any:
+        """An httpx client with one connection; the key goes into its headers here and nowhere else."""
+        import httpx
+
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        key = os.environ.get(self.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        client = httpx.AsyncClient(base_url=self.base_url, headers=headers,
+                                   limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+                                   timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
+                                   trust_env=not is_loopback(self.base_url))
+        self._clients.append(client)
+        return client
+
     @property
     def http(self) -> Any:
-        """The httpx client; the key goes into its headers here and nowhere else."""
-        if self._http is None:
-            import httpx
-
-            headers = {"Content-Type": "application/json", "Accept": "application/json"}
-            key = os.environ.get(self.api_key_env)
-            if key:
-                headers["Authorization"] = f"Bearer {key}"
-            limits = httpx.Limits(max_connections=self._max_connections,
-                                  max_keepalive_connections=self._max_connections)
-            self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, limits=limits,
-                                           timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
-                                           trust_env=not is_loopback(self.base_url))
-        return self._http
+        """An httpx client for one-off calls (preflight)."""
+        if not self._clients:
+            self._idle.append(self._new_client())
+        return self._clients[0]
 
     async def preflight(self) -> None:
         """Server reachable, key accepted, model served; else ``ServerFatal`` saying what to fix."""
@@ -149,13 +154,16 @@ class OpenAIClient:
         """One HTTP call; transport failures become ``Transient`` (the message names no header)."""
         import httpx
 
+        client = self._idle.pop() if self._idle else self._new_client()
         try:
-            return await self.http.request(method, path, **kwargs)
+            return await client.request(method, path, **kwargs)
         except httpx.TimeoutException as err:
             raise Transient(f"{self.base_url}{path}: no reply within {self.timeout:g}s "
                             f"({type(err).__name__})") from None
         except httpx.TransportError as err:
             raise Transient(f"{self.base_url}{path}: connection failed: {type(err).__name__}") from None
+        finally:
+            self._idle.append(client)
 
     def _raise_for_status(self, response: Any) -> None:
         status = response.status_code
@@ -176,6 +184,6 @@ class OpenAIClient:
         raise ServerFatal(where)
 
     async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        clients, self._clients, self._idle = self._clients, [], []
+        for client in clients:
+            await client.aclose()
