@@ -87,6 +87,21 @@ def test_concurrent_chat_calls_are_batched(tiny, monkeypatch):
     assert [r.completion_tokens for r in replies] == [g.completion_tokens for g in expected]
 
 
+def test_concurrent_complete_calls_batch_raw_prompts(tiny, monkeypatch):
+    sizes = []
+    real = tiny.generate
+    monkeypatch.setattr(tiny, "generate", lambda prompts, options: sizes.append(len(prompts)) or real(prompts,
+                                                                                                     options))
+
+    async def go():
+        texts = await asyncio.gather(*[tiny.complete(p, GREEDY) for p in PROMPTS])
+        await tiny.aclose()
+        return texts
+
+    texts = asyncio.run(go())
+    assert max(sizes) > 1 and list(texts) == tiny.generate_batch(PROMPTS, GREEDY)
+
+
 def test_schema_reply_extracted_validated_or_reply_invalid(tiny_model_dir):
     schema = {"type": "object", "properties": {"score": {"type": "integer"}}, "required": ["score"]}
     client = make_client(f"local:{tiny_model_dir}", invalid_retries=1)

@@ -4,9 +4,9 @@ Two ways in:
 - ``generate_batch(prompts, options)`` (sync): the judge's evaluation and the generator's on-policy answers hand
   over a whole list. A ``str`` prompt is used as raw text (plain or Alpaca, exactly as the SFT model was
   trained); a list of messages goes through the tokenizer's chat template with ``add_generation_prompt``.
-- ``await chat(messages, ...)``: the generator's concurrent workers each ask for one answer. Calls arriving within
-  a few milliseconds are gathered into one batched ``generate`` run in a worker thread, so concurrency turns into
-  batch size instead of into threads fighting over two cores.
+- ``await chat(messages, ...)`` / ``await complete(prompt, options)``: concurrent workers each ask for one
+  answer. Calls arriving within a few milliseconds are gathered into one batched ``generate`` run in a worker
+  thread, so concurrency turns into batch size instead of into threads fighting over two cores.
 
 Batches are left-padded (new tokens line up at the right edge), sorted by length to waste little on padding,
 and stop at the end-of-sequence and end-of-turn tokens (``<|im_end|>``, ``<|eot_id|>``, ``<end_of_turn>``).
@@ -79,7 +79,7 @@ class Generation:
 
 @dataclass
 class _Pending:
-    messages: list[dict[str, str]]
+    messages: Prompt
     options: GenOptions
     future: asyncio.Future
 
@@ -241,7 +241,15 @@ class LocalClient:
                          policy=RetryPolicy(attempts=1), invalid_retries=self.invalid_retries, stats=self.stats,
                          model=str(self.spec), what=str(self.spec))
 
-    async def _submit(self, messages: list[dict[str, str]], options: GenOptions) -> Generation:
+    async def complete(self, prompt: Prompt, options: GenOptions | None = None) -> str:
+        """One prompt rendered as ``generate_batch`` renders it (raw text or chat), batched with concurrent calls.
+
+        For async callers that hold one prompt each (the generator's on-policy answers): awaiting this from many
+        tasks gives batched generation without the caller collecting batches.
+        """
+        return (await self._submit(prompt, options or GenOptions())).text
+
+    async def _submit(self, messages: Prompt, options: GenOptions) -> Generation:
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._worker is None or self._worker.done():
             self._loop, self._queue = loop, asyncio.Queue()
