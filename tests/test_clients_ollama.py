@@ -215,3 +215,22 @@ def test_timeout_is_always_explicit(ollama_server):
     timeout = c.client._client.timeout
     assert timeout.read == 300.0 and timeout.connect == 10.0
     assert c.client._client.trust_env is False  # loopback: no proxy from the environment
+
+
+def test_real_queue_full_503s_are_retried_to_success():
+    """More requests than slots + queue: the server answers `server busy` 503s; backoff gets every one through."""
+    from ollama_server import BUSY_MESSAGE, OllamaServer
+
+    with OllamaServer(num_parallel=1, max_queue=1, latency=0.05) as server:
+        c = make_client("ollama:llama3.1:70b", host=server.url,
+                        retry=RetryPolicy(attempts=10, base_delay=0.05, max_delay=0.3))
+
+        async def go():
+            replies = await asyncio.gather(*[c.chat([{"role": "user", "content": f"q{i}"}]) for i in range(5)])
+            await c.aclose()
+            return replies
+
+        replies = asyncio.run(go())
+    statuses = [e.status for e in server.requests("/api/chat")]
+    assert len(replies) == 5 and statuses.count(200) == 5 and statuses.count(503) >= 1
+    assert c.stats.retries == statuses.count(503) and BUSY_MESSAGE in c.stats.last_error
