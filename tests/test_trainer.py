@@ -83,25 +83,31 @@ def test_reference_cache_hit_miss_and_key(tiny_model_dir: Path, pairs_path: Path
     items = [(r["id"], r["prompt"], {}, "text", [r["chosen"], r["rejected"]]) for r in rows]
     examples, _ = tokenize_records(tok, items, prompt_format="auto", max_length=64, max_prompt_length=None)
     root = tmp_path / "rc"
-    ref1, hit1, path1 = load_or_compute(model, examples, tok.pad_token_id, batch_size=4, dtype="fp32", root=root)
-    ref2, hit2, path2 = load_or_compute(model, examples, tok.pad_token_id, batch_size=4, dtype="fp32", root=root)
-    assert (hit1, hit2) == (False, True) and path1 == path2
+    ref1, n1, path1 = load_or_compute(model, examples, tok.pad_token_id, batch_size=4, dtype="fp32", root=root)
+    ref2, n2, path2 = load_or_compute(model, examples, tok.pad_token_id, batch_size=4, dtype="fp32", root=root)
+    assert (n1, n2) == (6, 0) and path1 == path2  # miss, then hit
     assert ref1.sums == ref2.sums
     # the cached values are the model's log-probs
     from trainer.logps import naive_logps
     sums, _ = ref1.lookup([e.id for e in examples])
     torch.testing.assert_close(sums, naive_logps(model, examples)[0], atol=1e-4, rtol=1e-5)
-    # other data, other dtype, other weights: other key
-    _, hit, p = load_or_compute(model, examples[:5], tok.pad_token_id, batch_size=4, dtype="fp32", root=root)
-    assert not hit and p != path1
-    _, hit, p = load_or_compute(model, examples, tok.pad_token_id, batch_size=4, dtype="bf16", root=root)
-    assert not hit and p != path1
+    # new data: only the new example is computed; changed tokens change the key
+    more = [(r["id"], r["prompt"], {}, "text", [r["chosen"], r["rejected"]]) for r in read_jsonl(pairs_path)[6:7]]
+    extra, _ = tokenize_records(tok, more, prompt_format="auto", max_length=64, max_prompt_length=None)
+    _, n, _ = load_or_compute(model, examples + extra, tok.pad_token_id, batch_size=4, dtype="fp32", root=root)
+    assert n == 1
+    examples[0].completions[0] = examples[0].completions[0][:-2] + examples[0].completions[0][-1:]
+    _, n, _ = load_or_compute(model, examples, tok.pad_token_id, batch_size=4, dtype="fp32", root=root)
+    assert n == 1
+    # other dtype, other weights: another cache file, everything computed
+    _, n, p = load_or_compute(model, examples, tok.pad_token_id, batch_size=4, dtype="bf16", root=root)
+    assert n == 6 and p != path1
     before = model_digest(model)
     with torch.no_grad():
         model.get_output_embeddings().weight[0, 0] += 1e-3
     assert model_digest(model) != before
-    _, hit, p = load_or_compute(model, examples, tok.pad_token_id, batch_size=4, dtype="fp32", root=root)
-    assert not hit and p != path1
+    _, n, p = load_or_compute(model, examples, tok.pad_token_id, batch_size=4, dtype="fp32", root=root)
+    assert n == 6 and p != path1
 
 
 def test_cached_and_frozen_reference_give_the_same_losses(tiny_model_dir: Path, pairs_path: Path,

@@ -140,6 +140,9 @@ def test_epoch_batches_cover_everything_once_and_repeat() -> None:
     examples = [Example(str(i), [1] * (i % 7 + 1), [[2] * (i % 5 + 1), [3]]) for i in range(50)]
     a = epoch_batches(examples, 8, seed=1, epoch=0)
     assert sorted(i for b in a for i in b) == list(range(50))
+    assert [len(b) for b in a] == [8] * 6 + [2]  # the short batch comes last
+    lengths = [examples[i].packed_length() for i in a[0]]
+    assert max(lengths) - min(lengths) <= 3  # grouped: similar lengths share a batch
     assert a == epoch_batches(examples, 8, seed=1, epoch=0)
     assert a != epoch_batches(examples, 8, seed=1, epoch=1)
     plain = epoch_batches(examples, 8, seed=1, epoch=0, group_by_length=False)

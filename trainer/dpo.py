@@ -95,10 +95,11 @@ class DPOObjective:
             self.ref_model.eval().requires_grad_(False)
             return ["reference: a frozen copy of the starting model (held in memory, one forward per step)"]
         examples = train + held_out
-        ref, hit, path = load_or_compute(model, examples, tokenizer.pad_token_id,
-                                         batch_size=max(8, 2 * self.cfg.batch_size), dtype=self.cfg.dtype)
+        ref, computed, path = load_or_compute(model, examples, tokenizer.pad_token_id,
+                                              batch_size=max(16, 2 * self.cfg.batch_size), dtype=self.cfg.dtype)
         self.ref = ref
-        return [f"reference log-probs: {'read from cache' if hit else 'computed once and cached'} ({path})"]
+        return [f"reference log-probs: {len(examples) - computed} read from the cache, {computed} computed and "
+                f"cached ({path})"]
 
     def loss(self, model: Any, batch: PackedBatch) -> tuple[torch.Tensor, dict[str, float]]:
         sums, counts = packed_logps(model, batch)

@@ -144,11 +144,6 @@ def run(cfg: TrainConfig, objective: Objective, console: Any = None, *, model: A
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     model.train()
-    view = LiveView(console, 0, False)
-    t_prep = time.perf_counter()
-    for line in objective.prepare(model, tokenizer, train_ex, eval_ex, view):
-        console.print(line)
-    prepare_seconds = time.perf_counter() - t_prep
 
     # 3. plan: an epoch is its batches grouped into optimizer steps of `grad_accum` micro-batches
     def step_groups(epoch: int) -> list[list[list[int]]]:
@@ -159,6 +154,19 @@ def run(cfg: TrainConfig, objective: Objective, console: Any = None, *, model: A
 
     groups = step_groups(0)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(groups)))
+    used: set[int] = set()  # the examples the run's steps will draw (all of them unless it stops within an epoch)
+    e, planned = 0, 0
+    while planned < total and len(used) < len(train_ex):
+        for g in (groups if e == 0 else step_groups(e))[:total - planned]:
+            used.update(i for b in g for i in b)
+            planned += 1
+        e += 1
+
+    view = LiveView(console, 0, False)
+    t_prep = time.perf_counter()
+    for line in objective.prepare(model, tokenizer, [train_ex[i] for i in sorted(used)], eval_ex, view):
+        console.print(line)
+    prepare_seconds = time.perf_counter() - t_prep
     warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     scheduler = make_scheduler(optimizer, warmup=warmup, total=total, schedule=cfg.schedule)

@@ -101,4 +101,5 @@ def epoch_batches(examples: list[Example], batch_size: int, *, seed: int, epoch:
     if shuffle:
         perm = torch.randperm(len(batches), generator=g).tolist()
         batches = [batches[i] for i in perm]
-    return batches
+    # a short batch (the end of the last chunk) goes last, as in a plain sequential split
+    return [b for b in batches if len(b) == batch_size] + [b for b in batches if len(b) < batch_size]

@@ -1,14 +1,17 @@
 """Reference log-probs computed once and kept on disk, so no reference model sits in memory or runs each step.
 
-The cache key is a digest of the starting model's weights and config, the tokenised examples (ids, token ids,
-order) and the compute dtype: change any of them and the log-probs are computed again. Files live under
-``$PREFLOOP_CACHE/refcache`` (``~/.cache/prefloop``) so a second run on the same model and data, e.g. with another
-β or learning rate, starts training at once.
+One cache file per starting model (a digest of its weights and config) and compute dtype holds entries keyed by
+each example's tokens (prompt and completions, so the data and the tokenisation are in the key). Only examples
+the run will use and the file lacks are computed, then added. Files live under ``$PREFLOOP_CACHE/refcache``
+(``~/.cache/prefloop``), so a second run on the same model and data, e.g. with another β or learning rate, starts
+training at once; change the weights, the dtype, the data or the tokenisation and the affected entries are
+computed afresh.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -20,7 +23,7 @@ import torch
 from prefloop.models import cache_dir
 from trainer.logps import packed_logps
 from trainer.packing import epoch_batches, pack
-from trainer.tokenize import Example, examples_hash
+from trainer.tokenize import Example
 
 FORMAT_VERSION = 1
 
@@ -50,9 +53,14 @@ def model_digest(model: Any) -> str:
     return h.hexdigest()
 
 
-def cache_key(model_hash: str, examples: list[Example], dtype: str) -> str:
-    blob = f"v{FORMAT_VERSION}|{model_hash}|{examples_hash(examples)}|{dtype}"
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+def example_key(ex: Example) -> str:
+    """An example's tokens (prompt and completions) as a short digest: same tokens, same reference log-probs."""
+    blob = json.dumps([ex.prompt_ids, ex.completions], separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def cache_path(root: Path, model_hash: str, dtype: str) -> Path:
+    return root / f"{model_hash[:32]}-{dtype}-v{FORMAT_VERSION}.pt"
 
 
 def default_cache_root() -> Path:
@@ -67,7 +75,7 @@ def compute_ref_logps(model: Any, examples: list[Example], pad_id: int, *, batch
     was_training = model.training
     model.eval()
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
-    with torch.no_grad(), autocast:
+    with torch.inference_mode(), autocast:
         for idx in epoch_batches(examples, batch_size, seed=0, epoch=0, shuffle=False):
             batch = pack([examples[i] for i in idx], pad_id)
             s, c = packed_logps(model, batch)
@@ -83,17 +91,24 @@ def compute_ref_logps(model: Any, examples: list[Example], pad_id: int, *, batch
 
 def load_or_compute(model: Any, examples: list[Example], pad_id: int, *, batch_size: int, dtype: str,
                     root: Path | None = None, model_hash: str | None = None,
-                    progress: Callable[[int], None] | None = None) -> tuple[RefLogps, bool, Path]:
-    """``(ref, hit, path)``: read the cache when the key matches, else compute and write it atomically."""
+                    progress: Callable[[int], None] | None = None) -> tuple[RefLogps, int, Path]:
+    """``(ref, computed, path)``: reference log-probs for ``examples``, computing (and adding to the cache file)
+    only those whose tokens are not cached yet for this model and dtype; ``computed`` counts them."""
     root = root or default_cache_root()
-    key = cache_key(model_hash or model_digest(model), examples, dtype)
-    path = root / f"{key}.pt"
+    path = cache_path(root, model_hash or model_digest(model), dtype)
+    entries: dict[str, tuple[list[float], list[float]]] = {}
     if path.exists():
-        data = torch.load(path, weights_only=True)
-        return RefLogps(data["sums"], data["counts"]), True, path
-    ref = compute_ref_logps(model, examples, pad_id, batch_size=batch_size, dtype=dtype, progress=progress)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"sums": ref.sums, "counts": ref.counts}, tmp)
-    os.replace(tmp, path)
-    return ref, False, path
+        entries = torch.load(path, weights_only=True)["entries"]
+    keys = {ex.id: example_key(ex) for ex in examples}
+    missing = [ex for ex in examples if keys[ex.id] not in entries]
+    if missing:
+        new = compute_ref_logps(model, missing, pad_id, batch_size=batch_size, dtype=dtype, progress=progress)
+        for ex in missing:
+            entries[keys[ex.id]] = (new.sums[ex.id], new.counts[ex.id])
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"entries": entries}, tmp)
+        os.replace(tmp, path)
+    ref = RefLogps({ex.id: list(entries[keys[ex.id]][0]) for ex in examples},
+                   {ex.id: list(entries[keys[ex.id]][1]) for ex in examples})
+    return ref, len(missing), path

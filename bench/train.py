@@ -1,0 +1,318 @@
+"""Trainer benchmark: prefloop's DPO against TRL 1.16's DPOTrainer on the same model, data, batches and settings.
+
+Setup (the issue's): a tiny Llama (prefloop.tiny.BENCH_SHAPE: hidden 256, 4 layers, 4 heads, 4,096-token BPE
+trained locally on the pairs), the seed's 1,100 pairs, beta 0.1, lr 5e-6 constant, batch 8, max length 256, fp32,
+100 steps. Each side runs in its own subprocess so its peak RSS is its own.
+
+Tokens are counted as TRL counts them: non-pad tokens of prompt+chosen and prompt+rejected (the prompt twice).
+tokens/s = tokens / time spent in training steps (TRL: on_step_begin → on_step_end; ours: the same span).
+TRL is given our batches in our order (``train_sampling_strategy="sequential"``), so the two loss sequences
+should agree step by step; the first ones are printed side by side.
+
+    .venv/bin/python bench/train.py                 # tiny Llama, ours vs TRL (when trl is installed)
+    .venv/bin/python bench/train.py --levers        # also time each speed lever on the same batches
+    .venv/bin/python bench/train.py --model smollm2 --steps 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SEED_PAIRS = ROOT.parent / "shared" / "seed-data" / "instruction-data-with-preference.json"
+SETTINGS = dict(beta=0.1, lr=5e-6, batch_size=8, max_length=256, seed=42)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def bench_model_dir(name: str) -> str:
+    """The tiny bench Llama (built once into the prefloop cache) or a real model folder."""
+    from prefloop.models import cache_dir, resolve
+
+    if name != "tiny":
+        return resolve(name)
+    from prefloop.tiny import BENCH_SHAPE, build_tiny_llama
+
+    rows = json.loads(SEED_PAIRS.read_text())
+    texts = [" ".join([r["instruction"], r.get("input", ""), r["chosen"], r["rejected"]]) for r in rows]
+    return str(build_tiny_llama(cache_dir() / "bench" / "tiny-llama-256x4", texts, BENCH_SHAPE))
+
+
+def our_config(model_dir: str, out: str, steps: int, **kw: object):
+    from trainer.config import TrainConfig
+
+    return TrainConfig(model=model_dir, data=str(SEED_PAIRS), output_dir=out, schedule="constant", dtype="fp32",
+                       max_steps=steps, live=False, **{**SETTINGS, **kw})
+
+
+def batch_order(model_dir: str, steps: int) -> list[list[str]]:
+    """The ids of each of our first ``steps`` batches, as our loop draws them."""
+    from transformers import AutoTokenizer
+
+    from trainer.dpo import load_pairs
+    from trainer.packing import epoch_batches
+    from trainer.tokenize import tokenize_records
+
+    cfg = our_config(model_dir, "unused", steps)
+    items, _ = load_pairs(cfg.data)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    examples, _ = tokenize_records(tok, items, prompt_format="auto", max_length=cfg.max_length,
+                                   max_prompt_length=None)
+    order: list[list[str]] = []
+    epoch = 0
+    while len(order) < steps:
+        for b in epoch_batches(examples, cfg.batch_size, seed=cfg.seed, epoch=epoch):
+            if len(b) == cfg.batch_size and len(order) < steps:
+                order.append([examples[i].id for i in b])
+        epoch += 1
+    return order
+
+
+# ------------------------------------------------------------------------------------------------ sides
+
+def side_ours(model_dir: str, steps: int, extra: dict) -> dict:
+    from rich.console import Console
+
+    from prefloop.jsonl import read_jsonl
+    from trainer.dpo import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["PREFLOOP_CACHE"] = str(Path(tmp) / "cache")  # cold reference cache: its cost is reported
+        t0 = time.perf_counter()
+        result = train(our_config(model_dir, str(Path(tmp) / "run"), steps, **extra), Console(stderr=True))
+        wall = time.perf_counter() - t0
+        rows = [r for r in read_jsonl(result.metrics_path) if r["split"] == "train"]
+    return {"tokens_per_s": result.tokens_per_second, "s_per_step": result.loop_seconds / result.steps,
+            "tokens": result.train_tokens, "loop_s": result.loop_seconds, "prepare_s": result.prepare_seconds,
+            "wall_s": wall, "losses": [r["loss"] for r in rows], "peak_rss_mib": peak_rss_mib()}
+
+
+def side_trl(model_dir: str, steps: int, order_file: str, extra: dict) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    from prefloop.sources import load_preferences
+
+    records, _ = load_preferences(SEED_PAIRS)
+    by_id = {r.id: r for r in records}
+    order = json.loads(Path(order_file).read_text())
+    rows = [by_id[i] for batch in order for i in batch]
+    ds = Dataset.from_list([{"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected} for r in rows])
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.total, self.t0 = 0.0, 0.0
+
+        def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+            self.total += time.perf_counter() - self.t0
+
+    timer = StepTimer()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    bf16 = extra.get("dtype") == "bf16"
+    with tempfile.TemporaryDirectory() as tmp:
+        args = DPOConfig(output_dir=tmp, per_device_train_batch_size=SETTINGS["batch_size"],
+                         learning_rate=SETTINGS["lr"], lr_scheduler_type="constant", beta=SETTINGS["beta"],
+                         max_length=SETTINGS["max_length"], max_steps=steps, seed=SETTINGS["seed"], bf16=bf16,
+                         gradient_checkpointing=bool(extra.get("gradient_checkpointing", False)),
+                         logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
+                         dataloader_num_workers=0, train_sampling_strategy="sequential", warmup_steps=0)
+        trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[timer])
+        t0 = time.perf_counter()
+        trainer.train()
+        wall = time.perf_counter() - t0
+    logs = [h for h in trainer.state.log_history if "loss" in h and "rewards/chosen" in h]
+    tokens = logs[-1]["num_tokens"]
+    return {"tokens_per_s": tokens / timer.total, "s_per_step": timer.total / steps, "tokens": tokens,
+            "loop_s": timer.total, "wall_s": wall, "losses": [h["loss"] for h in logs],
+            "peak_rss_mib": peak_rss_mib()}
+
+
+def side_levers(model_dir: str, steps: int) -> dict:
+    """Seconds per step of policy forward+backward+AdamW on the same batches, adding one lever at a time.
+
+    - trl_like: [prompt+chosen; prompt+rejected] padded, full logits and log-softmax, plus a reference forward
+    - no_ref: the same without the reference forward (cached reference log-probs)
+    - head_at_completions: + LM head and log-softmax only where a completion token is scored
+    - prompt_once: + packed [prompt|chosen|rejected] rows (the prompt's layers run once)
+    - grouped: + length-grouped batches (less padding)
+    """
+    import copy
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.dpo import load_pairs
+    from trainer.logps import packed_logps
+    from trainer.packing import epoch_batches, pack
+    from trainer.tokenize import tokenize_records
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    ref = copy.deepcopy(model).eval()
+    items, _ = load_pairs(str(SEED_PAIRS))
+    examples, _ = tokenize_records(tok, items, prompt_format="auto", max_length=256, max_prompt_length=None)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-6)
+    pad = tok.pad_token_id
+
+    def padded(exs):
+        seqs = [e.prompt_ids + e.completions[j] for j in range(2) for e in exs]
+        plens = [len(e.prompt_ids) for e in exs] * 2
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), pad)
+        am = torch.zeros((len(seqs), width), dtype=torch.long)
+        cm = torch.zeros((len(seqs), width), dtype=torch.bool)
+        for i, s in enumerate(seqs):
+            ids[i, :len(s)] = torch.tensor(s)
+            am[i, :len(s)] = 1
+            cm[i, plens[i]:len(s)] = True
+        return ids, am, cm
+
+    def full_logps(m, ids, am, cm):
+        lp = m(input_ids=ids, attention_mask=am).logits[:, :-1].log_softmax(-1)
+        lp = lp.gather(2, ids[:, 1:, None]).squeeze(2)
+        return (lp * cm[:, 1:]).sum(1)
+
+    def head_logps(m, ids, am, cm):
+        hidden = m.base_model(input_ids=ids, attention_mask=am).last_hidden_state[:, :-1]
+        sel = cm[:, 1:]
+        logits = m.get_output_embeddings()(hidden[sel])
+        lp = -torch.nn.functional.cross_entropy(logits, ids[:, 1:][sel], reduction="none")
+        return torch.zeros(ids.size(0)).index_put((sel.nonzero()[:, 0],), lp, accumulate=True)
+
+    def step(loss):
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    plain = epoch_batches(examples, 8, seed=42, epoch=0, group_by_length=False)[:steps]
+    grouped = epoch_batches(examples, 8, seed=42, epoch=0, group_by_length=True)[:steps]
+    variants = {
+        "trl_like": (plain, lambda b: (torch.no_grad()(lambda: full_logps(ref, *padded(b)))(),
+                                       step(full_logps(model, *padded(b)).sum()))),
+        "no_ref": (plain, lambda b: step(full_logps(model, *padded(b)).sum())),
+        "head_at_completions": (plain, lambda b: step(head_logps(model, *padded(b)).sum())),
+        "prompt_once": (plain, lambda b: step(packed_logps(model, pack(b, pad))[0].sum())),
+        "grouped": (grouped, lambda b: step(packed_logps(model, pack(b, pad))[0].sum())),
+    }
+    out = {}
+    for name, (batches, fn) in variants.items():
+        tokens, total = 0, 0.0
+        for n, idx in enumerate(batches):
+            b = [examples[i] for i in idx]
+            t0 = time.perf_counter()
+            fn(b)
+            if n >= 2:  # warm-up
+                total += time.perf_counter() - t0
+                tokens += sum(e.counted_tokens() for e in b)
+        out[name] = {"s_per_step": total / (len(batches) - 2), "tokens_per_s": tokens / total}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- parent
+
+def child(side: str, model_dir: str, steps: int, extra: dict, order_file: str | None = None) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
+        out = fh.name
+    cmd = [sys.executable, __file__, "--side", side, "--model-dir", model_dir, "--steps", str(steps),
+           "--json-out", out, "--extra", json.dumps(extra)]
+    if order_file:
+        cmd += ["--order", order_file]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", TQDM_DISABLE="1")
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{side} side failed:\n{proc.stderr[-4000:]}")
+    result = json.loads(Path(out).read_text())
+    os.unlink(out)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tiny", help="tiny (the issue's bench Llama) or smollm2 / any model folder")
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps (default 100 tiny, 10 otherwise)")
+    ap.add_argument("--no-trl", action="store_true", help="skip TRL even when it is installed")
+    ap.add_argument("--levers", action="store_true", help="also time each speed lever on the same batches")
+    ap.add_argument("--bf16", action="store_true", help="both sides with bf16 autocast")
+    ap.add_argument("--side", help=argparse.SUPPRESS)
+    ap.add_argument("--model-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--json-out", help=argparse.SUPPRESS)
+    ap.add_argument("--order", help=argparse.SUPPRESS)
+    ap.add_argument("--extra", default="{}", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.side:  # child process
+        extra = json.loads(args.extra)
+        if args.side == "ours":
+            res = side_ours(args.model_dir, args.steps, extra)
+        elif args.side == "trl":
+            res = side_trl(args.model_dir, args.steps, args.order, extra)
+        else:
+            res = side_levers(args.model_dir, args.steps)
+        Path(args.json_out).write_text(json.dumps(res))
+        return
+
+    if not SEED_PAIRS.exists():
+        raise SystemExit(f"{SEED_PAIRS}: the seed pairs are not beside this checkout")
+    steps = args.steps or (100 if args.model == "tiny" else 10)
+    extra = {"dtype": "bf16"} if args.bf16 else {}
+    model_dir = bench_model_dir(args.model)
+    print(f"model {args.model} ({model_dir}), {steps} steps, batch 8, max length 256, beta 0.1, lr 5e-6 constant, "
+          f"{'bf16' if args.bf16 else 'fp32'}")
+    ours = child("ours", model_dir, steps, extra)
+    try:
+        import importlib.util
+        has_trl = importlib.util.find_spec("trl") is not None
+    except ValueError:
+        has_trl = False
+    theirs = None
+    if has_trl and not args.no_trl:
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+            json.dump(batch_order(model_dir, steps), fh)
+        theirs = child("trl", model_dir, steps, extra, fh.name)
+        os.unlink(fh.name)
+
+    def line(name: str, r: dict) -> str:
+        return (f"{name:<9} {r['tokens_per_s']:>10,.0f} tok/s  {r['s_per_step']:.3f} s/step  "
+                f"peak RSS {r['peak_rss_mib']:,.0f} MiB  ({r['tokens']:,} tokens in {r['loop_s']:.1f} s of steps, "
+                f"{r['wall_s']:.1f} s wall)")
+
+    print(line("prefloop", ours))
+    print(f"          reference log-probs computed once before the loop: {ours['prepare_s']:.1f} s "
+          "(cached on disk for later runs)")
+    if theirs:
+        print(line("TRL", theirs))
+        print(f"ratio     {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x tokens/s, "
+              f"{ours['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}x peak RSS; including our reference pass: "
+              f"{ours['tokens'] / (ours['loop_s'] + ours['prepare_s']) / theirs['tokens_per_s']:.2f}x")
+        n = min(len(ours["losses"]), len(theirs["losses"]))
+        diffs = [abs(a - b) for a, b in zip(ours["losses"][:n], theirs["losses"][:n])]
+        print("first losses  prefloop: " + " ".join(f"{x:.5f}" for x in ours["losses"][:5]))
+        print("              TRL:      " + " ".join(f"{x:.5f}" for x in theirs["losses"][:5]))
+        print(f"max |loss difference| over {n} steps: {max(diffs):.2e} (first 10: {max(diffs[:10]):.2e})")
+    elif not has_trl:
+        print("TRL not installed (pip install '.[bench]' to compare)")
+    if args.levers:
+        print("levers (policy forward+backward+AdamW per step, same batches; tokens counted as TRL does):")
+        for name, r in child("levers", model_dir, min(steps, 30), extra).items():
+            print(f"  {name:<20} {r['tokens_per_s']:>8,.0f} tok/s  {r['s_per_step']:.3f} s/step")
+
+
+if __name__ == "__main__":
+    main()
