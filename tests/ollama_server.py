@@ -30,6 +30,7 @@ Fault kinds (``server.fail(kind, endpoint="/api/chat", times=1, ...)``; ``times=
 - ``missing_model``: 404 ``model "<name>" not found, try pulling it first`` (the model vanished).
 
 Server-wide settings are plain attributes: ``version`` (say ``"0.4.0"`` to test the old-server check),
+``load_latency`` (extra seconds while a model is not loaded; ``keep_alive`` decides how long it stays),
 ``latency`` (fixed seconds per generation, held inside a slot), ``num_parallel`` and ``max_queue`` (FIFO queue;
 past ``num_parallel + max_queue`` pending requests the answer is the 503 ``server busy``), ``chunk_words`` (words
 per streamed chunk), ``reply`` (a callable ``(messages, format, options) -> str``).
@@ -213,6 +214,7 @@ class OllamaServer:
         self.chunk_words = chunk_words
         self.reply: Reply = reply or default_reply
         self.num_ctx_default = num_ctx_default
+        self.load_latency = 0.0  # extra seconds when a model is not loaded (first use, or after keep_alive ran out)
         self.registry: set[str] | None = None  # names /api/pull can fetch; None = any
         self.api_key: str | None = None  # when set, /v1/* wants "Authorization: Bearer <key>" (hosted-API style)
         self.faults: list[Fault] = []
@@ -660,7 +662,10 @@ class _Exchange:
         if not entered:
             return self.error(503, BUSY_MESSAGE)
         try:
-            delay = owner.latency + (fault.seconds if fault is not None and fault.kind == "latency" else 0.0)
+            expires = owner._loaded.get(model)
+            loading = owner.load_latency if expires is None or 0 <= expires < time.time() else 0.0
+            delay = owner.latency + loading + (fault.seconds if fault is not None and fault.kind == "latency"
+                                               else 0.0)
             if delay > 0:
                 finished, _ = await self.unless_gone(asyncio.sleep(delay))
                 if not finished:
@@ -671,7 +676,7 @@ class _Exchange:
             elif fault is not None and fault.kind == "schema_violation":
                 text = json.dumps({"unexpected": "field", "score": "not a number"})
             self._mark_loaded(model, keep_alive)
-            await self._answer(api, model, name, messages, text, options, stream, fault)
+            await self._answer(api, model, name, messages, text, options, stream, fault, loading)
         finally:
             gate.leave()
 
@@ -701,7 +706,7 @@ class _Exchange:
         self.send(200, out)
 
     async def _answer(self, api: str, model: str, name: str, messages: list[dict[str, Any]], text: str,
-                      options: dict[str, Any], stream: bool, fault: Fault | None) -> None:
+                      options: dict[str, Any], stream: bool, fault: Fault | None, loading: float = 0.0) -> None:
         tokens = _tokens(text)
         limit = options.get("num_predict")
         reason = "stop"
@@ -711,7 +716,8 @@ class _Exchange:
         prompt_chars = sum(len(str(m.get("content", ""))) for m in messages)
         prompt_eval = min(max(1, prompt_chars // 4), num_ctx)
         latency_ns = int(self.owner.latency * 1e9)
-        metrics = {"total_duration": latency_ns + 1000, "load_duration": 1000, "prompt_eval_count": prompt_eval,
+        load_ns = int(loading * 1e9) + 1000
+        metrics = {"total_duration": latency_ns + load_ns, "load_duration": load_ns, "prompt_eval_count": prompt_eval,
                    "prompt_eval_duration": latency_ns // 4, "eval_count": len(tokens),
                    "eval_duration": latency_ns - latency_ns // 4}
         mid_error = fault is not None and fault.kind == "error_mid_stream"

@@ -294,3 +294,21 @@ def test_client_that_gives_up_is_cancelled_and_frees_its_place():
         time.sleep(0.05)
         assert [e.status for e in server.requests("/api/chat")] == [200, 499, 200]
         assert waited < 0.75
+
+
+def test_model_load_latency_and_keep_alive(ollama_server):
+    ollama_server.load_latency = 0.3
+
+    async def go():
+        c = client(ollama_server)
+        times = []
+        for keep_alive in ("10m", "10m", 0, "10m"):  # load, warm, warm then unload, load again
+            t = time.perf_counter()
+            r = await c.chat(model="llama3.1:70b", messages=USER, keep_alive=keep_alive, stream=False)
+            times.append((time.perf_counter() - t, r.load_duration))
+        await c.close()
+        return times
+
+    times = run(go())
+    assert [t > 0.25 for t, _ in times] == [True, False, False, True]
+    assert times[0][1] >= 0.3e9 and times[1][1] < 1e6
