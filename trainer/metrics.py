@@ -47,11 +47,14 @@ def finite(x: float) -> bool:
 
 
 class LiveView:
-    """A rich progress bar with the latest loss, accuracy, margin and speed; silent when not on a terminal."""
+    """A rich progress bar with the latest loss, accuracy, margin and speed on a terminal; otherwise a plain line
+    every tenth of the run."""
 
     def __init__(self, console: Any, total: int, enabled: bool, start: int = 0) -> None:
         self.console = console
         self.progress = None
+        self.total = total
+        self.every = max(1, total // 10)  # plain log lines when there is no live view
         if enabled and console is not None and console.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -65,13 +68,14 @@ class LiveView:
         return self
 
     def update(self, step: int, row: dict[str, Any]) -> None:
-        if not self.progress:
-            return
         parts = [f"loss {row['loss']:.4f}"]
         if "rewards/accuracies" in row:
             parts.append(f"acc {row['rewards/accuracies']:.2f} margin {row['rewards/margins']:+.3f}")
         parts.append(f"{row.get('tokens/s', 0):,.0f} tok/s")
-        self.progress.update(self.task, completed=step, info="  ".join(parts))
+        if self.progress:
+            self.progress.update(self.task, completed=step, info="  ".join(parts))
+        elif self.console is not None and self.total and (step % self.every == 0 or step == self.total):
+            self.console.print(f"step {step}/{self.total}  " + "  ".join(parts), highlight=False)
 
     def note(self, text: str) -> None:
         if self.console is not None:

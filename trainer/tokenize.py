@@ -65,7 +65,7 @@ class TokenizeReport:
         if self.skipped:
             out.append("skipped: " + ", ".join(f"{n} {why}" for why, n in sorted(self.skipped.items())))
         if self.truncated:
-            out.append(f"truncated: {self.truncated} pair(s) had completions cut to fit max_length")
+            out.append(f"truncated: {self.truncated} example(s) had completions cut to fit max_length")
         if self.boundary_mismatches:
             out.append(f"warning: in {self.boundary_mismatches} pair(s) the tokenised prompt is not a prefix of "
                        f"prompt+completion (tokens merge across the boundary or the chat template renders the "
