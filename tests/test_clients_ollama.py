@@ -234,3 +234,20 @@ def test_real_queue_full_503s_are_retried_to_success():
     statuses = [e.status for e in server.requests("/api/chat")]
     assert len(replies) == 5 and statuses.count(200) == 5 and statuses.count(503) >= 1
     assert c.stats.retries == statuses.count(503) and BUSY_MESSAGE in c.stats.last_error
+
+
+def test_unload_on_close(ollama_server):
+    async def go():
+        c = client_for(ollama_server, unload_on_close=True)
+        await c.chat(USER)
+        loaded = [m.model for m in (await c.client.ps()).models]
+        await c.aclose()
+        probe = client_for(ollama_server)
+        after = [m.model for m in (await probe.client.ps()).models]
+        await probe.aclose()
+        return loaded, after
+
+    loaded, after = asyncio.run(go())
+    assert loaded == ["llama3.1:70b"] and after == []
+    last = ollama_server.bodies("/api/chat")[-1]
+    assert last["messages"] == [] and last["keep_alive"] == 0

@@ -85,7 +85,9 @@ class OllamaClient:
     def __init__(self, spec: ClientSpec, *, host: str | None = None, timeout: float = 300.0,
                  connect_timeout: float = 10.0, keep_alive: str | float = "30m",
                  retry: RetryPolicy = RetryPolicy(), invalid_retries: int = 2, stream: bool = True,
-                 seed: int | None = None):
+                 seed: int | None = None, unload_on_close: bool = False):
+        """``keep_alive`` pins the model between requests (a 70B reload takes minutes); ``unload_on_close`` frees
+        its memory when this client is done (before another big model loads)."""
         self.spec = spec
         self.host = host or os.environ.get("OLLAMA_HOST") or DEFAULT_HOST
         self.url = base_url(self.host)
@@ -93,6 +95,7 @@ class OllamaClient:
         self.keep_alive = keep_alive
         self.retry, self.invalid_retries = retry, invalid_retries
         self.stream = stream
+        self.unload_on_close = unload_on_close
         self.stats = ClientStats()
         self._rng = random.Random(seed)
         self._warned_ctx = False
@@ -255,7 +258,16 @@ class OllamaClient:
             return (Transient if status in RETRY_STATUS else ServerFatal)(f"{where}: HTTP {status}")
         return ServerFatal(f"{where}: {type(err).__name__}: {err}")
 
+    async def unload(self) -> None:
+        """Ask Ollama to unload the model now (an empty chat with ``keep_alive: 0``); failures only logged."""
+        try:
+            await self.client.chat(model=self.spec.model, messages=[], keep_alive=0)
+        except Exception as err:  # noqa: BLE001 - unloading is a courtesy, never a reason to fail a run
+            log.info("%s: could not unload: %s", self.spec, err)
+
     async def aclose(self) -> None:
+        if self.unload_on_close and self.stats.requests:
+            await self.unload()
         clients, self._clients, self._idle = self._clients, [], []
         for client in clients:
             await client.close()
