@@ -316,3 +316,19 @@ def test_gradient_checkpointing_same_losses_and_bf16_runs(tiny_model_dir: Path, 
     got = losses(bf16.metrics_path)
     assert bf16.stopped_reason == "completed" and len(got) == 3
     assert got[0] == pytest.approx(0.6931, abs=2e-2)  # bf16 reference and policy round alike at step 1
+
+
+def test_cli_sft_in_process(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from prefloop.cli import main
+
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Say {i}.\n", "reference": f"{i}!"}) + "\n" for i in range(6)))
+    out = tmp_path / "sft"
+    rc = main(["sft", "--model", str(tiny_model_dir), "--data", str(data), "--output-dir", str(out),
+               "--max-steps", "2", "--batch-size", "3", "--no-live"])
+    assert rc == 0
+    assert capsys.readouterr().out.strip() == str(out / "final")
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2] and all(r["nll"] > 0 for r in rows)
+    assert main(["sft", "--model", str(tiny_model_dir), "--data", str(tmp_path / "missing.jsonl"),
+                 "--output-dir", str(out), "--no-live"]) == 2

@@ -141,7 +141,10 @@ def run(cfg: TrainConfig, objective: Objective, console: Any = None, *, model: A
     if model is None:
         model, _ = load_model(cfg.model, dtype="float32")
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     model.train()
 
