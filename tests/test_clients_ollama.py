@@ -251,3 +251,17 @@ def test_unload_on_close(ollama_server):
     assert loaded == ["llama3.1:70b"] and after == []
     last = ollama_server.bodies("/api/chat")[-1]
     assert last["messages"] == [] and last["keep_alive"] == 0
+
+
+def test_connections_are_reused_and_survive_a_new_event_loop(ollama_server):
+    c = client_for(ollama_server)
+
+    async def burst():
+        await asyncio.gather(*[c.chat([{"role": "user", "content": f"q{i}"}]) for i in range(6)])
+        for i in range(4):
+            await c.chat(USER)
+        return len(c.pool)
+
+    assert asyncio.run(burst()) == 6  # one connection per request in flight, then reused
+    assert asyncio.run(c.chat(USER)).text  # a second asyncio.run: fresh connections, not "Event loop is closed"
+    asyncio.run(c.aclose())

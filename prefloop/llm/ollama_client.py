@@ -13,10 +13,8 @@ What the bare client does not do and this adds (see ../shared/reference/ollama-a
 Replies are streamed: the read timeout then bounds the silence between chunks, not the whole answer, so a long
 answer from a slow 70B model is not cut off while a dead connection is still noticed.
 
-Each request in flight gets its own ``ollama.AsyncClient`` (one keep-alive connection each, reused from an idle
-list). Why: httpcore's connection pool scans every connection for every request, so one client shared by 16-64
-concurrent requests cost 3-5 ms of CPU per request; one connection per client costs ~1.2 ms (measured with
-bench/ollama_server.py-style load, 2 cores).
+Each request in flight gets its own single-connection ``ollama.AsyncClient`` from a ``ClientPool`` (see
+``prefloop/llm/pool.py`` for why).
 """
 
 from __future__ import annotations
@@ -30,6 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from prefloop.llm.base import ChatReply, ClientSpec, GenOptions, ServerFatal, Transient
+from prefloop.llm.pool import ClientPool
 from prefloop.llm.retry import ClientStats, RawReply, RetryPolicy, ask, with_retries
 
 log = logging.getLogger("prefloop.llm")
@@ -99,8 +98,7 @@ class OllamaClient:
         self.stats = ClientStats()
         self._rng = random.Random(seed)
         self._warned_ctx = False
-        self._clients: list[Any] = []  # every ollama.AsyncClient made (closed by aclose)
-        self._idle: list[Any] = []     # those not serving a request now
+        self.pool = ClientPool(self._new_client, lambda client: client.close())
 
     def __repr__(self) -> str:
         return f"OllamaClient({self.spec}, url={self.url!r})"
@@ -113,15 +111,12 @@ class OllamaClient:
         client = ollama.AsyncClient(host=self.url, timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
                                     limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
                                     trust_env=not is_loopback(self.url))
-        self._clients.append(client)
         return client
 
     @property
     def client(self) -> Any:
         """An ``ollama.AsyncClient`` for one-off calls (preflight); requests in flight take their own."""
-        if not self._clients:
-            self._idle.append(self._new_client())
-        return self._clients[0]
+        return self.pool.any()
 
     # ---- preflight -------------------------------------------------------------------------------------------
     async def preflight(self) -> None:
@@ -191,7 +186,7 @@ class OllamaClient:
                     seed: int | None) -> RawReply:
         request = {"model": self.spec.model, "messages": messages, "options": self.request_options(options, seed),
                    "keep_alive": self.keep_alive, "format": schema or ""}
-        client = self._idle.pop() if self._idle else self._new_client()
+        client = self.pool.take()
         try:
             if not self.stream:
                 final = await client.chat(**request, stream=False)
@@ -211,7 +206,7 @@ class OllamaClient:
         except Exception as err:  # noqa: BLE001 - every failure is classified, none swallowed
             raise self._classify(err) from err
         finally:
-            self._idle.append(client)  # a broken connection is replaced by httpx on next use
+            self.pool.give(client)  # a broken connection is replaced by httpx on next use
         prompt_tokens = final.prompt_eval_count or 0
         if prompt_tokens >= options.num_ctx and not self._warned_ctx:
             self._warned_ctx = True
@@ -268,6 +263,4 @@ class OllamaClient:
     async def aclose(self) -> None:
         if self.unload_on_close and self.stats.requests:
             await self.unload()
-        clients, self._clients, self._idle = self._clients, [], []
-        for client in clients:
-            await client.close()
+        await self.pool.aclose()

@@ -16,6 +16,7 @@ from typing import Any
 
 from prefloop.llm.base import ChatReply, ClientSpec, GenOptions, ServerFatal, Transient
 from prefloop.llm.ollama_client import estimate_tokens, is_loopback
+from prefloop.llm.pool import ClientPool
 from prefloop.llm.retry import ClientStats, RawReply, RetryPolicy, ask, with_retries
 
 log = logging.getLogger("prefloop.llm")
@@ -47,8 +48,7 @@ class OpenAIClient:
         self.stats = ClientStats()
         self._rng = random.Random(seed)
         self._warned_ctx = False
-        self._clients: list[Any] = []  # one httpx client (one connection) per request in flight; see OllamaClient
-        self._idle: list[Any] = []
+        self.pool = ClientPool(self._new_client, lambda client: client.aclose())
 
     def __repr__(self) -> str:
         return f"OpenAIClient({self.spec.backend}:{self.spec.model}, base_url={self.base_url!r}, " \
@@ -66,15 +66,12 @@ class OpenAIClient:
                                    limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
                                    timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
                                    trust_env=not is_loopback(self.base_url))
-        self._clients.append(client)
         return client
 
     @property
     def http(self) -> Any:
-        """An httpx client for one-off calls (preflight)."""
-        if not self._clients:
-            self._idle.append(self._new_client())
-        return self._clients[0]
+        """An httpx client for one-off calls."""
+        return self.pool.any()
 
     async def preflight(self) -> None:
         """Server reachable, key accepted, model served; else ``ServerFatal`` saying what to fix."""
@@ -154,7 +151,7 @@ class OpenAIClient:
         """One HTTP call; transport failures become ``Transient`` (the message names no header)."""
         import httpx
 
-        client = self._idle.pop() if self._idle else self._new_client()
+        client = self.pool.take()
         try:
             return await client.request(method, path, **kwargs)
         except httpx.TimeoutException as err:
@@ -163,7 +160,7 @@ class OpenAIClient:
         except httpx.TransportError as err:
             raise Transient(f"{self.base_url}{path}: connection failed: {type(err).__name__}") from None
         finally:
-            self._idle.append(client)
+            self.pool.give(client)
 
     def _raise_for_status(self, response: Any) -> None:
         status = response.status_code
@@ -184,6 +181,4 @@ class OpenAIClient:
         raise ServerFatal(where)
 
     async def aclose(self) -> None:
-        clients, self._clients, self._idle = self._clients, [], []
-        for client in clients:
-            await client.aclose()
+        await self.pool.aclose()

@@ -1,0 +1,60 @@
+"""Single-connection HTTP clients, one per request in flight, reused: what the Ollama and OpenAI clients send with.
+
+Why not one httpx client with a big pool: httpcore scans every pooled connection for every request, so one client
+shared by 16-64 requests in flight cost 3-5 ms of CPU per request, against ~1.2 ms with a connection each
+(measured on 2 cores; see bench/ollama_server.py). Why bound to an event loop: connections belong to the loop
+that opened them, and callers such as the judge may ``asyncio.run`` twice with the same client object; a new loop
+starts with fresh connections instead of failing with "Event loop is closed".
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable, Callable
+
+
+class ClientPool:
+    """``take()`` an idle client (or make one), ``give()`` it back; ``aclose()`` closes them all."""
+
+    def __init__(self, make: Callable[[], Any], close: Callable[[Any], Awaitable[None]]):
+        self._make, self._close = make, close
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._all: list[Any] = []
+        self._idle: list[Any] = []
+
+    def _check_loop(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside a loop (inspection): keep what there is
+            return
+        if loop is not self._loop:
+            self._loop, self._all, self._idle = loop, [], []  # the old loop's connections died with it
+
+    def take(self) -> Any:
+        self._check_loop()
+        if self._idle:
+            return self._idle.pop()
+        client = self._make()
+        self._all.append(client)
+        return client
+
+    def give(self, client: Any) -> None:
+        if client in self._all:  # not from a previous loop
+            self._idle.append(client)
+
+    def any(self) -> Any:
+        """A client for a one-off call (preflight); it stays available to requests."""
+        self._check_loop()
+        if not self._all:
+            self.give(self.take())
+        return self._all[0]
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    async def aclose(self) -> None:
+        """Close this loop's clients (another loop's connections cannot be closed from here; they are dropped)."""
+        same_loop = asyncio.get_running_loop() is self._loop
+        clients, self._all, self._idle = self._all, [], []
+        for client in clients if same_loop else []:
+            await self._close(client)
