@@ -670,7 +670,13 @@ class _Exchange:
                 finished, _ = await self.unless_gone(asyncio.sleep(delay))
                 if not finished:
                     return self.canceled()
-            text = owner.reply(messages, fmt, options)
+            try:
+                text = owner.reply(messages, fmt, options)
+            except Exception as err:  # a broken scripted reply: say so, loudly, instead of dropping the socket
+                import traceback
+
+                traceback.print_exc()
+                return self.error(500, f"test server reply function failed: {type(err).__name__}: {err}")
             if fault is not None and fault.kind == "malformed_json":
                 text = text[: max(1, len(text) // 2)] if text.startswith(("{", "[")) else '{"answer": "cut off'
             elif fault is not None and fault.kind == "schema_violation":
