@@ -24,9 +24,13 @@ log = logging.getLogger("prefloop.llm")
 @dataclass(frozen=True)
 class RetryPolicy:
     """``attempts`` tries in all; delays ``base * 2**(n-1)`` capped at ``max_delay``, each jittered down by up to
-    ``jitter`` of itself (0.5 = "equal jitter": between half and all of the exponential delay)."""
+    ``jitter`` of itself (0.5 = "equal jitter": between half and all of the exponential delay).
 
-    attempts: int = 6
+    The defaults ride out about a minute of outage per request (0.5+1+2+4+8+16+30 s at most), enough for an
+    Ollama restart; longer outages become recorded failures that a rerun retries.
+    """
+
+    attempts: int = 8
     base_delay: float = 0.5
     max_delay: float = 30.0
     jitter: float = 0.5
