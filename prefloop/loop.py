@@ -588,17 +588,18 @@ def run_preflight(cfg: LoopConfig, heldout_path: Path, judge_spec: str, out_dir:
                                max_tokens=min(64, cfg.judge.judge_max_tokens), num_ctx=cfg.judge.judge_num_ctx)
 
     async def score_all(cache: Any) -> list[tuple[Any, Any]]:
+        async def one(p: PromptRecord, answer: str) -> tuple[Any, Any]:
+            mine = await score_answer(judge, p.prompt, answer, reference=p.reference, cache=cache,
+                                      options=score_options)
+            # the dataset's own answer under the same prompt: the judge's ceiling on this task
+            ref = await score_answer(judge, p.prompt, p.reference, reference=p.reference, cache=cache,
+                                     options=score_options) if p.reference else None
+            return mine, ref
+
         try:
             await judge.preflight()
-            out = []
-            for p, answer in zip(prompts, answers):
-                mine = await score_answer(judge, p.prompt, answer, reference=p.reference, cache=cache,
-                                          options=score_options)
-                # the dataset's own answer under the same prompt: the judge's ceiling on this task
-                ref = await score_answer(judge, p.prompt, p.reference, reference=p.reference, cache=cache,
-                                         options=score_options) if p.reference else None
-                out.append((mine, ref))
-            return out
+            # all at once: a served judge takes them in parallel, a local one in a single batch
+            return list(await asyncio.gather(*(one(p, a) for p, a in zip(prompts, answers))))
         finally:  # close in the loop that opened the connections
             await _aclose(judge, sft)
 
@@ -639,10 +640,14 @@ def preflight_verdict(rows: list[dict[str, Any]], p: PreflightSection, judge_spe
     echo = sum(1 for r in rows if _echoes(prompt_text(r["prompt"]), str(r.get("answer") or "")))
     warnings = []
     why = []
-    if mean is not None and mean < p.min_score:
+    # a judge that gives the dataset's own answers a low score cannot tell good from bad on this task: its low
+    # score for the model says nothing, so the check is called inconclusive rather than blamed on the model
+    judge_can_tell = mean_ref is None or mean_ref >= p.min_score
+    if mean is not None and judge_can_tell and mean < p.min_score:
         why.append(f"its answers score {mean:.0f}/100 on average (threshold {p.min_score:.0f})")
     if mean is not None and mean_ref and mean < p.min_ratio * mean_ref:
-        why.append(f"that is under {p.min_ratio:.0%} of the dataset answers' {mean_ref:.0f}/100 under the same judge")
+        why.append(f"that is under {p.min_ratio:.0%} of the {mean_ref:.0f}/100 the same judge gives the dataset's "
+                   f"own answers")
     if rows and (empty + echo) * 2 >= len(rows):
         why.append(f"{empty} of {len(rows)} answers are empty and {echo} continue the prompt instead of answering")
     if why:
@@ -651,6 +656,10 @@ def preflight_verdict(rows: list[dict[str, Any]], p: PreflightSection, judge_spe
             f"(judge {judge_spec}, {len(rows)} held-out prompts). DPO shapes style and preference; it does not "
             f"teach the task. If this is a base model, fine-tune it first (`prefloop sft`), or check the prompt "
             f"format matches what it was tuned on.")
+    if mean_ref is not None and not judge_can_tell:
+        warnings.append(f"preflight inconclusive: the judge {judge_spec} gives the dataset's own answers only "
+                        f"{mean_ref:.0f}/100 (the SFT model's: {_num(mean)}), so it cannot tell whether the model "
+                        f"can do the task; set a stronger [preflight] judge (e.g. \"ollama:llama3.1:8b\")")
     if not scores and rows:
         warnings.append(f"preflight: the judge {judge_spec} gave no usable score for {len(rows)} answers; "
                         f"the check could not run")

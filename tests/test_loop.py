@@ -252,6 +252,9 @@ def test_preflight_warns_with_numbers_when_the_model_cannot_do_the_task():
     assert "5/100" in text and "85/100" in text and "prefloop sft" in text and "does not teach" in text
     able = [{"prompt": prompt, "answer": "An apple.", "score": 80.0, "reference_score": 85.0}] * 2
     assert preflight_verdict(able, PreflightSection(), "ollama:judge")["warnings"] == []
+    weak_judge = [{"prompt": prompt, "answer": "An apple.", "score": 20.0, "reference_score": 25.0}] * 2
+    (text,) = preflight_verdict(weak_judge, PreflightSection(), "local:smollm2")["warnings"]
+    assert text.startswith("preflight inconclusive") and "25/100" in text
     unscored = [{"prompt": prompt, "answer": "An apple.", "score": None, "reference_score": None}]
     assert "no usable score" in preflight_verdict(unscored, PreflightSection(), "j")["warnings"][0]
 
