@@ -132,10 +132,25 @@ def _count_lines(path: Path) -> int:
         return sum(1 for line in fh if line.strip())
 
 
+def other_settings(output: str | Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The settings of pairs already in ``output`` when they differ from this run's (new pairs get other ids
+    and land beside them: worth a warning, not an error)."""
+    path = Path(output)
+    if not path.exists():
+        return None
+    from prefloop.jsonl import iter_jsonl
+
+    for _, row in iter_jsonl(path):
+        settings = row.get("meta", {}).get("settings") if isinstance(row, dict) else None
+        if settings is not None and settings != identity:
+            return settings
+    return None
+
+
 def _make_clients(cfg: GenerateConfig) -> dict[str, Any]:
     from prefloop.llm import make_client
 
-    clients = {}
+    clients: dict[str, Any] = {}
     for spec in cfg.specs_used():
         served = parse_spec(spec).backend != "local"
         clients[spec] = make_client(spec, timeout=cfg.timeout_s) if served else make_client(spec)
@@ -156,6 +171,12 @@ async def generate_async(cfg: GenerateConfig, console: Any = None, clients: dict
     if cfg.strategy == "rewrite" and not any(r.reference for r in records):
         raise ValueError(f"{cfg.source}: the rewrite strategy needs known-good answers (an Alpaca 'output' or a "
                          f"'reference' field) and no prompt has one; use --strategy rank or contrast")
+    before = other_settings(cfg.output, cfg.identity())
+    if before is not None and console is not None:
+        changed = {k: v for k, v in cfg.identity().items() if before.get(k) != v}
+        console.print(f"[yellow]warning:[/yellow] {cfg.output} holds pairs made with other settings "
+                      f"(now {changed}, before { {k: before.get(k) for k in changed} }); new pairs are added beside "
+                      f"them. Use another --output to keep sets apart.")
     owned = clients is None
     clients = _make_clients(cfg) if clients is None else clients
     try:

@@ -196,3 +196,21 @@ def test_contrast_asks_both_models_and_drops_identical_answers(ollama_server: An
     assert models.count("llama3.1:70b") == 5 and models.count("llama3.2:1b") == 5
     # a served model gets the task as a user turn, not the Alpaca scaffolding
     assert all("### Instruction" not in b["messages"][-1]["content"] for b in bodies)
+
+
+def test_changed_settings_are_flagged(ollama_server: Any, tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from generator.run import other_settings
+
+    ollama_server.reply = rewriter
+    cfg = cfg_for(tmp_path, limit=2)
+    generate(cfg, clients=clients_for(ollama_server, cfg))
+    assert other_settings(cfg.output, cfg.identity()) is None
+    changed = cfg_for(tmp_path, limit=2, worse="rude")
+    buf = io.StringIO()
+    generate(changed, console=Console(file=buf, width=300), clients=clients_for(ollama_server, changed))
+    assert other_settings(cfg.output, changed.identity())["worse"] == "impolite"
+    assert "other settings" in buf.getvalue() and "rude" in buf.getvalue()
