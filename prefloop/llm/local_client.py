@@ -146,7 +146,8 @@ class LocalClient:
         """Token ids of one prompt: raw text as is, chat messages through the chat template."""
         _, tokenizer = self.load()
         if isinstance(prompt, str):
-            return tokenizer(prompt, add_special_tokens=True)["input_ids"]
+            ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+            return ids or [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
         if not getattr(tokenizer, "chat_template", None):
             raise ServerFatal(f"local model '{self.spec.model}' has no chat template; give it text prompts")
         text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
