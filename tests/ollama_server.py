@@ -755,6 +755,8 @@ class _Exchange:
         else:
             final = self._piece(api, model, created, "")
             final.update(done=True, done_reason=reason, **metrics)
+            if api == "generate":
+                final["context"] = [1, 2, 3]
             self.chunk(json.dumps(final).encode() + b"\n")
         self.end_stream()
 
