@@ -90,3 +90,25 @@ def test_kill_9_at_random_points_then_resume(ollama_server: Any, tmp_path: Path)
     # nothing redone beyond the work in flight at each kill (each run also takes up to CONCURRENCY new jobs)
     chats = ollama_server.count("/api/chat")
     assert chats <= N_PROMPTS + kills * CONCURRENCY, (chats, kills)
+
+
+def test_sigterm_and_ctrl_c_stop_cleanly(ollama_server: Any, tmp_path: Path) -> None:
+    ollama_server.latency = 0.05
+    src, out = tmp_path / "prompts.json", tmp_path / "pairs.jsonl"
+    write_prompts(src)
+    env = dict(os.environ, OLLAMA_HOST=ollama_server.url, PYTHONPATH=str(ROOT))
+    args = [str(src), "-o", str(out), "--model", "ollama:llama3.1:70b", "--concurrency", "2", "--quiet"]
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        before = len(complete_lines(out))
+        proc = start(args, env)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(complete_lines(out)) < before + 3:
+            time.sleep(0.01)
+        proc.send_signal(sig)
+        output, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 130, output.decode()[-2000:]
+        assert b"interrupted" in output
+        summary = json.loads((tmp_path / "pairs.jsonl.summary.json").read_text())
+        assert summary["interrupted"] and summary["total_in_output"] == len(complete_lines(out))
+        assert out.read_bytes().endswith(b"\n")  # nothing half-written
+        assert not (tmp_path / "pairs.jsonl.failures.jsonl").exists()  # cancelled work is not a failure
