@@ -65,7 +65,8 @@ async def raw_rate(url: str, n: int, concurrency: int, stream: bool) -> float:
         return n / (time.perf_counter() - t)
 
 
-async def client_rate(url: str, n: int, concurrency: int) -> float:
+async def client_rate(url: str, n: int, concurrency: int) -> tuple[float, float]:
+    """(requests/s, client CPU ms per request) for OllamaClient at ``concurrency`` requests in flight."""
     from prefloop.llm import make_client
 
     client = make_client("ollama:llama3.1:70b", host=url)
@@ -76,14 +77,16 @@ async def client_rate(url: str, n: int, concurrency: int) -> float:
             await client.chat([{"role": "user", "content": f"question {i}"}])
 
     await one(-1)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*[one(i) for i in range(n)])
     rate = n / (time.perf_counter() - t)
+    cpu_ms = (time.process_time() - cpu) / n * 1000
     await client.aclose()
-    return rate
+    return rate, cpu_ms
 
 
 def main() -> None:
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (ratios need a quiet machine)")
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=2000)
     args = parser.parse_args()
@@ -99,8 +102,10 @@ def main() -> None:
                 print(f"server alone, latency 0, stream={stream!s:5} concurrency {conc:2}: {rate:7.0f} req/s "
                       f"through a raw httpx client; server CPU {server_ms:.2f} ms/req "
                       f"(= {1000 / server_ms:,.0f} req/s on one core)")
-        rate = asyncio.run(client_rate(url, args.requests, 16))
-        print(f"OllamaClient (streaming), latency 0, concurrency 16: {rate:7.0f} req/s ({1000 / rate:.2f} ms/req)")
+        for conc in (1, 16, 64):
+            rate, cpu_ms = asyncio.run(client_rate(url, args.requests, conc))
+            print(f"OllamaClient (streaming), latency 0, concurrency {conc:2}: {rate:7.0f} req/s, "
+                  f"client CPU {cpu_ms:.2f} ms/req")
     finally:
         proc.terminate()
         proc.wait()
@@ -110,7 +115,7 @@ def main() -> None:
         proc = spawn(port, num_parallel=slots, latency=latency)
         try:
             n = max(40, int(slots / latency * 2))  # ~2 s of work
-            rate = asyncio.run(client_rate(f"http://127.0.0.1:{port}", n, slots))
+            rate, _ = asyncio.run(client_rate(f"http://127.0.0.1:{port}", n, slots))
             capacity = slots / latency
             overhead_ms = (slots / rate - latency) * 1000
             print(f"N={slots:2} slots, latency {latency * 1000:.0f} ms: {rate:6.1f} req/s of capacity {capacity:5.0f} "

@@ -108,9 +108,10 @@ class OllamaClient:
         import ollama
 
         # trust_env=False for loopback: an HTTP(S)_PROXY in the environment must not swallow 127.0.0.1 calls.
+        trust_env = not is_loopback(self.url)
         client = ollama.AsyncClient(host=self.url, timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
                                     limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-                                    trust_env=not is_loopback(self.url))
+                                    trust_env=trust_env, verify=self.pool.ssl_context(trust_env))
         return client
 
     @property

@@ -62,10 +62,11 @@ class OpenAIClient:
         key = os.environ.get(self.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
+        trust_env = not is_loopback(self.base_url)
         client = httpx.AsyncClient(base_url=self.base_url, headers=headers,
                                    limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
                                    timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
-                                   trust_env=not is_loopback(self.base_url))
+                                   trust_env=trust_env, verify=self.pool.ssl_context(trust_env))
         return client
 
     @property
