@@ -34,12 +34,17 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
 
 
 def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoint(output_dir: Path, step: int, model: Any, optimizer: Any, scheduler: Any,
@@ -52,7 +57,7 @@ def save_checkpoint(output_dir: Path, step: int, model: Any, optimizer: Any, sch
     target = root / f"{PREFIX}{step:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
     try:
-        weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(_untie(weights), str(tmp / "model.safetensors"))
         torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": rng_state(), "loop": loop_state}, tmp / "state.pt")
@@ -82,7 +87,7 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> d
     """Restore weights, optimizer, scheduler and RNG from ``path``; return the loop's saved state."""
     from safetensors.torch import load_file
 
-    weights = load_file(str(path / "model.safetensors"))
+    weights = load_file(str(path / "model.safetensors"), device=str(next(model.parameters()).device))
     model.load_state_dict(weights, strict=True)
     state = torch.load(path / "state.pt", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])

@@ -27,6 +27,7 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--max-length", "max_length", int, "prompt + completion tokens per sequence"),
     ("--max-prompt-length", "max_prompt_length", int, "skip pairs whose prompt is longer"),
     ("--dtype", "dtype", str, "fp32 | bf16"),
+    ("--device", "device", str, "auto (GPU when present) | cpu | cuda | cuda:N | mps"),
     ("--prompt-format", "prompt_format", str, "auto | text | chat | alpaca"),
     ("--seed", "seed", int, "random seed"),
     ("--eval-every", "eval_every", int, "optimizer steps between evaluations"),

@@ -49,6 +49,7 @@ class TrainConfig:
     max_steps: int = 0                    # > 0 overrides epochs
     seed: int = 42
     dtype: str = "fp32"                   # fp32 | bf16 (autocast; weights stay fp32)
+    device: str = "auto"                  # auto (a CUDA GPU when present, else CPU) | cpu | cuda | cuda:N | mps
     gradient_checkpointing: bool = False
     # data
     max_length: int = 1024                # prompt + completion tokens per sequence
@@ -99,6 +100,8 @@ class TrainConfig:
         for name in ("warmup_steps", "max_steps", "eval_every", "save_every", "stuck_steps", "threads"):
             if getattr(self, name) < 0:
                 bad(name, f"must be >= 0, got {getattr(self, name)}")
+        if not (self.device in ("auto", "cpu", "mps") or self.device.split(":")[0] == "cuda"):
+            bad("device", f"{self.device!r} is not auto, cpu, cuda, cuda:N or mps")
         if self.max_grad_norm < 0:
             bad("max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
         if self.epochs <= 0 and self.max_steps <= 0:

@@ -104,7 +104,7 @@ class DPOObjective:
     def loss(self, model: Any, batch: PackedBatch) -> tuple[torch.Tensor, dict[str, float]]:
         sums, counts = packed_logps(model, batch)
         if self.ref is not None:
-            ref_sums, _ = self.ref.lookup(batch.ids)
+            ref_sums = self.ref.lookup(batch.ids)[0].to(sums.device)
         else:
             with torch.no_grad():
                 ref_sums, _ = packed_logps(self.ref_model, batch)

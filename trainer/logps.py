@@ -10,12 +10,25 @@ it; tests check both give the same numbers.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 
 from trainer.packing import PackedBatch
 from trainer.tokenize import Example
+
+
+def autocast(dtype: str, device: torch.device) -> Any:
+    """bf16 autocast on the model's device, or nothing for fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: the first CUDA GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def _head_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,6 @@ import json
 import math
 import random
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +21,7 @@ import torch
 from trainer.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
 from trainer.metrics import Averager, LiveView, finite, open_metrics
+from trainer.logps import autocast, resolve_device
 from trainer.optim import make_optimizer, make_scheduler
 from trainer.packing import PackedBatch, epoch_batches, pack
 from trainer.tokenize import Example, TokenizeReport, tokenize_records
@@ -84,18 +84,15 @@ def _tokenize(tokenizer: Any, items: list[Item], cfg: TrainConfig) -> tuple[list
         raise TrainError(str(exc)) from None
 
 
-def _autocast(dtype: str) -> Any:
-    return torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
-
-
 def evaluate(objective: Objective, model: Any, examples: list[Example], cfg: TrainConfig, pad_id: int) -> dict:
     """Mean metrics over the held-out examples, without gradients."""
     was_training = model.training
     model.eval()
     avg = Averager()
-    with torch.no_grad(), _autocast(cfg.dtype):
+    device = next(model.parameters()).device
+    with torch.no_grad(), autocast(cfg.dtype, device):
         for idx in epoch_batches(examples, cfg.batch_size, seed=0, epoch=0, shuffle=False):
-            batch = pack([examples[i] for i in idx], pad_id)
+            batch = pack([examples[i] for i in idx], pad_id).to(device)
             _, metrics = objective.loss(model, batch)
             avg.add(metrics, batch.n_rows)
     model.train(was_training)
@@ -140,6 +137,8 @@ def run(cfg: TrainConfig, objective: Objective, console: Any = None, *, model: A
     random.seed(cfg.seed)
     if model is None:
         model, _ = load_model(cfg.model, dtype="float32")
+    device = resolve_device(cfg.device)
+    model.to(device)
     if cfg.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
             model.activation_checkpointing_enable({"use_reentrant": False})
@@ -218,8 +217,8 @@ def run(cfg: TrainConfig, objective: Objective, console: Any = None, *, model: A
             tokens = 0
             bad = None
             for idx in groups[pos]:
-                batch = pack([train_ex[i] for i in idx], pad_id)
-                with _autocast(cfg.dtype):
+                batch = pack([train_ex[i] for i in idx], pad_id).to(device)
+                with autocast(cfg.dtype, device):
                     loss, metrics = objective.loss(model, batch)
                 value = loss.item()
                 if not finite(value):

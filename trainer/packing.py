@@ -41,6 +41,12 @@ class PackedBatch:
     def n_seqs(self) -> int:
         return self.n_rows * self.n_completions
 
+    def to(self, device: torch.device | str) -> "PackedBatch":
+        move = {name: getattr(self, name).to(device) for name in
+                ("input_ids", "position_ids", "attention_mask", "src", "targets", "seq")}
+        return PackedBatch(**move, n_rows=self.n_rows, n_completions=self.n_completions,
+                           counted_tokens=self.counted_tokens, ids=self.ids)
+
 
 def pack(examples: list[Example], pad_id: int) -> PackedBatch:
     """Build one packed batch; every example must have the same number of completions."""

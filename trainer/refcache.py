@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +20,7 @@ from typing import Any, Callable
 import torch
 
 from prefloop.models import cache_dir
-from trainer.logps import packed_logps
+from trainer.logps import autocast, packed_logps
 from trainer.packing import epoch_batches, pack
 from trainer.tokenize import Example
 
@@ -74,10 +73,10 @@ def compute_ref_logps(model: Any, examples: list[Example], pad_id: int, *, batch
     counts: dict[str, list[float]] = {}
     was_training = model.training
     model.eval()
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
-    with torch.inference_mode(), autocast:
+    device = next(model.parameters()).device
+    with torch.inference_mode(), autocast(dtype, device):
         for idx in epoch_batches(examples, batch_size, seed=0, epoch=0, shuffle=False):
-            batch = pack([examples[i] for i in idx], pad_id)
+            batch = pack([examples[i] for i in idx], pad_id).to(device)
             s, c = packed_logps(model, batch)
             k, rows = batch.n_completions, batch.n_rows
             for r, rid in enumerate(batch.ids):
