@@ -169,7 +169,7 @@ async def judge_all(cfg: JudgeConfig, judge: str, answers: list[dict[str, Any]],
     check_fields(template, ("prompt", "answer_a", "answer_b"))
     options = judge_options(cfg)
     own = client is None
-    client = client or make_client(judge)
+    client = client or make_client(judge, invalid_retries=0)  # our bounded attempts are the only re-asks
     bounded = Bounded(client, cfg.concurrency)
     jobs = []
     for row in answers:
@@ -223,7 +223,7 @@ async def adversarial_check(cfg: JudgeConfig, rows: list[dict[str, Any]], client
     from prefloop.llm import make_client
 
     own = client is None
-    client = client or make_client(cfg.judges[0])
+    client = client or make_client(cfg.judges[0], invalid_retries=0)
     items = [(r["prompt"], r["policy_answer"], r["reference_answer"]) for r in rows]
     refs = [r.get("gold") if cfg.use_reference else None for r in rows]
     try:
