@@ -1,6 +1,12 @@
 """LLM clients shared by the generator and the judge: one interface, chosen by a spec string.
 
-``ollama:MODEL`` (default), ``openai:MODEL@BASE_URL`` and ``local:MODEL`` (transformers in-process).
+``ollama:MODEL`` (default), ``openai:MODEL@BASE_URL`` and ``local:MODEL`` (transformers in-process; ``local:``
+alone is the embedded SmolLM2). Every client has async ``preflight()``, ``chat(messages, schema=, options=)`` ->
+``ChatReply`` and ``aclose()``, plus ``stats`` (requests, retries, invalid replies, tokens) for progress bars.
+Keyword arguments of ``make_client`` go to the client: ``OllamaClient(host, timeout, keep_alive, retry,
+invalid_retries, stream, unload_on_close)``, ``OpenAIClient(api_key_env, timeout, retry, invalid_retries)``,
+``LocalClient(device, dtype, batch_size, batch_wait_ms, invalid_retries, threads)``; ``LocalClient`` also has
+``generate_batch(prompts, options)`` and async ``complete(prompt, options)``.
 """
 
 from prefloop.llm.base import (ChatReply, ClientSpec, GenOptions, LLMClient, LLMError, ReplyInvalid, ServerFatal,
