@@ -1,0 +1,8 @@
+"""DPO and SFT training with torch + transformers (``prefloop train`` / ``prefloop sft``).
+
+Entry points: ``trainer.dpo.train(TrainConfig)`` and ``trainer.sft.train_sft(TrainConfig)``, both running the
+loop in ``trainer.loop``. Modules: ``config`` (settings), ``tokenize`` (prompt formats, TRL's boundary rule,
+truncation), ``packing`` (prompt-once packed rows, batch order), ``logps`` (completion log-probs),
+``losses`` (the preference losses), ``refcache`` (reference log-probs on disk), ``checkpoint``, ``optim``,
+``metrics``.
+"""
