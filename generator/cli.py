@@ -19,8 +19,9 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--axis", {"help": "rewrite: the axis (default politeness)"}),
     ("--better", {"help": "rewrite: the better direction (default polite)"}),
     ("--worse", {"help": "rewrite: the worse direction (default impolite)"}),
-    ("--recipe-prompt", {"dest": "recipe_prompt", "choices": ["clean", "verbatim"],
-                         "help": "rewrite: our wording (clean) or the ch07 notebook's (verbatim)"}),
+    ("--recipe-prompt", {"dest": "recipe_prompt", "choices": ["auto", "clean", "verbatim", "fewshot"],
+                         "help": "rewrite: our wording (clean), the ch07 notebook's (verbatim), worked examples "
+                                 "(fewshot); auto = fewshot for local models, clean otherwise"}),
     ("--k", {"type": int, "help": "rank: candidates per prompt (default 4)"}),
     ("--min-margin", {"dest": "min_margin", "type": float, "help": "rank: minimum best-worst score gap"}),
     ("--temperature", {"type": float}),

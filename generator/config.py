@@ -14,7 +14,7 @@ from typing import Any
 from prefloop.llm.base import parse_spec
 
 STRATEGIES = ("rewrite", "rank", "contrast")
-RECIPE_PROMPTS = ("clean", "verbatim")
+RECIPE_PROMPTS = ("auto", "clean", "verbatim", "fewshot")
 
 
 @dataclass
@@ -32,7 +32,9 @@ class GenerateConfig:
     axis: str = "politeness"
     better: str = "polite"
     worse: str = "impolite"
-    recipe_prompt: str = "clean"           # clean (our wording) | verbatim (the ch07 notebook's, quirks included)
+    # auto: fewshot for a local (small) rewriter, clean for a served one | clean (our wording) | verbatim (the
+    # ch07 notebook's, quirks included) | fewshot (worked examples as earlier turns; small models keep the answer)
+    recipe_prompt: str = "auto"
     k: int = 4                             # rank: candidates per prompt
     min_margin: float = 10.0               # rank: drop pairs whose best-worst score gap (0-100) is smaller
     temperature: float = 0.0               # rewrite/contrast; rank samples at rank_temperature
@@ -65,6 +67,12 @@ class GenerateConfig:
             raise ValueError(f"contrast needs two different models; model and sft_model are both '{self.model}'")
         if self.better.strip().lower() == self.worse.strip().lower():
             raise ValueError(f"better and worse directions must differ, both are '{self.better}'")
+
+    @property
+    def rewrite_style(self) -> str:
+        if self.recipe_prompt != "auto":
+            return self.recipe_prompt
+        return "fewshot" if parse_spec(self.model).backend == "local" else "clean"
 
     @property
     def candidate_models(self) -> list[str]:
@@ -101,7 +109,7 @@ class GenerateConfig:
         base: dict[str, Any] = {"strategy": self.strategy, "seed": self.seed, "max_tokens": self.max_tokens}
         if self.strategy == "rewrite":
             base.update(model=self.model, axis=self.axis, better=self.better, worse=self.worse,
-                        recipe_prompt=self.recipe_prompt, temperature=self.temperature)
+                        recipe_prompt=self.rewrite_style, temperature=self.temperature)
         elif self.strategy == "rank":
             base.update(models=self.candidate_models, judge=self.judge_model, k=self.k,
                         min_margin=self.min_margin, temperature=self.rank_temperature)

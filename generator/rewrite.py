@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections import Counter
 from typing import Any
 
 from prefloop.records import PromptRecord, prompt_text, stable_id
@@ -31,6 +32,17 @@ CLEAN = ("Here is a task and a correct answer to it.\n\n"
          "Rewrite the answer to be slightly more {direction}. Keep the change minimal and keep it correct. "
          "Reply with the rewritten answer only: no introduction, no quotes, no explanation.")
 
+# For small local rewriters (SmolLM2-135M): worked examples as earlier turns and no task text. With the
+# instruction-only prompts a 135M model answers the task again or garbles the answer ("5000 grams is 5000
+# grams."); with these it mostly keeps the answer and adds a phrase (or changes nothing: dropped).
+FEWSHOT_TURN = "Rewrite this answer to be slightly more {direction}. Keep the change minimal.\n\n{answer}"
+FEWSHOT_EXAMPLES = (
+    ("polite", "The meeting is at 3 pm.", "Just so you know, the meeting is at 3 pm. Thank you!"),
+    ("impolite", "Paris is the capital of France.", "Paris is the capital of France, obviously."),
+    ("polite", "Close the door.", "Could you please close the door?"),
+    ("impolite", "The answer is 12.", "The answer is 12. Try to keep up."),
+)
+
 # A first line that talks about the rewrite rather than being part of it.
 _PREAMBLE = re.compile(
     r"^\s*(?:(?:sure|certainly|of course|okay|ok)[!,.]?\s*)?"
@@ -44,6 +56,33 @@ _TRAILING_NOTE = re.compile(
     r"\n\s*\n\s*\(?(?:note|i (?:made|changed|rewrote|modified|kept|added|replaced))\b[^\n]*"
     r"(?:rewrit|chang|modif|tone|polite|impolite|minimal)[^\n]*\)?\s*$", re.IGNORECASE | re.DOTALL)
 _QUOTES = [("```", "```"), ('"', '"'), ("“", "”"), ("'", "'"), ("`", "`"), ("«", "»")]
+
+
+def rewrite_budget(reference: str, max_tokens: int) -> int:
+    """Tokens allowed for a rewrite: a slight rewrite is about as long as the answer (the notebook's 70B
+    rewrites all fit in 64 + half the answer's characters), and a small model that starts looping stops early."""
+    return min(max_tokens, 64 + len(reference) // 2)
+
+
+def degenerate(text: str, n: int = 4, times: int = 3) -> bool:
+    """The same 4 words three times or more: a small model stuck in a loop (none of the notebook's rewrites)."""
+    words = re.findall(r"\w+", text.lower())
+    grams = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    return bool(grams) and max(grams.values()) >= times
+
+
+def build_messages(rec: PromptRecord, direction: str, style: str, better: str = "polite",
+                   worse: str = "impolite") -> list[dict[str, str]]:
+    """The chat turns for one rewrite request in the given style (``clean``, ``verbatim`` or ``fewshot``)."""
+    if style != "fewshot":
+        return [{"role": "user", "content": build_prompt(rec, direction, style)}]
+    messages: list[dict[str, str]] = []
+    for example_dir, answer, rewrite in FEWSHOT_EXAMPLES:
+        shown = better if example_dir == "polite" else worse
+        messages += [{"role": "user", "content": FEWSHOT_TURN.format(direction=shown, answer=answer)},
+                     {"role": "assistant", "content": rewrite}]
+    messages.append({"role": "user", "content": FEWSHOT_TURN.format(direction=direction, answer=rec.reference)})
+    return messages
 
 
 def build_prompt(rec: PromptRecord, direction: str, style: str = "clean") -> str:
@@ -106,11 +145,16 @@ async def make_pair(ctx: Any, rec: PromptRecord) -> dict[str, Any] | Drop:
     if not rec.reference or not rec.reference.strip():
         return Drop("no known-good answer to rewrite")
     direction = pick_direction(rec.id, cfg.seed, cfg.better, cfg.worse)
-    request = build_prompt(rec, direction, cfg.recipe_prompt)
-    reply = await ctx.chat(cfg.model, [{"role": "user", "content": request}], temperature=cfg.temperature)
+    messages = build_messages(rec, direction, cfg.rewrite_style, cfg.better, cfg.worse)
+    reply = await ctx.chat(cfg.model, messages, temperature=cfg.temperature,
+                           max_tokens=rewrite_budget(rec.reference, cfg.max_tokens))
     rewrite, removed = clean_rewrite(reply.text, rec.reference, (cfg.better, cfg.worse, cfg.axis))
     if not rewrite:
         return Drop("empty rewrite", {"raw": reply.text})
+    if reply.extra.get("finish_reason") == "length":
+        return Drop("rewrite cut off at its token budget", {"raw": reply.text, "direction": direction})
+    if degenerate(rewrite) and not degenerate(rec.reference):
+        return Drop("degenerate repetition", {"raw": reply.text, "direction": direction})
     if same_text(rewrite, rec.reference):
         return Drop("chosen identical to rejected", {"raw": reply.text, "direction": direction})
     if direction == cfg.better:

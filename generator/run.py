@@ -71,18 +71,18 @@ class Context:
         # generate_batch runs a whole generate in a thread: one at a time per local model
         self._batch_locks = {spec: asyncio.Lock() for spec in clients}
 
-    def options(self, temperature: float, seed: int | None = None) -> GenOptions:
+    def options(self, temperature: float, seed: int | None = None, max_tokens: int | None = None) -> GenOptions:
         return GenOptions(temperature=temperature, seed=self.cfg.seed if seed is None else seed,
-                          max_tokens=self.cfg.max_tokens, num_ctx=self.cfg.num_ctx)
+                          max_tokens=max_tokens or self.cfg.max_tokens, num_ctx=self.cfg.num_ctx)
 
     def slot(self, spec: str) -> asyncio.Semaphore:
         """Bounds the requests in flight to one model."""
         return self._slots[spec]
 
     async def chat(self, spec: str, messages: list[dict[str, str]], *, temperature: float,
-                   seed: int | None = None) -> ChatReply:
+                   seed: int | None = None, max_tokens: int | None = None) -> ChatReply:
         async with self._slots[spec]:
-            reply = await self.clients[spec].chat(messages, options=self.options(temperature, seed))
+            reply = await self.clients[spec].chat(messages, options=self.options(temperature, seed, max_tokens))
         if self.runner is not None and reply.attempts > 1:
             self.runner.note_retries(reply.attempts - 1)
         return reply

@@ -214,3 +214,22 @@ def test_changed_settings_are_flagged(ollama_server: Any, tmp_path: Path) -> Non
     generate(changed, console=Console(file=buf, width=300), clients=clients_for(ollama_server, changed))
     assert other_settings(cfg.output, changed.identity())["worse"] == "impolite"
     assert "other settings" in buf.getvalue() and "rude" in buf.getvalue()
+
+
+def test_cut_off_and_looping_rewrites_are_dropped(ollama_server: Any, tmp_path: Path) -> None:
+    def loopy(messages: list[dict[str, Any]], fmt: Any, options: dict[str, Any]) -> str:
+        answer = re.search(r"Correct answer:\n(.*?)\n\nRewrite", messages[-1]["content"], re.S).group(1)
+        if "Jupiter" in answer:
+            return "word " * 400  # runs into num_predict: the server reports done_reason "length"
+        if "5000 grams" in answer:
+            return "Kindly note that, " * 5
+        return answer + " Please."
+
+    ollama_server.reply = loopy
+    cfg = cfg_for(tmp_path, limit=3)
+    summary = generate(cfg, clients=clients_for(ollama_server, cfg))
+    assert summary.written == 1
+    assert summary.dropped == {"rewrite cut off at its token budget": 1, "degenerate repetition": 1}
+    (budget,) = {b["options"]["num_predict"] for b in ollama_server.bodies("/api/chat")
+                 if "Jupiter" in b["messages"][-1]["content"]}
+    assert budget == 64 + len("The largest planet in our solar system is Jupiter.") // 2

@@ -130,3 +130,30 @@ def test_quickstart_prompts_load_with_short_answers() -> None:
     recs, report = load_prompts(QUICKSTART)
     assert len(recs) == 40 and report.kept == 40 and not report.dropped
     assert all(r.reference and len(r.reference) < 120 for r in recs)
+
+
+def test_rewrite_budget_and_loop_detection(seed_prefs_path: Path) -> None:
+    from generator.rewrite import degenerate, rewrite_budget
+
+    assert rewrite_budget("x" * 40, 512) == 84 and rewrite_budget("x" * 2000, 512) == 512
+    assert degenerate("A more polite response would be: A more polite response would be: A more polite response")
+    assert not degenerate("Thank you for asking! The capital of Greece is indeed Athens, thank you.")
+    rows = json.loads(seed_prefs_path.read_text())
+    for r in rows:  # none of the 70B model's rewrites trips either guard
+        gen = r["chosen"] if r["rejected"] == r["output"] else r["rejected"]
+        assert not degenerate(gen) and len(gen) / 4 <= rewrite_budget(r["output"], 512)
+
+
+def test_recipe_prompt_styles() -> None:
+    from generator.rewrite import build_messages
+
+    rec = PromptRecord(id="x", prompt="Say hi.", reference="Hi.", meta={"prompt_format": "text"})
+    assert GenerateConfig(model="local:smollm2").rewrite_style == "fewshot"
+    assert GenerateConfig(model="llama3.1:70b").rewrite_style == "clean"
+    assert GenerateConfig(model="local:smollm2", recipe_prompt="verbatim").rewrite_style == "verbatim"
+    shots = build_messages(rec, "rude", "fewshot", better="kind", worse="rude")
+    assert [m["role"] for m in shots] == ["user", "assistant"] * 4 + ["user"]
+    assert "more rude" in shots[-1]["content"] and shots[-1]["content"].endswith("Hi.")
+    assert "more kind" in shots[0]["content"] and "more rude" in shots[2]["content"]
+    (single,) = build_messages(rec, "polite", "clean")
+    assert "Task:\nSay hi." in single["content"]
