@@ -209,6 +209,9 @@ class Runner:
     async def run(self, jobs: Iterable[Job], work: Work) -> RunSummary:
         """Run every pending job; returns the summary (also when interrupted: check ``interrupted``)."""
         s = self.summary = RunSummary()
+        self._failed_before: dict[str, dict[str, Any]] = {}
+        self._failed_now: dict[str, dict[str, Any]] = {}
+        self._succeeded: set[str] = set()
         t0 = time.perf_counter()
         with _Lock(sidecar(self.output, "lock")):
             done = finished_ids(self.output)
@@ -229,8 +232,6 @@ class Runner:
             s.total = len(seen)
             s.retried_failures = sum(1 for j in pending if j.id in failed_before)
             self._failed_before = failed_before
-            self._failed_now: dict[str, dict[str, Any]] = {}
-            self._succeeded: set[str] = set()
             if self.failures_path.exists():  # compact now: drop ids finished since, one line per id
                 write_jsonl(self.failures_path, list(failed_before.values()))
             enabled = self.progress if self.progress is not None else bool(

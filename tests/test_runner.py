@@ -219,3 +219,13 @@ def test_progress_bar_shows_rate_retries_and_failures(tmp_path: Path) -> None:
     text = buf.getvalue()
     assert "6/6" in text and "pairs/s" in text and "retries 1" in text and "failed 1" in text
     assert run_jobs(jobs(6), work, tmp_path / "q.jsonl", concurrency=2, console=Console(file=io.StringIO())).failed == 1
+
+
+def test_a_broken_middle_line_is_an_error_naming_the_line(tmp_path: Path) -> None:
+    from prefloop.records import RecordError
+
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"id":"a"}\n{"id":"b",\n{"id":"c"}\n')
+    with pytest.raises(RecordError, match=r"out.jsonl:2"):
+        run_jobs(jobs(3), square, out)
+    assert out.read_text().count("\n") == 3  # nothing touched
