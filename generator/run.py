@@ -112,9 +112,12 @@ class Context:
         full.update(meta)
         full.update(source_id=rec.id, strategy=cfg.strategy, settings=cfg.identity(),
                     time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        full.setdefault("options", {"num_ctx": cfg.num_ctx, "max_tokens": cfg.max_tokens})
         if reply is not None:
             full.setdefault("usage", {"prompt_tokens": reply.prompt_tokens,
                                       "completion_tokens": reply.completion_tokens})
+            if reply.extra:
+                full["options"].update({k: v for k, v in reply.extra.items() if k in ("seed", "finish_reason")})
             if reply.model:
                 full.setdefault("served_model", reply.model)
         return {"prompt": rec.prompt, "chosen": chosen, "rejected": rejected, "meta": full}
