@@ -109,7 +109,7 @@ def test_schema_reply_extracted_validated_or_reply_invalid(tiny_model_dir):
     answers = iter(['Sure! {"score": 7} hope that helps', "no json here", "still none"])
 
     def scripted(prompts, options):  # the model's text is scripted; parsing, validation and re-asks are real
-        assert "JSON schema" in prompts[0][-1]["content"]
+        assert prompts[0][-1]["content"].endswith('{"score": <integer>}')
         return [Generation(next(answers), 5, 5, "stop")]
 
     client.generate = scripted
@@ -145,4 +145,15 @@ def test_smollm2_batched_matches_unbatched_and_answers():
     single = [client.generate([p], opts)[0] for p in prompts]
     assert [g.text for g in batched] == [g.text for g in single]
     assert "Paris" in batched[0].text
+
+    async def judged():  # the embedded model as a (weak) judge: the JSON reply parses and validates
+        schema = {"type": "object", "properties": {"score": {"type": "integer", "minimum": 0, "maximum": 100}},
+                  "required": ["score"]}
+        reply = await client.chat([{"role": "user", "content": "Rate the answer 'Paris' to 'What is the capital "
+                                                               "of France?' from 0 to 100."}], schema=schema,
+                                  options=GenOptions(max_tokens=40))
+        await client.aclose()
+        return reply
+
+    assert 0 <= asyncio.run(judged()).data["score"] <= 100
     print(f"SmolLM2 batch of 3 x {opts.max_tokens} tokens: {elapsed:.2f}s")

@@ -94,3 +94,10 @@ def test_extract_json_from_chatty_replies():
         extract_json("no json at all")
     with pytest.raises(SchemaError, match="missing required 'score'"):
         parse_reply('{"verdict": "A"}', SCHEMA)
+
+
+def test_template_shows_shape_without_suggesting_values():
+    from prefloop.llm.schema import template
+
+    assert template(SCHEMA) == ('{"verdict": <"A" or "B" or "tie">, "score": <integer from 0 to 10>, '
+                                '"notes": [<string>, ...]}')

@@ -25,6 +25,7 @@ from typing import Any
 
 from prefloop.llm.base import ChatReply, ClientSpec, GenOptions, ServerFatal
 from prefloop.llm.retry import ClientStats, RawReply, RetryPolicy, ask
+from prefloop.llm.schema import template
 from prefloop.records import Prompt
 
 log = logging.getLogger("prefloop.llm")
@@ -35,8 +36,8 @@ REASK_TEMPERATURE = 0.7  # a greedy re-ask would repeat the same invalid JSON
 
 def json_instruction(schema: dict[str, Any]) -> str:
     """What a local model is told when a JSON reply is wanted (it has no grammar-constrained decoding here)."""
-    return ("Reply with only a JSON object, no other text, that fits this JSON schema:\n"
-            + json.dumps(schema, separators=(",", ":")))
+    return ("Reply with only a JSON object in this shape, no other text, replacing each <...> with your value:\n"
+            + template(schema))
 
 
 def with_json_instruction(messages: list[dict[str, str]], schema: dict[str, Any]) -> list[dict[str, str]]:

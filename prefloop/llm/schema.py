@@ -112,3 +112,29 @@ def parse_reply(text: str, schema: dict[str, Any]) -> Any:
     if errors:
         raise SchemaError("reply does not fit the schema: " + "; ".join(errors[:5]))
     return data
+
+
+
+def template(schema: dict[str, Any]) -> str:
+    """The reply's shape with a placeholder per value, e.g. ``{"score": <integer from 0 to 100>}``.
+
+    Small models copy a shape far better than they read a schema (SmolLM2 given the schema echoed it back), and a
+    placeholder, unlike an example value, does not suggest an answer."""
+    if "const" in schema:
+        return json.dumps(schema["const"])
+    if "enum" in schema:
+        return "<" + " or ".join(json.dumps(v) for v in schema["enum"]) + ">"
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            return template(schema[key][0])
+    kind = schema.get("type", "object" if "properties" in schema else "string")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        inner = ", ".join(f"{json.dumps(name)}: {template(sub)}" for name, sub in schema.get("properties", {}).items())
+        return "{" + inner + "}"
+    if kind == "array":
+        return "[" + template(schema.get("items", {})) + ", ...]"
+    if kind in ("integer", "number") and ("minimum" in schema or "maximum" in schema):
+        return f"<{kind} from {schema.get('minimum', '-inf')} to {schema.get('maximum', 'inf')}>"
+    return f"<{kind}>"
