@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DEFAULT_LATENCY = {1: 0.05, 4: 0.05, 16: 0.1, 64: 0.2}
+EXTRA = int(os.environ.get("BENCH_EXTRA", "0"))  # in flight beyond the slots; 0 = the generator's default
 
 
 def free_port() -> int:
@@ -61,11 +62,14 @@ def write_prompts(path: Path, n: int) -> None:
     path.write_text(json.dumps(rows))
 
 
-def run_generator(url: str, prompts: Path, out: Path, concurrency: int) -> dict:
+def run_generator(url: str, prompts: Path, out: Path, concurrency: int, slots: int | None = None) -> dict:
+    """``concurrency`` 0 = the generator's own default for a server whose OLLAMA_NUM_PARALLEL is ``slots``."""
     from generator.config import GenerateConfig
     from generator.run import generate
 
     os.environ["OLLAMA_HOST"] = url
+    if slots:
+        os.environ["OLLAMA_NUM_PARALLEL"] = str(slots)
     cfg = GenerateConfig(source=str(prompts), output=str(out), model="ollama:llama3.1:70b", strategy="rewrite",
                          concurrency=concurrency, quiet=True, max_attempts=1)
     cpu = time.process_time()  # the server runs in its own process: this is the client's CPU alone
@@ -107,7 +111,7 @@ def bench(n: int, latency: float, seconds: float, tmp: Path, baseline_requests: 
         prompts = tmp / f"prompts-{n}.json"
         write_prompts(prompts, requests)
         run_generator(url, prompts, tmp / f"warm-{n}.jsonl", min(n, 4))  # warm up imports and connections
-        got = run_generator(url, prompts, tmp / f"out-{n}.jsonl", n)
+        got = run_generator(url, prompts, tmp / f"out-{n}.jsonl", EXTRA and n + EXTRA, slots=n)
         bare = run_bare_client(url, n, requests)
         base_prompts = tmp / f"base-{n}.json"
         write_prompts(base_prompts, baseline_requests)

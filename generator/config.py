@@ -92,8 +92,8 @@ class GenerateConfig:
 
     def resolved_concurrency(self) -> int:
         """Requests in flight. An explicit setting wins; else the slowest backend used decides:
-        ``local`` alone: its batch size (8; concurrent requests become one batched generate), Ollama serves ``OLLAMA_NUM_PARALLEL`` slots (when set here; one or two
-        more in flight keeps every slot busy between replies), else 4; OpenAI-compatible servers batch (8)."""
+        ``local`` alone: its batch size (8; concurrent requests become one batched generate), Ollama serves ``OLLAMA_NUM_PARALLEL`` slots (when set here; a quarter
+        more in flight keeps every slot busy while replies are being read), else 4; OpenAI-compatible servers batch (8)."""
         if self.concurrency:
             return self.concurrency
         backends = {parse_spec(s).backend for s in self.specs_used()}
@@ -101,7 +101,9 @@ class GenerateConfig:
             return 8  # the local client gathers concurrent chats into one batched generate (its batch size)
         if "ollama" in backends:
             slots = os.environ.get("OLLAMA_NUM_PARALLEL", "").strip()
-            return int(slots) + 1 if slots.isdigit() and int(slots) > 0 else 4
+            if slots.isdigit() and int(slots) > 0:
+                return int(slots) + max(1, int(slots) // 4)
+            return 4
         return 8
 
     def identity(self) -> dict[str, Any]:

@@ -107,7 +107,7 @@ def test_config_checks_and_concurrency(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OLLAMA_NUM_PARALLEL", raising=False)
     assert GenerateConfig(model="llama3.1:70b").resolved_concurrency() == 4
     monkeypatch.setenv("OLLAMA_NUM_PARALLEL", "8")
-    assert GenerateConfig(model="llama3.1:70b").resolved_concurrency() == 9
+    assert GenerateConfig(model="llama3.1:70b").resolved_concurrency() == 10
     assert GenerateConfig(model="llama3.1:70b", concurrency=3).resolved_concurrency() == 3
 
 
