@@ -46,7 +46,7 @@ RUNTIME_ONLY = {
 
 HOW_TO_SCALE_UP = (
     "To use Ollama and a stronger judge, edit the config: [generate] model = \"ollama:llama3.1:70b\" (or any "
-    "model `ollama list` shows), [judge] models = [\"ollama:llama3.1:8b\"] (or \"openai:MODEL@URL\"), and point "
+    "model `ollama list` shows), [judge] judges = [\"ollama:llama3.1:8b\"] (or \"openai:MODEL@URL\"), and point "
     "[data] prompts at your own prompt set; data/reference-recipe.toml is the full-size recipe.")
 
 
@@ -477,9 +477,11 @@ class Loop:
         return self._stage("judge", settings, inputs, ["judge", "judge/results.json"], work)
 
     def warn(self, text: str) -> None:
+        from rich.markup import escape
+
         if text not in self.warnings:
             self.warnings.append(text)
-        self.say(f"[bold yellow]warning:[/bold yellow] {text}")
+        self.say(f"[bold yellow]warning:[/bold yellow] {escape(text)}")
 
     # -- all of it
     def run(self) -> int:
@@ -498,7 +500,9 @@ class Loop:
             self.judge()
         except StageFailed as exc:
             failed = str(exc)
-            self.say(f"[bold red]stopped:[/bold red] {exc}")
+            from rich.markup import escape
+
+            self.say(f"[bold red]stopped:[/bold red] {escape(str(exc))}")
         finally:
             paths = write_run_report(self.run_dir, self.cfg, warnings=self.warnings, failed=failed)
         total = time.monotonic() - started
@@ -513,7 +517,9 @@ class Loop:
                      f"the model never trained on")
         self.say(f"report: {paths[0]}  (and {paths[1].name})   total {seconds / 60:.1f} min")
         if any(parse_backend(s) == "local" for s in [self.cfg.generate.model, *self.cfg.judges]):
-            self.say(f"[dim]{HOW_TO_SCALE_UP}[/dim]")
+            from rich.markup import escape
+
+            self.say(f"[bold]next:[/bold] {escape(HOW_TO_SCALE_UP)}")
 
 
 def parse_backend(spec: str) -> str:

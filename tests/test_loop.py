@@ -128,6 +128,7 @@ def test_loop_end_to_end_then_skip_then_rerun_only_what_changed(tmp_path, tiny_m
     assert (run / "plots" / "win_rate.png").exists()
     out = capsys.readouterr().out
     assert "held-out win rate" in out and "report.html" in out
+    assert "[judge] judges" not in out  # served models only: no advice to switch to them
 
     first = stage_fps(run)
     assert set(first) == {"generate", "split", "preflight", "train", "judge"}
@@ -264,5 +265,5 @@ def test_missing_prompts_stop_with_a_clear_message(tmp_path, tiny_model_dir, cap
     (tmp_path / "prompts.json").unlink()
     assert main(Args(cfg_path)) == 1
     out = capsys.readouterr().out
-    assert "prompts.json" in out and "no such file" in out
+    assert "[data] prompts = " in out and "prompts.json" in out and "no such file" in out
     assert (tmp_path / "run" / "report.html").exists()
