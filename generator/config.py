@@ -91,9 +91,10 @@ class GenerateConfig:
         return list(dict.fromkeys([self.model, self.sft_model]))
 
     def resolved_concurrency(self) -> int:
-        """Requests in flight. An explicit setting wins; else the slowest backend used decides:
-        ``local`` alone: its batch size (8; concurrent requests become one batched generate), Ollama serves ``OLLAMA_NUM_PARALLEL`` slots (when set here; a quarter
-        more in flight keeps every slot busy while replies are being read), else 4; OpenAI-compatible servers batch (8)."""
+        """Requests in flight. An explicit setting wins; else the backends decide. ``local`` alone: its batch
+        size (8; concurrent requests become one batched generate). Ollama: ``OLLAMA_NUM_PARALLEL`` slots when set
+        here, plus a quarter more in flight so every slot stays busy while replies are read; else 4.
+        OpenAI-compatible servers batch: 8."""
         if self.concurrency:
             return self.concurrency
         backends = {parse_spec(s).backend for s in self.specs_used()}
