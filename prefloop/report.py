@@ -498,8 +498,15 @@ def plot_win_rates(results: Sequence[Mapping[str, Any]], out_path: str | Path, t
         ax.plot([wr], [y], "o", color=color, ms=8)
         n = f" (n={row['n']})" if row.get("n") is not None else ""
         ci = f" [{pct(lo)}, {pct(hi)}]" if _is_number(lo) and _is_number(hi) else ""
-        ax.annotate(f"{pct(wr)}{ci}{n}", (wr, y), xytext=(0, 9), textcoords="offset points", ha="center",
-                    fontsize=8.5)
+        # the label beside the interval, on the side with more room
+        right = max(wr, hi if _is_number(hi) else wr)
+        left = min(wr, lo if _is_number(lo) else wr)
+        if right <= 0.7:
+            ax.annotate(f"{pct(wr)}{ci}{n}", (right, y), xytext=(8, 0), textcoords="offset points",
+                        ha="left", va="center", fontsize=8.5)
+        else:
+            ax.annotate(f"{pct(wr)}{ci}{n}", (left, y), xytext=(-8, 0), textcoords="offset points",
+                        ha="right", va="center", fontsize=8.5)
     ax.axvline(0.5, color="#777777", lw=1, ls="--")
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([str(r.get("name", f"judge {i + 1}")) for i, r in enumerate(rows)][::-1], fontsize=9)
