@@ -23,6 +23,9 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--temperature", {"type": float, "help": "answer sampling temperature (default 0: greedy)"}),
     ("--batch-size", {"dest": "batch_size", "type": int, "help": "answers generated per batch (default 8)"}),
     ("--concurrency", {"type": int, "help": "judge calls in flight (default 4; match OLLAMA_NUM_PARALLEL)"}),
+    ("--verdict", {"choices": ["auto", "generate", "logprob"],
+                   "help": "how a verdict is read: generated JSON, or a local judge's token probabilities "
+                           "(auto: logprob for local: judges)"}),
     ("--attempts", {"type": int, "help": "calls per order before a reply counts as unparseable (default 3)"}),
     ("--cache", {"help": "judgment cache file (default OUT/judge-cache.sqlite)"}),
     ("--pairs", {"help": "training pairs file, to warn when the judge generated them (self-preference)"}),

@@ -35,6 +35,8 @@ class JudgeConfig:
     judge_seed: int = 123
     judge_max_tokens: int = 512
     judge_num_ctx: int = 4096
+    verdict: str = "auto"                  # generate (the judge writes JSON), logprob (local judges: read the
+                                           # verdict from token probabilities), auto = logprob for local: judges
     attempts: int = 3                      # calls per order before a reply counts as unparseable
     concurrency: int = 4                   # judge calls in flight (match OLLAMA_NUM_PARALLEL)
     judge_identical: bool = False          # identical answers are a tie without asking (AlpacaEval's rule)
@@ -53,6 +55,8 @@ class JudgeConfig:
             self.judges = [self.judges]
         if not self.judges:
             raise ValueError("judges: name at least one judge (e.g. ollama:llama3.1:8b)")
+        if self.verdict not in ("auto", "generate", "logprob"):
+            raise ValueError(f"verdict must be auto, generate or logprob, got {self.verdict!r}")
         if self.attempts < 1:
             raise ValueError(f"attempts must be at least 1, got {self.attempts}")
         if self.concurrency < 1:

@@ -92,9 +92,13 @@ def gen_options(cfg: JudgeConfig) -> GenOptions:
     return GenOptions(temperature=cfg.temperature, seed=cfg.gen_seed, max_tokens=cfg.max_new_tokens)
 
 
-def generate_side(spec: str, records: list[PromptRecord], path: Path, cfg: JudgeConfig, console: Any) -> dict[str, str]:
+def generate_side(spec: str, records: list[PromptRecord], path: Path, cfg: JudgeConfig, console: Any,
+                  seed_offset: int = 0) -> dict[str, str]:
     """Answers of one model for every record, resuming from ``path`` (rows keyed by prompt id + settings)."""
     options = gen_options(cfg)
+    if seed_offset and options.seed is not None:
+        options = GenOptions(temperature=options.temperature, seed=options.seed + seed_offset,
+                             max_tokens=options.max_tokens)
     settings = stable_id(spec, options.temperature, options.seed, options.max_tokens, cfg.dtype)
     done: dict[str, str] = {}
     if path.exists():
@@ -127,12 +131,20 @@ def generate_side(spec: str, records: list[PromptRecord], path: Path, cfg: Judge
 
 
 def generate_answers(cfg: JudgeConfig, records: list[PromptRecord], console: Any = None) -> list[dict[str, Any]]:
-    """Both models' answers (one model at a time in memory); the same model twice is generated once."""
+    """Both models' answers (one model at a time in memory).
+
+    The same model twice is an A/A test: greedy, its answers are generated once and every prompt is a tie;
+    sampled, the reference side gets the next seed, so the two sides are independent samples of one model and
+    an honest judge should land near 50 %.
+    """
     out = Path(cfg.out_dir)
     policy, reference = local_spec(cfg.policy), local_spec(cfg.reference)
     pol = generate_side(policy, records, out / "gen-policy.jsonl", cfg, console)
-    ref = pol if reference == policy else generate_side(reference, records, out / "gen-reference.jsonl", cfg,
-                                                         console)
+    if reference == policy and cfg.temperature == 0:
+        ref = pol
+    else:
+        ref = generate_side(reference, records, out / "gen-reference.jsonl", cfg, console,
+                            seed_offset=1 if reference == policy else 0)
     rows = [{"id": r.id, "prompt": r.prompt, "gold": r.reference, "policy_answer": pol[r.id],
              "reference_answer": ref[r.id], "policy": cfg.policy, "reference": cfg.reference} for r in records]
     write_jsonl(out / "answers.jsonl", rows)
@@ -155,6 +167,20 @@ def judgment_row(row: dict[str, Any], judge: str, verdict: PairVerdict | None) -
             "consistent": verdict.consistent, "identical": False, "unparsed": verdict.unparsed, "games": games}
 
 
+def verdict_client(cfg: JudgeConfig, judge: str, client: Any) -> Any:
+    """The judge as asked: a local judge reads its verdict from token probabilities unless told to generate."""
+    local = parse_spec(judge).backend == "local"
+    if cfg.verdict == "logprob" and not local:
+        raise ValueError(f"verdict = logprob needs a local: judge, not {judge}")
+    if client is None:
+        return None
+    if cfg.verdict == "logprob" or (cfg.verdict == "auto" and local):
+        from judge.logprob import LogprobJudge
+
+        return LogprobJudge(client)
+    return client
+
+
 def judge_options(cfg: JudgeConfig) -> GenOptions:
     return GenOptions(temperature=cfg.judge_temperature, seed=cfg.judge_seed, max_tokens=cfg.judge_max_tokens,
                       num_ctx=cfg.judge_num_ctx)
@@ -169,7 +195,7 @@ async def judge_all(cfg: JudgeConfig, judge: str, answers: list[dict[str, Any]],
     check_fields(template, ("prompt", "answer_a", "answer_b"))
     options = judge_options(cfg)
     own = client is None
-    client = client or make_client(judge, invalid_retries=0)  # our bounded attempts are the only re-asks
+    client = verdict_client(cfg, judge, client or make_client(judge, invalid_retries=0))  # ours are the only re-asks
     bounded = Bounded(client, cfg.concurrency)
     jobs = []
     for row in answers:
@@ -223,7 +249,7 @@ async def adversarial_check(cfg: JudgeConfig, rows: list[dict[str, Any]], client
     from prefloop.llm import make_client
 
     own = client is None
-    client = client or make_client(cfg.judges[0], invalid_retries=0)
+    client = verdict_client(cfg, cfg.judges[0], client or make_client(cfg.judges[0], invalid_retries=0))
     items = [(r["prompt"], r["policy_answer"], r["reference_answer"]) for r in rows]
     refs = [r.get("gold") if cfg.use_reference else None for r in rows]
     try:
@@ -302,6 +328,8 @@ def evaluate(cfg: JudgeConfig, console: Any = None, *, clients: dict[str, Any] |
     judge clients by spec (tests, the loop); otherwise each judge is built from its spec."""
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for judge in cfg.judges:  # refuse a bad judge setting before spending time on answers
+        verdict_client(cfg, judge, None)
     records, pair_gens = load_eval_prompts(cfg)
     warnings = self_preference_warnings(cfg.judges, pair_gens | training_generators(cfg))
     warnings += self_preference_warnings(cfg.judges, {cfg.policy, cfg.reference}, role="one of the models being compared")
@@ -326,6 +354,10 @@ def evaluate(cfg: JudgeConfig, console: Any = None, *, clients: dict[str, Any] |
         if diag.get("parse_rate") is not None and diag["parse_rate"] < 0.9:
             warnings.append(f"{judge}: only {diag['parse_rate']:.0%} of judge replies parsed; the win rate says "
                             "little with this judge")
+        if diag.get("position_consistency") is not None and diag["position_consistency"] < 0.5:
+            warnings.append(f"{judge}: only {diag['position_consistency']:.0%} of prompts got the same verdict in "
+                            f"both orders (it picks the first answer {diag['first_position_rate'] or 0:.0%} of the "
+                            "time): this judge decides by position; its inconsistent verdicts are ties")
         if stats.get("lc_warning"):
             warnings.append(f"{judge}: {stats['lc_warning']}")
     if not complete:
