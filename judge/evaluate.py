@@ -26,7 +26,7 @@ from judge.cache import JudgeCache
 from judge.config import JudgeConfig
 from judge.core import Bounded
 from judge.pairwise import PairVerdict, judge_pair
-from judge.prompts import check_fields, load_template
+from judge.prompts import check_fields, judge_prompt_text, load_template
 from judge.selfpref import generator_models, self_preference_warnings
 from judge.stats import GameRecord, cohen_kappa, diagnostics, lc_win_rate, outcome_values, summarize
 from prefloop.jsonl import JsonlAppender, iter_jsonl, write_jsonl
@@ -73,13 +73,23 @@ def load_eval_prompts(cfg: JudgeConfig) -> tuple[list[PromptRecord], set[str]]:
     return records, gens
 
 
-def training_generators(cfg: JudgeConfig) -> set[str]:
-    """Generator models named in settings or in the training pairs' meta."""
+def training_checks(cfg: JudgeConfig, records: list[PromptRecord]) -> tuple[set[str], list[str]]:
+    """From the training pairs (``cfg.pairs``): the models that generated them (plus ``cfg.generator_model``),
+    and a warning when held-out prompts also appear in training (then the win rate is not held-out)."""
     found = {cfg.generator_model} if cfg.generator_model else set()
-    if cfg.pairs and Path(cfg.pairs).exists():
+    warnings = []
+    if cfg.pairs:
+        if not Path(cfg.pairs).exists():
+            raise ValueError(f"{cfg.pairs}: no such training pairs file")
         pairs, _ = load_preferences(cfg.pairs, skip_bad=True)
         found |= generator_models(pairs)
-    return found
+        seen = {judge_prompt_text(p.prompt).strip() for p in pairs}
+        leaked = sum(judge_prompt_text(r.prompt).strip() in seen for r in records)
+        if leaked:
+            warnings.append(f"{leaked} of {len(records)} evaluation prompts also appear in the training pairs "
+                            f"({cfg.pairs}): the win rate is not a held-out number; evaluate on prompts the "
+                            "model never trained on")
+    return found, warnings
 
 
 # ---------------------------------------------------------------------------------------------- answers
@@ -331,7 +341,8 @@ def evaluate(cfg: JudgeConfig, console: Any = None, *, clients: dict[str, Any] |
     for judge in cfg.judges:  # refuse a bad judge setting before spending time on answers
         verdict_client(cfg, judge, None)
     records, pair_gens = load_eval_prompts(cfg)
-    warnings = self_preference_warnings(cfg.judges, pair_gens | training_generators(cfg))
+    train_gens, warnings = training_checks(cfg, records)
+    warnings += self_preference_warnings(cfg.judges, pair_gens | train_gens)
     warnings += self_preference_warnings(cfg.judges, {cfg.policy, cfg.reference}, role="one of the models being compared")
     for w in warnings:
         say(console, f"[yellow]warning:[/] {w}")

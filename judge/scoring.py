@@ -10,6 +10,7 @@ None and ``Score.raw`` keeps the reply, so the caller counts it instead of losin
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -94,3 +95,26 @@ async def score_answer(client: Any, prompt: Prompt, answer: str, *, reference: s
     got = await ask(client, messages, parse=parse_score, schema=None, options=opts, attempts=attempts, cache=cache,
                     key=key)
     return Score(value=got.value, raw=got.raw, attempts=got.attempts, cached=got.cached)
+
+
+async def score_many(client: Any, items: list[tuple[Prompt, str, str | None]], *, cache: JudgeCache | None = None,
+                     concurrency: int = 4, **kwargs: Any) -> list[Score]:
+    """Score ``(prompt, answer, reference)`` items with at most ``concurrency`` calls in flight, in order."""
+    gate = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(prompt: Prompt, answer: str, reference: str | None) -> Score:
+        async with gate:
+            return await score_answer(client, prompt, answer, reference=reference, cache=cache, **kwargs)
+
+    return list(await asyncio.gather(*(one(*item) for item in items)))
+
+
+def summarize_scores(scores: list[Score], *, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Mean 0–100 score with a bootstrap 95 % interval over the parsed scores, and how many did not parse
+    (reported, not hidden: the seed recipe silently averaged over the parsed ones only)."""
+    from judge.stats import bootstrap_ci
+
+    values = [s.value for s in scores if s.value is not None]
+    low, high = bootstrap_ci(values, n_boot=n_boot, seed=seed)
+    return {"mean": sum(values) / len(values) if values else None, "ci_low": low, "ci_high": high,
+            "n": len(scores), "parsed": len(values), "unparsed": len(scores) - len(values)}

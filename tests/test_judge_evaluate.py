@@ -221,3 +221,18 @@ def test_cli_config_and_set(ollama_server, tmp_path: Path, monkeypatch) -> None:
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert res["n"] == 3 and res["n_boot"] == 100
     assert main(["judge", "--config", str(toml), "--set", "n_bot=1", "-q"]) == 2   # a typo is an error
+
+
+def test_training_pairs_overlap_and_generator_are_reported(ollama_server, tmp_path: Path) -> None:
+    heldout = write_pairs(tmp_path / "heldout.jsonl", n=4, generator="ollama:qwen2.5:7b")
+    train = tmp_path / "train.jsonl"
+    rows = [{"prompt": QUESTIONS[1], "chosen": "a", "rejected": "b", "meta": {"settings": {"model": "judge"}}},
+            {"prompt": "Something else entirely.", "chosen": "a", "rejected": "b"}]
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = JudgeConfig(policy="/m/p", reference="/m/r", prompts=str(heldout), judges=["ollama:judge"],
+                      out_dir=str(tmp_path / "out"), pairs=str(train), n_boot=100)
+    pregenerate(cfg, n=4)
+    ollama_server.reply = hash_judge
+    res = evaluate(cfg, clients={"ollama:judge": fast_client(ollama_server)}).results
+    assert any("1 of 4 evaluation prompts also appear in the training pairs" in w for w in res["warnings"])
+    assert any("generated the training pairs (judge)" in w for w in res["warnings"])

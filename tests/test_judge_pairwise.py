@@ -218,3 +218,27 @@ def test_score_unparseable_and_empty(ollama_server) -> None:
     assert ollama_server.count("/api/chat") == 3
     empty = run(scored(ollama_server, "Q", "   "))
     assert empty.value == 0.0 and ollama_server.count("/api/chat") == 3
+
+
+def test_score_many_and_summary(ollama_server) -> None:
+    from judge.scoring import score_many, summarize_scores
+
+    def reply(messages, fmt, options):
+        text = messages[-1]["content"]
+        return "90" if "response `good`" in text else ("no idea" if "response `odd`" in text else "30")
+
+    ollama_server.reply = reply
+
+    async def go():
+        client = client_for(ollama_server)
+        try:
+            return await score_many(client, [("Q", "good", None), ("Q", "bad", None), ("Q", "odd", None),
+                                             ("Q", "good", "ref")], attempts=1)
+        finally:
+            await client.aclose()
+
+    scores = asyncio.run(go())
+    assert [s.value for s in scores] == [90.0, 30.0, None, 90.0]
+    summary = summarize_scores(scores, n_boot=200)
+    assert summary["mean"] == pytest.approx(70.0) and summary["parsed"] == 3 and summary["unparsed"] == 1
+    assert 30.0 <= summary["ci_low"] <= summary["ci_high"] <= 90.0
