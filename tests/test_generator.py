@@ -48,7 +48,8 @@ def clients_for(server: Any, cfg: GenerateConfig, **kw: Any) -> dict[str, Any]:
 
 
 def rows(path: Path) -> list[dict]:
-    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+    path = Path(path)
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
 
 
 def test_rewrite_pairs_cleaned_oriented_and_resumable(ollama_server: Any, tmp_path: Path) -> None:
@@ -156,7 +157,8 @@ def ranker(messages: list[dict[str, Any]], fmt: Any, options: dict[str, Any]) ->
             return "50"
         if "[close]" in answer:
             return str(60 + int(answer.split("#")[1]))
-        return "I'd rate it " + str({"great": 90, "fine": 60, "poor": 15}[answer.split()[0]]) + " out of 100."
+        value = {"great": 90, "fine": 60, "poor": 15}.get(answer.split()[0] if answer.split() else "", 40)
+        return f"I'd rate it {value} out of 100."
     tag = next((t for t in ("tie", "close", "same") if t in text), "")
     if tag == "same":
         return "great same answer"
@@ -233,3 +235,21 @@ def test_cut_off_and_looping_rewrites_are_dropped(ollama_server: Any, tmp_path: 
     (budget,) = {b["options"]["num_predict"] for b in ollama_server.bodies("/api/chat")
                  if "Jupiter" in b["messages"][-1]["content"]}
     assert budget == 64 + len("The largest planet in our solar system is Jupiter.") // 2
+
+
+@pytest.mark.parametrize("kind", ["malformed_json", "schema_violation"])
+def test_rank_survives_malformed_replies(ollama_server: Any, tmp_path: Path, kind: str) -> None:
+    ollama_server.reply = ranker
+    ollama_server.fail(kind, times=1)  # the first candidate comes back as broken JSON text
+    src = tmp_path / "prompts.jsonl"
+    src.write_text(json.dumps({"prompt": "Say hello."}) + "\n")
+    cfg = cfg_for(tmp_path, source=str(src), strategy="rank", k=3, judge="ollama:judge", concurrency=1)
+    summary = generate(cfg, clients=clients_for(ollama_server, cfg))
+    assert summary.failed == 0
+    pairs, _ = load_preferences(cfg.output) if summary.written else ([], None)
+    dropped = rows(sidecar(cfg.output, "dropped.jsonl"))
+    # a broken candidate is just a bad candidate: scored, kept in meta, and the pair still made
+    assert summary.written == 1 and not dropped
+    cands = pairs[0].meta["candidates"]
+    assert len(cands) == 3 and sum(c["text"].startswith("{") for c in cands) == 1
+    assert all(c["score"] is not None for c in cands)
