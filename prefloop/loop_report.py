@@ -109,6 +109,11 @@ def _headline(report: Report, results: list[tuple[str, dict[str, Any]]], plots: 
     report.table(rows)
     name, first = results[0]
     report.paragraph(f"Headline ({name}): {_verdict(first)}.")
+    same = (first.get("diagnostics") or {}).get("identical_answers")
+    if same and first.get("n"):
+        report.paragraph(f"{same} of {first['n']} trained answers are word for word the reference's (ties, no "
+                         f"judge asked): training moved the model little on these prompts. More pairs, more steps or "
+                         f"a larger learning rate move it further; a larger beta keeps it closer.")
     png = plot_win_rates([{"name": n, **r} for n, r in results], plots / "win_rate.png")
     if png:
         report.image(png, caption="win rate of the trained model over its SFT reference, with its 95% interval; "
