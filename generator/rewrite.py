@@ -34,14 +34,25 @@ CLEAN = ("Here is a task and a correct answer to it.\n\n"
 
 # For small local rewriters (SmolLM2-135M): worked examples as earlier turns and no task text. With the
 # instruction-only prompts a 135M model answers the task again or garbles the answer ("5000 grams is 5000
-# grams."); with these it mostly keeps the answer and adds a phrase (or changes nothing: dropped).
+# grams."); with examples it keeps the answer and adds a phrase in the style of the examples, so only examples
+# of the asked-for direction are shown (mixed ones got "Try to keep up." added to "polite" rewrites).
 FEWSHOT_TURN = "Rewrite this answer to be slightly more {direction}. Keep the change minimal.\n\n{answer}"
-FEWSHOT_EXAMPLES = (
-    ("polite", "The meeting is at 3 pm.", "Just so you know, the meeting is at 3 pm. Thank you!"),
-    ("impolite", "Paris is the capital of France.", "Paris is the capital of France, obviously."),
-    ("polite", "Close the door.", "Could you please close the door?"),
-    ("impolite", "The answer is 12.", "The answer is 12. Try to keep up."),
-)
+FEWSHOT_EXAMPLES = {
+    "better": (("The meeting is at 3 pm.", "Just so you know, the meeting is at 3 pm. Thank you!"),
+               ("Close the door.", "Could you please close the door? Thank you!"),
+               ("Paris is the capital of France.", "I hope this helps: Paris is the capital of France.")),
+    "worse": (("Paris is the capital of France.", "Paris is the capital of France, obviously."),
+              ("The meeting is at 3 pm.", "The meeting is at 3 pm, obviously. Try to keep up."),
+              ("Close the door.", "Close the door already, obviously.")),
+}
+
+
+def kept_answer(rewrite: str, original: str, share: float = 0.5) -> bool:
+    """Does the rewrite still carry the answer (at least ``share`` of its words)? Used for small rewriters,
+    which sometimes answer with an example's content instead; strong models may reword freely."""
+    words = re.findall(r"\w+", original.lower())
+    have = set(re.findall(r"\w+", rewrite.lower()))
+    return not words or sum(w in have for w in words) / len(words) >= share
 
 # A first line that talks about the rewrite rather than being part of it.
 _PREAMBLE = re.compile(
@@ -77,9 +88,8 @@ def build_messages(rec: PromptRecord, direction: str, style: str, better: str = 
     if style != "fewshot":
         return [{"role": "user", "content": build_prompt(rec, direction, style)}]
     messages: list[dict[str, str]] = []
-    for example_dir, answer, rewrite in FEWSHOT_EXAMPLES:
-        shown = better if example_dir == "polite" else worse
-        messages += [{"role": "user", "content": FEWSHOT_TURN.format(direction=shown, answer=answer)},
+    for answer, rewrite in FEWSHOT_EXAMPLES["better" if direction == better else "worse"]:
+        messages += [{"role": "user", "content": FEWSHOT_TURN.format(direction=direction, answer=answer)},
                      {"role": "assistant", "content": rewrite}]
     messages.append({"role": "user", "content": FEWSHOT_TURN.format(direction=direction, answer=rec.reference)})
     return messages
@@ -155,6 +165,8 @@ async def make_pair(ctx: Any, rec: PromptRecord) -> dict[str, Any] | Drop:
         return Drop("rewrite cut off at its token budget", {"raw": reply.text, "direction": direction})
     if degenerate(rewrite) and not degenerate(rec.reference):
         return Drop("degenerate repetition", {"raw": reply.text, "direction": direction})
+    if cfg.rewrite_style == "fewshot" and not kept_answer(rewrite, rec.reference):
+        return Drop("rewrite lost the answer", {"raw": reply.text, "direction": direction})
     if same_text(rewrite, rec.reference):
         return Drop("chosen identical to rejected", {"raw": reply.text, "direction": direction})
     if direction == cfg.better:

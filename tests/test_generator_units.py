@@ -152,8 +152,13 @@ def test_recipe_prompt_styles() -> None:
     assert GenerateConfig(model="llama3.1:70b").rewrite_style == "clean"
     assert GenerateConfig(model="local:smollm2", recipe_prompt="verbatim").rewrite_style == "verbatim"
     shots = build_messages(rec, "rude", "fewshot", better="kind", worse="rude")
-    assert [m["role"] for m in shots] == ["user", "assistant"] * 4 + ["user"]
-    assert "more rude" in shots[-1]["content"] and shots[-1]["content"].endswith("Hi.")
-    assert "more kind" in shots[0]["content"] and "more rude" in shots[2]["content"]
+    assert [m["role"] for m in shots] == ["user", "assistant"] * 3 + ["user"]
+    assert all("more rude" in m["content"] for m in shots if m["role"] == "user")
+    assert shots[-1]["content"].endswith("Hi.") and "obviously" in shots[1]["content"]
+    from generator.rewrite import kept_answer
+    assert kept_answer("I hope this helps: 12 times 8 is 96.", "12 multiplied by 8 is 96.")
+    assert not kept_answer("I hope this helps: Paris is the capital of France.", "12 multiplied by 8 is 96.")
+    kind = build_messages(rec, "kind", "fewshot", better="kind", worse="rude")
+    assert "Thank you" in kind[1]["content"] and all("more kind" in m["content"] for m in kind[::2])
     (single,) = build_messages(rec, "polite", "clean")
     assert "Task:\nSay hi." in single["content"]
