@@ -651,7 +651,7 @@ def preflight_verdict(rows: list[dict[str, Any]], p: PreflightSection, judge_spe
     judge_can_tell = mean_ref is None or mean_ref >= p.min_score
     if mean is not None and judge_can_tell and mean < p.min_score:
         why.append(f"its answers score {mean:.0f}/100 on average (threshold {p.min_score:.0f})")
-    if mean is not None and mean_ref and mean < p.min_ratio * mean_ref:
+    if mean is not None and judge_can_tell and mean_ref and mean < p.min_ratio * mean_ref:
         why.append(f"that is under {p.min_ratio:.0%} of the {mean_ref:.0f}/100 the same judge gives the dataset's "
                    f"own answers")
     if rows and (empty + echo) * 2 >= len(rows):
