@@ -95,6 +95,7 @@ def side_ours(model_dir: str, steps: int, extra: dict) -> dict:
         rows = [r for r in read_jsonl(result.metrics_path) if r["split"] == "train"]
     return {"tokens_per_s": result.tokens_per_second, "s_per_step": result.loop_seconds / result.steps,
             "tokens": result.train_tokens, "loop_s": result.loop_seconds, "prepare_s": result.prepare_seconds,
+            "cpu_tokens_per_s": result.train_tokens / result.loop_cpu_seconds,
             "wall_s": wall, "losses": [r["loss"] for r in rows], "peak_rss_mib": peak_rss_mib()}
 
 
@@ -114,13 +115,14 @@ def side_trl(model_dir: str, steps: int, order_file: str, extra: dict) -> dict:
 
     class StepTimer(TrainerCallback):
         def __init__(self) -> None:
-            self.total, self.t0 = 0.0, 0.0
+            self.total, self.t0, self.cpu, self.c0 = 0.0, 0.0, 0.0, 0.0
 
         def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001
-            self.t0 = time.perf_counter()
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
             self.total += time.perf_counter() - self.t0
+            self.cpu += time.process_time() - self.c0
 
     timer = StepTimer()
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -140,6 +142,7 @@ def side_trl(model_dir: str, steps: int, order_file: str, extra: dict) -> dict:
     logs = [h for h in trainer.state.log_history if "loss" in h and "rewards/chosen" in h]
     tokens = logs[-1]["num_tokens"]
     return {"tokens_per_s": tokens / timer.total, "s_per_step": timer.total / steps, "tokens": tokens,
+            "cpu_tokens_per_s": tokens / timer.cpu,
             "loop_s": timer.total, "wall_s": wall, "losses": [h["loss"] for h in logs],
             "peak_rss_mib": peak_rss_mib()}
 
@@ -290,15 +293,16 @@ def main() -> None:
 
     def line(name: str, r: dict) -> str:
         return (f"{name:<9} {r['tokens_per_s']:>10,.0f} tok/s  {r['s_per_step']:.3f} s/step  "
-                f"peak RSS {r['peak_rss_mib']:,.0f} MiB  ({r['tokens']:,} tokens in {r['loop_s']:.1f} s of steps, "
-                f"{r['wall_s']:.1f} s wall)")
+                f"peak RSS {r['peak_rss_mib']:,.0f} MiB  ({r['tokens']:,.0f} tokens in {r['loop_s']:.1f} s of steps, "
+                f"{r['wall_s']:.1f} s wall; per CPU-second {r['cpu_tokens_per_s']:,.0f} tok)")
 
     print(line("prefloop", ours))
     print(f"          reference log-probs computed once before the loop: {ours['prepare_s']:.1f} s "
           "(cached on disk for later runs)")
     if theirs:
         print(line("TRL", theirs))
-        print(f"ratio     {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x tokens/s, "
+        print(f"ratio     {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x tokens/s "
+              f"({ours['cpu_tokens_per_s'] / theirs['cpu_tokens_per_s']:.2f}x per CPU-second), "
               f"{ours['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}x peak RSS; including our reference pass: "
               f"{ours['tokens'] / (ours['loop_s'] + ours['prepare_s']) / theirs['tokens_per_s']:.2f}x")
         n = min(len(ours["losses"]), len(theirs["losses"]))

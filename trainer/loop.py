@@ -57,6 +57,7 @@ class TrainResult:
     steps: int = 0
     train_tokens: int = 0          # counted as TRL counts (prompt once per completion), this session only
     loop_seconds: float = 0.0      # time inside training steps (no eval, no checkpoint writes)
+    loop_cpu_seconds: float = 0.0  # CPU time of this process in those steps (less noisy on a shared machine)
     prepare_seconds: float = 0.0   # reference log-probs etc.
     last_checkpoint: Path | None = None
 
@@ -212,7 +213,7 @@ def run(cfg: TrainConfig, objective: Objective, console: Any = None, *, model: A
             if pos >= len(groups):
                 epoch, pos = epoch + 1, 0
                 groups = step_groups(epoch)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             avg = Averager()
             tokens = 0
             bad = None
@@ -246,6 +247,7 @@ def run(cfg: TrainConfig, objective: Objective, console: Any = None, *, model: A
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             dt = time.perf_counter() - t0
+            result.loop_cpu_seconds += time.process_time() - c0
             step, pos = step + 1, pos + 1
             result.steps += 1
             result.train_tokens += tokens
