@@ -50,6 +50,9 @@ HOW_TO_SCALE_UP = (
     "[data] prompts at your own prompt set; data/reference-recipe.toml is the full-size recipe.")
 
 
+# Bumped when the preflight's warning rules change, so a finished preflight is judged again by the new rules.
+PREFLIGHT_RULES = 2
+
 # ------------------------------------------------------------------------------------------------ settings
 
 @dataclass
@@ -405,7 +408,8 @@ class Loop:
             return None
         judge_spec = p.judge or self.cfg.judges[0]
         heldout = self.run_dir / "split" / "heldout_prompts.jsonl"
-        settings = {"preflight": to_dict(p), "judge": judge_spec, "sft": self.cfg.train.model}
+        settings = {"preflight": to_dict(p), "judge": judge_spec, "sft": self.cfg.train.model,
+                    "verdict": PREFLIGHT_RULES}
         inputs = {"heldout": file_hash(heldout), "sft": model_identity(self.cfg.train.model)}
 
         def work(decision: str) -> tuple[dict[str, Any], bool]:

@@ -43,7 +43,7 @@ def write_run_report(run_dir: str | Path, cfg: Any = None, *, warnings: list[str
     preflight = load_json(run_dir / "preflight" / "summary.json")
     warnings += list((preflight or {}).get("warnings", []))
     warnings += _judge_warnings(results, cfg)
-    warnings += [f"judge: {w}" for w in raw_results.get("warnings") or []]
+    warnings += list(raw_results.get("warnings") or [])   # the judge's own (self-preference, position bias)
     gen_summary = _generation_summary(run_dir)
     if gen_summary and gen_summary.get("failed"):
         warnings.append(f"generation left {gen_summary['failed']} prompt(s) failed; rerun the same command to "
@@ -128,6 +128,12 @@ def _judge_warnings(results: list[tuple[str, dict[str, Any]]], cfg: Any) -> list
                    f"this win rate tests the plumbing, not the model. Use a strong judge for a real reading "
                    f"([judge] judges = [\"ollama:llama3.1:8b\"] or larger).")
     for name, r in results:
+        diag = r.get("diagnostics") or {}
+        pol, ref = diag.get("mean_len_policy"), diag.get("mean_len_reference")
+        if isinstance(pol, (int, float)) and isinstance(ref, (int, float)) and ref > 0 and pol > 1.5 * ref:
+            out.append(f"the trained model's answers are {pol / ref:.1f}x as long as the reference's ({pol:.0f} vs "
+                       f"{ref:.0f} characters): DPO often buys preference with length; compare the length-controlled "
+                       f"win rate, and raise beta or lower lr if the answers only grew")
         n = r.get("n")
         if isinstance(n, int) and n < 30:
             out.append(f"only {n} held-out prompts were judged by {name}: the interval is wide; hold out more "
