@@ -48,7 +48,8 @@ def model_digest(model: Any) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().contiguous().cpu()
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())  # hashes the buffer in place, no copy
     return h.hexdigest()
 
 
