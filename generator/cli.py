@@ -51,23 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_config(args: argparse.Namespace) -> Any:
     """TOML [generate], then flags, then --set, into a checked ``GenerateConfig``."""
     from generator.config import GenerateConfig
-    from prefloop.config import apply_overrides, build, load_toml
+    from prefloop.config import load_section
 
-    data: dict[str, Any] = {}
-    where = "flags"
-    if args.config:
-        data = dict(load_toml(args.config).get("generate", {}))
-        where = f"{args.config} [generate]"
-    names = {f.name for f in dataclasses.fields(GenerateConfig)}
-    for name in names:
-        value = getattr(args, name, None)
-        if value is not None:
-            data[name] = value
-    if isinstance(data.get("models"), str):
-        data["models"] = [m.strip() for m in data["models"].split(",") if m.strip()]
-    overrides = [o if o.startswith("generate.") else f"generate.{o}" for o in args.overrides]
-    data = apply_overrides({"generate": data}, overrides)["generate"]
-    return build(GenerateConfig, data, where)
+    flags = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(GenerateConfig)}
+    if isinstance(flags.get("models"), str):
+        flags["models"] = [m.strip() for m in flags["models"].split(",") if m.strip()]
+    return load_section(GenerateConfig, "generate", args.config, args.overrides, flags)
 
 
 def main(args: argparse.Namespace) -> int:

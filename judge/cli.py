@@ -49,20 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_config(args: argparse.Namespace) -> Any:
     """TOML [judge], then flags, then --set, into a checked ``JudgeConfig``."""
     from judge.config import JudgeConfig
-    from prefloop.config import apply_overrides, build, load_toml
+    from prefloop.config import load_section
 
-    data: dict[str, Any] = {}
-    where = "flags"
-    if args.config:
-        data = dict(load_toml(args.config).get("judge", {}))
-        where = f"{args.config} [judge]"
-    for f in dataclasses.fields(JudgeConfig):
-        value = getattr(args, f.name, None)
-        if value is not None:
-            data[f.name] = value
-    overrides = [o if o.startswith("judge.") else f"judge.{o}" for o in args.overrides]
-    data = apply_overrides({"judge": data}, overrides)["judge"]
-    return build(JudgeConfig, data, where)
+    flags = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(JudgeConfig)}
+    return load_section(JudgeConfig, "judge", args.config, args.overrides, flags)
 
 
 def main(args: argparse.Namespace) -> int:

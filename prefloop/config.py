@@ -119,3 +119,24 @@ def build(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
 def to_dict(obj: Any) -> dict[str, Any]:
     """A settings dataclass as a plain dict (for fingerprints and run records)."""
     return dataclasses.asdict(obj)
+
+
+def load_section(cls: type[T], section: str, path: str | Path | None = None, overrides: list[str] | None = None,
+                 flags: dict[str, Any] | None = None) -> T:
+    """One stage's settings as every command reads them: the TOML file's ``[section]``, then the command-line
+    flags that were given (``None`` means not given), then ``--set key=value`` (``key`` or ``section.key``).
+
+    Errors name the file and section, e.g. ``run.toml [train].beta: expected float``.
+    """
+    data: dict[str, Any] = {}
+    where = f"[{section}]"
+    if path is not None:
+        table = load_toml(path).get(section, {})
+        where = f"{path} [{section}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [{section}] must be a table")
+        data.update(table)
+    data.update({k: v for k, v in (flags or {}).items() if v is not None})
+    prefixed = [o if o.startswith(f"{section}.") else f"{section}.{o}" for o in overrides or []]
+    data = apply_overrides({section: data}, prefixed)[section]
+    return build(cls, data, where)
