@@ -43,6 +43,7 @@ def write_run_report(run_dir: str | Path, cfg: Any = None, *, warnings: list[str
     preflight = load_json(run_dir / "preflight" / "summary.json")
     warnings += list((preflight or {}).get("warnings", []))
     warnings += _judge_warnings(results, cfg)
+    warnings += _answer_warnings(judge_dir)
     warnings += list(raw_results.get("warnings") or [])   # the judge's own (self-preference, position bias)
     gen_summary = _generation_summary(run_dir)
     if gen_summary and gen_summary.get("failed"):
@@ -139,6 +140,33 @@ def _judge_warnings(results: list[tuple[str, dict[str, Any]]], cfg: Any) -> list
             out.append(f"only {n} held-out prompts were judged by {name}: the interval is wide; hold out more "
                        f"prompts for a firmer number")
     return out
+
+
+def repeats_itself(text: str, n: int = 4, times: int = 3) -> bool:
+    """An answer stuck in a loop: some run of ``n`` words appears at least ``times`` times."""
+    words = text.split()
+    seen: dict[tuple[str, ...], int] = {}
+    for i in range(len(words) - n + 1):
+        key = tuple(words[i:i + n])
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] >= times:
+            return True
+    return False
+
+
+def _answer_warnings(judge_dir: Path) -> list[str]:
+    """Degeneration a weak judge may miss: trained answers that loop on a phrase, next to the reference's."""
+    path = judge_dir / "answers.jsonl"
+    if not path.exists():
+        return []
+    rows = read_jsonl(path)
+    looped = sum(repeats_itself(str(r.get("policy_answer") or "")) for r in rows)
+    ref_looped = sum(repeats_itself(str(r.get("reference_answer") or "")) for r in rows)
+    if rows and looped > ref_looped and looped * 5 >= len(rows):
+        return [f"{looped} of {len(rows)} trained answers repeat a phrase over and over (the reference's: "
+                f"{ref_looped}): the policy has drifted into degenerate text, whatever the loss says; lower lr, "
+                f"fewer steps or a larger beta"]
+    return []
 
 
 def _judge_section(report: Report, results: list[tuple[str, dict[str, Any]]], kappa: list[dict[str, Any]]

@@ -124,3 +124,10 @@ def test_extend_nests_headings():
     outer = Report("Loop").extend(inner)
     md = outer.to_markdown()
     assert "## Judge" in md and "### Diagnostics" in md and "position bias 0.1" in md
+
+
+def test_repetition_detector():
+    from prefloop.loop_report import repeats_itself
+
+    assert repeats_itself("I hope this helps: I hope this helps: I hope this helps: She walks.")
+    assert not repeats_itself("The largest planet in our solar system is Jupiter, and it is a gas giant.")
