@@ -1,7 +1,7 @@
 """``prefloop train``: DPO from the command line.
 
-Settings come from ``--config run.toml`` ([train] section), then ``--set key=value`` overrides, then the flags
-below (a flag given wins). Heavy imports happen inside ``main`` so ``--help`` is instant.
+Settings come from ``--config run.toml`` ([train] section), then the flags below, then ``--set key=value``
+overrides (the same order as every prefloop command). Heavy imports happen inside ``main`` so ``--help`` is instant.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefloop.config import ConfigError, apply_overrides, build, load_toml
+from prefloop.config import ConfigError, load_section
 
 LOSS_TYPES = ("sigmoid", "cdpo", "ipo", "hinge", "robust")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -116,21 +116,6 @@ class TrainConfig:
 
 def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None,
                       **values: Any) -> TrainConfig:
-    """Build a ``TrainConfig`` from a TOML file's ``[train]`` section, then ``key=value`` overrides, then
-    ``values`` (command-line flags that were given). Unknown keys and wrong types are errors naming the key."""
-    data: dict[str, Any] = {}
-    where = "[train]"
-    if path is not None:
-        doc = load_toml(path)
-        where = f"{path} [train]"
-        section = doc.get("train", {})
-        if not isinstance(section, dict):
-            raise ConfigError(f"{path}: [train] must be a table")
-        data.update(section)
-    if overrides:
-        # overrides are train keys; accept both "beta=0.2" and "train.beta=0.2"
-        wrapped = {"train": data}
-        apply_overrides(wrapped, [o if o.startswith("train.") else f"train.{o}" for o in overrides])
-        data = wrapped["train"]
-    data.update({k: v for k, v in values.items() if v is not None})
-    return build(TrainConfig, data, where)
+    """A ``TrainConfig`` from a TOML file's ``[train]`` section, command-line ``values`` (flags that were given)
+    and ``key=value`` overrides, merged as every command merges them (``prefloop.config.load_section``)."""
+    return load_section(TrainConfig, "train", path, overrides, values)
