@@ -16,7 +16,7 @@ from typing import Any
 
 from prefloop.llm.base import ChatReply, GenOptions, parse_spec
 from prefloop.records import PromptRecord, stable_id, user_message
-from prefloop.runner import Job, Runner, RunSummary
+from prefloop.runner import Job, Runner
 from prefloop.sources import load_prompts
 from prefloop.templates import alpaca_user_turn
 

@@ -21,18 +21,10 @@ import math
 from typing import Any
 
 from prefloop.llm.base import ChatReply, GenOptions
+from prefloop.models import common_prefix_length
 
 PREFIX = '{"winner": "'
 CANDIDATES = {"A": 'A"', "B": 'B"', "tie": 'tie"'}
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class LogprobJudge:
@@ -73,7 +65,7 @@ class LogprobJudge:
         out = {}
         for name, text in CANDIDATES.items():
             full = tokenizer(PREFIX + text, add_special_tokens=False)["input_ids"]
-            start = len(context) + _common_prefix(base, full)
+            start = len(context) + common_prefix_length(base, full)
             ids = context + full
             with torch.no_grad():
                 logits = model(torch.tensor([ids], device=model.device)).logits[0].float()

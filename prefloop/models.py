@@ -135,3 +135,14 @@ def load_model(name: str, *, dtype: str = "float32") -> tuple[Any, Any]:
                    "bf16": torch.bfloat16}[dtype]
     model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype)
     return model, load_tokenizer(where)
+
+
+def common_prefix_length(a: "list[int] | tuple[int, ...]", b: "list[int] | tuple[int, ...]") -> int:
+    """How many leading token ids two sequences share: where a completion starts after tokenising it together
+    with its prompt (BPE merges can change the last prompt tokens)."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

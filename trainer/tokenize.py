@@ -25,8 +25,9 @@ import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
+from prefloop.models import common_prefix_length
 from prefloop.records import Prompt, prompt_text, user_message
 from prefloop.templates import alpaca_prompt, alpaca_user_turn
 
@@ -104,15 +105,6 @@ def _ids(tokenizer: Any, prompt: Prompt, completion: str | None) -> list[int]:
         return list(out["input_ids"])
     text = prompt if completion is None else prompt + completion
     return list(tokenizer(text)["input_ids"])
-
-
-def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def tokenize_example(tokenizer: Any, rid: str, prompt: Prompt, completions: list[str], *, max_length: int,

@@ -16,7 +16,6 @@ Temperature 0 is greedy; otherwise sampling seeded by ``options.seed``. Only the
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import threading
