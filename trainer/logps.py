@@ -31,6 +31,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX). Without them torch's bf16 matmuls fall
+    back to a slow path: 0.8 GFLOP/s against 56 in fp32 on a 2-core VM here, so bf16 there is a trap."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = fh.read()
+    except OSError:
+        return True  # not Linux: cannot tell, do not warn
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def _head_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
     logits = model.get_output_embeddings()(hidden)
     cap = getattr(model.config, "final_logit_softcapping", None)  # Gemma 2/3

@@ -21,7 +21,7 @@ import torch
 from trainer.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
 from trainer.metrics import Averager, LiveView, finite, open_metrics
-from trainer.logps import autocast, resolve_device
+from trainer.logps import autocast, cpu_has_fast_bf16, resolve_device
 from trainer.optim import make_optimizer, make_scheduler
 from trainer.packing import PackedBatch, epoch_batches, pack
 from trainer.tokenize import Example, TokenizeReport, tokenize_records
@@ -139,6 +139,9 @@ def run(cfg: TrainConfig, objective: Objective, console: Any = None, *, model: A
     if model is None:
         model, _ = load_model(cfg.model, dtype="float32")
     device = resolve_device(cfg.device)
+    if cfg.dtype == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
+        console.print("[yellow]warning:[/] dtype bf16 on a CPU without bf16 instructions (AVX512-BF16/AMX) is "
+                      "many times slower than fp32 here; use --dtype fp32", highlight=False)
     model.to(device)
     if cfg.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
