@@ -16,7 +16,7 @@ from prefloop.sources import DataError, load_preferences
 from trainer.config import TrainConfig
 from trainer.logps import packed_logps
 from trainer.losses import chosen_nll, logratio_margin, preference_loss
-from trainer.loop import Item, TrainError, TrainResult, run
+from trainer.loop import Item, TrainError, TrainResult, load_data, run
 from trainer.metrics import LiveView
 from trainer.packing import PackedBatch
 from trainer.refcache import RefLogps, load_or_compute
@@ -75,14 +75,7 @@ class DPOObjective:
         self.ref_model = ref_model
 
     def load(self, cfg: TrainConfig) -> tuple[list[Item], list[Item] | None, list[str]]:
-        if not cfg.data:
-            raise TrainError("train.data: no preference data given (a JSONL/JSON file, dataset folder or name)")
-        items, notes = load_pairs(cfg.data)
-        held = None
-        if cfg.eval_data:
-            held, more = load_pairs(cfg.eval_data)
-            notes += more
-        return items, held, notes
+        return load_data(cfg, load_pairs, "preference data (a JSONL/JSON file, dataset folder or name)")
 
     def prepare(self, model: Any, tokenizer: Any, train: list[Example], held_out: list[Example],
                 view: LiveView) -> list[str]:

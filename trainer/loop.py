@@ -66,6 +66,19 @@ class TrainResult:
         return self.train_tokens / self.loop_seconds if self.loop_seconds else 0.0
 
 
+def load_data(cfg: TrainConfig, loader: Any, what: str) -> tuple[list[Item], list[Item] | None, list[str]]:
+    """Training items from ``cfg.data`` and held-out ones from ``cfg.eval_data`` (when given) through ``loader``,
+    which returns ``(items, notes)``; ``what`` names the data in the error when none is given."""
+    if not cfg.data:
+        raise TrainError(f"train.data: no {what} given")
+    items, notes = loader(cfg.data)
+    held = None
+    if cfg.eval_data:
+        held, more = loader(cfg.eval_data)
+        notes += more
+    return items, held, notes
+
+
 def split_items(items: list[Item], fraction: float, seed: int) -> tuple[list[Item], list[Item]]:
     """Hold out ``fraction`` of the items, chosen by a seeded shuffle (same seed, same split)."""
     if fraction <= 0:

@@ -15,7 +15,7 @@ from prefloop.records import RecordError
 from prefloop.sources import DataError, iter_rows, load_preferences, load_prompts
 from trainer.config import TrainConfig
 from trainer.logps import packed_logps
-from trainer.loop import Item, TrainError, TrainResult, run
+from trainer.loop import Item, TrainError, TrainResult, load_data, run
 from trainer.metrics import LiveView
 from trainer.packing import PackedBatch
 from trainer.tokenize import Example
@@ -55,14 +55,7 @@ class SFTObjective:
         self.cfg = cfg
 
     def load(self, cfg: TrainConfig) -> tuple[list[Item], list[Item] | None, list[str]]:
-        if not cfg.data:
-            raise TrainError("train.data: no SFT data given (Alpaca JSON, prompt/response JSONL, or pairs)")
-        items, notes = load_sft_items(cfg.data)
-        held = None
-        if cfg.eval_data:
-            held, more = load_sft_items(cfg.eval_data)
-            notes += more
-        return items, held, notes
+        return load_data(cfg, load_sft_items, "SFT data (Alpaca JSON, prompt/response JSONL, or pairs)")
 
     def prepare(self, model: Any, tokenizer: Any, train: list[Example], held_out: list[Example],
                 view: LiveView) -> list[str]:
