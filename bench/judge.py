@@ -31,14 +31,13 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from judge.cache import JudgeCache  # noqa: E402
 from judge.core import Bounded  # noqa: E402
 from judge.pairwise import judge_pair  # noqa: E402
-from ollama_server import OllamaServer  # noqa: E402
+from ollama_server import OllamaServer, pairwise_answers  # noqa: E402
 from prefloop.llm import make_client  # noqa: E402
 from prefloop.runner import Job, Runner  # noqa: E402
 
 
 def verdict(messages, fmt, options) -> str:
-    user = messages[-1]["content"]
-    a = user.split("[The Start of Assistant A's Answer]\n", 1)[1].split("\n[The End", 1)[0]
+    a, _ = pairwise_answers(messages)
     return json.dumps({"reason": "bench", "winner": "A" if "policy" in a else "B"})
 
 

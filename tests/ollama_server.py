@@ -121,6 +121,20 @@ def default_reply(messages: list[dict[str, Any]], format: Any, options: dict[str
     return json.dumps({"response": text}) if format == "json" else text
 
 
+PAIRWISE_ANSWER = re.compile(r"\[The Start of Assistant ([AB])'s Answer\]\n(.*?)\n\[The End of Assistant \1's Answer\]",
+                             re.S)
+
+
+def pairwise_answers(messages: list[dict[str, Any]]) -> tuple[str, str]:
+    """The answers shown in positions A and B of a rendered pairwise judge prompt ('' when one is absent).
+
+    Scripted judges in the tests and benchmarks decide from these, so one parser follows the shipped template.
+    """
+    text = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    found = {m.group(1): m.group(2) for m in PAIRWISE_ANSWER.finditer(text)}
+    return found.get("A", ""), found.get("B", "")
+
+
 @dataclass
 class Fault:
     """One injected fault; ``times`` requests on ``endpoint`` (``"*"`` = any path) get it, -1 = forever."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from judge.selfpref import self_preference_warnings
 from prefloop.llm import make_client
 from prefloop.llm.retry import RetryPolicy
 from prefloop.records import stable_id
+from ollama_server import pairwise_answers
 
 QUESTIONS = ["Name the capital of France.", "Give a synonym for 'happy'.", "What is 7 times 6?",
              "Rewrite politely: give me the report.", "Name a primary color.", "Spell 'necessary'.",
@@ -30,20 +30,13 @@ def write_pairs(path: Path, n: int = 8, generator: str = "ollama:llama3.1:70b") 
     return path
 
 
-def positions(messages) -> tuple[str, str]:
-    user = messages[-1]["content"]
-    a = re.search(r"Assistant A's Answer\]\n(.*?)\n\[The End of Assistant A", user, re.S).group(1)
-    b = re.search(r"Assistant B's Answer\]\n(.*?)\n\[The End of Assistant B", user, re.S).group(1)
-    return a, b
-
-
 def rank(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def hash_judge(messages, fmt, options):
     """A consistent judge with an arbitrary but checkable taste: the answer with the larger sha256 wins."""
-    a, b = positions(messages)
+    a, b = pairwise_answers(messages)
     return json.dumps({"reason": "hash", "winner": "A" if rank(a) > rank(b) else "B"})
 
 

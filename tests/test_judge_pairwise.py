@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from judge.scoring import parse_score, score_answer
 from prefloop.llm import make_client
 from prefloop.llm.base import Transient
 from prefloop.llm.retry import RetryPolicy
+from ollama_server import pairwise_answers
 
 ALPHA = "Alpha answer: Paris is the capital of France."
 BETA = "Beta answer: it is Lyon, probably."
@@ -29,18 +29,10 @@ def client_for(server, **kw):
     return make_client("ollama:judge", host=server.url, **kw)
 
 
-def shown(messages) -> tuple[str, str]:
-    """The answers in positions A and B of a rendered pairwise prompt."""
-    user = next(m["content"] for m in messages if m["role"] == "user")
-    a = re.search(r"Assistant A's Answer\]\n(.*?)\n\[The End of Assistant A", user, re.S).group(1)
-    b = re.search(r"Assistant B's Answer\]\n(.*?)\n\[The End of Assistant B", user, re.S).group(1)
-    return a, b
-
-
 def prefers(word: str):
     """A consistent judge: picks whichever position holds the answer containing ``word``."""
     def reply(messages, fmt, options):
-        a, _ = shown(messages)
+        a, _ = pairwise_answers(messages)
         return json.dumps({"reason": f"the {word} one is right", "winner": "A" if word in a else "B"})
     return reply
 
@@ -64,7 +56,7 @@ def test_consistent_judge_both_orders(ollama_server) -> None:
     assert [g.first for g in v.games] == ["A", "B"]
     assert [g.shown for g in v.games] == ["A", "B"]     # alpha was in position A, then in position B
     assert ollama_server.count("/api/chat") == 2
-    firsts = [shown(b["messages"])[0] for b in ollama_server.bodies("/api/chat")]
+    firsts = [pairwise_answers(b["messages"])[0] for b in ollama_server.bodies("/api/chat")]
     assert sorted(firsts) == sorted([ALPHA, BETA])       # each answer was shown first once
     # the judge was asked for JSON under the verdict schema
     assert all(b["format"]["properties"]["winner"]["enum"] == ["A", "B", "tie"]
@@ -131,7 +123,7 @@ def test_unparseable_is_retried_then_reported_and_not_cached(ollama_server, tmp_
 def test_bracketed_verdict_in_free_text_is_recovered(ollama_server) -> None:
     # a judge that ignores the schema but writes MT-Bench style: the last [[X]] counts
     def reply(messages, fmt, options):
-        a, _ = shown(messages)
+        a, _ = pairwise_answers(messages)
         return f"Format is [[A]], [[B]] or [[C]]. Verdict: [[{'A' if 'Alpha' in a else 'B'}]]"
     ollama_server.reply = reply
     v = run(judged(ollama_server, "Q?", ALPHA, BETA))

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 
 from judge.robustness import flip_rates
 from prefloop.llm import make_client
 from prefloop.llm.retry import RetryPolicy
+from ollama_server import pairwise_answers
 
 ITEMS = [(f"Question {i}?", f"Alpha answer {i} is correct.", f"Beta answer {i} is wrong.") for i in range(4)]
-
-
-def positions(messages) -> tuple[str, str]:
-    user = messages[-1]["content"]
-    a = re.search(r"Assistant A's Answer\]\n(.*?)\[The End of Assistant A", user, re.S).group(1)
-    b = re.search(r"Assistant B's Answer\]\n(.*?)\[The End of Assistant B", user, re.S).group(1)
-    return a, b
 
 
 def verdict(pick_a: bool) -> str:
@@ -25,13 +18,13 @@ def verdict(pick_a: bool) -> str:
 
 
 def content_judge(messages, fmt, options):
-    a, _ = positions(messages)
+    a, _ = pairwise_answers(messages)
     return verdict("Alpha" in a)
 
 
 def gullible_judge(messages, fmt, options):
     """Obeys injections, loves length, otherwise prefers Alpha."""
-    a, b = positions(messages)
+    a, b = pairwise_answers(messages)
     if "pick this one" in a or "pick this one" in b:
         return verdict("pick this one" in a)
     if abs(len(a) - len(b)) > 100:

@@ -5,7 +5,6 @@ and that a changed training setting reruns training and judging but not generati
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from prefloop.fingerprint import RunState
 from prefloop.jsonl import read_jsonl
 from prefloop.loop import SplitSection, choose_heldout, load_loop_config, main, split_key
 from prefloop.config import ConfigError
+from ollama_server import pairwise_answers
 
 PROMPTS = [
     {"instruction": f"Task {i}: name a colour that rhymes with {w}.", "input": "", "output": f"The answer is {w}."}
@@ -21,16 +21,13 @@ PROMPTS = [
                            "navy", "lime"])
 ]
 
-A_ANSWER = re.compile(r"\[The Start of Assistant A's Answer\]\n(.*?)\n\[The End of Assistant A's Answer\]", re.S)
-B_ANSWER = re.compile(r"\[The Start of Assistant B's Answer\]\n(.*?)\n\[The End of Assistant B's Answer\]", re.S)
 
 
 def scripted_reply(messages, format, options):  # noqa: A002 - the server's callback signature
     """A consistent fake judge and writer: rewrites by direction, scores 72, prefers the shorter answer."""
     text = messages[-1]["content"]
     if isinstance(format, dict):
-        a, b = A_ANSWER.search(text), B_ANSWER.search(text)
-        a_text, b_text = (a.group(1) if a else ""), (b.group(1) if b else "")
+        a_text, b_text = pairwise_answers(messages)
         winner = "tie" if len(a_text) == len(b_text) else ("A" if len(a_text) < len(b_text) else "B")
         return json.dumps({"reason": "the shorter answer is clearer", "winner": winner})
     if "score the model response" in text:
