@@ -11,8 +11,7 @@ from typing import Any
 
 from prefloop.records import PromptRecord
 from prefloop.runner import Drop
-
-from generator.text import same_text
+from prefloop.text import same_text
 
 
 async def make_pair(ctx: Any, rec: PromptRecord) -> dict[str, Any] | Drop:

@@ -14,8 +14,7 @@ from typing import Any
 
 from prefloop.records import PromptRecord
 from prefloop.runner import Drop
-
-from generator.text import same_text
+from prefloop.text import same_text
 
 
 async def _score(ctx: Any, rec: PromptRecord, text: str) -> tuple[float | None, dict[str, Any]]:
@@ -23,7 +22,7 @@ async def _score(ctx: Any, rec: PromptRecord, text: str) -> tuple[float | None, 
 
     spec = ctx.cfg.judge_model
     async with ctx.slot(spec):
-        score = await score_answer(ctx.clients[spec], rec.prompt, text, reference=rec.reference)
+        score = await score_answer(ctx.clients[spec], rec.prompt, text, reference=rec.known_good)
     detail = score.to_json() if hasattr(score, "to_json") else {}
     return score.value, detail
 

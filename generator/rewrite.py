@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import random
 import re
-from collections import Counter
 from typing import Any
 
 from prefloop.records import PromptRecord, prompt_text, stable_id
 from prefloop.runner import Drop
 from prefloop.templates import alpaca_input
+from prefloop.text import repeats_itself, same_text
 
-from generator.text import same_text
 
 # The notebook's prompt, quirks included ("return return", no space after the first two sentences).
 VERBATIM = ("Given the input `{task}` and correct output `{answer}`, slightly rewrite the output to be more "
@@ -75,13 +74,6 @@ def rewrite_budget(reference: str, max_tokens: int) -> int:
     return min(max_tokens, 64 + len(reference) // 2)
 
 
-def degenerate(text: str, n: int = 4, times: int = 3) -> bool:
-    """The same 4 words three times or more: a small model stuck in a loop (none of the notebook's rewrites)."""
-    words = re.findall(r"\w+", text.lower())
-    grams = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
-    return bool(grams) and max(grams.values()) >= times
-
-
 def build_messages(rec: PromptRecord, direction: str, style: str, better: str = "polite",
                    worse: str = "impolite") -> list[dict[str, str]]:
     """The chat turns for one rewrite request in the given style (``clean``, ``verbatim`` or ``fewshot``)."""
@@ -91,7 +83,7 @@ def build_messages(rec: PromptRecord, direction: str, style: str, better: str = 
     for answer, rewrite in FEWSHOT_EXAMPLES["better" if direction == better else "worse"]:
         messages += [{"role": "user", "content": FEWSHOT_TURN.format(direction=direction, answer=answer)},
                      {"role": "assistant", "content": rewrite}]
-    messages.append({"role": "user", "content": FEWSHOT_TURN.format(direction=direction, answer=rec.reference)})
+    messages.append({"role": "user", "content": FEWSHOT_TURN.format(direction=direction, answer=rec.known_good)})
     return messages
 
 
@@ -102,7 +94,7 @@ def build_prompt(rec: PromptRecord, direction: str, style: str = "clean") -> str
     else:
         task = prompt_text(rec.prompt)
     template = VERBATIM if style == "verbatim" else CLEAN
-    return template.format(task=task, answer=rec.reference or "", direction=direction)
+    return template.format(task=task, answer=rec.known_good or "", direction=direction)
 
 
 def pick_direction(prompt_id: str, seed: int, better: str, worse: str) -> str:
@@ -152,27 +144,27 @@ def clean_rewrite(text: str, original: str, directions: tuple[str, ...] = ()) ->
 async def make_pair(ctx: Any, rec: PromptRecord) -> dict[str, Any] | Drop:
     """One rewrite request -> one pair (or a counted drop)."""
     cfg = ctx.cfg
-    if not rec.reference or not rec.reference.strip():
+    if not rec.known_good or not rec.known_good.strip():
         return Drop("no known-good answer to rewrite")
     direction = pick_direction(rec.id, cfg.seed, cfg.better, cfg.worse)
     messages = build_messages(rec, direction, cfg.rewrite_style, cfg.better, cfg.worse)
     reply = await ctx.chat(cfg.model, messages, temperature=cfg.temperature,
-                           max_tokens=rewrite_budget(rec.reference, cfg.max_tokens))
-    rewrite, removed = clean_rewrite(reply.text, rec.reference, (cfg.better, cfg.worse, cfg.axis))
+                           max_tokens=rewrite_budget(rec.known_good, cfg.max_tokens))
+    rewrite, removed = clean_rewrite(reply.text, rec.known_good, (cfg.better, cfg.worse, cfg.axis))
     if not rewrite:
         return Drop("empty rewrite", {"raw": reply.text})
     if reply.extra.get("finish_reason") == "length":
         return Drop("rewrite cut off at its token budget", {"raw": reply.text, "direction": direction})
-    if degenerate(rewrite) and not degenerate(rec.reference):
+    if repeats_itself(rewrite) and not repeats_itself(rec.known_good):
         return Drop("degenerate repetition", {"raw": reply.text, "direction": direction})
-    if cfg.rewrite_style == "fewshot" and not kept_answer(rewrite, rec.reference):
+    if cfg.rewrite_style == "fewshot" and not kept_answer(rewrite, rec.known_good):
         return Drop("rewrite lost the answer", {"raw": reply.text, "direction": direction})
-    if same_text(rewrite, rec.reference):
+    if same_text(rewrite, rec.known_good):
         return Drop("chosen identical to rejected", {"raw": reply.text, "direction": direction})
     if direction == cfg.better:
-        chosen, rejected = rewrite, rec.reference
+        chosen, rejected = rewrite, rec.known_good
     else:
-        chosen, rejected = rec.reference, rewrite
+        chosen, rejected = rec.known_good, rewrite
     meta = {"direction": direction, "axis": cfg.axis, "rewritten_side": "chosen" if direction == cfg.better
             else "rejected", "model": cfg.model}
     if removed:

@@ -58,7 +58,7 @@ def strategy_module(name: str) -> Any:
 
 def pair_id(rec: PromptRecord, cfg: GenerateConfig) -> str:
     """Same prompt, same known-good answer, same pair-shaping settings -> same id, in any run."""
-    return stable_id("pair", rec.prompt, rec.reference, cfg.identity())
+    return stable_id("pair", rec.prompt, rec.known_good, cfg.identity())
 
 
 class Context:
@@ -107,8 +107,8 @@ class Context:
         """A record ``load_preferences`` reads, with provenance (model, strategy, options, seed, time)."""
         cfg = self.cfg
         full = {k: rec.meta[k] for k in ("prompt_format", "instruction", "input") if k in rec.meta}
-        if rec.reference is not None:
-            full["output"] = rec.reference
+        if rec.known_good is not None:
+            full["output"] = rec.known_good
         full.update(meta)
         full.update(source_id=rec.id, strategy=cfg.strategy, settings=cfg.identity(),
                     time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -171,7 +171,7 @@ async def generate_async(cfg: GenerateConfig, console: Any = None, clients: dict
     if not records:
         raise ValueError(f"{cfg.source}: no prompts to generate from")
     strategy = strategy_module(cfg.strategy)
-    if cfg.strategy == "rewrite" and not any(r.reference for r in records):
+    if cfg.strategy == "rewrite" and not any(r.known_good for r in records):
         raise ValueError(f"{cfg.source}: the rewrite strategy needs known-good answers (an Alpaca 'output' or a "
                          f"'reference' field) and no prompt has one; use --strategy rank or contrast")
     before = other_settings(cfg.output, cfg.identity())

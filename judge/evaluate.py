@@ -155,7 +155,7 @@ def generate_answers(cfg: JudgeConfig, records: list[PromptRecord], console: Any
     else:
         ref = generate_side(reference, records, out / "gen-reference.jsonl", cfg, console,
                             seed_offset=1 if reference == policy else 0)
-    rows = [{"id": r.id, "prompt": r.prompt, "gold": r.reference, "policy_answer": pol[r.id],
+    rows = [{"id": r.id, "prompt": r.prompt, "gold": r.known_good, "policy_answer": pol[r.id],
              "reference_answer": ref[r.id], "policy": cfg.policy, "reference": cfg.reference} for r in records]
     write_jsonl(out / "answers.jsonl", rows)
     return rows

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from judge.prompts import judge_prompt_text
-from prefloop.report import Report, fmt, pct, plot_win_rates
+from prefloop.report import Report, fmt, is_number, pct, pyplot, save_png
 
 
 def build_report(out_dir: Path, results: dict[str, Any], answers: list[dict[str, Any]],
@@ -100,3 +100,45 @@ def write_report(out_dir: Path, results: dict[str, Any], answers: list[dict[str,
                  per_judge_rows: dict[str, dict[str, dict[str, Any]]], n_examples: int = 6) -> tuple[Path, Path]:
     rep = build_report(out_dir, results, answers, per_judge_rows, n_examples)
     return rep.write(out_dir, "report")
+
+
+def plot_win_rates(results: Sequence[Mapping[str, Any]], out_path: str | Path, title: str = "held-out win rate",
+                   xlabel: str = "win rate of the trained model over its reference") -> Path | None:
+    """One row per judge: the win rate as a point with its confidence interval as a bar, and the 50% line
+    (no better than the reference). Rows need ``name``, ``win_rate`` and optionally ``ci_low``/``ci_high``
+    (fractions in [0, 1]) and ``n``."""
+    rows = [r for r in results if is_number(r.get("win_rate"))]
+    if not rows:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.55 * len(rows)))
+    for i, row in enumerate(rows):
+        y = len(rows) - 1 - i
+        wr = float(row["win_rate"])
+        lo, hi = row.get("ci_low"), row.get("ci_high")
+        color = "#3a9d5d" if is_number(lo) and lo > 0.5 else "#d9534f" if is_number(hi) and hi < 0.5 \
+            else "#2f6fde"
+        if is_number(lo) and is_number(hi):
+            ax.plot([lo, hi], [y, y], "-", color=color, lw=5, alpha=0.35, solid_capstyle="butt")
+        ax.plot([wr], [y], "o", color=color, ms=8)
+        n = f" (n={row['n']})" if row.get("n") is not None else ""
+        ci = f" [{pct(lo)}, {pct(hi)}]" if is_number(lo) and is_number(hi) else ""
+        # the label beside the interval, on the side with more room
+        right = max(wr, hi if is_number(hi) else wr)
+        left = min(wr, lo if is_number(lo) else wr)
+        if right <= 0.7:
+            ax.annotate(f"{pct(wr)}{ci}{n}", (right, y), xytext=(8, 0), textcoords="offset points",
+                        ha="left", va="center", fontsize=8.5)
+        else:
+            ax.annotate(f"{pct(wr)}{ci}{n}", (left, y), xytext=(-8, 0), textcoords="offset points",
+                        ha="right", va="center", fontsize=8.5)
+    ax.axvline(0.5, color="#777777", lw=1, ls="--")
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([str(r.get("name", f"judge {i + 1}")) for i, r in enumerate(rows)][::-1], fontsize=9)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.6, len(rows) - 0.2)
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_title(title, fontsize=11)
+    ax.grid(axis="x", alpha=0.25)
+    return save_png(fig, out_path)

@@ -3,6 +3,12 @@
 Each stage owns its settings dataclass (``trainer.config``, ``generator.config``, ``judge.config``); this module
 only knows how to read TOML, apply ``--set section.key=value`` overrides and fill a dataclass strictly (an
 unknown or mistyped key is an error, not a silent default).
+
+Fields are declared with ``setting(default, help, runtime=...)``. The help text is what ``--help`` shows
+(``prefloop.flags`` makes every command's flags from these fields), and ``runtime=True`` marks a setting that does
+not change what a stage writes (speed, retries, console, where files go: paths whose contents are fingerprinted
+as inputs). ``fingerprinted(cfg)`` is every other field: what a stage's fingerprint is made of, so a new field
+reruns the stage when it changes unless it is marked, and nobody keeps a list by hand.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 T = TypeVar("T")
+_MISSING: Any = dataclasses.MISSING
 
 
 class ConfigError(ValueError):
@@ -114,6 +121,42 @@ def build(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def setting(default: Any = _MISSING, help: str = "", *, factory: Any = None, runtime: bool = False,
+            flag: str | bool = True, short: str | None = None, choices: tuple[Any, ...] | None = None,
+            aliases: tuple[str, ...] = (), metavar: str | None = None) -> Any:
+    """A settings field: its default, its help text, and whether it changes outputs.
+
+    ``flag``: the command-line flag (default ``--field-name``; ``False``: no flag, TOML and ``--set`` only).
+    ``aliases``: older flag spellings still accepted (hidden from ``--help``). ``choices`` are checked by
+    argparse and by ``build``.
+    """
+    meta = {"help": help, "runtime": runtime, "flag": flag, "short": short, "choices": choices,
+            "aliases": aliases, "metavar": metavar}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def is_runtime(f: dataclasses.Field) -> bool:
+    """Marked ``runtime=True``: does not change what the stage writes, so it stays out of fingerprints."""
+    return bool(f.metadata.get("runtime"))
+
+
+def fingerprinted(cfg: Any, *, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The settings of ``cfg`` that decide a stage's outputs: every field not marked ``runtime``."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+            if not is_runtime(f) and f.name not in exclude}
+
+
+def check_choices(cfg: Any, where: str = "") -> None:
+    """Refuse a value outside a field's ``choices``, naming the key and the allowed values."""
+    for f in dataclasses.fields(cfg):
+        allowed = f.metadata.get("choices")
+        value = getattr(cfg, f.name)
+        if allowed and value not in allowed:
+            raise ConfigError(f"{where}{f.name}: {value!r} is not one of {', '.join(map(str, allowed))}")
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

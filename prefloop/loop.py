@@ -586,7 +586,7 @@ def run_preflight(cfg: LoopConfig, heldout_path: Path, judge_spec: str, out_dir:
     from prefloop.records import PromptRecord
 
     rows = read_jsonl(heldout_path)[: cfg.preflight.prompts]
-    prompts = [PromptRecord(id=r["id"], prompt=r["prompt"], reference=r.get("reference"), meta=r.get("meta") or {})
+    prompts = [PromptRecord(id=r["id"], prompt=r["prompt"], known_good=r.get("known_good", r.get("reference")), meta=r.get("meta") or {})
                for r in rows]
     sft = make_client("local:" + str(cfg.train.model))
     options = GenOptions(temperature=0.0, max_tokens=cfg.preflight.max_tokens)
@@ -599,11 +599,11 @@ def run_preflight(cfg: LoopConfig, heldout_path: Path, judge_spec: str, out_dir:
 
     async def score_all(cache: Any) -> list[tuple[Any, Any]]:
         async def one(p: PromptRecord, answer: str) -> tuple[Any, Any]:
-            mine = await score_answer(judge, p.prompt, answer, reference=p.reference, cache=cache,
+            mine = await score_answer(judge, p.prompt, answer, reference=p.known_good, cache=cache,
                                       options=score_options)
             # the dataset's own answer under the same prompt: the judge's ceiling on this task
-            ref = await score_answer(judge, p.prompt, p.reference, reference=p.reference, cache=cache,
-                                     options=score_options) if p.reference else None
+            ref = await score_answer(judge, p.prompt, p.known_good, reference=p.known_good, cache=cache,
+                                     options=score_options) if p.known_good else None
             return mine, ref
 
         try:
@@ -617,7 +617,7 @@ def run_preflight(cfg: LoopConfig, heldout_path: Path, judge_spec: str, out_dir:
         scores = asyncio.run(score_all(cache))
     table = []
     for p, answer, (mine, ref) in zip(prompts, answers, scores):
-        table.append({"id": p.id, "prompt": p.prompt, "answer": answer, "reference": p.reference,
+        table.append({"id": p.id, "prompt": p.prompt, "answer": answer, "reference": p.known_good,
                       "score": getattr(mine, "value", None), "reference_score": getattr(ref, "value", None)})
     write_jsonl(out_dir / "answers.jsonl", table)
     info = preflight_verdict(table, cfg.preflight, judge_spec)

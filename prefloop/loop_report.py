@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from prefloop.jsonl import read_jsonl
-from prefloop.report import Report, load_json, pct, plot_training_metrics, plot_win_rates
+from prefloop.report import Report, load_json, pct
+from trainer.report import plot_training_metrics
+from judge.report import plot_win_rates
 
 EXAMPLES_SHOWN = 8
 
@@ -284,7 +286,7 @@ def _training_section(report: Report, run_dir: Path, plots: Path, state: dict) -
     if not metrics.exists():
         report.paragraph("No training metrics yet.")
         return
-    from prefloop.report import read_metrics
+    from trainer.report import read_metrics
 
     rows = read_metrics(metrics)
     png = plot_training_metrics(rows, plots / "training.png")

@@ -125,14 +125,23 @@ def load_tokenizer(name: str) -> Any:
     return tokenizer
 
 
-def load_model(name: str, *, dtype: str = "float32") -> tuple[Any, Any]:
-    """``(model, tokenizer)`` for training or generation; ``dtype`` is ``float32`` or ``bfloat16``."""
+DTYPES = ("fp32", "bf16")
+_DTYPE_SPELLINGS = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16"}
+
+
+def normalize_dtype(dtype: str) -> str:
+    """One spelling for every stage: ``fp32`` or ``bf16`` (``float32``/``bfloat16`` are read as those).
+    Anything else is returned as is, for the caller's choices check to name."""
+    return _DTYPE_SPELLINGS.get(str(dtype).lower(), dtype)
+
+
+def load_model(name: str, *, dtype: str = "fp32") -> tuple[Any, Any]:
+    """``(model, tokenizer)`` for training or generation; ``dtype`` is ``fp32`` or ``bf16``."""
     import torch
     from transformers import AutoModelForCausalLM
 
     where = resolve(name)
-    torch_dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                   "bf16": torch.bfloat16}[dtype]
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[normalize_dtype(dtype)]
     model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype)
     return model, load_tokenizer(where)
 

@@ -3,6 +3,9 @@
 One record is ``{"id", "prompt", "chosen", "rejected", "meta"}``. The prompt is either a string (used as it is)
 or a list of chat messages (rendered later through a tokenizer's chat template). ``meta["prompt_format"]`` says
 which of ``text``, ``chat`` or ``alpaca`` the prompt came from so the trainer can tell the user what it applied.
+
+Words: the *known-good answer* is a prompt's answer from the dataset (an Alpaca ``output``); *reference* always
+means the reference model (the frozen SFT model DPO is anchored to and judged against).
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from typing import Any
 Message = dict[str, str]
 Prompt = str | list[Message]
 
-PROMPT_FORMATS = ("text", "chat", "alpaca")
 
 
 class RecordError(ValueError):
@@ -28,8 +30,20 @@ class RecordError(ValueError):
         super().__init__(f"{where}:{what} {problem}".replace(": :", ":"))
 
 
+class _HasPrompt:
+    """What both record kinds say about their prompt (a mixin: each dataclass declares its own fields)."""
+
+    prompt: Prompt
+    meta: dict[str, Any]
+
+    @property
+    def prompt_format(self) -> str:
+        """``text``, ``chat`` or ``alpaca``: the format the prompt came in (``meta["prompt_format"]``)."""
+        return self.meta.get("prompt_format", "chat" if isinstance(self.prompt, list) else "text")
+
+
 @dataclass
-class PreferenceRecord:
+class PreferenceRecord(_HasPrompt):
     """A prompt with a better (chosen) and a worse (rejected) completion."""
 
     id: str
@@ -38,33 +52,25 @@ class PreferenceRecord:
     rejected: str
     meta: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def prompt_format(self) -> str:
-        return self.meta.get("prompt_format", "chat" if isinstance(self.prompt, list) else "text")
-
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected,
                 "meta": self.meta}
 
 
 @dataclass
-class PromptRecord:
+class PromptRecord(_HasPrompt):
     """A prompt without preferences: generator input and held-out evaluation prompts.
 
-    ``reference`` is a known-good answer when the source has one (the Alpaca ``output``).
+    ``known_good`` is the dataset's answer when the source has one (the Alpaca ``output``).
     """
 
     id: str
     prompt: Prompt
-    reference: str | None = None
+    known_good: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def prompt_format(self) -> str:
-        return self.meta.get("prompt_format", "chat" if isinstance(self.prompt, list) else "text")
-
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "prompt": self.prompt, "reference": self.reference, "meta": self.meta}
+        return {"id": self.id, "prompt": self.prompt, "known_good": self.known_good, "meta": self.meta}
 
 
 def stable_id(*parts: Any, length: int = 16) -> str:

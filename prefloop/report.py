@@ -8,8 +8,8 @@ contains ``<script>`` shows as text, never runs.
 Paragraphs and warnings written by *our* code may use two bits of inline markup, ``**bold**`` and ```code```;
 text from models (example blocks, table cells) gets no markup at all.
 
-The plot helpers draw PNGs with matplotlib's Agg backend, imported inside the functions so importing this
-module stays cheap.
+This module knows no stage's data: the stages draw their own plots (``trainer.plots``, ``judge.report``) with
+``pyplot()`` and ``save_png()``, which use matplotlib's Agg backend imported only when a plot is drawn.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+
+from prefloop.files import atomic_path, atomic_write_text
 
 Cell = str | int | float | bool | None
 
@@ -196,15 +198,9 @@ class Report:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         html_path, md_path = folder / f"{name}.html", folder / f"{name}.md"
-        _write_text(html_path, self.to_html(folder, embed_images))
-        _write_text(md_path, self.to_markdown(folder))
+        atomic_write_text(html_path, self.to_html(folder, embed_images))
+        atomic_write_text(md_path, self.to_markdown(folder))
         return html_path, md_path
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------- HTML pieces
@@ -261,7 +257,7 @@ def _inline_html(text: str) -> str:
     return _BOLD.sub(lambda m: f"<strong>{m.group(1)}</strong>", out)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -276,7 +272,7 @@ def _table_html(block: Table) -> str:
     for row in block.rows:
         cells = []
         for value in row:
-            cls = ' class="num"' if _is_number(value) else ""
+            cls = ' class="num"' if is_number(value) else ""
             cells.append(f"<td{cls}>{html.escape(fmt(value))}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</tbody></table>")
@@ -354,7 +350,7 @@ def _table_md(block: Table) -> str:
     out.append("| " + " | ".join(_md_text(str(h)) or " " for h in headers) + " |")
     aligns = []
     for i in range(width):
-        numeric = bool(block.rows) and all(_is_number(r[i]) for r in block.rows if i < len(r) and r[i] is not None)
+        numeric = bool(block.rows) and all(is_number(r[i]) for r in block.rows if i < len(r) and r[i] is not None)
         numeric = numeric and any(i < len(r) and r[i] is not None for r in block.rows)
         aligns.append("---:" if numeric else "---")
     out.append("| " + " | ".join(aligns) + " |")
@@ -397,129 +393,8 @@ def _block_md(block: Any, base_dir: str | Path | None) -> str:
 
 # ------------------------------------------------------------------------------------------------- plots
 
-# (panel title, [(metric name, label)]) — TRL's metric names, as the trainer logs them
-TRAINING_PANELS: list[tuple[str, list[tuple[str, str]]]] = [
-    ("loss", [("loss", "loss")]),
-    ("reward margin (chosen − rejected)", [("rewards/margins", "margin")]),
-    ("reward accuracy", [("rewards/accuracies", "accuracy")]),
-    ("log-probs", [("logps/chosen", "chosen"), ("logps/rejected", "rejected")]),
-]
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The trainer's metrics JSONL as rows with a ``split`` ('train' or 'eval'); TRL-style ``eval_*`` names
-    are folded into ``split='eval'`` so both spellings plot the same. A torn last line is skipped."""
-    from prefloop.jsonl import read_jsonl
-
-    rows = []
-    for raw in read_jsonl(path):
-        if not isinstance(raw, dict):
-            continue
-        row = dict(raw)
-        split = row.get("split")
-        if split is None:
-            split = "eval" if any(k.startswith("eval_") for k in row) else "train"
-        row = {(k[5:] if k.startswith("eval_") else k): v for k, v in row.items()}
-        row["split"] = "eval" if str(split).startswith(("eval", "val", "test")) else "train"
-        rows.append(row)
-    return rows
-
-
-def _series(rows: list[dict[str, Any]], split: str, metric: str) -> tuple[list[float], list[float]]:
-    xs, ys = [], []
-    for i, row in enumerate(rows):
-        value = row.get(metric)
-        if row["split"] != split or not _is_number(value) or math.isnan(float(value)):
-            continue
-        xs.append(float(row.get("step", i)))
-        ys.append(float(value))
-    return xs, ys
-
-
-def plot_training_metrics(metrics: str | Path | list[dict[str, Any]], out_path: str | Path,
-                          panels: list[tuple[str, list[tuple[str, str]]]] | None = None,
-                          title: str | None = None) -> Path | None:
-    """A 2×2 PNG of loss, reward margin, reward accuracy and chosen/rejected log-probs, train (solid) and eval
-    (dashed, dots) against the optimizer step. Returns None when the file holds none of these metrics."""
-    rows = read_metrics(metrics) if isinstance(metrics, (str, Path)) else metrics
-    panels = panels or TRAINING_PANELS
-    have = [p for p in panels if any(_series(rows, s, m)[0] for m, _ in p[1] for s in ("train", "eval"))]
-    if not have:
-        return None
-    plt = _pyplot()
-    cols = 2 if len(have) > 1 else 1
-    nrows = math.ceil(len(have) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 3.4 * nrows), squeeze=False)
-    colors = ["#2f6fde", "#d9534f", "#3a9d5d", "#8e5bd6"]
-    for ax, (panel_title, metrics_in_panel) in zip(axes.flat, have):
-        for i, (metric, label) in enumerate(metrics_in_panel):
-            color = colors[i % len(colors)]
-            xs, ys = _series(rows, "train", metric)
-            if xs:
-                ax.plot(xs, ys, "-", color=color, lw=1.4, alpha=0.9, label=f"train {label}")
-            xs, ys = _series(rows, "eval", metric)
-            if xs:
-                ax.plot(xs, ys, "--o", color=color, lw=1.2, ms=3.5, label=f"eval {label}")
-        if metrics_in_panel[0][0] == "rewards/accuracies":
-            ax.set_ylim(-0.02, 1.02)
-            ax.axhline(0.5, color="#999999", lw=0.8, ls=":")
-        if metrics_in_panel[0][0] == "rewards/margins":
-            ax.axhline(0.0, color="#999999", lw=0.8, ls=":")
-        ax.set_title(panel_title, fontsize=11)
-        ax.set_xlabel("step", fontsize=9)
-        ax.tick_params(labelsize=8)
-        ax.grid(alpha=0.25)
-        ax.legend(fontsize=8, frameon=False)
-    for ax in list(axes.flat)[len(have):]:
-        ax.set_visible(False)
-    if title:
-        fig.suptitle(title, fontsize=12)
-    return _save(fig, out_path)
-
-
-def plot_win_rates(results: Sequence[Mapping[str, Any]], out_path: str | Path, title: str = "held-out win rate",
-                   xlabel: str = "win rate of the trained model over its reference") -> Path | None:
-    """One row per judge: the win rate as a point with its confidence interval as a bar, and the 50% line
-    (no better than the reference). Rows need ``name``, ``win_rate`` and optionally ``ci_low``/``ci_high``
-    (fractions in [0, 1]) and ``n``."""
-    rows = [r for r in results if _is_number(r.get("win_rate"))]
-    if not rows:
-        return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.55 * len(rows)))
-    for i, row in enumerate(rows):
-        y = len(rows) - 1 - i
-        wr = float(row["win_rate"])
-        lo, hi = row.get("ci_low"), row.get("ci_high")
-        color = "#3a9d5d" if _is_number(lo) and lo > 0.5 else "#d9534f" if _is_number(hi) and hi < 0.5 \
-            else "#2f6fde"
-        if _is_number(lo) and _is_number(hi):
-            ax.plot([lo, hi], [y, y], "-", color=color, lw=5, alpha=0.35, solid_capstyle="butt")
-        ax.plot([wr], [y], "o", color=color, ms=8)
-        n = f" (n={row['n']})" if row.get("n") is not None else ""
-        ci = f" [{pct(lo)}, {pct(hi)}]" if _is_number(lo) and _is_number(hi) else ""
-        # the label beside the interval, on the side with more room
-        right = max(wr, hi if _is_number(hi) else wr)
-        left = min(wr, lo if _is_number(lo) else wr)
-        if right <= 0.7:
-            ax.annotate(f"{pct(wr)}{ci}{n}", (right, y), xytext=(8, 0), textcoords="offset points",
-                        ha="left", va="center", fontsize=8.5)
-        else:
-            ax.annotate(f"{pct(wr)}{ci}{n}", (left, y), xytext=(-8, 0), textcoords="offset points",
-                        ha="right", va="center", fontsize=8.5)
-    ax.axvline(0.5, color="#777777", lw=1, ls="--")
-    ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([str(r.get("name", f"judge {i + 1}")) for i, r in enumerate(rows)][::-1], fontsize=9)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(-0.6, len(rows) - 0.2)
-    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
-    ax.set_xlabel(xlabel, fontsize=9)
-    ax.set_title(title, fontsize=11)
-    ax.grid(axis="x", alpha=0.25)
-    return _save(fig, out_path)
-
-
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (no display), imported only when a plot is drawn."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -528,16 +403,16 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, out_path: str | Path) -> Path:
+def save_png(fig: Any, out_path: str | Path) -> Path:
+    """Write ``fig`` as a PNG atomically (a killed run never leaves half an image) and close it."""
     import matplotlib.pyplot as plt
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    tmp = out_path.with_name(out_path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110, format="png")
+    with atomic_path(out_path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, out_path)
     return out_path
 
 

@@ -19,7 +19,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from prefloop.jsonl import iter_jsonl
 from prefloop.records import PreferenceRecord, PromptRecord, RecordError, stable_id
@@ -201,32 +201,46 @@ def _completion(src: str, line: int, row: dict, key: str) -> tuple[str, list[dic
 
 # --------------------------------------------------------------------------------------------- records
 
-def to_preference(src: str, line: int, row: Any) -> PreferenceRecord:
-    """Normalise one raw row in any supported format; raise ``RecordError`` naming the bad field."""
+def _alpaca(src: str, line: int, row: dict, meta: dict[str, Any]) -> str:
+    """An Alpaca row's prompt (the recipe's template), with its fields kept in ``meta`` for other formats."""
+    instruction = _need_str(src, line, row, "instruction")
+    input_text = row.get("input") or ""
+    if not isinstance(input_text, str):
+        raise RecordError(src, line, "input", f"expected a string, got {type(input_text).__name__}")
+    meta.update(prompt_format="alpaca", instruction=instruction, input=input_text)
+    return alpaca_prompt(instruction, input_text)
+
+
+def _text_or_chat(src: str, line: int, row: dict, key: str, meta: dict[str, Any]) -> Any:
+    """A ``prompt``-style field: a string (format ``text``) or a message list (format ``chat``)."""
+    if isinstance(row[key], list):
+        meta["prompt_format"] = "chat"
+        return _messages(src, line, key, row[key])
+    if meta.get("prompt_format") != "alpaca":  # our own files keep an Alpaca prompt's format (and fields) in meta
+        meta["prompt_format"] = "text"
+    return _need_str(src, line, row, key)
+
+
+def _row_meta(src: str, line: int, row: Any) -> dict[str, Any]:
+    """The row's own ``meta`` (copied). The fields parsed from the row itself are set after it, so they win:
+    a stale ``meta.prompt_format`` cannot contradict the prompt that is there."""
     if not isinstance(row, dict):
         raise RecordError(src, line, None, f"expected an object, got {type(row).__name__}")
     meta = row.get("meta") or {}
     if not isinstance(meta, dict):
         raise RecordError(src, line, "meta", "expected an object")
-    meta = dict(meta)
+    return dict(meta)
+
+
+def to_preference(src: str, line: int, row: Any) -> PreferenceRecord:
+    """Normalise one raw row in any supported format; raise ``RecordError`` naming the bad field."""
+    meta = _row_meta(src, line, row)
     chosen, chosen_ctx = _completion(src, line, row, "chosen")
     rejected, rejected_ctx = _completion(src, line, row, "rejected")
     if "prompt" in row:
-        if isinstance(row["prompt"], list):
-            prompt: Any = _messages(src, line, "prompt", row["prompt"])
-            meta.setdefault("prompt_format", "chat")
-        else:
-            prompt = _need_str(src, line, row, "prompt")
-            meta.setdefault("prompt_format", "text")
+        prompt = _text_or_chat(src, line, row, "prompt", meta)
     elif "instruction" in row:
-        instruction = _need_str(src, line, row, "instruction")
-        input_text = row.get("input") or ""
-        if not isinstance(input_text, str):
-            raise RecordError(src, line, "input", f"expected a string, got {type(input_text).__name__}")
-        prompt = alpaca_prompt(instruction, input_text)
-        meta.setdefault("prompt_format", "alpaca")
-        meta.setdefault("instruction", instruction)
-        meta.setdefault("input", input_text)
+        prompt = _alpaca(src, line, row, meta)
         if isinstance(row.get("output"), str):
             meta.setdefault("output", row["output"])
     elif chosen_ctx is not None and rejected_ctx is not None:
@@ -234,7 +248,7 @@ def to_preference(src: str, line: int, row: Any) -> PreferenceRecord:
             raise RecordError(src, line, "chosen", "conversations without a 'prompt' must share their turns "
                                                    "up to the last answer")
         prompt = chosen_ctx
-        meta.setdefault("prompt_format", "chat")
+        meta["prompt_format"] = "chat"
     else:
         raise RecordError(src, line, "prompt", "missing (no 'prompt', 'instruction' or shared conversation)")
     rid = row.get("id")
@@ -245,41 +259,59 @@ def to_preference(src: str, line: int, row: Any) -> PreferenceRecord:
     return PreferenceRecord(id=str(rid), prompt=prompt, chosen=chosen, rejected=rejected, meta=meta)
 
 
+KNOWN_GOOD_KEYS = ("known_good", "reference", "output")  # where a prompt row may carry its known-good answer
+
+
 def to_prompt(src: str, line: int, row: Any) -> PromptRecord:
     """Normalise one prompt row: Alpaca (``instruction``/``input``/``output``), ``prompt`` (+ optional
-    ``reference``/``output``), or chat ``messages``."""
-    if not isinstance(row, dict):
-        raise RecordError(src, line, None, f"expected an object, got {type(row).__name__}")
-    meta = dict(row.get("meta") or {})
-    reference = None
+    ``known_good``/``reference``/``output``), or chat ``messages``."""
+    meta = _row_meta(src, line, row)
+    known_good = None
     if "instruction" in row:
-        instruction = _need_str(src, line, row, "instruction")
-        input_text = row.get("input") or ""
-        if not isinstance(input_text, str):
-            raise RecordError(src, line, "input", f"expected a string, got {type(input_text).__name__}")
-        prompt: Any = alpaca_prompt(instruction, input_text)
-        meta.update(prompt_format="alpaca", instruction=instruction, input=input_text)
+        prompt: Any = _alpaca(src, line, row, meta)
         if row.get("output") is not None:
-            reference = _need_str(src, line, row, "output", allow_empty=True) or None
+            known_good = _need_str(src, line, row, "output", allow_empty=True) or None
     elif "prompt" in row:
-        if isinstance(row["prompt"], list):
-            prompt = _messages(src, line, "prompt", row["prompt"])
-            meta.setdefault("prompt_format", "chat")
-        else:
-            prompt = _need_str(src, line, row, "prompt")
-            meta.setdefault("prompt_format", "text")
-        for key in ("reference", "output"):
-            if row.get(key) is not None:
-                reference = _need_str(src, line, row, key, allow_empty=True) or None
-                break
+        prompt = _text_or_chat(src, line, row, "prompt", meta)
+        key = next((k for k in KNOWN_GOOD_KEYS if row.get(k) is not None), None)
+        if key is not None:
+            known_good = _need_str(src, line, row, key, allow_empty=True) or None
     elif "messages" in row:
         prompt = _messages(src, line, "messages", row["messages"])
-        meta.setdefault("prompt_format", "chat")
+        meta["prompt_format"] = "chat"
     else:
         raise RecordError(src, line, "prompt", "missing (expected 'instruction', 'prompt' or 'messages')")
     rid = row.get("id")
     rid = stable_id(prompt) if rid is None else str(rid)
-    return PromptRecord(id=rid, prompt=prompt, reference=reference, meta=meta)
+    return PromptRecord(id=rid, prompt=prompt, known_good=known_good, meta=meta)
+
+
+R = TypeVar("R", PreferenceRecord, PromptRecord)
+
+
+def _load(source: str | Path, parse: Callable[[str, int, Any], R], *, skip_bad: bool,
+          drop: Callable[[R], str | None], duplicate: str) -> tuple[list[R], LoadReport]:
+    """Parse every row; bad ones are collected (``DataError`` unless ``skip_bad``), ``drop(record)`` names a
+    reason to leave a record out (counted), repeated ids are dropped and counted as ``duplicate``."""
+    report = LoadReport(source=str(source))
+    records: list[R] = []
+    seen: set[str] = set()
+    for src, line, row in iter_rows(source):
+        try:
+            rec = parse(src, line, row)
+        except RecordError as err:
+            report.errors.append(err)
+            continue
+        why = drop(rec) or (duplicate if rec.id in seen else None)
+        if why:
+            report.dropped[why] += 1
+            continue
+        seen.add(rec.id)
+        records.append(rec)
+    report.kept = len(records)
+    if report.errors and not skip_bad:
+        raise DataError(report.errors)
+    return records, report
 
 
 def load_preferences(source: str | Path, *, skip_bad: bool = False) -> tuple[list[PreferenceRecord], LoadReport]:
@@ -288,55 +320,22 @@ def load_preferences(source: str | Path, *, skip_bad: bool = False) -> tuple[lis
     Bad records raise ``DataError`` listing every one (file, line, field) unless ``skip_bad``, in which case
     they are counted in the report. Identical chosen/rejected pairs and repeated ids are dropped and counted.
     """
-    report = LoadReport(source=str(source))
-    records: list[PreferenceRecord] = []
-    seen: set[str] = set()
-    for src, line, row in iter_rows(source):
-        try:
-            rec = to_preference(src, line, row)
-        except RecordError as err:
-            report.errors.append(err)
-            continue
-        if rec.chosen.strip() == rec.rejected.strip():
-            report.dropped["chosen identical to rejected"] += 1
-            continue
-        if rec.id in seen:
-            report.dropped["duplicate id"] += 1
-            continue
-        seen.add(rec.id)
-        records.append(rec)
-    report.kept = len(records)
-    if report.errors and not skip_bad:
-        raise DataError(report.errors)
-    return records, report
+    return _load(source, to_preference, skip_bad=skip_bad,
+                 drop=lambda r: "chosen identical to rejected" if r.chosen.strip() == r.rejected.strip() else None,
+                 duplicate="duplicate id")
 
 
-def load_prompts(source: str | Path, *, skip_bad: bool = False) -> tuple[list[PromptRecord], LoadReport]:
-    """Load prompts for generation or evaluation; repeated prompts are dropped and counted."""
-    report = LoadReport(source=str(source))
-    records: list[PromptRecord] = []
-    seen: set[str] = set()
-    for src, line, row in iter_rows(source):
-        try:
-            rec = to_prompt(src, line, row)
-        except RecordError as err:
-            report.errors.append(err)
-            continue
-        if rec.id in seen:
-            report.dropped["duplicate prompt"] += 1
-            continue
-        seen.add(rec.id)
-        records.append(rec)
-    report.kept = len(records)
-    if report.errors and not skip_bad:
-        raise DataError(report.errors)
+def load_prompts(source: str | Path, *, skip_bad: bool = False, limit: int = 0) -> tuple[list[PromptRecord],
+                                                                                          LoadReport]:
+    """Load prompts for generation or evaluation (the first ``limit`` when > 0); a repeated prompt is dropped
+    and counted, and an empty set is an error naming the source."""
+    records, report = _load(source, to_prompt, skip_bad=skip_bad, drop=lambda r: None, duplicate="duplicate prompt")
+    records = records[:limit] if limit else records
+    if not records:
+        raise DataError([RecordError(str(source), None, None, "no prompts in it")])
     return records, report
 
 
 def preference_to_prompt(rec: PreferenceRecord) -> PromptRecord:
-    """The prompt side of a pair (held-out evaluation uses pairs' prompts); the reference is the chosen answer."""
-    return PromptRecord(id=rec.id, prompt=rec.prompt, reference=rec.chosen, meta=dict(rec.meta))
-
-
-def as_rows(records: Iterable[PreferenceRecord | PromptRecord]) -> list[dict[str, Any]]:
-    return [r.to_json() for r in records]
+    """The prompt side of a pair (held-out evaluation uses pairs' prompts); its known-good answer is the chosen."""
+    return PromptRecord(id=rec.id, prompt=rec.prompt, known_good=rec.chosen, meta=dict(rec.meta))

@@ -83,7 +83,7 @@ def test_prompts_from_text_and_alpaca(tmp_path: Path) -> None:
     alp = tmp_path / "a.json"
     alp.write_text(json.dumps([{"instruction": "Add.", "input": "1+1", "output": "2"}]))
     (rec,), _ = load_prompts(alp)
-    assert rec.prompt == alpaca_prompt("Add.", "1+1") and rec.reference == "2"
+    assert rec.prompt == alpaca_prompt("Add.", "1+1") and rec.known_good == "2"
 
 
 def test_hf_dataset_folder(tmp_path: Path) -> None:

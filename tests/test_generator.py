@@ -63,16 +63,16 @@ def test_rewrite_pairs_cleaned_oriented_and_resumable(ollama_server: Any, tmp_pa
     assert summary.failed == 0 and report.kept == 15
     by_source = {p.meta["source_id"]: p for p in pairs}
     for rec in prompts:
-        if "Ottawa" in rec.reference:
+        if "Ottawa" in rec.known_good:
             assert rec.id not in by_source
             continue
         pair = by_source[rec.id]
         assert pair.id == pair_id(rec, cfg) and pair.prompt == rec.prompt
         if pair.meta["direction"] == "polite":  # the rewrite is better: chosen, cleaned of preamble and quotes
-            assert (pair.chosen, pair.rejected) == (f"Kindly note: {rec.reference}", rec.reference)
+            assert (pair.chosen, pair.rejected) == (f"Kindly note: {rec.known_good}", rec.known_good)
             assert pair.meta["cleaned"] and pair.meta["raw"].startswith("Here is")
         else:  # the original is better
-            assert (pair.chosen, pair.rejected) == (rec.reference, f"{rec.reference} Obviously.")
+            assert (pair.chosen, pair.rejected) == (rec.known_good, f"{rec.known_good} Obviously.")
         assert pair.meta["model"] == MODEL and pair.meta["strategy"] == "rewrite" and pair.meta["time"]
         assert pair.meta["settings"]["seed"] == 123 and pair.meta["prompt_format"] == "alpaca"
     directions = {p.meta["direction"] for p in pairs}

@@ -73,7 +73,7 @@ def test_direction_is_seeded_per_prompt_and_balanced() -> None:
 
 
 def test_verbatim_prompt_matches_the_notebook() -> None:
-    rec = PromptRecord(id="x", prompt="", reference="He goes to the park every day.",
+    rec = PromptRecord(id="x", prompt="", known_good="He goes to the park every day.",
                        meta={"prompt_format": "alpaca", "instruction": "Edit the following sentence for grammar.",
                              "input": "He go to the park every day."})
     expected = ("Given the input `Below is an instruction that describes a task. Write a response that "
@@ -87,12 +87,12 @@ def test_verbatim_prompt_matches_the_notebook() -> None:
 
 
 def test_pair_ids_follow_prompt_and_shaping_settings_only() -> None:
-    rec = PromptRecord(id="a", prompt="Say hi.", reference="Hi.", meta={"prompt_format": "text"})
+    rec = PromptRecord(id="a", prompt="Say hi.", known_good="Hi.", meta={"prompt_format": "text"})
     base = GenerateConfig(source="s", output="o", model="ollama:llama3.1:70b")
     same = GenerateConfig(source="s2", output="o2", model="ollama:llama3.1:70b", concurrency=16, fsync=True)
     other = GenerateConfig(source="s", output="o", model="ollama:llama3.1:8b")
     assert pair_id(rec, base) == pair_id(rec, same) != pair_id(rec, other)
-    rec2 = PromptRecord(id="a", prompt="Say hi.", reference="Hello.", meta={"prompt_format": "text"})
+    rec2 = PromptRecord(id="a", prompt="Say hi.", known_good="Hello.", meta={"prompt_format": "text"})
     assert pair_id(rec, base) != pair_id(rec2, base)
 
 
@@ -129,11 +129,12 @@ def test_cli_settings_from_toml_flags_and_set(tmp_path: Path) -> None:
 def test_quickstart_prompts_load_with_short_answers() -> None:
     recs, report = load_prompts(QUICKSTART)
     assert len(recs) == 40 and report.kept == 40 and not report.dropped
-    assert all(r.reference and len(r.reference) < 120 for r in recs)
+    assert all(r.known_good and len(r.known_good) < 120 for r in recs)
 
 
 def test_rewrite_budget_and_loop_detection(seed_prefs_path: Path) -> None:
-    from generator.rewrite import degenerate, rewrite_budget
+    from generator.rewrite import rewrite_budget
+    from prefloop.text import repeats_itself as degenerate
 
     assert rewrite_budget("x" * 40, 512) == 84 and rewrite_budget("x" * 2000, 512) == 512
     assert degenerate("A more polite response would be: A more polite response would be: A more polite response")
@@ -147,7 +148,7 @@ def test_rewrite_budget_and_loop_detection(seed_prefs_path: Path) -> None:
 def test_recipe_prompt_styles() -> None:
     from generator.rewrite import build_messages
 
-    rec = PromptRecord(id="x", prompt="Say hi.", reference="Hi.", meta={"prompt_format": "text"})
+    rec = PromptRecord(id="x", prompt="Say hi.", known_good="Hi.", meta={"prompt_format": "text"})
     assert GenerateConfig(model="local:smollm2").rewrite_style == "fewshot"
     assert GenerateConfig(model="llama3.1:70b").rewrite_style == "clean"
     assert GenerateConfig(model="local:smollm2", recipe_prompt="verbatim").rewrite_style == "verbatim"

@@ -108,7 +108,7 @@ def test_loop_end_to_end_then_skip_then_rerun_only_what_changed(tmp_path, tiny_m
     assert len(heldout) == 4 and len(train_rows) == len(PROMPTS) - 4   # 25% of 12, raised to heldout_min
     held_keys = {split_key(r["prompt"]) for r in heldout}
     assert not held_keys & {split_key(r["prompt"]) for r in train_rows}   # held-out prompts never reach training
-    assert all(r["reference"] for r in heldout)                          # the dataset answer travels with them
+    assert all(r["known_good"] for r in heldout)                          # the dataset answer travels with them
     assert (run / "train" / "final" / "config.json").exists()
     metrics = read_jsonl(run / "train" / "metrics.jsonl")
     assert {m["split"] for m in metrics} == {"train", "eval"}

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from prefloop.report import Report, fmt, pct, plot_training_metrics, plot_win_rates, read_metrics
+from judge.report import plot_win_rates
+from prefloop.report import Report, fmt, pct
+from trainer.report import plot_training_metrics, read_metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -27,8 +29,8 @@ def _metrics_file(tmp_path: Path, steps: int = 12) -> Path:
         lines.append({"step": step, "epoch": step / steps, "split": "train", "loss": 0.69 - 0.02 * step,
                       "rewards/margins": 0.05 * step, "rewards/accuracies": min(1.0, 0.4 + 0.05 * step),
                       "logps/chosen": -40 + step * 0.1, "logps/rejected": -40 - step * 0.3})
-        if step % 4 == 0:  # TRL's spelling for eval rows, no split key
-            lines.append({"step": step, "eval_loss": 0.7 - 0.015 * step, "eval_rewards/margins": 0.04 * step})
+        if step % 4 == 0:
+            lines.append({"step": step, "split": "eval", "loss": 0.7 - 0.015 * step, "rewards/margins": 0.04 * step})
     text = "\n".join(json.dumps(row) for row in lines) + "\n" + '{"step": 13, "loss": 0.'  # torn last line
     path.write_text(text)
     return path
@@ -93,7 +95,7 @@ def test_images_embedded_or_linked(tmp_path):
     assert "missing image" in report.to_html(tmp_path)
 
 
-def test_read_metrics_folds_eval_names_and_skips_torn_tail(tmp_path):
+def test_read_metrics_keeps_train_and_eval_rows_and_skips_torn_tail(tmp_path):
     rows = read_metrics(_metrics_file(tmp_path))
     assert len(rows) == 15
     evals = [r for r in rows if r["split"] == "eval"]
@@ -127,7 +129,7 @@ def test_extend_nests_headings():
 
 
 def test_repetition_detector():
-    from prefloop.loop_report import repeats_itself
+    from prefloop.text import repeats_itself
 
     assert repeats_itself("I hope this helps: I hope this helps: I hope this helps: She walks.")
     assert not repeats_itself("The largest planet in our solar system is Jupiter, and it is a gas giant.")

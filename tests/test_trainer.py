@@ -17,7 +17,8 @@ from prefloop.config import ConfigError
 from prefloop.jsonl import read_jsonl
 from trainer.config import TrainConfig, load_train_config
 from trainer.dpo import DPOObjective, train
-from trainer.loop import TrainError, run
+from trainer.data import TrainError, TrainItem
+from trainer.loop import run
 from trainer.refcache import load_or_compute, model_digest
 from trainer.sft import train_sft
 from trainer.tokenize import tokenize_records
@@ -80,7 +81,7 @@ def test_reference_cache_hit_miss_and_key(tiny_model_dir: Path, pairs_path: Path
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     rows = read_jsonl(pairs_path)[:6]
-    items = [(r["id"], r["prompt"], {}, "text", [r["chosen"], r["rejected"]]) for r in rows]
+    items = [TrainItem(r["id"], r["prompt"], [r["chosen"], r["rejected"]]) for r in rows]
     examples, _ = tokenize_records(tok, items, prompt_format="auto", max_length=64, max_prompt_length=None)
     root = tmp_path / "rc"
     ref1, n1, path1 = load_or_compute(model, examples, tok.pad_token_id, batch_size=4, dtype="fp32", root=root)
@@ -92,7 +93,7 @@ def test_reference_cache_hit_miss_and_key(tiny_model_dir: Path, pairs_path: Path
     sums, _ = ref1.lookup([e.id for e in examples])
     torch.testing.assert_close(sums, naive_logps(model, examples)[0], atol=1e-4, rtol=1e-5)
     # new data: only the new example is computed; changed tokens change the key
-    more = [(r["id"], r["prompt"], {}, "text", [r["chosen"], r["rejected"]]) for r in read_jsonl(pairs_path)[6:7]]
+    more = [TrainItem(r["id"], r["prompt"], [r["chosen"], r["rejected"]]) for r in read_jsonl(pairs_path)[6:7]]
     extra, _ = tokenize_records(tok, more, prompt_format="auto", max_length=64, max_prompt_length=None)
     _, n, _ = load_or_compute(model, examples + extra, tok.pad_token_id, batch_size=4, dtype="fp32", root=root)
     assert n == 1
@@ -243,10 +244,9 @@ def test_sft_lowers_the_response_nll(tiny_model_dir: Path, tmp_path: Path) -> No
             for i in range(8)]
     data.write_text(json.dumps(rows))
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    items = [(str(i), r, {"prompt_format": "alpaca", "instruction": r["instruction"], "input": ""}, "alpaca",
-              [r["output"]]) for i, r in enumerate(rows)]
     from prefloop.templates import alpaca_prompt
-    items = [(i, alpaca_prompt(r["instruction"]), m, f, c) for i, r, m, f, c in items]
+    items = [TrainItem(str(i), alpaca_prompt(r["instruction"]), [r["output"]], "alpaca",
+                       {"instruction": r["instruction"], "input": ""}) for i, r in enumerate(rows)]
     examples, _ = tokenize_records(tok, items, prompt_format="auto", max_length=128, max_prompt_length=None)
     from trainer.logps import naive_logps
 

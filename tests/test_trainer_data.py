@@ -9,6 +9,7 @@ import torch
 
 from trainer.logps import naive_logps, packed_logps
 from trainer.packing import epoch_batches, pack
+from trainer.data import TrainItem
 from trainer.tokenize import Example, TokenizeReport, render_prompt, tokenize_example, tokenize_records
 
 
@@ -69,8 +70,8 @@ def test_formats_auto_and_forced(tok) -> None:
     assert render_prompt(alpaca, meta, "alpaca", "alpaca") == alpaca
     assert render_prompt(alpaca, meta, "alpaca", "chat") == [{"role": "user", "content": "Add 2 and 2."}]
     assert render_prompt("Hi", {}, "text", "alpaca").endswith("### Instruction:\nHi\n\n### Response:\n")
-    items = [("a", "Hi there\n", {}, "text", ["yo", "no"]),
-             ("b", [{"role": "user", "content": "Hey"}], {}, "chat", ["yo", "no"])]
+    items = [TrainItem("a", "Hi there\n", ["yo", "no"], "text"),
+             TrainItem("b", [{"role": "user", "content": "Hey"}], ["yo", "no"], "chat")]
     _, report = tokenize_records(tok, items, prompt_format="auto", max_length=64, max_prompt_length=None)
     assert dict(report.formats) == {"text": 1, "chat": 1}
     _, forced = tokenize_records(tok, items, prompt_format="chat", max_length=64, max_prompt_length=None)
@@ -107,8 +108,8 @@ def test_packed_mask_keeps_completions_apart(tok) -> None:
 
 
 def test_fast_path_matches_naive_full_forward(tok, model) -> None:
-    items = [(str(i), f"Question number {i}: what is {i} plus {i}?\n", {}, "text",
-              [f"It is {2 * i}." * (1 + i % 3), f"No idea, maybe {i}."]) for i in range(6)]
+    items = [TrainItem(str(i), f"Question number {i}: what is {i} plus {i}?\n",
+                       [f"It is {2 * i}." * (1 + i % 3), f"No idea, maybe {i}."]) for i in range(6)]
     examples, _ = tokenize_records(tok, items, prompt_format="auto", max_length=128, max_prompt_length=None)
     with torch.no_grad():
         fast, counts = packed_logps(model, pack(examples, tok.pad_token_id))
@@ -118,7 +119,7 @@ def test_fast_path_matches_naive_full_forward(tok, model) -> None:
 
 
 def test_fast_path_gradient_matches_naive(tok, model) -> None:
-    items = [(str(i), f"Tell me about item {i}.\n", {}, "text", [f"Item {i} is fine.", "Nope."]) for i in range(3)]
+    items = [TrainItem(str(i), f"Tell me about item {i}.\n", [f"Item {i} is fine.", "Nope."]) for i in range(3)]
     examples, _ = tokenize_records(tok, items, prompt_format="auto", max_length=64, max_prompt_length=None)
     w = model.get_output_embeddings().weight
     model.zero_grad()

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import argparse
 
-from trainer.cli import FLAGS, add_common, run_command
+from trainer import cli
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common(parser, FLAGS)
+    cli.add_arguments(parser, sft=True)
 
 
 def main(args: argparse.Namespace) -> int:
-    return run_command(args, FLAGS, sft=True)
+    return cli.main(args, sft=True)

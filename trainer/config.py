@@ -7,66 +7,75 @@ Filled from the ``[train]`` section of a TOML file, ``--set key=value`` override
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from prefloop.config import ConfigError, load_section
+from prefloop.config import ConfigError, check_choices, load_section, setting
+from prefloop.models import DTYPES, normalize_dtype
 
 LOSS_TYPES = ("sigmoid", "cdpo", "ipo", "hinge", "robust")
 SCHEDULES = ("constant", "linear", "cosine")
 REFERENCES = ("cached", "model")
 PROMPT_FORMATS = ("auto", "text", "chat", "alpaca")
-DTYPES = ("fp32", "bf16")
 
 
 @dataclass
 class TrainConfig:
     """Everything a DPO (or SFT) run needs. Defaults follow TRL's DPOConfig where it has one."""
 
-    model: str = "smollm2"                # HF folder, Hub name, .gguf file or the embedded alias
-    data: str = ""                        # preference pairs (DPO) or prompt/response rows (SFT)
-    output_dir: str = "runs/train"
-    eval_data: str | None = None          # held-out pairs; else `eval_split` of `data` is held out
-    eval_split: float = 0.0               # fraction of `data` held out for evaluation (0: no eval)
+    model: str = setting("smollm2", "the SFT model: a folder, Hub name, .gguf file or 'smollm2' (the embedded "
+                                    "SmolLM2-135M-Instruct)")
+    data: str = setting("", "preference pairs (DPO) or prompt/response rows (SFT): JSONL/JSON/dataset",
+                        runtime=True)
+    output_dir: str = setting("runs/train", "where metrics, checkpoints and the final model go", runtime=True,
+                              flag="--output", short="-o", aliases=("--output-dir",))
+    eval_data: str | None = setting(None, "held-out pairs (else --eval-split of --data)", runtime=True)
+    eval_split: float = setting(0.0, "fraction of --data held out for evaluation (0: no eval)")
     # objective
-    beta: float = 0.1                     # DPO's β: strength of the KL anchor to the reference
-    loss_type: str = "sigmoid"            # sigmoid | cdpo | ipo | hinge | robust
-    label_smoothing: float = 0.0          # ε for cdpo and robust: assumed rate of flipped labels
-    rpo_alpha: float = 0.0                # weight of an NLL term on the chosen answer (RPO); 0 = off
-    logp_average: bool = False            # mean of token log-probs (the seed recipe) instead of the sum (DPO paper)
-    reference: str = "cached"             # cached: log-probs computed once, on disk | model: frozen copy in memory
+    beta: float = setting(0.1, "DPO's β: strength of the KL anchor to the reference (> 0)")
+    loss_type: str = setting("sigmoid", "preference loss", choices=LOSS_TYPES)
+    label_smoothing: float = setting(0.0, "ε for cdpo and robust: assumed rate of flipped labels")
+    rpo_alpha: float = setting(0.0, "weight of an NLL term on the chosen answer (RPO); 0 = off")
+    logp_average: bool = setting(False, "mean of token log-probs (the seed recipe) instead of the sum (DPO paper)")
+    reference: str = setting("cached", "the reference model: cached (log-probs computed once, on disk) or model "
+                                       "(a frozen copy in memory)", choices=REFERENCES)
     # optimisation
-    lr: float = 1e-6
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    warmup_ratio: float = 0.0
-    schedule: str = "linear"              # constant | linear | cosine (after warmup)
-    batch_size: int = 8                   # pairs per micro-batch
-    grad_accum: int = 1                   # micro-batches per optimizer step
-    max_grad_norm: float = 1.0            # 0 disables clipping
-    epochs: float = 1.0
-    max_steps: int = 0                    # > 0 overrides epochs
-    seed: int = 42
-    dtype: str = "fp32"                   # fp32 | bf16 (autocast; weights stay fp32)
-    device: str = "auto"                  # auto (a CUDA GPU when present, else CPU) | cpu | cuda | cuda:N | mps
-    gradient_checkpointing: bool = False
+    lr: float = setting(1e-6, "peak learning rate")
+    weight_decay: float = setting(0.0, "AdamW weight decay (not on biases and norms)")
+    warmup_steps: int = setting(0, "linear warmup steps")
+    warmup_ratio: float = setting(0.0, "warmup as a share of the steps (when warmup_steps is 0)")
+    schedule: str = setting("linear", "learning-rate schedule after warmup", choices=SCHEDULES)
+    batch_size: int = setting(8, "pairs (or examples) per micro-batch")
+    grad_accum: int = setting(1, "micro-batches per optimizer step")
+    max_grad_norm: float = setting(1.0, "gradient clipping norm (0 disables clipping)")
+    epochs: float = setting(1.0, "passes over the data")
+    max_steps: int = setting(0, "optimizer steps (> 0 overrides --epochs)")
+    seed: int = setting(42, "random seed (data order and initialisation)")
+    dtype: str = setting("fp32", "compute dtype: bf16 autocast (weights stay fp32) or fp32", choices=DTYPES)
+    device: str = setting("auto", "auto (a CUDA GPU when present, else the CPU) | cpu | cuda | cuda:N | mps",
+                          runtime=True)
+    gradient_checkpointing: bool = setting(False, "recompute activations in backward (less memory, same "
+                                                  "losses)", runtime=True)
     # data
-    max_length: int = 1024                # prompt + completion tokens per sequence
-    max_prompt_length: int | None = None  # prompts longer than this are skipped (None: only max_length applies)
-    prompt_format: str = "auto"           # auto (follow the data) | text | chat | alpaca
-    group_by_length: bool = True          # batch pairs of similar length (less padding); order stays random
-    shuffle: bool = True
+    max_length: int = setting(1024, "prompt + completion tokens per sequence")
+    max_prompt_length: int | None = setting(None, "skip pairs whose prompt is longer (default: only max_length "
+                                                  "applies)")
+    prompt_format: str = setting("auto", "auto (follow the data) | text | chat | alpaca", choices=PROMPT_FORMATS)
+    group_by_length: bool = setting(True, "batch pairs of similar length (less padding); order stays random")
+    shuffle: bool = setting(True, "shuffle the data each epoch")
     # bookkeeping
-    eval_every: int = 0                   # optimizer steps between evaluations (0: only at the end when eval data)
-    save_every: int = 0                   # optimizer steps between checkpoints (0: none until the end)
-    keep_checkpoints: int = 2
-    log_every: int = 1
-    resume: bool = False                  # continue from the newest checkpoint in output_dir
-    stuck_steps: int = 20                 # warn when the loss sits at its zero-margin value this many steps
-    threads: int = 0                      # torch threads (0: torch's default)
-    live: bool = True                     # rich live view on a terminal
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes copied into the run record
+    eval_every: int = setting(0, "optimizer steps between evaluations (0: only at the end, when there is "
+                                 "eval data)")
+    save_every: int = setting(0, "optimizer steps between checkpoints (0: none until the end)", runtime=True)
+    keep_checkpoints: int = setting(2, "checkpoints kept (the newest)", runtime=True)
+    log_every: int = setting(1, "optimizer steps between metric lines", runtime=True)
+    resume: bool = setting(False, "continue from the newest checkpoint in --output", runtime=True)
+    stuck_steps: int = setting(20, "warn when the loss sits at its zero-margin value this many steps",
+                               runtime=True)
+    threads: int = setting(0, "torch CPU threads (0: torch's default)", runtime=True)
+    live: bool = setting(True, "rich live view on a terminal (--no-live: plain lines)", runtime=True)
+    extra: dict[str, Any] = setting(help="free-form notes copied into the run record", factory=dict,
+                                    runtime=True, flag=False)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -78,12 +87,8 @@ class TrainConfig:
 
         if self.beta <= 0:
             bad("beta", f"must be > 0, got {self.beta} (β = 0 removes the KL anchor and DPO diverges)")
-        for name, value, allowed in (("loss_type", self.loss_type, LOSS_TYPES), ("schedule", self.schedule, SCHEDULES),
-                                     ("reference", self.reference, REFERENCES),
-                                     ("prompt_format", self.prompt_format, PROMPT_FORMATS),
-                                     ("dtype", self.dtype, DTYPES)):
-            if value not in allowed:
-                bad(name, f"{value!r} is not one of {', '.join(allowed)}")
+        self.dtype = normalize_dtype(self.dtype)
+        check_choices(self, "train.")
         if not 0.0 <= self.label_smoothing < 0.5:
             bad("label_smoothing", f"must be in [0, 0.5), got {self.label_smoothing}")
         if self.rpo_alpha < 0:
@@ -108,10 +113,6 @@ class TrainConfig:
             bad("epochs", "set epochs > 0 or max_steps > 0")
         if self.max_prompt_length is not None and not 1 <= self.max_prompt_length < self.max_length:
             bad("max_prompt_length", f"must be in [1, max_length={self.max_length}), got {self.max_prompt_length}")
-
-    @property
-    def output_path(self) -> Path:
-        return Path(self.output_dir)
 
 
 def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None,

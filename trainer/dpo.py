@@ -12,26 +12,14 @@ from typing import Any
 
 import torch
 
-from prefloop.sources import DataError, load_preferences
 from trainer.config import TrainConfig
+from trainer.data import TrainError, TrainItem, load_data, load_pairs
 from trainer.logps import packed_logps
 from trainer.losses import chosen_nll, logratio_margin, preference_loss
-from trainer.loop import Item, TrainError, TrainResult, load_data, run
-from trainer.metrics import LiveView
+from trainer.loop import Objective, TrainResult, run
 from trainer.packing import PackedBatch
 from trainer.refcache import RefLogps, load_or_compute
 from trainer.tokenize import Example
-
-
-def load_pairs(source: str) -> tuple[list[Item], list[str]]:
-    """Preference pairs as loop items; bad records raise ``TrainError`` listing file, line and field."""
-    try:
-        records, report = load_preferences(source)
-    except (DataError, ValueError) as exc:
-        raise TrainError(str(exc)) from None
-    items = [(r.id, r.prompt, r.meta, r.prompt_format, [r.chosen, r.rejected]) for r in records]
-    return items, [report.summary()]
-
 
 def dpo_loss(cfg: TrainConfig, sums: torch.Tensor, counts: torch.Tensor, ref_sums: torch.Tensor
              ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -66,7 +54,7 @@ def dpo_loss(cfg: TrainConfig, sums: torch.Tensor, counts: torch.Tensor, ref_sum
     return loss, metrics
 
 
-class DPOObjective:
+class DPOObjective(Objective):
     name = "dpo"
 
     def __init__(self, cfg: TrainConfig, ref_model: Any = None) -> None:
@@ -74,11 +62,10 @@ class DPOObjective:
         self.ref: RefLogps | None = None
         self.ref_model = ref_model
 
-    def load(self, cfg: TrainConfig) -> tuple[list[Item], list[Item] | None, list[str]]:
+    def load(self, cfg: TrainConfig) -> tuple[list[TrainItem], list[TrainItem] | None, list[str]]:
         return load_data(cfg, load_pairs, "preference data (a JSONL/JSON file, dataset folder or name)")
 
-    def prepare(self, model: Any, tokenizer: Any, train: list[Example], held_out: list[Example],
-                view: LiveView) -> list[str]:
+    def prepare(self, model: Any, tokenizer: Any, train: list[Example], held_out: list[Example]) -> list[str]:
         if self.ref_model is model:
             raise TrainError("the reference model is the policy object itself: its log-ratios would stay 0 and "
                              "DPO would not learn; pass a frozen copy or use reference = 'cached'")

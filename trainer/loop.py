@@ -14,38 +14,42 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from trainer.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
-from trainer.metrics import Averager, LiveView, finite, open_metrics
+from trainer.data import TrainError, TrainItem, split_items
 from trainer.logps import autocast, cpu_has_fast_bf16, resolve_device
+from trainer.metrics import Averager, LiveView, open_metrics
 from trainer.optim import make_optimizer, make_scheduler
 from trainer.packing import PackedBatch, epoch_batches, pack
 from trainer.tokenize import Example, TokenizeReport, tokenize_records
 
-Item = tuple[str, Any, dict[str, Any], str, list[str]]  # (id, prompt, meta, record format, completions)
 
+class Objective:
+    """What an objective gives the loop: its data, an optional preparation (DPO: reference log-probs), and the
+    loss of one packed batch. The defaults are what an objective without these needs (SFT)."""
 
-class TrainError(RuntimeError):
-    """A run that cannot start or must stop; the message says why and what to change."""
+    name = "objective"
 
+    def load(self, cfg: TrainConfig) -> tuple[list[TrainItem], list[TrainItem] | None, list[str]]:
+        raise NotImplementedError
 
-class Objective(Protocol):
-    name: str
+    def prepare(self, model: Any, tokenizer: Any, train: list[Example], held_out: list[Example]) -> list[str]:
+        """Work before the first step; returns lines to print."""
+        return []
 
-    def load(self, cfg: TrainConfig) -> tuple[list[Item], list[Item] | None, list[str]]: ...
+    def loss(self, model: Any, batch: PackedBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
 
-    def prepare(self, model: Any, tokenizer: Any, train: list[Example], held_out: list[Example],
-                view: LiveView) -> list[str]: ...
+    def is_stuck(self, row: dict[str, float]) -> bool:
+        """Whether a logged step shows no learning (counted to warn after ``stuck_steps`` in a row)."""
+        return False
 
-    def loss(self, model: Any, batch: PackedBatch) -> tuple[torch.Tensor, dict[str, float]]: ...
-
-    def is_stuck(self, row: dict[str, float]) -> bool: ...
-
-    def stuck_message(self, steps: int) -> str: ...
+    def stuck_message(self, steps: int) -> str:
+        return ""
 
 
 @dataclass
@@ -62,35 +66,15 @@ class TrainResult:
     last_checkpoint: Path | None = None
 
     @property
+    def completed(self) -> bool:
+        return self.stopped_reason == "completed"
+
+    @property
     def tokens_per_second(self) -> float:
         return self.train_tokens / self.loop_seconds if self.loop_seconds else 0.0
 
 
-def load_data(cfg: TrainConfig, loader: Any, what: str) -> tuple[list[Item], list[Item] | None, list[str]]:
-    """Training items from ``cfg.data`` and held-out ones from ``cfg.eval_data`` (when given) through ``loader``,
-    which returns ``(items, notes)``; ``what`` names the data in the error when none is given."""
-    if not cfg.data:
-        raise TrainError(f"train.data: no {what} given")
-    items, notes = loader(cfg.data)
-    held = None
-    if cfg.eval_data:
-        held, more = loader(cfg.eval_data)
-        notes += more
-    return items, held, notes
-
-
-def split_items(items: list[Item], fraction: float, seed: int) -> tuple[list[Item], list[Item]]:
-    """Hold out ``fraction`` of the items, chosen by a seeded shuffle (same seed, same split)."""
-    if fraction <= 0:
-        return items, []
-    order = list(range(len(items)))
-    random.Random(seed).shuffle(order)
-    n_eval = max(1, round(fraction * len(items)))
-    held = set(order[:n_eval])
-    return [it for i, it in enumerate(items) if i not in held], [it for i, it in enumerate(items) if i in held]
-
-
-def _tokenize(tokenizer: Any, items: list[Item], cfg: TrainConfig) -> tuple[list[Example], TokenizeReport]:
+def _tokenize(tokenizer: Any, items: list[TrainItem], cfg: TrainConfig) -> tuple[list[Example], TokenizeReport]:
     try:
         return tokenize_records(tokenizer, items, prompt_format=cfg.prompt_format, max_length=cfg.max_length,
                                 max_prompt_length=cfg.max_prompt_length)
@@ -98,7 +82,7 @@ def _tokenize(tokenizer: Any, items: list[Item], cfg: TrainConfig) -> tuple[list
         raise TrainError(str(exc)) from None
 
 
-def evaluate(objective: Objective, model: Any, examples: list[Example], cfg: TrainConfig, pad_id: int) -> dict:
+def eval_metrics(objective: Objective, model: Any, examples: list[Example], cfg: TrainConfig, pad_id: int) -> dict:
     """Mean metrics over the held-out examples, without gradients."""
     was_training = model.training
     model.eval()
@@ -150,7 +134,7 @@ def run(cfg: TrainConfig, objective: Objective, console: Any = None, *, model: A
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     if model is None:
-        model, _ = load_model(cfg.model, dtype="float32")
+        model, _ = load_model(cfg.model, dtype="fp32")  # weights stay fp32; bf16 is autocast
     device = resolve_device(cfg.device)
     if cfg.dtype == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
         console.print("[yellow]warning:[/] dtype bf16 on a CPU without bf16 instructions (AVX512-BF16/AMX) is "
@@ -181,9 +165,8 @@ def run(cfg: TrainConfig, objective: Objective, console: Any = None, *, model: A
             planned += 1
         e += 1
 
-    view = LiveView(console, 0, False)
     t_prep = time.perf_counter()
-    for line in objective.prepare(model, tokenizer, [train_ex[i] for i in sorted(used)], eval_ex, view):
+    for line in objective.prepare(model, tokenizer, [train_ex[i] for i in sorted(used)], eval_ex):
         console.print(line)
     prepare_seconds = time.perf_counter() - t_prep
     warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total)
@@ -216,7 +199,7 @@ def run(cfg: TrainConfig, objective: Objective, console: Any = None, *, model: A
     def do_eval() -> None:
         nonlocal last_eval
         row = {"step": step, "epoch": round(epoch + pos / len(groups), 4), "split": "eval",
-               **evaluate(objective, model, eval_ex, cfg, pad_id)}
+               **eval_metrics(objective, model, eval_ex, cfg, pad_id)}
         log.append(row)
         last_eval = step
         view.note(f"eval @ step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()
@@ -238,7 +221,7 @@ def run(cfg: TrainConfig, objective: Objective, console: Any = None, *, model: A
                 with autocast(cfg.dtype, device):
                     loss, metrics = objective.loss(model, batch)
                 value = loss.item()
-                if not finite(value):
+                if not math.isfinite(value):
                     bad = f"loss is {value}"
                     break
                 (loss / len(groups[pos])).backward()
@@ -248,7 +231,7 @@ def run(cfg: TrainConfig, objective: Objective, console: Any = None, *, model: A
             if bad is None:
                 max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-                if not finite(grad_norm):
+                if not math.isfinite(grad_norm):
                     bad = f"gradient norm is {grad_norm}"
             if bad is not None:
                 optimizer.zero_grad(set_to_none=True)
@@ -287,7 +270,7 @@ def run(cfg: TrainConfig, objective: Objective, console: Any = None, *, model: A
             do_eval()
 
     # 6. final model
-    if result.stopped_reason == "completed":
+    if result.completed:
         final = out / "final"
         model.save_pretrained(final, safe_serialization=True)
         tokenizer.save_pretrained(final)

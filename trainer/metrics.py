@@ -7,7 +7,6 @@ Names follow TRL (``loss``, ``rewards/chosen``, ``rewards/rejected``, ``rewards/
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -40,10 +39,6 @@ def open_metrics(path: Path, *, keep_until_step: int | None) -> JsonlAppender:
     elif keep_until_step is None and path.exists():
         path.unlink()
     return JsonlAppender(path)
-
-
-def finite(x: float) -> bool:
-    return not (math.isnan(x) or math.isinf(x))
 
 
 class LiveView:

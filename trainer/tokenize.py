@@ -21,15 +21,16 @@ prompt + completion fits ``max_length`` (TRL's ``keep_start``); such pairs are c
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefloop.models import common_prefix_length
 from prefloop.records import Prompt, prompt_text, user_message
 from prefloop.templates import alpaca_prompt, alpaca_user_turn
+
+if TYPE_CHECKING:
+    from trainer.data import TrainItem
 
 
 @dataclass
@@ -138,29 +139,21 @@ def tokenize_example(tokenizer: Any, rid: str, prompt: Prompt, completions: list
     return Example(id=rid, prompt_ids=prompt_ids, completions=comp_ids)
 
 
-def tokenize_records(tokenizer: Any, items: list[tuple[str, Prompt, dict[str, Any], str, list[str]]], *,
-                     prompt_format: str, max_length: int, max_prompt_length: int | None
-                     ) -> tuple[list[Example], TokenizeReport]:
-    """Tokenise ``(id, prompt, meta, record_format, completions)`` items; the report says what happened."""
+def tokenize_records(tokenizer: Any, items: "list[TrainItem]", *, prompt_format: str, max_length: int,
+                     max_prompt_length: int | None) -> tuple[list[Example], TokenizeReport]:
+    """Tokenise training items; the report says what happened."""
     report = TokenizeReport()
     examples: list[Example] = []
-    for rid, prompt, meta, record_format, completions in items:
-        fmt = choose_format(record_format, prompt_format)
+    for item in items:
+        fmt = choose_format(item.prompt_format, prompt_format)
         if fmt == "chat" and not getattr(tokenizer, "chat_template", None):
-            raise ValueError(f"record {rid}: prompt format 'chat' needs a tokenizer with a chat template; this "
+            raise ValueError(f"record {item.id}: prompt format 'chat' needs a tokenizer with a chat template; this "
                              "tokenizer has none (set prompt_format = 'text' or 'alpaca')")
         report.formats[fmt] += 1
-        ex = tokenize_example(tokenizer, rid, render_prompt(prompt, meta, record_format, fmt), completions,
-                              max_length=max_length, max_prompt_length=max_prompt_length, report=report)
+        prompt = render_prompt(item.prompt, item.meta, item.prompt_format, fmt)
+        ex = tokenize_example(tokenizer, item.id, prompt, item.completions, max_length=max_length,
+                              max_prompt_length=max_prompt_length, report=report)
         if ex is not None:
             examples.append(ex)
     report.kept = len(examples)
     return examples, report
-
-
-def examples_hash(examples: list[Example]) -> str:
-    """A digest of the token ids (and ids/order) of ``examples``: the data + tokenisation part of cache keys."""
-    h = hashlib.sha256()
-    for ex in examples:
-        h.update(json.dumps([ex.id, ex.prompt_ids, ex.completions], separators=(",", ":")).encode())
-    return h.hexdigest()
