@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from prefloop.files import atomic_write_text
+
 STATE_FILE = "state.json"
 STALE_DIR = "stale"
 _CHUNK = 1 << 20
@@ -32,17 +34,19 @@ _CHUNK = 1 << 20
 
 def canonical(obj: Any) -> str:
     """Canonical JSON for hashing: sorted keys, no whitespace; paths and tuples become strings and lists."""
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=_default)
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=jsonable)
 
 
-def _default(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """JSON for the values settings and results hold (``json.dumps(default=jsonable)``): paths as strings, sets
+    sorted, dataclasses as objects. Anything else is an error: a fingerprint must never depend on a repr."""
     if isinstance(obj, Path):
         return obj.as_posix()
     if isinstance(obj, (set, frozenset)):
         return sorted(obj)
     if hasattr(obj, "__dataclass_fields__"):
         return asdict(obj)
-    raise TypeError(f"cannot fingerprint {type(obj).__name__}")
+    raise TypeError(f"cannot write {type(obj).__name__} as JSON")
 
 
 def fingerprint(settings: Mapping[str, Any], inputs: Mapping[str, str] | None = None) -> str:
@@ -111,10 +115,8 @@ class RunState:
 
     def save(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
         body = {"stages": {name: asdict(rec) for name, rec in self.stages.items()}}
-        tmp.write_text(json.dumps(body, indent=2, ensure_ascii=False, default=_default) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(body, indent=2, ensure_ascii=False, default=jsonable) + "\n")
 
     def get(self, name: str) -> StageRecord | None:
         return self.stages.get(name)

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
+from prefloop.files import atomic_path
 from prefloop.records import RecordError
 
 
@@ -114,10 +115,6 @@ class JsonlAppender:
 
 def write_jsonl(path: str | Path, rows: list[Any]) -> None:
     """Write a whole file atomically (temp file + rename): for outputs that are replaced, not appended."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
-    os.replace(tmp, path)

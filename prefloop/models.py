@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from prefloop.files import atomic_path
 
 EMBEDDED_ALIASES = ("smollm2", "smollm2-135m", "smollm2-135m-instruct", "embedded", "default")
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
@@ -101,18 +101,13 @@ def convert_gguf(path: Path) -> Path:
     if missing or result.unexpected_keys:
         raise RuntimeError(f"{path}: GGUF conversion lost weights: missing {missing[:5]}, "
                            f"unexpected {result.unexpected_keys[:5]}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_path(target, folder=True) as tmp:
+            plain.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    except OSError:  # another process finished the same conversion first
+        if not (target / "config.json").exists():
+            raise
     return target
 
 

@@ -150,7 +150,7 @@ def test_resume_reproduces_the_uninterrupted_loss_sequence(tiny_model_dir: Path,
         run(cfg, CrashingDPO(cfg, at=8), quiet())
     assert [p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("step-")] == ["step-000002"]
     resumed = train(cfg_for(tiny_model_dir, pairs_path, out, resume=True, **kw), quiet())
-    assert resumed.steps == 4 and resumed.stopped_reason == "completed"
+    assert resumed.steps == 4 and resumed.complete
     assert losses(resumed.metrics_path) == losses(full.metrics_path)
     assert losses(resumed.metrics_path, "eval") == losses(full.metrics_path, "eval")
     assert len(losses(full.metrics_path)) == 6
@@ -181,7 +181,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_model_dir: Path, pai
     cfg = cfg_for(tiny_model_dir, pairs_path, out, max_steps=6, save_every=2)
     console = quiet()
     result = run(cfg, PoisonAfter(cfg, after=3), console)
-    assert "non-finite" in result.stopped_reason and "step 4" in result.stopped_reason
+    assert result.status == "failed" and "non-finite" in result.reason and "step 4" in result.reason
     assert result.final_model_dir is None and not (out / "final").exists()
     assert result.last_checkpoint is not None and result.last_checkpoint.name == "step-000002"
     from safetensors.torch import load_file
@@ -299,7 +299,7 @@ def test_smollm2_two_steps(seed_prefs_path: Path, tmp_path: Path) -> None:
     cfg = TrainConfig(model="smollm2", data=str(data), output_dir=str(tmp_path / "smol"), batch_size=2,
                       max_steps=2, lr=5e-6, max_length=256, live=False)
     result = train(cfg, quiet())
-    assert result.stopped_reason == "completed"
+    assert result.complete
     rows_logged = [r for r in read_jsonl(result.metrics_path) if r["split"] == "train"]
     assert len(rows_logged) == 2 and rows_logged[0]["loss"] == pytest.approx(0.6931, abs=1e-3)
     from transformers import AutoModelForCausalLM
@@ -314,7 +314,7 @@ def test_gradient_checkpointing_same_losses_and_bf16_runs(tiny_model_dir: Path, 
     assert losses(ckpt.metrics_path) == pytest.approx(losses(plain.metrics_path), abs=1e-5)
     bf16 = train(cfg_for(tiny_model_dir, pairs_path, tmp_path / "b", max_steps=3, dtype="bf16"), quiet())
     got = losses(bf16.metrics_path)
-    assert bf16.stopped_reason == "completed" and len(got) == 3
+    assert bf16.complete and len(got) == 3
     assert got[0] == pytest.approx(0.6931, abs=2e-2)  # bf16 reference and policy round alike at step 1
 
 

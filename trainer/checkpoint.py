@@ -8,14 +8,14 @@ would pick; only the newest ``keep`` are kept.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from prefloop.files import atomic_path
 
 PREFIX = "step-"
 
@@ -52,21 +52,12 @@ def save_checkpoint(output_dir: Path, step: int, model: Any, optimizer: Any, sch
     """Write checkpoint ``step`` atomically and prune old ones; returns its folder."""
     from safetensors.torch import save_file
 
-    root = checkpoints_dir(output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / f"{PREFIX}{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
-    try:
+    target = checkpoints_dir(output_dir) / f"{PREFIX}{step:06d}"
+    with atomic_path(target, folder=True) as tmp:
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(_untie(weights), str(tmp / "model.safetensors"))
         torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": rng_state(), "loop": loop_state}, tmp / "state.pt")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in list_checkpoints(output_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target

@@ -39,10 +39,9 @@ def main(args: argparse.Namespace, *, sft: bool = False) -> int:
             result = train(cfg, console)
     except (ConfigError, TrainError, ModelNotFound) as exc:
         return fail(exc)
-    if not result.completed:
-        return 1
-    print(result.final_model_dir)
-    return 0
+    if result.complete:
+        print(result.final_model_dir)
+    return result.exit_code
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from prefloop.stage import StageResult
 from trainer.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
 from trainer.data import TrainError, TrainItem, split_items
@@ -53,21 +54,18 @@ class Objective:
 
 
 @dataclass
-class TrainResult:
+class TrainResult(StageResult):
+    """A training run: ``status`` complete, or failed with the ``reason`` (non-finite values at step N)."""
+
     output_dir: Path
     final_model_dir: Path | None
     metrics_path: Path
-    stopped_reason: str            # "completed" or why the run stopped
     steps: int = 0
     train_tokens: int = 0          # counted as TRL counts (prompt once per completion), this session only
     loop_seconds: float = 0.0      # time inside training steps (no eval, no checkpoint writes)
     loop_cpu_seconds: float = 0.0  # CPU time of this process in those steps (less noisy on a shared machine)
     prepare_seconds: float = 0.0   # reference log-probs etc.
     last_checkpoint: Path | None = None
-
-    @property
-    def completed(self) -> bool:
-        return self.stopped_reason == "completed"
 
     @property
     def tokens_per_second(self) -> float:
@@ -192,7 +190,7 @@ def run(cfg: TrainConfig, objective: Objective, console: Any = None, *, model: A
     log = open_metrics(metrics_path, keep_until_step=step if resumed_from else None)
 
     result = TrainResult(output_dir=out, final_model_dir=None, metrics_path=metrics_path,
-                         stopped_reason="completed", prepare_seconds=prepare_seconds,
+                         prepare_seconds=prepare_seconds,
                          last_checkpoint=resumed_from)
     last_eval = -1
 
@@ -237,7 +235,7 @@ def run(cfg: TrainConfig, objective: Objective, console: Any = None, *, model: A
                 optimizer.zero_grad(set_to_none=True)
                 where = (f"the last good checkpoint is {result.last_checkpoint}" if result.last_checkpoint
                          else "no checkpoint was saved yet (set save_every to keep one)")
-                result.stopped_reason = f"non-finite values at step {step + 1}: {bad}"
+                result.status, result.reason = "failed", f"non-finite values at step {step + 1}: {bad}"
                 view.note(f"[red]stopped: {bad} at step {step + 1}; the model was not saved over it, {where}. "
                           "Lower the learning rate, use fp32, or check the data.[/red]")
                 break
@@ -266,21 +264,23 @@ def run(cfg: TrainConfig, objective: Objective, console: Any = None, *, model: A
                 result.last_checkpoint = save_checkpoint(
                     out, step, model, optimizer, scheduler,
                     {"epoch": epoch, "pos": pos, "stuck": stuck, "tokens": total_tokens}, cfg.keep_checkpoints)
-        if result.stopped_reason == "completed" and eval_ex and last_eval != step:
+        if result.complete and eval_ex and last_eval != step:
             do_eval()
 
     # 6. final model
-    if result.completed:
+    if result.complete:
         final = out / "final"
         model.save_pretrained(final, safe_serialization=True)
         tokenizer.save_pretrained(final)
         result.final_model_dir = final
-    summary = {"objective": objective.name, "stopped_reason": result.stopped_reason, "steps": step,
+        result.outputs["model"] = str(final)
+    result.outputs["metrics"] = str(metrics_path)
+    summary = {"objective": objective.name, "status": result.status, "reason": result.reason, "steps": step,
                "final_model_dir": str(result.final_model_dir) if result.final_model_dir else None,
                "tokens_per_second": result.tokens_per_second, "loop_seconds": result.loop_seconds,
                "prepare_seconds": prepare_seconds, "train_examples": len(train_ex), "eval_examples": len(eval_ex),
                "config": {k: v for k, v in vars(cfg).items()}}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    console.print(f"{objective.name}: {result.stopped_reason} after {step} steps, "
+    console.print(f"{objective.name}: {result.reason or result.status} after {step} steps, "
                   f"{result.tokens_per_second:,.0f} tokens/s; model: {result.final_model_dir or 'not saved'}")
     return result

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from prefloop.files import atomic_path
 from prefloop.models import cache_dir
 from trainer.logps import autocast, packed_logps
 from trainer.packing import epoch_batches, pack
@@ -105,10 +105,8 @@ def load_or_compute(model: Any, examples: list[Example], pad_id: int, *, batch_s
         new = compute_ref_logps(model, missing, pad_id, batch_size=batch_size, dtype=dtype, progress=progress)
         for ex in missing:
             entries[keys[ex.id]] = (new.sums[ex.id], new.counts[ex.id])
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"entries": entries}, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save({"entries": entries}, tmp)
     ref = RefLogps({ex.id: list(entries[keys[ex.id]][0]) for ex in examples},
                    {ex.id: list(entries[keys[ex.id]][1]) for ex in examples})
     return ref, len(missing), path

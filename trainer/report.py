@@ -107,7 +107,7 @@ def add_training_section(report: Report, output_dir: str | Path, plots_dir: str 
     if table:
         report.table(table)
     summary = load_json(out / "train_summary.json") or {}
-    facts = {k: summary.get(k) for k in ("stopped_reason", "steps", "final_model_dir") if summary.get(k)}
+    facts = {k: summary.get(k) for k in ("status", "reason", "steps", "final_model_dir") if summary.get(k)}
     if facts:
         report.key_values(facts)
     evals = [r["logps/chosen"] for r in rows if r["split"] == "eval" and is_number(r.get("logps/chosen"))]
