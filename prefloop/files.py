@@ -9,12 +9,17 @@ plots, the run state, checkpoints, the reference cache, converted models.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+
+class Busy(RuntimeError):
+    """Another process holds the lock on this output: two runs must never write one folder or file."""
 
 
 @contextlib.contextmanager
@@ -56,3 +61,37 @@ def count_lines(path: str | Path) -> int:
         return 0
     with path.open("rb") as fh:
         return sum(1 for line in fh if line.strip())
+
+
+class Lock:
+    """An exclusive ``flock`` on ``<target>.lock`` (a file beside it, or ``.lock`` inside a folder), taken on the
+    resolved path so a symlinked or relative spelling of the same output is the same lock. The kernel releases it
+    even on ``kill -9``; the file holds the holder's pid for the message."""
+
+    def __init__(self, target: str | Path, *, folder: bool = False):
+        resolved = Path(target).expanduser().resolve()
+        self.target = resolved
+        self.path = resolved / ".lock" if folder else resolved.with_name(resolved.name + ".lock")
+        self._fh: Any = None
+
+    def __enter__(self) -> "Lock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = self.path.open("a+")
+        try:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._fh.seek(0)
+            holder = self._fh.read().strip() or "?"
+            self._fh.close()
+            raise Busy(f"{self.target} is being written by another run (pid {holder}); wait for it to finish "
+                       "or stop it first") from None
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(str(os.getpid()))
+        self._fh.flush()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+        self._fh.close()

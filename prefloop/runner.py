@@ -19,9 +19,6 @@ of burning through every remaining job.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
-import os
 import random
 import signal
 import time
@@ -31,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable
 
+from prefloop.files import Lock
 from prefloop.jsonl import JsonlAppender, iter_jsonl, write_jsonl
 from prefloop.llm.base import ReplyInvalid, Transient
 
@@ -109,36 +107,6 @@ def classify(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-class _Lock:
-    """An exclusive ``flock`` on ``OUT.lock``: released by the kernel even on ``kill -9``."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._fh: Any = None
-
-    def __enter__(self) -> "_Lock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = self.path.open("a+")
-        try:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._fh.seek(0)
-            holder = self._fh.read().strip() or "?"
-            self._fh.close()
-            raise RuntimeError(f"{self.path.name.removesuffix('.lock')} is being written by another run "
-                               f"(pid {holder}); wait for it or stop it first") from None
-        self._fh.seek(0)
-        self._fh.truncate()
-        self._fh.write(str(os.getpid()))
-        self._fh.flush()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        with contextlib.suppress(OSError):
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
-        self._fh.close()
-
-
 class _Progress:
     """A rich progress bar (items/s, ETA, retries, failures, drops), or nothing when quiet."""
 
@@ -213,7 +181,7 @@ class Runner:
         self._failed_now: dict[str, dict[str, Any]] = {}
         self._succeeded: set[str] = set()
         t0 = time.perf_counter()
-        with _Lock(sidecar(self.output, "lock")):
+        with Lock(self.output):
             done = finished_ids(self.output)
             dropped_before = read_sidecar(self.dropped_path)
             failed_before = {k: v for k, v in read_sidecar(self.failures_path).items() if k not in done}
