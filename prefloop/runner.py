@@ -14,6 +14,17 @@ A lock file (``OUT.lock``, ``flock``) stops two runs from writing the same outpu
 the jobs in flight and returns a summary marked ``interrupted``; nothing is half-written because each line is a
 single write. After ``abort_after`` failures in a row (server gone, model missing) the run stops early instead
 of burning through every remaining job.
+
+The runner owns job retries and how many jobs are in flight; nothing below it keeps its own limit on jobs. How
+many requests one job can cost, at most (defaults in brackets)::
+
+    max_attempts [3]              the runner's tries of the job, for RETRYABLE errors only
+      x requests the job makes    rewrite 1; contrast 2; rank k + k; a judged prompt 2 orders
+      x re-asks per request       judge.core: ``attempts`` [3] when a verdict does not parse; 1 elsewhere
+      x RetryPolicy.attempts [8]  the client's transport retries (about a minute of backoff)
+
+A server that never answers costs ``timeout`` per transport attempt, so with these defaults one job can wait
+``3 x 8 x timeout``; ``abort_after`` stops the run after that many jobs failed in a row.
 """
 
 from __future__ import annotations

@@ -105,24 +105,26 @@ def test_missing_model_mid_run_is_fatal_with_pull_hint(ollama_server):
 
 
 @pytest.mark.parametrize("fault", ["malformed_json", "schema_violation"])
-def test_invalid_json_is_reasked_with_a_new_seed(ollama_server, fault):
-    ollama_server.fail(fault, times=2)
-    c = client_for(ollama_server, invalid_retries=2)
-    reply = chat(c, schema=SCHEMA, options=GenOptions(seed=10))
-    seeds = [b["options"]["seed"] for b in ollama_server.bodies("/api/chat")]
-    assert seeds == [10, 11, 12] and reply.data["score"] >= 0 and c.stats.invalid_replies == 2
+def test_invalid_json_is_handed_back_once_with_the_raw_text(ollama_server, fault):
+    """The client does not re-ask: the caller that parses replies owns that (judge.core)."""
+    ollama_server.fail(fault, times=1)
+    c = client_for(ollama_server)
+    with pytest.raises(ReplyInvalid) as err:
+        chat(c, schema=SCHEMA, options=GenOptions(seed=10))
+    assert err.value.raw and ollama_server.count("/api/chat") == 1 and c.stats.invalid_replies == 1
+    assert chat(c, schema=SCHEMA, options=GenOptions(seed=10)).data["score"] >= 0  # the fault is spent
 
 
 def test_invalid_json_gives_up_with_the_raw_text(ollama_server):
     ollama_server.reply = lambda messages, fmt, options: "Sure! Here is my score: eighty."
     with pytest.raises(ReplyInvalid) as err:
-        chat(client_for(ollama_server, invalid_retries=1), schema=SCHEMA)
-    assert err.value.raw == "Sure! Here is my score: eighty." and ollama_server.count("/api/chat") == 2
+        chat(client_for(ollama_server), schema=SCHEMA)
+    assert err.value.raw == "Sure! Here is my score: eighty." and ollama_server.count("/api/chat") == 1
 
 
 def test_truncated_json_says_it_hit_max_tokens(ollama_server):
     with pytest.raises(ReplyInvalid, match="max_tokens"):
-        chat(client_for(ollama_server, invalid_retries=0), schema=SCHEMA, options=GenOptions(max_tokens=2))
+        chat(client_for(ollama_server), schema=SCHEMA, options=GenOptions(max_tokens=2))
 
 
 def test_non_streaming_mode(ollama_server):

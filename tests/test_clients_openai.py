@@ -74,14 +74,16 @@ def test_bounded_retries_and_no_retry_on_404(ollama_server):
     assert ollama_server.count("/v1/chat/completions") == 1
 
 
-def test_invalid_json_reasked_then_reply_invalid(ollama_server):
+def test_invalid_json_is_reply_invalid_with_the_raw_text(ollama_server):
     ollama_server.fail("schema_violation", endpoint="/v1/chat/completions", times=1)
+    with pytest.raises(ReplyInvalid):
+        run(client_for(ollama_server), lambda c: c.chat(USER, schema=SCHEMA, options=GenOptions(seed=4)))
     reply = run(client_for(ollama_server), lambda c: c.chat(USER, schema=SCHEMA, options=GenOptions(seed=4)))
-    assert [b["seed"] for b in ollama_server.bodies("/v1/chat/completions")] == [4, 5] and "score" in reply.data
+    assert [b["seed"] for b in ollama_server.bodies("/v1/chat/completions")] == [4, 4] and "score" in reply.data
     ollama_server.reply = lambda messages, fmt, options: "I'd say about 80."
     with pytest.raises(ReplyInvalid) as err:
-        run(client_for(ollama_server, invalid_retries=1), lambda c: c.chat(USER, schema=SCHEMA))
-    assert err.value.raw == "I'd say about 80."
+        run(client_for(ollama_server), lambda c: c.chat(USER, schema=SCHEMA))
+    assert err.value.raw == "I'd say about 80." and ollama_server.count("/v1/chat/completions") == 3
 
 
 def test_preflight(ollama_server):

@@ -3,10 +3,15 @@
 ``ollama:MODEL`` (default), ``openai:MODEL@BASE_URL`` and ``local:MODEL`` (transformers in-process; ``local:``
 alone is the embedded SmolLM2). Every client has async ``preflight()``, ``chat(messages, schema=, options=)`` ->
 ``ChatReply`` and ``aclose()``, plus ``stats`` (requests, retries, invalid replies, tokens) for progress bars.
-Keyword arguments of ``make_client`` go to the client: ``OllamaClient(host, timeout, keep_alive, retry,
-invalid_retries, stream, unload_on_close)``, ``OpenAIClient(api_key_env, timeout, retry, invalid_retries)``,
-``LocalClient(device, dtype, batch_size, batch_wait_ms, invalid_retries, threads)``; ``LocalClient`` also has
+Keyword arguments of ``make_client`` go to the client's constructor (each documents its own): the served
+clients take ``timeout``, ``connect_timeout``, ``retry`` (a ``RetryPolicy``), ``slots`` (requests in flight) and
+``seed``; ``LocalClient`` takes ``device``, ``dtype``, ``batch_size``, ``threads`` and also has
 ``generate_batch(prompts, options)`` and async ``complete(prompt, options)``.
+
+Attempts per request, at most: ``RetryPolicy.attempts`` (8 by default, about a minute of backoff) for transport
+errors, inside the client. Above that, the caller that parses replies may ask again (``judge.core``: ``attempts``
+per order) and the runner may run a failed job again (``max_attempts``); ``prefloop.runner`` states the worst case
+for one job.
 """
 
 from prefloop.llm.base import (ChatReply, ClientSpec, GenOptions, LLMClient, LLMError, ReplyInvalid, ServerFatal,

@@ -1,15 +1,28 @@
 """The one interface every LLM client implements, the spec strings that pick one, and the error classes.
 
-Errors are split by what the caller should do: ``Transient`` (retry with backoff: connection refused, timeout,
-429/500/502/503, an error mid-stream), ``ServerFatal`` (do not retry: 400, 404, a missing model, an old server),
-``ReplyInvalid`` (the model answered but not in the asked-for JSON shape, after bounded retries; carries the raw
-text so it can be recorded as a failure).
+Errors are split by what the caller should do (as httpx splits ``TransportError`` from ``HTTPStatusError``)::
+
+    LLMError
+    ├── Transient     retry later: connection refused, timeout, 429/500/502/503, an error mid-stream
+    │                 (the client already retried it ``RetryPolicy.attempts`` times; ``retry_after`` from a 429)
+    ├── ServerFatal   do not retry: 400, 404, a missing model, an old server; the message says what to fix
+    └── ReplyInvalid  the model answered, but not in the asked-for JSON shape; ``raw`` keeps what it said, so
+                      the caller that parses replies may ask again (``judge.core``) or record the failure
+
+Who owns what: the client owns transport retries and how many requests a server gets at once (its ``slots``);
+the code that parses a reply owns re-asking; the durable runner (``prefloop.runner``) owns job retries and how
+many jobs are in flight.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+log = logging.getLogger("prefloop.llm")
 
 BACKENDS = ("ollama", "openai", "local")
 
@@ -19,7 +32,11 @@ class LLMError(RuntimeError):
 
 
 class Transient(LLMError):
-    """Worth retrying: the same request may succeed later."""
+    """Worth retrying: the same request may succeed later (``retry_after``: seconds the server asked for)."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ServerFatal(LLMError):
@@ -27,7 +44,7 @@ class ServerFatal(LLMError):
 
 
 class ReplyInvalid(LLMError):
-    """The reply did not parse or validate against the schema, after the allowed retries."""
+    """The reply did not parse or validate against the asked-for schema; ``raw`` is what the model said."""
 
     def __init__(self, message: str, raw: str):
         super().__init__(message)
@@ -110,3 +127,44 @@ class LLMClient(Protocol):
 
     async def aclose(self) -> None:
         """Release connections or models."""
+
+
+def is_loopback(url: str) -> bool:
+    """A URL on this machine (localhost, 127.0.0.0/8, ::1): no proxy, no API key needed."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def estimate_tokens(messages: list[dict[str, Any]]) -> int:
+    """A rough count (4 characters a token, plus a few per message for the template)."""
+    return sum(len(str(m.get("content", ""))) // 4 + 4 for m in messages)
+
+
+class ContextCheck:
+    """Warns once per client when a request may not fit the context window: servers drop the start of a prompt
+    that does not fit without saying so (Ollama), or fail it (OpenAI-compatible servers)."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.warned = False
+
+    def before(self, messages: list[dict[str, Any]], options: GenOptions) -> None:
+        need = estimate_tokens(messages) + options.max_tokens
+        if need > options.num_ctx:
+            self._warn(f"a prompt may exceed num_ctx (~{need - options.max_tokens} prompt tokens + "
+                       f"{options.max_tokens} max_tokens > {options.num_ctx}); raise num_ctx")
+
+    def after(self, prompt_tokens: int, options: GenOptions) -> None:
+        if prompt_tokens >= options.num_ctx:
+            self._warn(f"a prompt filled the whole context ({prompt_tokens} tokens >= num_ctx {options.num_ctx}); "
+                       "the server truncated it. Raise num_ctx")
+
+    def _warn(self, text: str) -> None:
+        if not self.warned:
+            self.warned = True
+            log.warning("%s: %s.", self.what, text)

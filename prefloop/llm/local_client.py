@@ -19,18 +19,18 @@ import asyncio
 import logging
 import os
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from prefloop.llm.base import ChatReply, ClientSpec, GenOptions, ServerFatal
-from prefloop.llm.retry import ClientStats, RawReply, RetryPolicy, ask
+from prefloop.llm.retry import ClientStats, RawReply, RetryPolicy, send_once
 from prefloop.llm.schema import template
 from prefloop.records import Prompt
 
 log = logging.getLogger("prefloop.llm")
 
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>", "<|end|>", "</s>")
-REASK_TEMPERATURE = 0.7  # a greedy re-ask would repeat the same invalid JSON
+IN_PROCESS = RetryPolicy(attempts=1)  # no transport here: an error in generate() is not worth repeating
 
 
 def json_instruction(schema: dict[str, Any]) -> str:
@@ -87,15 +87,13 @@ class _Pending:
 class LocalClient:
     """An ``LLMClient`` running a transformers causal LM in-process (CPU by default)."""
 
-    def __init__(self, spec: ClientSpec, *, device: str = "cpu", dtype: str = "float32", batch_size: int = 8,
-                 batch_wait_ms: float = 5.0, invalid_retries: int = 2, threads: int | None = None,
-                 model: Any = None, tokenizer: Any = None):
+    def __init__(self, spec: ClientSpec, *, device: str = "cpu", dtype: str = "fp32", batch_size: int = 8,
+                 batch_wait_ms: float = 5.0, threads: int | None = None, model: Any = None, tokenizer: Any = None):
         """``threads``: torch threads while generating (None: the cores not already busy, see pick_threads)."""
         self.spec = spec
         self.device, self.dtype = device, dtype
         self.batch_size = batch_size
         self.batch_wait = batch_wait_ms / 1000.0
-        self.invalid_retries = invalid_retries
         self.threads = threads
         self.stats = ClientStats()
         self._model, self._tokenizer = model, tokenizer
@@ -230,17 +228,13 @@ class LocalClient:
         options = options or GenOptions()
         prompt = with_json_instruction(messages, schema) if schema is not None else messages
 
-        async def send(seed: int | None) -> RawReply:
-            opts = replace(options, seed=seed)
-            if seed != options.seed and options.temperature == 0:
-                opts = replace(opts, temperature=REASK_TEMPERATURE)
-            gen = await self._submit(prompt, opts)
+        async def send() -> RawReply:
+            gen = await self._submit(prompt, options)
             return RawReply(text=gen.text, prompt_tokens=gen.prompt_tokens,
                             completion_tokens=gen.completion_tokens, finish_reason=gen.finish_reason)
 
-        return await ask(send, schema=schema, seed=options.seed if options.seed is not None else 0,
-                         policy=RetryPolicy(attempts=1), invalid_retries=self.invalid_retries, stats=self.stats,
-                         model=str(self.spec), what=str(self.spec))
+        return await send_once(send, schema=schema, seed=options.seed, policy=IN_PROCESS, stats=self.stats,
+                               model=str(self.spec), what=str(self.spec))
 
     async def complete(self, prompt: Prompt, options: GenOptions | None = None) -> str:
         """One prompt rendered as ``generate_batch`` renders it (raw text or chat), batched with concurrent calls.

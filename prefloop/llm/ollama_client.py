@@ -8,7 +8,9 @@ What the bare client does not do and this adds (see ../shared/reference/ollama-a
   (``ollama pull MODEL``);
 - ``num_ctx`` and ``keep_alive`` sent on every request (Ollama silently truncates prompts past its default
   context, and unloads a 70B model after 5 idle minutes), with a warning when a prompt may not fit;
-- JSON-schema replies parsed and validated, re-asked a bounded number of times, then ``ReplyInvalid(raw)``.
+- at most ``slots`` requests in flight (match ``OLLAMA_NUM_PARALLEL``): more would only wait in its queue, and
+  past its queue size it answers 503;
+- JSON-schema replies parsed and validated, else ``ReplyInvalid(raw)`` for the caller to re-ask or record.
 
 Replies are streamed: the read timeout then bounds the silence between chunks, not the whole answer, so a long
 answer from a slow 70B model is not cut off while a dead connection is still noticed.
@@ -19,23 +21,22 @@ Each request in flight gets its own single-connection ``ollama.AsyncClient`` fro
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
 import random
 from typing import Any
-from urllib.parse import urlsplit
 
-from prefloop.llm.base import ChatReply, ClientSpec, GenOptions, ServerFatal, Transient
+from prefloop.llm.base import ChatReply, ClientSpec, ContextCheck, GenOptions, ServerFatal, Transient, is_loopback
 from prefloop.llm.pool import ClientPool
-from prefloop.llm.retry import ClientStats, RawReply, RetryPolicy, ask, with_retries
+from prefloop.llm.retry import ClientStats, RawReply, RetryPolicy, send_once, with_retries
 
 log = logging.getLogger("prefloop.llm")
 
 MIN_VERSION = (0, 5, 0)  # JSON schema in `format` (PR #7900)
 DEFAULT_HOST = "http://127.0.0.1:11434"
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+PREFLIGHT_RETRY = RetryPolicy(attempts=3, base_delay=0.2, max_delay=1.0)  # a restarting server, not an outage
 
 
 def parse_version(text: str) -> tuple[int, int, int] | None:
@@ -63,27 +64,12 @@ def base_url(host: str) -> str:
     return _parse_host(host)
 
 
-def is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def estimate_tokens(messages: list[dict[str, Any]]) -> int:
-    """A rough count (4 characters a token, plus a few per message for the template)."""
-    return sum(len(str(m.get("content", ""))) // 4 + 4 for m in messages)
-
-
 class OllamaClient:
     """An ``LLMClient`` for Ollama. ``timeout`` bounds silence on a connection (seconds), not the whole answer."""
 
     def __init__(self, spec: ClientSpec, *, host: str | None = None, timeout: float = 300.0,
                  connect_timeout: float = 10.0, keep_alive: str | float = "30m",
-                 retry: RetryPolicy = RetryPolicy(), invalid_retries: int = 2, stream: bool = True,
+                 retry: RetryPolicy = RetryPolicy(), slots: int | None = None, stream: bool = True,
                  seed: int | None = None, unload_on_close: bool = False):
         """``keep_alive`` pins the model between requests (a 70B reload takes minutes); ``unload_on_close`` frees
         its memory when this client is done (before another big model loads)."""
@@ -92,13 +78,13 @@ class OllamaClient:
         self.url = base_url(self.host)
         self.timeout, self.connect_timeout = timeout, connect_timeout
         self.keep_alive = keep_alive
-        self.retry, self.invalid_retries = retry, invalid_retries
+        self.retry = retry
         self.stream = stream
         self.unload_on_close = unload_on_close
         self.stats = ClientStats()
         self._rng = random.Random(seed)
-        self._warned_ctx = False
-        self.pool = ClientPool(self._new_client, lambda client: client.close())
+        self._context = ContextCheck(str(spec))
+        self.pool = ClientPool(self._new_client, lambda client: client.close(), slots)
 
     def __repr__(self) -> str:
         return f"OllamaClient({self.spec}, url={self.url!r})"
@@ -125,8 +111,8 @@ class OllamaClient:
         what to run."""
         where = f"Ollama at {self.url}"
         try:
-            version, _ = await with_retries(self._version, RetryPolicy(attempts=3, base_delay=0.2, max_delay=1.0),
-                                            rng=self._rng, what=f"{where} /api/version")
+            version, _ = await with_retries(self._version, PREFLIGHT_RETRY, rng=self._rng,
+                                            what=f"{where} /api/version")
         except Transient as err:
             raise ServerFatal(f"cannot reach {where} ({err}). Start it with `ollama serve`, or point the model "
                               f"setting's host / OLLAMA_HOST at the right server.") from err
@@ -138,8 +124,7 @@ class OllamaClient:
                               f"{'.'.join(map(str, MIN_VERSION))} for JSON-schema structured outputs. "
                               f"Upgrade Ollama (https://ollama.com/download).")
         try:
-            listing, _ = await with_retries(self._tags, RetryPolicy(attempts=3, base_delay=0.2, max_delay=1.0),
-                                            rng=self._rng, what=f"{where} /api/tags")
+            listing, _ = await with_retries(self._tags, PREFLIGHT_RETRY, rng=self._rng, what=f"{where} /api/tags")
         except Transient as err:
             raise ServerFatal(f"{where} did not list its models: {err}") from err
         names = {model_key(m.model or "") for m in listing.models}
@@ -163,12 +148,12 @@ class OllamaClient:
             raise self._classify(err) from err
 
     # ---- chat ------------------------------------------------------------------------------------------------
-    def request_options(self, options: GenOptions, seed: int | None) -> dict[str, Any]:
+    def request_options(self, options: GenOptions) -> dict[str, Any]:
         """GenOptions in Ollama's words; ``num_ctx`` always explicit."""
         out: dict[str, Any] = {"temperature": options.temperature, "num_predict": options.max_tokens,
                                "num_ctx": options.num_ctx}
-        if seed is not None:
-            out["seed"] = seed
+        if options.seed is not None:
+            out["seed"] = options.seed
         if options.top_p is not None:
             out["top_p"] = options.top_p
         if options.stop:
@@ -178,16 +163,20 @@ class OllamaClient:
     async def chat(self, messages: list[dict[str, str]], *, schema: dict[str, Any] | None = None,
                    options: GenOptions | None = None) -> ChatReply:
         options = options or GenOptions()
-        self._check_context(messages, options)
-        return await ask(lambda seed: self._send(messages, schema, options, seed), schema=schema,
-                         seed=options.seed, policy=self.retry, invalid_retries=self.invalid_retries,
-                         stats=self.stats, model=str(self.spec), rng=self._rng, what=f"{self.spec}")
+        self._context.before(messages, options)
+        return await send_once(lambda: self._send(messages, schema, options), schema=schema, seed=options.seed,
+                               policy=self.retry, stats=self.stats, model=str(self.spec), rng=self._rng,
+                               what=f"{self.spec}")
 
-    async def _send(self, messages: list[dict[str, str]], schema: dict[str, Any] | None, options: GenOptions,
-                    seed: int | None) -> RawReply:
-        request = {"model": self.spec.model, "messages": messages, "options": self.request_options(options, seed),
-                   "keep_alive": self.keep_alive, "format": schema or ""}
-        client = self.pool.take()
+    async def _send(self, messages: list[dict[str, str]], schema: dict[str, Any] | None,
+                    options: GenOptions) -> RawReply:
+        request = {"model": self.spec.model, "messages": messages,
+                   "options": self.request_options(options), "keep_alive": self.keep_alive,
+                   "format": schema or ""}
+        async with self.pool.slot() as client:
+            return await self._stream(client, request, options)
+
+    async def _stream(self, client: Any, request: dict[str, Any], options: GenOptions) -> RawReply:
         try:
             if not self.stream:
                 final = await client.chat(**request, stream=False)
@@ -206,24 +195,10 @@ class OllamaClient:
             raise
         except Exception as err:  # noqa: BLE001 - every failure is classified, none swallowed
             raise self._classify(err) from err
-        finally:
-            self.pool.give(client)  # a broken connection is replaced by httpx on next use
         prompt_tokens = final.prompt_eval_count or 0
-        if prompt_tokens >= options.num_ctx and not self._warned_ctx:
-            self._warned_ctx = True
-            log.warning("%s: a prompt filled the whole context (%d tokens >= num_ctx %d); Ollama truncated it. "
-                        "Raise num_ctx.", self.spec, prompt_tokens, options.num_ctx)
+        self._context.after(prompt_tokens, options)
         return RawReply(text=text, prompt_tokens=prompt_tokens, completion_tokens=final.eval_count or 0,
                         finish_reason=final.done_reason or "")
-
-    def _check_context(self, messages: list[dict[str, str]], options: GenOptions) -> None:
-        """Warn once: Ollama drops the start of a prompt that does not fit, without saying so."""
-        need = estimate_tokens(messages) + options.max_tokens
-        if need > options.num_ctx and not self._warned_ctx:
-            self._warned_ctx = True
-            log.warning("%s: a prompt may exceed num_ctx (~%d prompt tokens + %d max_tokens > %d); Ollama would "
-                        "silently truncate it. Raise num_ctx.", self.spec, need - options.max_tokens,
-                        options.max_tokens, options.num_ctx)
 
     def _classify(self, err: Exception) -> Exception:
         """Transient (worth a retry) or ServerFatal (fix the setup or the request), with a message that says which."""

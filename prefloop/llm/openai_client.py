@@ -14,15 +14,15 @@ import os
 import random
 from typing import Any
 
-from prefloop.llm.base import ChatReply, ClientSpec, GenOptions, ServerFatal, Transient
-from prefloop.llm.ollama_client import estimate_tokens, is_loopback
+from prefloop.llm.base import ChatReply, ClientSpec, ContextCheck, GenOptions, ServerFatal, Transient, is_loopback
 from prefloop.llm.pool import ClientPool
-from prefloop.llm.retry import ClientStats, RawReply, RetryPolicy, ask, with_retries
+from prefloop.llm.retry import ClientStats, RawReply, RetryPolicy, send_once, with_retries
 
 log = logging.getLogger("prefloop.llm")
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+PREFLIGHT_RETRY = RetryPolicy(attempts=3, base_delay=0.2, max_delay=1.0)
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -37,18 +37,18 @@ class OpenAIClient:
     """An ``LLMClient`` for OpenAI-compatible ``/chat/completions``. ``timeout`` bounds one whole reply."""
 
     def __init__(self, spec: ClientSpec, *, api_key_env: str = "OPENAI_API_KEY", timeout: float = 600.0,
-                 connect_timeout: float = 10.0, retry: RetryPolicy = RetryPolicy(), invalid_retries: int = 2,
+                 connect_timeout: float = 10.0, retry: RetryPolicy = RetryPolicy(), slots: int | None = None,
                  seed: int | None = None, strict_schema: bool = False):
         self.spec = spec
         self.base_url = (spec.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self.api_key_env = api_key_env
         self.timeout, self.connect_timeout = timeout, connect_timeout
-        self.retry, self.invalid_retries = retry, invalid_retries
+        self.retry = retry
         self.strict_schema = strict_schema
         self.stats = ClientStats()
         self._rng = random.Random(seed)
-        self._warned_ctx = False
-        self.pool = ClientPool(self._new_client, lambda client: client.aclose())
+        self._context = ContextCheck(f"openai:{spec.model}")
+        self.pool = ClientPool(self._new_client, lambda client: client.aclose(), slots)
 
     def __repr__(self) -> str:
         return f"OpenAIClient({self.spec.backend}:{self.spec.model}, base_url={self.base_url!r}, " \
@@ -79,9 +79,9 @@ class OpenAIClient:
         if not os.environ.get(self.api_key_env) and not is_loopback(self.base_url):
             raise ServerFatal(f"{self.base_url} needs an API key: set the environment variable {self.api_key_env} "
                               f"(keys are never read from settings files)")
-        policy = RetryPolicy(attempts=3, base_delay=0.2, max_delay=1.0)
         try:
-            listing, _ = await with_retries(self._models, policy, rng=self._rng, what=f"{self.base_url}/models")
+            listing, _ = await with_retries(self._models, PREFLIGHT_RETRY, rng=self._rng,
+                                            what=f"{self.base_url}/models")
         except Transient as err:
             raise ServerFatal(f"cannot reach the OpenAI-compatible server at {self.base_url}: {err}") from err
         if listing is None:
@@ -107,22 +107,17 @@ class OpenAIClient:
     async def chat(self, messages: list[dict[str, str]], *, schema: dict[str, Any] | None = None,
                    options: GenOptions | None = None) -> ChatReply:
         options = options or GenOptions()
-        need = estimate_tokens(messages) + options.max_tokens
-        if need > options.num_ctx and not self._warned_ctx:
-            self._warned_ctx = True
-            log.warning("%s: a prompt may exceed the context (~%d tokens > num_ctx %d)", self.spec.model, need,
-                        options.num_ctx)
-        return await ask(lambda seed: self._send(messages, schema, options, seed), schema=schema,
-                         seed=options.seed, policy=self.retry, invalid_retries=self.invalid_retries,
-                         stats=self.stats, model=f"openai:{self.spec.model}", rng=self._rng,
-                         what=f"openai:{self.spec.model}")
+        self._context.before(messages, options)
+        return await send_once(lambda: self._send(messages, schema, options), schema=schema, seed=options.seed,
+                               policy=self.retry, stats=self.stats, model=f"openai:{self.spec.model}",
+                               rng=self._rng, what=f"openai:{self.spec.model}")
 
-    def request_body(self, messages: list[dict[str, str]], schema: dict[str, Any] | None, options: GenOptions,
-                     seed: int | None) -> dict[str, Any]:
+    def request_body(self, messages: list[dict[str, str]], schema: dict[str, Any] | None,
+                     options: GenOptions) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.spec.model, "messages": messages,
                                 "temperature": options.temperature, "max_tokens": options.max_tokens}
-        if seed is not None:
-            body["seed"] = seed
+        if options.seed is not None:
+            body["seed"] = options.seed
         if options.top_p is not None:
             body["top_p"] = options.top_p
         if options.stop:
@@ -132,10 +127,9 @@ class OpenAIClient:
                 "name": "reply", "schema": schema, "strict": self.strict_schema}}
         return body
 
-    async def _send(self, messages: list[dict[str, str]], schema: dict[str, Any] | None, options: GenOptions,
-                    seed: int | None) -> RawReply:
-        response = await self._request("POST", "/chat/completions",
-                                       json=self.request_body(messages, schema, options, seed))
+    async def _send(self, messages: list[dict[str, str]], schema: dict[str, Any] | None,
+                    options: GenOptions) -> RawReply:
+        response = await self._request("POST", "/chat/completions", json=self.request_body(messages, schema, options))
         self._raise_for_status(response)
         try:
             body = response.json()
@@ -152,16 +146,14 @@ class OpenAIClient:
         """One HTTP call; transport failures become ``Transient`` (the message names no header)."""
         import httpx
 
-        client = self.pool.take()
-        try:
-            return await client.request(method, path, **kwargs)
-        except httpx.TimeoutException as err:
-            raise Transient(f"{self.base_url}{path}: no reply within {self.timeout:g}s "
-                            f"({type(err).__name__})") from None
-        except httpx.TransportError as err:
-            raise Transient(f"{self.base_url}{path}: connection failed: {type(err).__name__}") from None
-        finally:
-            self.pool.give(client)
+        async with self.pool.slot() as client:
+            try:
+                return await client.request(method, path, **kwargs)
+            except httpx.TimeoutException as err:
+                raise Transient(f"{self.base_url}{path}: no reply within {self.timeout:g}s "
+                                f"({type(err).__name__})") from None
+            except httpx.TransportError as err:
+                raise Transient(f"{self.base_url}{path}: connection failed: {type(err).__name__}") from None
 
     def _raise_for_status(self, response: Any) -> None:
         status = response.status_code
@@ -174,9 +166,7 @@ class OpenAIClient:
             message = response.text[:200]
         where = f"{self.base_url}: HTTP {status}: {message}"
         if status in RETRY_STATUS:
-            err = Transient(where)
-            err.retry_after = retry_after_seconds(response.headers.get("retry-after"))  # type: ignore[attr-defined]
-            raise err
+            raise Transient(where, retry_after_seconds(response.headers.get("retry-after")))
         if status in (401, 403):
             raise ServerFatal(f"{where} (check the key in ${self.api_key_env})")
         raise ServerFatal(where)

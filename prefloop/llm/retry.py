@@ -71,9 +71,8 @@ async def with_retries(call: Callable[[], Awaitable[T]], policy: RetryPolicy, *,
                 kind = type(err.__cause__).__name__ if err.__cause__ else "Transient"
                 stats.errors_by_kind[kind] = stats.errors_by_kind.get(kind, 0) + 1
             if attempt >= policy.attempts:
-                raise Transient(f"{what} failed after {attempt} attempts: {err}") from err
-            retry_after = getattr(err, "retry_after", None)
-            delay = float(retry_after) if retry_after is not None else policy.delay(attempt, rng)
+                raise Transient(f"{what} failed after {attempt} attempts: {err}", err.retry_after) from err
+            delay = float(err.retry_after) if err.retry_after is not None else policy.delay(attempt, rng)
             delay = min(delay, policy.max_delay)
             if stats is not None:
                 stats.retries += 1
@@ -84,7 +83,7 @@ async def with_retries(call: Callable[[], Awaitable[T]], policy: RetryPolicy, *,
 
 @dataclass
 class RawReply:
-    """What one successful request returned, before schema checks."""
+    """What one successful request returned, before any schema check."""
 
     text: str
     prompt_tokens: int = 0
@@ -92,37 +91,26 @@ class RawReply:
     finish_reason: str = ""
 
 
-async def ask(send: Callable[[int | None], Awaitable[RawReply]], *, schema: dict | None, seed: int | None,
-              policy: RetryPolicy, invalid_retries: int, stats: ClientStats, model: str,
-              rng: random.Random | None = None, what: str = "chat") -> ChatReply:
-    """One chat turn with both retry budgets: transport retries inside, invalid-JSON re-asks outside.
+async def send_once(send: Callable[[], Awaitable[RawReply]], *, schema: dict | None, seed: int | None,
+                    policy: RetryPolicy, stats: ClientStats, model: str, rng: random.Random | None = None,
+                    what: str = "chat") -> ChatReply:
+    """One chat turn: the request with its transport retries, then the schema check when a schema was asked for.
 
-    ``send(seed)`` does one request. An invalid reply is asked again with the next seed (the same seed at
-    temperature 0 would repeat the same broken answer); after ``invalid_retries`` re-asks, ``ReplyInvalid`` with
-    the last raw text, so the caller can record the failure with what the model said.
+    An invalid reply is not asked again here: ``ReplyInvalid`` carries the raw text to the caller that parses
+    replies, which decides whether another ask is worth it (``judge.core`` re-asks with a new seed).
     """
-    attempts = 0
-    for reask in range(invalid_retries + 1):
-        this_seed = None if seed is None else seed + reask
-        raw, used = await with_retries(lambda: send(this_seed), policy, rng=rng, stats=stats, what=what)
-        attempts += used
-        stats.requests += used
-        stats.prompt_tokens += raw.prompt_tokens
-        stats.completion_tokens += raw.completion_tokens
-        extra = {"finish_reason": raw.finish_reason, "seed": this_seed}
-        if schema is None:
-            return ChatReply(text=raw.text, prompt_tokens=raw.prompt_tokens, completion_tokens=raw.completion_tokens,
-                             model=model, attempts=attempts, extra=extra)
+    raw, used = await with_retries(send, policy, rng=rng, stats=stats, what=what)
+    stats.requests += used
+    stats.prompt_tokens += raw.prompt_tokens
+    stats.completion_tokens += raw.completion_tokens
+    extra = {"finish_reason": raw.finish_reason, "seed": seed}
+    data = None
+    if schema is not None:
         try:
             data = parse_reply(raw.text, schema)
         except SchemaError as err:
             stats.invalid_replies += 1
-            problem = str(err) + (" (cut off: the reply hit max_tokens)" if raw.finish_reason == "length" else "")
-            log.info("%s: invalid reply (%d/%d): %s", what, reask + 1, invalid_retries + 1, problem)
-            if reask == invalid_retries:
-                raise ReplyInvalid(f"{what}: invalid JSON reply after {reask + 1} tries: {problem}",
-                                   raw=raw.text) from err
-            continue
-        return ChatReply(text=raw.text, data=data, prompt_tokens=raw.prompt_tokens,
-                         completion_tokens=raw.completion_tokens, model=model, attempts=attempts, extra=extra)
-    raise AssertionError("unreachable")
+            cut = " (cut off: the reply hit max_tokens)" if raw.finish_reason == "length" else ""
+            raise ReplyInvalid(f"{what}: invalid JSON reply: {err}{cut}", raw=raw.text) from err
+    return ChatReply(text=raw.text, data=data, prompt_tokens=raw.prompt_tokens,
+                     completion_tokens=raw.completion_tokens, model=model, attempts=used, extra=extra)
