@@ -1,15 +1,19 @@
 """The judge: held-out win rates with a swappable judge model, and 0–100 scores for the generator's ``rank``.
 
+It may import only the foundation (``prefloop``); the generator and the application import it.
+
 Public API:
-- ``judge.pairwise.judge_pair(client, prompt, answer_a, answer_b, *, reference=None, cache=None) -> PairVerdict``
+- ``judge.pairwise.judge_pair(client, prompt, answer_a, answer_b, *, known_good=None, cache=None) -> PairVerdict``
   (async; both orders, disagreement = inconsistent tie);
-- ``judge.scoring.score_answer(client, prompt, answer, *, reference=None, cache=None) -> Score`` (async; the seed
+- ``judge.scoring.score_answer(client, prompt, answer, *, known_good=None, cache=None) -> Score`` (async; the seed
   recipe's 0–100 prompt, ``Score.value`` None when unparseable after bounded retries);
 - ``judge.cache.JudgeCache(path)``: sqlite cache of parsed judgments (failures are never cached);
-- ``judge.evaluate.evaluate(cfg: judge.config.JudgeConfig, console=None) -> EvalResult`` (``prefloop judge``);
+- ``judge.evaluate.evaluate(cfg: judge.config.JudgeConfig, console=None) -> JudgeResults`` (``prefloop judge``),
+  whose files and their types are in ``judge.results``;
+- ``judge.preflight``: can the SFT model already do the task (``prefloop run``'s preflight stage);
 - ``judge.stats``: win rate, prompt-clustered bootstrap CI, length-controlled win rate, Cohen's kappa,
   diagnostics; ``judge.robustness.flip_rates``; ``judge.selfpref.self_preference_warnings``;
-- ``judge.report.build_report`` (a ``prefloop.report.Report`` the loop can embed).
+- ``judge.report``: the judge's report, which ``prefloop run`` embeds in its run report.
 
 Templates ship in ``judge/templates/`` (``pairwise.txt``, ``score.txt``); pass a path to use your own.
 """

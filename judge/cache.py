@@ -2,7 +2,7 @@
 
 A sqlite file (stdlib; safe for several processes, one row per judgment, committed at once). The key hashes
 everything that decides the answer: judge spec, template hash, mode, prompt, answers in the order shown,
-reference, and the sampling options. Only parsed verdicts and scores are stored: a failed or unparseable call is
+the known-good answer, and the sampling options. Only parsed verdicts and scores are stored: a failed or unparseable call is
 never written, so it is asked again next time.
 """
 
@@ -18,9 +18,9 @@ from prefloop.records import stable_id
 
 
 def judgment_key(*, judge: str, template_hash: str, mode: str, prompt: str, answers: tuple[str, ...],
-                 reference: str | None, options: dict[str, Any]) -> str:
+                 known_good: str | None, options: dict[str, Any]) -> str:
     """The cache key of one judge call (``answers`` in the order the judge sees them)."""
-    return stable_id(judge, template_hash, mode, prompt, list(answers), reference, options, length=40)
+    return stable_id(judge, template_hash, mode, prompt, list(answers), known_good, options, length=40)
 
 
 class JudgeCache:
@@ -62,10 +62,3 @@ class JudgeCache:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def open_cache(cache: "JudgeCache | str | Path | None") -> JudgeCache | None:
-    """Accept a cache, a path to one, or None (no caching)."""
-    if cache is None or isinstance(cache, JudgeCache):
-        return cache
-    return JudgeCache(cache)

@@ -1,9 +1,14 @@
-"""Settings of ``prefloop judge`` (the ``[judge]`` table of a TOML config)."""
+"""Settings of ``prefloop judge`` (the ``[judge]`` table of a TOML config); flags are made from these fields."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from prefloop.config import ConfigError, check_choices, setting
+from prefloop.models import DTYPES, normalize_dtype
+
+VERDICTS = ("auto", "generate", "logprob")
 
 
 @dataclass
@@ -13,61 +18,73 @@ class JudgeConfig:
     ``policy``/``reference`` are local models (a folder, a ``.gguf``, ``smollm2``; ``local:`` prefix optional).
     ``judges`` are client specs (``ollama:llama3.1:8b``, ``openai:MODEL@URL``, ``local:smollm2``); the first is
     the headline judge. ``prompts`` is a prompts file (Alpaca/JSONL/text) or a preference-pairs file whose prompts
-    are used and whose chosen answers become the judge's reference answers.
+    are used and whose chosen answers become the known-good answers shown to the judge.
     """
 
-    policy: str = ""
-    reference: str = "smollm2"
-    prompts: str = ""
-    judges: list[str] = field(default_factory=lambda: ["ollama:llama3"])
-    out_dir: str = "runs/judge"
-    limit: int | None = None               # first N prompts (None = all)
+    policy: str = setting("", "the trained model: a folder, a .gguf, or smollm2", runtime=True)
+    reference: str = setting("smollm2", "its starting point, the SFT model (the reference model)")
+    prompts: str = setting("", "held-out prompts: Alpaca JSON/JSONL, JSONL with 'prompt', .txt, or a pairs file",
+                           runtime=True)
+    judges: list[str] = setting(help="judge spec: ollama:NAME, openai:NAME@URL, local:NAME; repeat for several "
+                                     "judges (the first is the headline)", factory=lambda: ["ollama:llama3"],
+                                flag="--judge")
+    output_dir: str = setting("runs/judge", "output folder", runtime=True, flag="--output", short="-o",
+                              aliases=("--out",), was=("out_dir",))
+    limit: int | None = setting(None, "first N prompts only")
     # answer generation: the same settings for both models
-    max_new_tokens: int = 256
-    temperature: float = 0.0               # 0 = greedy
-    gen_seed: int = 123
-    batch_size: int = 8
-    dtype: str = "float32"
+    max_new_tokens: int = setting(256, "answer length cap in tokens")
+    temperature: float = setting(0.0, "answer sampling temperature (0: greedy)")
+    gen_seed: int = setting(123, "answer sampling seed")
+    batch_size: int = setting(8, "answers generated per batch", runtime=True)
+    dtype: str = setting("fp32", "dtype the models answer in", choices=DTYPES)
     # judging
-    template: str = "pairwise"             # built-in name or a path to your own template file
-    use_reference: bool = True             # show the prompt's known-good answer to the judge when there is one
-    judge_temperature: float = 0.0
-    judge_seed: int = 123
-    judge_max_tokens: int = 512
-    judge_num_ctx: int = 4096
-    verdict: str = "auto"                  # generate (the judge writes JSON), logprob (local judges: read the
-                                           # verdict from token probabilities), auto = logprob for local: judges
-    attempts: int = 3                      # calls per order before a reply counts as unparseable
-    concurrency: int = 4                   # judge calls in flight (match OLLAMA_NUM_PARALLEL)
-    judge_identical: bool = False          # identical answers are a tie without asking (AlpacaEval's rule)
-    cache: str | None = None               # judgment cache (default: OUT_DIR/judge-cache.sqlite)
+    template: str = setting("pairwise", "judge prompt template: 'pairwise' or a path to your own file")
+    show_known_good: bool = setting(True, "show the prompt's known-good answer to the judge when there is one",
+                                    was=("use_reference",))
+    judge_temperature: float = setting(0.0, "the judge's sampling temperature")
+    judge_seed: int = setting(123, "the judge's seed")
+    judge_max_tokens: int = setting(512, "the judge's reply length cap")
+    judge_num_ctx: int = setting(4096, "the judge's context window (Ollama num_ctx)")
+    verdict: str = setting("auto", "how a verdict is read: generated JSON, or a local judge's token "
+                                   "probabilities (auto: logprob for local: judges)", choices=VERDICTS)
+    attempts: int = setting(3, "asks per order before a reply counts as unparsed")
+    concurrency: int = setting(4, "judge calls in flight (match OLLAMA_NUM_PARALLEL)", runtime=True)
+    timeout_s: float = setting(300.0, "seconds a judge server may stay silent on a request", runtime=True,
+                               flag="--timeout")
+    judge_identical: bool = setting(False, "also ask the judge about identical answers (default: a tie, "
+                                           "AlpacaEval's rule)")
+    cache: str | None = setting(None, "judgment cache file (default OUTPUT/judge-cache.sqlite)", runtime=True)
     # statistics
-    n_boot: int = 2000
-    bootstrap_seed: int = 0
+    n_boot: int = setting(2000, "bootstrap resamples for the interval")
+    bootstrap_seed: int = setting(0, "bootstrap seed")
     # report
-    examples: int = 6
-    adversarial: int = 0                   # also measure flip rates under adversarial edits on N prompts
-    generator_model: str | None = None     # model that generated the training pairs (self-preference check)
-    pairs: str | None = None               # training pairs file to read the generator model from
+    examples: int = setting(6, "side-by-side examples in the report")
+    adversarial: int = setting(0, "also measure the judge's flip rate under adversarial edits on N prompts "
+                                  "(0: off)")
+    generator_model: str | None = setting(None, "model that generated the training pairs (self-preference "
+                                                "check)")
+    pairs: str | None = setting(None, "training pairs file: warns when held-out prompts are in it, and reads the "
+                                      "generator model from it", runtime=True)
+    quiet: bool = setting(False, "no progress output", runtime=True)
 
     def __post_init__(self) -> None:
         if isinstance(self.judges, str):
             self.judges = [self.judges]
+        self.dtype = normalize_dtype(self.dtype)
+        check_choices(self, "judge.")
         if not self.judges:
-            raise ValueError("judges: name at least one judge (e.g. ollama:llama3.1:8b)")
-        if self.verdict not in ("auto", "generate", "logprob"):
-            raise ValueError(f"verdict must be auto, generate or logprob, got {self.verdict!r}")
-        if self.attempts < 1:
-            raise ValueError(f"attempts must be at least 1, got {self.attempts}")
-        if self.concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+            raise ConfigError("judge.judges: name at least one judge (e.g. ollama:llama3.1:8b)")
+        for name in ("attempts", "concurrency", "batch_size", "max_new_tokens", "judge_max_tokens",
+                     "judge_num_ctx", "n_boot"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"judge.{name}: must be at least 1, got {getattr(self, name)}")
         if self.adversarial < 0:
-            raise ValueError(f"adversarial must be 0 (off) or a number of prompts, got {self.adversarial}")
+            raise ConfigError(f"judge.adversarial: must be 0 (off) or a number of prompts, got {self.adversarial}")
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit must be at least 1, got {self.limit}")
+            raise ConfigError(f"judge.limit: must be at least 1, got {self.limit}")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"judge.timeout_s: must be > 0 seconds, got {self.timeout_s}")
 
     @property
     def cache_path(self) -> Path:
-        return Path(self.cache) if self.cache else Path(self.out_dir) / "judge-cache.sqlite"
+        return Path(self.cache) if self.cache else Path(self.output_dir) / "judge-cache.sqlite"

@@ -1,14 +1,16 @@
-"""One judge call: cache lookup, bounded retries of unparseable replies, cache write of a usable one.
+"""One judge call: cache lookup, bounded re-asks of unparseable replies, cache write of a usable one.
 
-Shared by pairwise and score mode. Transport errors (``Transient`` after the client's own retries,
-``ServerFatal``) are not ours to hide: they propagate, nothing is cached, and the caller's runner records the
-failure so a rerun asks again. An answer that never parses is returned as ``value=None`` with the last raw
-reply, so it is counted and shown, never dropped.
+Shared by pairwise and score mode, and the only place a reply is asked again because it did not parse: the
+clients send each request once (with their transport retries) and hand back ``ReplyInvalid`` with the raw text;
+here our own parser gets a go at it, and when that fails too the judge is asked again with a new seed and a
+little temperature. Transport errors (``Transient`` after the client's retries, ``ServerFatal``) are not ours to
+hide: they propagate, nothing is cached, and the caller's runner records the failure so a rerun asks again. An
+answer that never parses is returned as ``value=None`` with the last raw reply, so it is counted and shown, never
+dropped.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -49,7 +51,7 @@ def retry_options(options: GenOptions, attempt: int) -> GenOptions:
     return dataclasses.replace(options, seed=seed, temperature=max(options.temperature, RETRY_TEMPERATURE))
 
 
-async def ask(client: Any, messages: list[dict[str, str]], *, parse: Callable[[Any, str], Any],
+async def ask_parsed(client: Any, messages: list[dict[str, str]], *, parse: Callable[[Any, str], Any],
               schema: dict[str, Any] | None, options: GenOptions, attempts: int, cache: JudgeCache | None,
               key: str) -> Asked:
     """Ask ``client`` until ``parse(data, text)`` returns a value (at most ``attempts`` calls), using the cache.
@@ -73,20 +75,3 @@ async def ask(client: Any, messages: list[dict[str, str]], *, parse: Callable[[A
                 cache.put(key, {"value": value, "raw": raw})
             return Asked(value=value, raw=raw, attempts=attempt, cached=False)
     return Asked(value=None, raw=raw, attempts=max(1, attempts), cached=False)
-
-
-class Bounded:
-    """A client wrapper that keeps at most ``limit`` calls in flight (match the server's parallel slots).
-
-    The runner keeps ``limit`` prompts in flight and each prompt asks two orders at once; bounding the calls here
-    keeps the server's slots full without piling requests into its queue.
-    """
-
-    def __init__(self, client: Any, limit: int):
-        self.client = client
-        self.spec = getattr(client, "spec", None)
-        self._gate = asyncio.Semaphore(max(1, limit))
-
-    async def chat(self, messages: list[dict[str, str]], **kwargs: Any) -> Any:
-        async with self._gate:
-            return await self.client.chat(messages, **kwargs)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from judge.cache import JudgeCache, judgment_key
-from judge.core import DEFAULT_OPTIONS, ask, judge_name, options_key
+from judge.core import DEFAULT_OPTIONS, ask_parsed, judge_name, options_key
 from judge.prompts import JudgeTemplate, check_fields, judge_prompt_text, load_template
 from prefloop.llm.base import GenOptions
 from prefloop.records import Prompt
@@ -124,18 +124,18 @@ def _to_content(shown: str, first: str) -> str:
 
 
 async def judge_order(client: Any, template: JudgeTemplate, prompt: str, first_answer: str, second_answer: str,
-                      *, reference: str | None, cache: JudgeCache | None, options: GenOptions,
+                      *, known_good: str | None, cache: JudgeCache | None, options: GenOptions,
                       attempts: int) -> tuple[dict[str, str] | None, str, int, bool]:
     """One call with ``first_answer`` in position A; returns (verdict by position, raw, attempts, cached)."""
-    messages = template.render(prompt=prompt, answer_a=first_answer, answer_b=second_answer, reference=reference)
+    messages = template.render(prompt=prompt, answer_a=first_answer, answer_b=second_answer, known_good=known_good)
     key = judgment_key(judge=judge_name(client), template_hash=template.hash, mode="pairwise", prompt=prompt,
-                       answers=(first_answer, second_answer), reference=reference, options=options_key(options))
-    got = await ask(client, messages, parse=parse_verdict, schema=VERDICT_SCHEMA, options=options,
+                       answers=(first_answer, second_answer), known_good=known_good, options=options_key(options))
+    got = await ask_parsed(client, messages, parse=parse_verdict, schema=VERDICT_SCHEMA, options=options,
                     attempts=attempts, cache=cache, key=key)
     return got.value, got.raw, got.attempts, got.cached
 
 
-async def judge_pair(client: Any, prompt: Prompt, answer_a: str, answer_b: str, *, reference: str | None = None,
+async def judge_pair(client: Any, prompt: Prompt, answer_a: str, answer_b: str, *, known_good: str | None = None,
                      cache: JudgeCache | None = None, template: JudgeTemplate | str | None = None,
                      options: GenOptions | None = None, attempts: int = 3) -> PairVerdict:
     """Judge ``answer_a`` against ``answer_b`` in both orders (concurrently) and fold the two verdicts."""
@@ -144,9 +144,9 @@ async def judge_pair(client: Any, prompt: Prompt, answer_a: str, answer_b: str, 
     text = judge_prompt_text(prompt)
     opts = options or DEFAULT_OPTIONS
     results = await asyncio.gather(
-        judge_order(client, tpl, text, answer_a, answer_b, reference=reference, cache=cache, options=opts,
+        judge_order(client, tpl, text, answer_a, answer_b, known_good=known_good, cache=cache, options=opts,
                     attempts=attempts),
-        judge_order(client, tpl, text, answer_b, answer_a, reference=reference, cache=cache, options=opts,
+        judge_order(client, tpl, text, answer_b, answer_a, known_good=known_good, cache=cache, options=opts,
                     attempts=attempts),
     )
     games = []

@@ -1,9 +1,10 @@
 """Judge prompt templates: plain text files users can copy and edit.
 
 Format: an optional ``=== system ===`` section and a ``=== user ===`` section. Placeholders are ``{prompt}``,
-``{answer}`` (score mode), ``{answer_a}``, ``{answer_b}`` (pairwise) and ``{reference}``; text between
-``{#if reference}`` and ``{#end}`` is kept only when a reference answer is given. Anything else in braces (a JSON
-example, say) is left alone, and text substituted in is never scanned again, so an answer containing
+``{answer}`` (score mode), ``{answer_a}``, ``{answer_b}`` (pairwise) and ``{known_good}`` (the dataset's answer;
+``{reference}`` is read as the same, for templates written before the rename); text between
+``{#if known_good}`` and ``{#end}`` is kept only when a known-good answer is given. Anything else in braces (a
+JSON example, say) is left alone, and text substituted in is never scanned again, so an answer containing
 ``{prompt}`` stays as written.
 
 The template's hash is part of every cache key: edit the template and the judgments are made afresh.
@@ -21,8 +22,8 @@ from prefloop.records import Prompt, prompt_text
 from prefloop.templates import ALPACA_RESPONSE
 
 BUILTIN = ("pairwise", "score")
-PLACEHOLDER = re.compile(r"\{(prompt|answer|answer_a|answer_b|reference)\}")
-CONDITIONAL = re.compile(r"\{#if reference\}(.*?)\{#end\}", re.DOTALL)
+PLACEHOLDER = re.compile(r"\{(prompt|answer|answer_a|answer_b|known_good|reference)\}")
+CONDITIONAL = re.compile(r"\{#if (?:known_good|reference)\}(.*?)\{#end\}", re.DOTALL)
 SECTION = re.compile(r"^=== (system|user) ===[ \t]*$", re.MULTILINE)
 
 
@@ -51,9 +52,10 @@ class JudgeTemplate:
         return out
 
     def render(self, **fields: str | None) -> list[dict[str, str]]:
-        """Chat messages with the fields filled in (``reference=None`` drops the conditional blocks)."""
-        has_ref = bool(fields.get("reference"))
+        """Chat messages with the fields filled in (``known_good=None`` drops the conditional blocks)."""
+        has_ref = bool(fields.get("known_good"))
         values = {k: (v if v is not None else "") for k, v in fields.items()}
+        values["reference"] = values.get("known_good", "")
 
         def fill(text: str) -> str:
             text = CONDITIONAL.sub(lambda m: m.group(1) if has_ref else "", text)

@@ -1,50 +1,76 @@
-"""The judge's report: headline table, a win-rate plot, judge diagnostics, agreement, side-by-side examples.
+"""The judge's report: the headline and what it means, the per-judge table, a win-rate plot, the judge's
+diagnostics, agreement between judges, robustness, and side-by-side examples with the verdicts.
 
-Built with ``prefloop.report.Report`` so the Markdown and HTML say the same thing; ``build_report`` returns the
-``Report`` so the loop can embed it in its own.
+Built only from the judge's own files through ``judge.results`` (``load_report(folder)``), with
+``prefloop.report.Report``, so the Markdown and HTML say the same thing and ``prefloop run`` embeds the very same
+blocks in its run report (``Report.extend``): every judge number on either page is rendered here.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from judge.prompts import judge_prompt_text
+from judge.results import AnswerRow, JudgeResults, JudgeSummary, JudgmentRow, current_judgments, read_answers
 from prefloop.report import Report, fmt, is_number, pct, pyplot, save_png
 
+PRINCIPLE = ("The headline is the win rate on **held-out prompts** that never reached training, judged in both "
+             "orders (orders that disagree count as a tie; ties count half). The training curves are diagnostics "
+             "only: a falling loss does not mean people prefer the answers.")
 
-def build_report(out_dir: Path, results: dict[str, Any], answers: list[dict[str, Any]],
-                 per_judge_rows: dict[str, dict[str, dict[str, Any]]], n_examples: int = 6) -> Report:
+
+def verdict_words(s: JudgeSummary) -> str:
+    """What the interval says, in words."""
+    if not is_number(s.ci_low) or not is_number(s.ci_high):
+        return "no interval available"
+    if s.ci_low > 0.5:
+        return "the trained model is preferred over its reference (the whole interval is above 50%)"
+    if s.ci_high < 0.5:
+        return "the trained model is **worse** than its reference (the whole interval is below 50%)"
+    return (f"no detectable difference from the reference: the interval contains 50% (n = {s.n}; more held-out "
+            f"prompts or a stronger judge narrow it)")
+
+
+def build_report(out_dir: Path, results: JudgeResults, answers: list[AnswerRow],
+                 rows: dict[str, dict[str, JudgmentRow]], n_examples: int = 6) -> Report:
+    """The whole judge report; ``n_examples=0`` leaves the examples out (the run report puts them last)."""
     rep = Report(title="Held-out win rate",
-                 subtitle=f"policy `{results['policy']}` against reference `{results['reference']}` on "
-                          f"{results['n_prompts']} held-out prompts from `{results['prompts']}`")
-    for w in results.get("warnings", []):
+                 subtitle=f"policy `{results.policy}` against reference `{results.reference}` on "
+                          f"{results.n_prompts} held-out prompts from `{results.prompts}`")
+    rep.paragraph(PRINCIPLE)
+    for w in results.warnings:
         rep.warning(w)
-    head = results["judges"][results["judge"]]
-    if head.get("n"):
-        rep.paragraph(f"**{pct(head['win_rate'])}** win rate (95% CI {pct(head['ci_low'])}–{pct(head['ci_high'])}, "
-                      f"prompt-level bootstrap) by judge `{results['judge']}`: the share of prompts where the judge "
-                      "preferred the trained model, ties counting half. Each prompt was judged in both orders; "
-                      "orders that disagree count as a tie. 50% = no better than the reference.")
-    rows = []
-    for name, s in results["judges"].items():
-        d = s.get("diagnostics") or {}
-        rows.append([name, pct(s.get("win_rate")), f"{pct(s.get('ci_low'))}–{pct(s.get('ci_high'))}",
-                     pct(s.get("lc_win_rate")), s.get("wins"), s.get("ties"), s.get("losses"), s.get("n"),
-                     pct(d.get("parse_rate")), pct(d.get("position_consistency")),
-                     pct(d.get("first_position_rate")), pct(d.get("longer_pick_rate"))])
-    rep.heading("Results")
-    rep.table(rows, headers=["judge", "win rate", "95% CI", "LC win rate", "wins", "ties", "losses", "n",
-                             "parsed", "position-consistent", "picks first", "picks longer"])
-    plot = plot_win_rates([{"name": name, "win_rate": s.get("win_rate"), "ci_low": s.get("ci_low"),
-                            "ci_high": s.get("ci_high"), "n": s.get("n")} for name, s in results["judges"].items()],
-                          out_dir / "win_rate.png")
+    head = results.headline
+    if head.n:
+        rep.paragraph(f"**{pct(head.win_rate)}** win rate (95% CI {pct(head.ci_low)}–{pct(head.ci_high)}, "
+                      f"prompt-level bootstrap) by judge `{head.judge}`: {verdict_words(head)}.")
+        same = head.diagnostics.get("identical_answers")
+        if same:
+            rep.paragraph(f"{same} of {head.n} trained answers are word for word the reference's (ties, no judge "
+                          "asked): training moved the model little on these prompts. More pairs, more steps or a "
+                          "larger learning rate move it further; a larger beta keeps it closer.")
+    else:
+        rep.paragraph("No judgments yet.")
+    table = []
+    for s in results.judges.values():
+        d = s.diagnostics
+        table.append([s.judge, pct(s.win_rate), f"{pct(s.ci_low)}–{pct(s.ci_high)}", pct(s.lc_win_rate), s.wins,
+                      s.ties, s.losses, s.n, pct(d.get("parse_rate")), pct(d.get("position_consistency")),
+                      pct(d.get("first_position_rate")), pct(d.get("longer_pick_rate"))])
+    rep.heading("Results", 3)
+    rep.table(table, headers=["judge", "win rate", "95% CI", "LC win rate", "wins", "ties", "losses", "n",
+                              "parsed", "position-consistent", "picks first", "picks longer"])
+    plot = plot_win_rates([{"name": s.judge, "win_rate": s.win_rate, "ci_low": s.ci_low, "ci_high": s.ci_high,
+                            "n": s.n} for s in results.judges.values()], out_dir / "win_rate.png")
     if plot is not None:
-        rep.image(plot, caption="win rate with its 95% interval per judge; the dashed line is 50%")
+        rep.image(plot, caption="win rate of the trained model over its SFT reference per judge, with its 95% "
+                                "interval; the dashed line is 50% (no better than the reference)")
     rep.paragraph("LC win rate: AlpacaEval's length-controlled win rate (a logistic fit of the outcome on the "
                   "normalised length difference, read at equal lengths), fitted on this set. *Picks first* near "
                   "50% means no position bias; *picks longer* far above 50% means the judge rewards length.")
-    d = head.get("diagnostics") or {}
+    d = head.diagnostics
     if d:
         rep.heading("Judge diagnostics", 3)
         rep.key_values({"judge calls (this and earlier runs)": d.get("calls"),
@@ -55,11 +81,11 @@ def build_report(out_dir: Path, results: dict[str, Any], answers: list[dict[str,
                         "judge called a tie": pct(d.get("tie_rate")),
                         "mean answer length, policy (chars)": fmt(d.get("mean_len_policy")),
                         "mean answer length, reference (chars)": fmt(d.get("mean_len_reference"))})
-    if results.get("kappa"):
+    if results.kappa:
         rep.heading("Agreement between judges", 3)
-        rep.table([[k["a"], k["b"], fmt(k["kappa"]), pct(k["agreement"]), k["n"]] for k in results["kappa"]],
+        rep.table([[k.a, k.b, fmt(k.kappa), pct(k.agreement), k.n] for k in results.kappa],
                   headers=["judge", "judge", "Cohen's κ", "agreement", "prompts"])
-    rob = results.get("robustness")
+    rob = results.robustness
     if rob:
         rep.heading("Robustness to adversarial answers", 3)
         rep.paragraph(f"On {rob['n']} prompts the reference answer was edited and judged again by `{rob['judge']}`. "
@@ -67,39 +93,76 @@ def build_report(out_dir: Path, results: dict[str, Any], answers: list[dict[str,
         rep.table([[name, pct(rob[name]["flip_rate"]), pct(rob[name]["attacked_wins"])]
                    for name in ("injection", "longer", "empty")],
                   headers=["edit", "verdicts flipped", "edited answer wins"])
-    rep.heading("Examples")
-    rows_by_id = per_judge_rows.get(results["judge"], {})
-    for a in pick_examples(answers, rows_by_id, n_examples):
-        r = rows_by_id.get(a["id"])
-        note = None
-        if r is not None:
-            reasons = "; ".join(f"{g['first']} first: {g['pick'] or 'unparsed'} ({g['reason'][:200]})"
-                                for g in r["games"])
-            note = f"verdict: {r['winner'] or 'unparsed'}" + (f" — {reasons}" if reasons else "")
-        rep.example(f"prompt {a['id']}", judge_prompt_text(a["prompt"]),
-                    [("reference", a["reference_answer"]), ("policy", a["policy_answer"])], note=note)
+    if n_examples:
+        add_examples(rep, answers, rows, results.judge, n_examples)
     return rep
 
 
-def pick_examples(answers: list[dict[str, Any]], rows: dict[str, dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    """A few of each outcome (wins, losses, ties) in prompt order, so the examples are not all one kind."""
-    buckets: dict[str, list[dict[str, Any]]] = {"win": [], "loss": [], "tie": []}
+def add_examples(rep: Report, answers: list[AnswerRow], rows: dict[str, dict[str, JudgmentRow]], headline: str,
+                 n: int, level: int = 3) -> None:
+    """A few held-out answers of each outcome side by side, with every judge's verdict and reasons."""
+    if not answers or n <= 0:
+        return
+    rep.heading("Held-out answers, side by side", level)
+    rep.paragraph("Answers of the SFT reference and the trained model to prompts neither saw in DPO training, with "
+                  "the judges' verdicts.")
+    for a in pick_examples(answers, rows.get(headline, {}), n):
+        notes = []
+        for judge, by_id in rows.items():
+            r = by_id.get(a.id)
+            if r is None:
+                continue
+            reasons = "; ".join(f"{g.first} first: {g.pick or 'unparsed'} ({g.reason[:200]})" for g in r.games)
+            notes.append(f"{judge}: {r.verdict}" + (f" — {reasons}" if reasons else ""))
+        cols = [("reference (SFT)", a.reference_answer), ("trained (DPO)", a.policy_answer)]
+        if a.known_good:
+            cols.append(("known-good answer", a.known_good))
+        rep.example(f"prompt {a.id}", judge_prompt_text(a.prompt), cols, note="; ".join(notes) or None)
+    if len(answers) > n:
+        rep.paragraph(f"All {len(answers)} are in `answers.jsonl`, the verdicts in `judgments.jsonl`.")
+
+
+def pick_examples(answers: list[AnswerRow], rows: dict[str, JudgmentRow], n: int) -> list[AnswerRow]:
+    """A few of each outcome (wins, losses, ties) in prompt order, so the examples are not all one kind; prompts
+    not judged yet come last."""
+    buckets: dict[str, list[AnswerRow]] = {"win": [], "loss": [], "tie": [], "pending": []}
     for a in answers:
-        r = rows.get(a["id"])
-        if r is not None:
-            buckets[r["outcome"]].append(a)
-    picked: list[dict[str, Any]] = []
+        r = rows.get(a.id)
+        buckets[r.outcome if r is not None else "pending"].append(a)
+    picked: list[AnswerRow] = []
     while len(picked) < n and any(buckets.values()):
-        for key in ("win", "loss", "tie"):
+        for key in ("win", "loss", "tie", "pending"):
             if buckets[key] and len(picked) < n:
                 picked.append(buckets[key].pop(0))
     return picked
 
 
-def write_report(out_dir: Path, results: dict[str, Any], answers: list[dict[str, Any]],
-                 per_judge_rows: dict[str, dict[str, dict[str, Any]]], n_examples: int = 6) -> tuple[Path, Path]:
-    rep = build_report(out_dir, results, answers, per_judge_rows, n_examples)
-    return rep.write(out_dir, "report")
+@dataclass
+class JudgeFolder:
+    """A judge output folder as read back: the results, the answers and their current judgments."""
+
+    folder: Path
+    results: JudgeResults | None
+    answers: list[AnswerRow]
+    rows: dict[str, dict[str, JudgmentRow]]
+
+    @classmethod
+    def read(cls, folder: str | Path) -> "JudgeFolder":
+        folder = Path(folder)
+        answers = read_answers(folder / "answers.jsonl")
+        return cls(folder, JudgeResults.read(folder / "results.json"), answers,
+                   current_judgments(answers, folder / "judgments.jsonl"))
+
+    def report(self, n_examples: int = 6) -> Report | None:
+        """The judge's report (None before ``results.json`` exists)."""
+        if self.results is None:
+            return None
+        return build_report(self.folder, self.results, self.answers, self.rows, n_examples)
+
+
+def write_report(out_dir: Path, results: JudgeResults, answers: list[AnswerRow],
+                 rows: dict[str, dict[str, JudgmentRow]], n_examples: int = 6) -> tuple[Path, Path]:
+    return build_report(out_dir, results, answers, rows, n_examples).write(out_dir, "report")
 
 
 def plot_win_rates(results: Sequence[Mapping[str, Any]], out_path: str | Path, title: str = "held-out win rate",

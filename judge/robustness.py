@@ -35,19 +35,17 @@ def _label(winner: str | None) -> str:
 
 
 async def flip_rates(client: Any, items: Sequence[tuple[Any, str, str]], *, cache: JudgeCache | None = None,
-                     reference: Sequence[str | None] | None = None, concurrency: int = 4,
-                     **judge_kwargs: Any) -> dict[str, Any]:
+                     known_good: Sequence[str | None] | None = None, **judge_kwargs: Any) -> dict[str, Any]:
     """Judge each ``(prompt, answer_a, answer_b)`` as is and with each attack on ``answer_b``.
 
-    Returns ``{"n", "baseline": [...], "<attack>": {"flip_rate", "attacked_wins", "verdicts"}}``.
+    Returns ``{"n", "baseline": [...], "<attack>": {"flip_rate", "attacked_wins", "verdicts"}}``. All calls go
+    out at once; the client's slots bound how many the server gets.
     """
-    refs = list(reference) if reference is not None else [None] * len(items)
-    gate = asyncio.Semaphore(concurrency)
+    refs = list(known_good) if known_good is not None else [None] * len(items)
 
     async def one(i: int, b: str) -> str:
         prompt, a, _ = items[i]
-        async with gate:
-            v = await judge_pair(client, prompt, a, b, reference=refs[i], cache=cache, **judge_kwargs)
+        v = await judge_pair(client, prompt, a, b, known_good=refs[i], cache=cache, **judge_kwargs)
         return _label(v.winner)
 
     baseline = await asyncio.gather(*(one(i, it[2]) for i, it in enumerate(items)))

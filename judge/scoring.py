@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from judge.cache import JudgeCache, judgment_key
-from judge.core import DEFAULT_OPTIONS, ask, judge_name, options_key
+from judge.core import DEFAULT_OPTIONS, ask_parsed, judge_name, options_key
 from judge.prompts import JudgeTemplate, check_fields, judge_prompt_text, load_template
 from prefloop.llm.base import GenOptions
 from prefloop.records import Prompt
@@ -75,10 +75,10 @@ def parse_score(data: Any, text: str) -> float | None:
     return clamp(float(first.group(0))) if first else None
 
 
-async def score_answer(client: Any, prompt: Prompt, answer: str, *, reference: str | None = None,
+async def score_answer(client: Any, prompt: Prompt, answer: str, *, known_good: str | None = None,
                        cache: JudgeCache | None = None, template: JudgeTemplate | str | None = None,
                        options: GenOptions | None = None, attempts: int = 3) -> Score:
-    """Score ``answer`` to ``prompt`` from 0 to 100 (the seed recipe's prompt; ``reference`` = correct output).
+    """Score ``answer`` to ``prompt`` from 0 to 100 (the seed recipe's prompt; ``known_good`` = correct output).
 
     An empty answer scores 0 without a call (as the recipe's ``ollama_evaluate.py`` does). Transport errors
     propagate; unparseable replies come back as ``Score(value=None, raw=...)`` after ``attempts`` calls.
@@ -89,24 +89,19 @@ async def score_answer(client: Any, prompt: Prompt, answer: str, *, reference: s
     check_fields(tpl, ("prompt", "answer"))
     text = judge_prompt_text(prompt)
     opts = options or DEFAULT_OPTIONS
-    messages = tpl.render(prompt=text, answer=answer, reference=reference)
+    messages = tpl.render(prompt=text, answer=answer, known_good=known_good)
     key = judgment_key(judge=judge_name(client), template_hash=tpl.hash, mode="score", prompt=text,
-                       answers=(answer,), reference=reference, options=options_key(opts))
-    got = await ask(client, messages, parse=parse_score, schema=None, options=opts, attempts=attempts, cache=cache,
-                    key=key)
+                       answers=(answer,), known_good=known_good, options=options_key(opts))
+    got = await ask_parsed(client, messages, parse=parse_score, schema=None, options=opts, attempts=attempts,
+                           cache=cache, key=key)
     return Score(value=got.value, raw=got.raw, attempts=got.attempts, cached=got.cached)
 
 
 async def score_many(client: Any, items: list[tuple[Prompt, str, str | None]], *, cache: JudgeCache | None = None,
-                     concurrency: int = 4, **kwargs: Any) -> list[Score]:
-    """Score ``(prompt, answer, reference)`` items with at most ``concurrency`` calls in flight, in order."""
-    gate = asyncio.Semaphore(max(1, concurrency))
-
-    async def one(prompt: Prompt, answer: str, reference: str | None) -> Score:
-        async with gate:
-            return await score_answer(client, prompt, answer, reference=reference, cache=cache, **kwargs)
-
-    return list(await asyncio.gather(*(one(*item) for item in items)))
+                     **kwargs: Any) -> list[Score]:
+    """Score ``(prompt, answer, known_good)`` items, in order (the client bounds the calls in flight)."""
+    return list(await asyncio.gather(*(score_answer(client, prompt, answer, known_good=known_good, cache=cache,
+                                                    **kwargs) for prompt, answer, known_good in items)))
 
 
 def summarize_scores(scores: list[Score], *, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:

@@ -21,7 +21,7 @@ def test_scores_are_the_log_probabilities_of_each_verdict(tiny_model_dir: Path) 
 
     judge = LogprobJudge(make_client(f"local:{tiny_model_dir}"))
     messages = load_template("pairwise").render(prompt="Name a color.", answer_a="Red.", answer_b="Seven.",
-                                                reference=None)
+                                                known_good=None)
     scores = judge.scores(messages)
     assert set(scores) == set(CANDIDATES) and all(s < 0 for s in scores.values())
     # independent route: tokenize the whole text at once and score the tail token by token
@@ -57,11 +57,11 @@ def test_evaluate_with_a_local_judge_uses_logprob(tmp_path: Path, tiny_model_dir
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in ["Name a color.", "Say hi.", "Count to 3."]))
     cfg = JudgeConfig(policy=str(tiny_model_dir), reference=str(tiny_model_dir), prompts=str(prompts),
-                      judges=[f"local:{tiny_model_dir}"], out_dir=str(tmp_path / "out"), max_new_tokens=8,
+                      judges=[f"local:{tiny_model_dir}"], output_dir=str(tmp_path / "out"), max_new_tokens=8,
                       judge_identical=True, n_boot=200)
-    r = evaluate(cfg).results
-    assert r["n"] == 3 and r["diagnostics"]["parse_rate"] == 1.0 and r["diagnostics"]["games"] == 6
-    assert r["ci_low"] <= r["win_rate"] <= r["ci_high"]
+    r = evaluate(cfg).headline
+    assert r.n == 3 and r.diagnostics["parse_rate"] == 1.0 and r.diagnostics["games"] == 6
+    assert r.ci_low <= r.win_rate <= r.ci_high
     with pytest.raises(ValueError, match="needs a local"):
         evaluate(JudgeConfig(policy=str(tiny_model_dir), reference=str(tiny_model_dir), prompts=str(prompts),
-                             judges=["ollama:judge"], out_dir=str(tmp_path / "out2"), verdict="logprob"))
+                             judges=["ollama:judge"], output_dir=str(tmp_path / "out2"), verdict="logprob"))

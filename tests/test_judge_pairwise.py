@@ -25,7 +25,6 @@ def client_for(server, **kw):
     """The real Ollama client, pointed at the test server, with quick retries and no JSON re-asks of its own
     (the judge's own bounded retries are what these tests count)."""
     kw.setdefault("retry", RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02))
-    kw.setdefault("invalid_retries", 0)
     return make_client("ollama:judge", host=server.url, **kw)
 
 
@@ -76,7 +75,7 @@ def test_position_biased_judge_gives_inconsistent_tie(ollama_server) -> None:
 
 def test_reference_answer_reaches_the_judge_only_when_given(ollama_server) -> None:
     ollama_server.reply = prefers("Alpha")
-    run(judged(ollama_server, "Q?", ALPHA, BETA, reference="Paris."))
+    run(judged(ollama_server, "Q?", ALPHA, BETA, known_good="Paris."))
     run(judged(ollama_server, "Q2?", ALPHA, BETA))
     users = [next(m["content"] for m in b["messages"] if m["role"] == "user") for b in ollama_server.bodies("/api/chat")]
     assert sum("Reference Answer]\nParis." in u for u in users) == 2
@@ -161,7 +160,7 @@ def test_template_errors_name_the_file(tmp_path: Path) -> None:
 
 
 def test_template_substitution_does_not_rescan_answers() -> None:
-    msgs = load_template("pairwise").render(prompt="P", answer_a="{answer_b}", answer_b="B!", reference=None)
+    msgs = load_template("pairwise").render(prompt="P", answer_a="{answer_b}", answer_b="B!", known_good=None)
     user = msgs[-1]["content"]
     assert "[The Start of Assistant A's Answer]\n{answer_b}\n" in user
     assert '{"reason":' in user  # the JSON example in the template survives
@@ -191,7 +190,7 @@ def test_score_uses_the_seed_prompt_and_caches(ollama_server, tmp_path: Path) ->
     prompt = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
               "request.\n\n### Instruction:\nName the capital of France.\n\n### Response:\n")
     with JudgeCache(tmp_path / "c.sqlite") as cache:
-        s = run(scored(ollama_server, prompt, "Paris.", reference="The capital is Paris.", cache=cache))
+        s = run(scored(ollama_server, prompt, "Paris.", known_good="The capital is Paris.", cache=cache))
         assert s.value == 85.0 and not s.cached
         body = ollama_server.bodies("/api/chat")[0]
         text = body["messages"][-1]["content"]
@@ -199,7 +198,7 @@ def test_score_uses_the_seed_prompt_and_caches(ollama_server, tmp_path: Path) ->
                         "appropriately completes the request.\n\n### Instruction:\nName the capital of France.` "
                         "and correct output `The capital is Paris.`, score the model response `Paris.` on a scale "
                         "from 0 to 100, where 100 is the best score. Respond with the integer number only.")
-        again = run(scored(ollama_server, prompt, "Paris.", reference="The capital is Paris.", cache=cache))
+        again = run(scored(ollama_server, prompt, "Paris.", known_good="The capital is Paris.", cache=cache))
         assert again.cached and again.value == 85.0 and ollama_server.count("/api/chat") == 1
 
 

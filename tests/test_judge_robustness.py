@@ -36,7 +36,7 @@ def run_with(server, reply):
     server.reply = reply
 
     async def go():
-        client = make_client("ollama:judge", host=server.url, invalid_retries=0,
+        client = make_client("ollama:judge", host=server.url,
                              retry=RetryPolicy(attempts=2, base_delay=0.01))
         try:
             return await flip_rates(client, ITEMS)
