@@ -1,8 +1,10 @@
 """Preference pairs from prompts by asking a model: ``prefloop generate``.
 
+It may import the judge (``rank`` scores candidates with the judge's scorer) and the foundation (``prefloop``).
+
     from generator.config import GenerateConfig
     from generator.run import generate
-    summary = generate(GenerateConfig(source="data/prompts/quickstart.json", output="pairs.jsonl",
+    result = generate(GenerateConfig(source="data/prompts/quickstart.json", output="pairs.jsonl",
                                       model="ollama:llama3.1:70b"))
 
 Strategies (one module each, ``make_pair(ctx, prompt_record) -> record | Drop``): ``rewrite`` (the reference

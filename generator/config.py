@@ -1,16 +1,18 @@
 """Settings for ``prefloop generate``: one dataclass, filled from flags, a TOML ``[generate]`` section and ``--set``.
 
 Settings that change what a pair contains (strategy, models, axis, sampling, seed, prompt style) go into every
-pair's id; settings that only change how fast or how loudly it runs (concurrency, retries, fsync) do not, so a
-rerun with more workers resumes the same file.
+pair's id (``identity()``); settings marked ``runtime`` only change how fast or how loudly it runs (concurrency,
+retries, fsync) and do not, so a rerun with more workers resumes the same file. A test checks that every field is
+one or the other.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from prefloop.config import ConfigError, check_choices, setting
 from prefloop.llm.base import parse_spec
 
 STRATEGIES = ("rewrite", "rank", "contrast")
@@ -21,52 +23,72 @@ RECIPE_PROMPTS = ("auto", "clean", "verbatim", "fewshot")
 class GenerateConfig:
     """What to generate from where, with which models, and how hard to push the server."""
 
-    source: str = ""                       # prompts: Alpaca JSON/JSONL, JSONL with "prompt", .txt, HF dataset
-    output: str = ""                       # preference pairs JSONL (appended; rerun resumes)
-    strategy: str = "rewrite"              # rewrite | rank | contrast
-    model: str = "local:smollm2"           # the writing model: ollama:NAME (bare NAME too), openai:NAME@URL, local:NAME
-    models: list[str] = field(default_factory=list)   # rank: candidate models (default: [model])
-    judge: str = ""                        # rank: scoring model (default: model)
-    sft_model: str = "local:smollm2"       # contrast: the model whose own answers become the rejected side
+    source: str = setting("", "prompts: Alpaca JSON/JSONL, JSONL with 'prompt', .txt, or a dataset", runtime=True,
+                          flag=False)
+    output: str = setting("", "preference pairs JSONL (appended; a rerun resumes it)", runtime=True,
+                          flag="--output", short="-o", metavar="PAIRS.jsonl")
+    strategy: str = setting("rewrite", "rewrite (the reference recipe), rank (judge-scored candidates) or "
+                                       "contrast (on-policy rejected answers)", choices=STRATEGIES)
+    model: str = setting("local:smollm2", "the writing model: ollama:NAME (or a bare NAME), openai:NAME@URL, "
+                                          "local:NAME")
+    models: list[str] = setting(help="rank: candidate models, comma-separated or repeated (default: --model)",
+                                factory=list)
+    judge: str = setting("", "rank: scoring model (default: --model)")
+    sft_model: str = setting("local:smollm2", "contrast: the model whose own answers become the rejected side")
     # rewrite: the axis and its two directions; the first direction is the better side
-    axis: str = "politeness"
-    better: str = "polite"
-    worse: str = "impolite"
-    # auto: fewshot for a local (small) rewriter, clean for a served one | clean (our wording) | verbatim (the
-    # ch07 notebook's, quirks included) | fewshot (worked examples as earlier turns; small models keep the answer)
-    recipe_prompt: str = "auto"
-    k: int = 4                             # rank: candidates per prompt
-    min_margin: float = 10.0               # rank: drop pairs whose best-worst score gap (0-100) is smaller
-    temperature: float = 0.0               # rewrite/contrast; rank samples at rank_temperature
-    rank_temperature: float = 0.8
-    max_tokens: int = 512
-    num_ctx: int = 4096
-    seed: int = 123
-    limit: int = 0                         # first N prompts only (0 = all)
-    concurrency: int = 0                   # requests in flight; 0 = match the server (see resolved_concurrency)
-    max_attempts: int = 3                  # per job and run, on top of the client's own retries
-    backoff_s: float = 1.0
-    abort_after: int = 25                  # stop after this many failures in a row (server down, model missing)
-    timeout_s: float = 600.0               # per request, once admitted by the client
-    fsync: bool = False                    # fsync each line (power-loss safety; costs ~ms per record)
-    skip_bad: bool = False                 # skip bad prompt records (counted) instead of stopping
-    quiet: bool = False
+    axis: str = setting("politeness", "rewrite: the quality the pairs differ in")
+    better: str = setting("polite", "rewrite: the better direction")
+    worse: str = setting("impolite", "rewrite: the worse direction")
+    recipe_prompt: str = setting("auto", "rewrite: our wording (clean), the ch07 notebook's (verbatim), worked "
+                                         "examples (fewshot); auto = fewshot for local models, clean otherwise",
+                                 choices=RECIPE_PROMPTS)
+    k: int = setting(4, "rank: candidates per prompt")
+    min_margin: float = setting(10.0, "rank: drop pairs whose best-worst score gap (0-100) is smaller")
+    temperature: float = setting(0.0, "rewrite/contrast sampling temperature (rank uses rank_temperature)")
+    rank_temperature: float = setting(0.8, "rank: candidates' sampling temperature")
+    max_tokens: int = setting(512, "reply length cap in tokens")
+    num_ctx: int = setting(4096, "the server's context window (Ollama num_ctx); it changes no pair unless a prompt "
+                                 "does not fit, which the client warns about", runtime=True)
+    seed: int = setting(123, "sampling seed (and the rewrite direction's coin)")
+    limit: int = setting(0, "first N prompts only (0: all); which prompts, not what a pair holds", runtime=True)
+    concurrency: int = setting(0, "requests in flight per model (0: match the server, see resolved_concurrency)",
+                               runtime=True)
+    max_attempts: int = setting(3, "tries per prompt and run (each request also has the client's own retries)",
+                                runtime=True)
+    backoff_s: float = setting(1.0, "seconds before a failed prompt's next try (doubling)", runtime=True)
+    abort_after: int = setting(25, "stop after this many failures in a row (server down, model missing)",
+                               runtime=True)
+    timeout_s: float = setting(600.0, "seconds a server may stay silent on one request", runtime=True,
+                               flag="--timeout")
+    fsync: bool = setting(False, "fsync every pair (power-loss safety; costs ~ms per pair)", runtime=True)
+    skip_bad: bool = setting(False, "skip bad prompt records (counted) instead of stopping", runtime=True)
+    quiet: bool = setting(False, "no progress bar", runtime=True)
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got '{self.strategy}'")
-        if self.recipe_prompt not in RECIPE_PROMPTS:
-            raise ValueError(f"recipe_prompt must be one of {', '.join(RECIPE_PROMPTS)}, got '{self.recipe_prompt}'")
-        for spec in [self.model, *self.models, self.sft_model] + ([self.judge] if self.judge else []):
-            parse_spec(spec)  # a bad spec fails here, not an hour in
+        def bad(name: str, why: str) -> None:
+            raise ConfigError(f"generate.{name}: {why}")
+
+        check_choices(self, "generate.")
+        for name, spec in [("model", self.model), *(("models", m) for m in self.models),
+                           ("sft_model", self.sft_model)] + ([("judge", self.judge)] if self.judge else []):
+            try:
+                parse_spec(spec)  # a bad spec fails here, not an hour in
+            except ValueError as exc:
+                bad(name, str(exc))
         if self.k < 2:
-            raise ValueError(f"k must be at least 2 (best and worst), got {self.k}")
-        if self.concurrency < 0:
-            raise ValueError(f"concurrency must be 0 (auto) or more, got {self.concurrency}")
+            bad("k", f"must be at least 2 (best and worst), got {self.k}")
+        for name in ("concurrency", "limit", "abort_after"):
+            if getattr(self, name) < 0:
+                bad(name, f"must be 0 or more, got {getattr(self, name)}")
+        for name in ("max_tokens", "num_ctx", "max_attempts"):
+            if getattr(self, name) < 1:
+                bad(name, f"must be at least 1, got {getattr(self, name)}")
+        if self.timeout_s <= 0:
+            bad("timeout_s", f"must be > 0 seconds, got {self.timeout_s}")
         if self.strategy == "contrast" and parse_spec(self.model) == parse_spec(self.sft_model):
-            raise ValueError(f"contrast needs two different models; model and sft_model are both '{self.model}'")
+            bad("sft_model", f"contrast needs two different models; model and sft_model are both '{self.model}'")
         if self.better.strip().lower() == self.worse.strip().lower():
-            raise ValueError(f"better and worse directions must differ, both are '{self.better}'")
+            bad("worse", f"better and worse directions must differ, both are '{self.better}'")
 
     @property
     def rewrite_style(self) -> str:
@@ -91,7 +113,8 @@ class GenerateConfig:
         return list(dict.fromkeys([self.model, self.sft_model]))
 
     def resolved_concurrency(self) -> int:
-        """Requests in flight. An explicit setting wins; else the backends decide. ``local`` alone: its batch
+        """Requests in flight per served model (its client's slots), and prompts in flight in the runner. An
+        explicit setting wins; else the backends decide. ``local`` alone: its batch
         size (8; concurrent requests become one batched generate). Ollama: ``OLLAMA_NUM_PARALLEL`` slots when set
         here, plus a quarter more in flight so every slot stays busy while replies are read; else 4.
         OpenAI-compatible servers batch: 8."""

@@ -7,14 +7,17 @@ prompt is what it should move toward. The SFT model sees the prompt exactly as i
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefloop.records import PromptRecord
 from prefloop.runner import Drop
 from prefloop.text import same_text
 
+if TYPE_CHECKING:
+    from generator.run import Context
 
-async def make_pair(ctx: Any, rec: PromptRecord) -> dict[str, Any] | Drop:
+
+async def make_pair(ctx: Context, rec: PromptRecord) -> dict[str, Any] | Drop:
     cfg = ctx.cfg
     chosen = (await ctx.answer(cfg.model, rec, temperature=cfg.temperature)).strip()
     rejected = (await ctx.answer(cfg.sft_model, rec, temperature=cfg.temperature)).strip()

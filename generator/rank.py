@@ -10,24 +10,17 @@ re-binarised later without asking any model again.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefloop.records import PromptRecord
 from prefloop.runner import Drop
 from prefloop.text import same_text
 
-
-async def _score(ctx: Any, rec: PromptRecord, text: str) -> tuple[float | None, dict[str, Any]]:
-    from judge.scoring import score_answer
-
-    spec = ctx.cfg.judge_model
-    async with ctx.slot(spec):
-        score = await score_answer(ctx.clients[spec], rec.prompt, text, reference=rec.known_good)
-    detail = score.to_json() if hasattr(score, "to_json") else {}
-    return score.value, detail
+if TYPE_CHECKING:
+    from generator.run import Context
 
 
-async def make_pair(ctx: Any, rec: PromptRecord) -> dict[str, Any] | Drop:
+async def make_pair(ctx: Context, rec: PromptRecord) -> dict[str, Any] | Drop:
     cfg = ctx.cfg
     specs = cfg.candidate_models
     plan = [(specs[i % len(specs)], cfg.seed + i) for i in range(cfg.k)]
@@ -40,11 +33,10 @@ async def make_pair(ctx: Any, rec: PromptRecord) -> dict[str, Any] | Drop:
             candidates.append({"model": spec, "seed": seed, "text": text})
     if len(candidates) < 2:
         return Drop("fewer than 2 distinct candidates", {"candidates": candidates})
-    scored = await asyncio.gather(*(_score(ctx, rec, c["text"]) for c in candidates))
-    for c, (value, detail) in zip(candidates, scored):
-        c["score"] = value
-        if detail:
-            c["judge"] = {k: v for k, v in detail.items() if k not in ("value",)}
+    scored = await asyncio.gather(*(ctx.score(rec, c["text"]) for c in candidates))
+    for c, score in zip(candidates, scored):
+        c["score"] = score.value
+        c["judge"] = {k: v for k, v in score.to_json().items() if k != "value"}
     valid = [c for c in candidates if c["score"] is not None]
     if len(valid) < 2:
         return Drop("fewer than 2 scored candidates", {"candidates": candidates})

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefloop.records import PromptRecord, prompt_text, stable_id
 from prefloop.runner import Drop
 from prefloop.templates import alpaca_input
 from prefloop.text import repeats_itself, same_text
+
+if TYPE_CHECKING:
+    from generator.run import Context
 
 
 # The notebook's prompt, quirks included ("return return", no space after the first two sentences).
@@ -141,7 +144,7 @@ def clean_rewrite(text: str, original: str, directions: tuple[str, ...] = ()) ->
     return out, removed
 
 
-async def make_pair(ctx: Any, rec: PromptRecord) -> dict[str, Any] | Drop:
+async def make_pair(ctx: Context, rec: PromptRecord) -> dict[str, Any] | Drop:
     """One rewrite request -> one pair (or a counted drop)."""
     cfg = ctx.cfg
     if not rec.known_good or not rec.known_good.strip():

@@ -10,39 +10,48 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from prefloop.files import atomic_write_json, count_lines
 from prefloop.llm.base import ChatReply, GenOptions, parse_spec
 from prefloop.records import PromptRecord, stable_id, user_message
 from prefloop.runner import Job, Runner
 from prefloop.sources import load_prompts
+from prefloop.stage import StageResult
 from prefloop.templates import alpaca_user_turn
 
 from generator.config import GenerateConfig
 
+if TYPE_CHECKING:
+    from judge.scoring import Score
+
 
 @dataclass
-class GenerateSummary:
-    """What a ``generate`` run did; ``run`` is the runner's own account (retries, interruptions)."""
+class GenerateResult(StageResult):
+    """What a ``generate`` run did (saved beside the output as ``PAIRS.jsonl.summary.json``); ``run`` is the
+    runner's own account (retries, failure reasons)."""
 
-    output: str
+    output: str = ""
     prompts: int = 0
     written: int = 0
     failed: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     skipped_existing: int = 0
     total_in_output: int = 0
-    interrupted: bool = False
     aborted: str | None = None
     elapsed_s: float = 0.0
     run: dict[str, Any] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("output", "prompts", "written", "failed", "dropped",
-                                              "skipped_existing", "total_in_output", "interrupted", "aborted",
-                                              "elapsed_s", "run")}
+    @classmethod
+    def read(cls, output: str | Path) -> "GenerateResult | None":
+        path = summary_path(output)
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return cls(**{k: v for k, v in data.items() if k in {f.name for f in dataclasses.fields(cls)}})
 
 
 def strategy_module(name: str) -> Any:
@@ -62,45 +71,44 @@ def pair_id(rec: PromptRecord, cfg: GenerateConfig) -> str:
 
 
 class Context:
-    """What a strategy needs: the settings, one client per model spec, and helpers that record provenance."""
+    """What a strategy needs: the settings, one client per model spec, and helpers that record provenance.
+
+    Requests are not bounded here: each served client keeps at most its slots in flight, and a local client
+    gathers concurrent calls into batches, so strategies simply await what they need.
+    """
 
     def __init__(self, cfg: GenerateConfig, clients: dict[str, Any], runner: Runner | None = None):
         self.cfg, self.clients, self.runner = cfg, clients, runner
-        limit = max(1, cfg.resolved_concurrency())
-        self._slots = {spec: asyncio.Semaphore(limit) for spec in clients}
-        # generate_batch runs a whole generate in a thread: one at a time per local model
-        self._batch_locks = {spec: asyncio.Lock() for spec in clients}
 
     def options(self, temperature: float, seed: int | None = None, max_tokens: int | None = None) -> GenOptions:
         return GenOptions(temperature=temperature, seed=self.cfg.seed if seed is None else seed,
                           max_tokens=max_tokens or self.cfg.max_tokens, num_ctx=self.cfg.num_ctx)
 
-    def slot(self, spec: str) -> asyncio.Semaphore:
-        """Bounds the requests in flight to one model."""
-        return self._slots[spec]
-
     async def chat(self, spec: str, messages: list[dict[str, str]], *, temperature: float,
                    seed: int | None = None, max_tokens: int | None = None) -> ChatReply:
-        async with self._slots[spec]:
-            reply = await self.clients[spec].chat(messages, options=self.options(temperature, seed, max_tokens))
+        reply = await self.clients[spec].chat(messages, options=self.options(temperature, seed, max_tokens))
         if self.runner is not None and reply.attempts > 1:
             self.runner.note_retries(reply.attempts - 1)
         return reply
 
     async def answer(self, spec: str, rec: PromptRecord, *, temperature: float, seed: int | None = None) -> str:
         """A model's own answer to the prompt. A local (SFT) model sees the prompt exactly as it was trained on
-        it (Alpaca text as raw text: on-policy); a served chat model gets the task as a user turn."""
-        client = self.clients[spec]
-        if parse_spec(spec).backend == "local" and hasattr(client, "generate_batch"):
-            async with self._batch_locks[spec]:
-                texts = await asyncio.to_thread(client.generate_batch, [rec.prompt], self.options(temperature, seed))
-            return texts[0]
+        it (Alpaca text as raw text: on-policy), batched with the other prompts in flight; a served chat model
+        gets the task as a user turn."""
+        if parse_spec(spec).backend == "local":
+            return await self.clients[spec].complete(rec.prompt, self.options(temperature, seed))
         if rec.meta.get("prompt_format") == "alpaca" and "instruction" in rec.meta:
             messages = [{"role": "user", "content": alpaca_user_turn(rec.meta["instruction"],
                                                                       rec.meta.get("input", ""))}]
         else:
             messages = user_message(rec.prompt)
         return (await self.chat(spec, messages, temperature=temperature, seed=seed)).text
+
+    async def score(self, rec: PromptRecord, text: str) -> Score:
+        """The judge's 0-100 score of ``text`` as an answer to ``rec`` (rank), with its known-good answer."""
+        from judge.scoring import score_answer
+
+        return await score_answer(self.clients[self.cfg.judge_model], rec.prompt, text, known_good=rec.known_good)
 
     def pair(self, rec: PromptRecord, chosen: str, rejected: str, meta: dict[str, Any],
              reply: ChatReply | None = None) -> dict[str, Any]:
@@ -128,13 +136,6 @@ def summary_path(output: str | Path) -> Path:
     return output.with_name(output.name + ".summary.json")
 
 
-def _count_lines(path: Path) -> int:
-    if not path.exists():
-        return 0
-    with path.open("rb") as fh:
-        return sum(1 for line in fh if line.strip())
-
-
 def other_settings(output: str | Path, identity: dict[str, Any]) -> dict[str, Any] | None:
     """The settings of pairs already in ``output`` when they differ from this run's (new pairs get other ids
     and land beside them: worth a warning, not an error)."""
@@ -156,20 +157,17 @@ def _make_clients(cfg: GenerateConfig) -> dict[str, Any]:
     clients: dict[str, Any] = {}
     for spec in cfg.specs_used():
         served = parse_spec(spec).backend != "local"
-        clients[spec] = make_client(spec, timeout=cfg.timeout_s) if served else make_client(spec)
+        clients[spec] = (make_client(spec, timeout=cfg.timeout_s, slots=cfg.resolved_concurrency()) if served
+                         else make_client(spec, batch_size=cfg.resolved_concurrency()))
     return clients
 
 
 async def generate_async(cfg: GenerateConfig, console: Any = None, clients: dict[str, Any] | None = None
-                         ) -> GenerateSummary:
+                         ) -> GenerateResult:
     """The async core (``clients`` may be passed in by callers that already hold them)."""
     if not cfg.source or not cfg.output:
         raise ValueError("generate needs a source (prompts) and an output (pairs JSONL)")
-    records, report = load_prompts(cfg.source, skip_bad=cfg.skip_bad)
-    if cfg.limit:
-        records = records[:cfg.limit]
-    if not records:
-        raise ValueError(f"{cfg.source}: no prompts to generate from")
+    records, report = load_prompts(cfg.source, skip_bad=cfg.skip_bad, limit=cfg.limit)
     strategy = strategy_module(cfg.strategy)
     if cfg.strategy == "rewrite" and not any(r.known_good for r in records):
         raise ValueError(f"{cfg.source}: the rewrite strategy needs known-good answers (an Alpaca 'output' or a "
@@ -205,15 +203,20 @@ async def generate_async(cfg: GenerateConfig, console: Any = None, clients: dict
         dropped[f"source: {why}"] = n
     if report.errors:
         dropped["source: bad record"] = len(report.errors)
-    summary = GenerateSummary(output=str(cfg.output), prompts=len(records), written=run.written, failed=run.failed,
-                              dropped=dropped, skipped_existing=run.skipped_existing + run.skipped_dropped,
-                              total_in_output=_count_lines(Path(cfg.output)), interrupted=run.interrupted,
-                              aborted=run.aborted, elapsed_s=round(run.elapsed_s, 3), run=run.to_json())
-    summary_path(cfg.output).write_text(json.dumps(summary.to_json(), indent=2) + "\n")
+    status = "interrupted" if run.interrupted else ("complete" if run.done else "failed")
+    reason = ("interrupted; run the same command again to resume" if run.interrupted else
+              f"stopped: {run.aborted}" if run.aborted else
+              f"{run.failed} prompt(s) failed; run the same command again to retry them" if run.failed else "")
+    summary = GenerateResult(status=status, reason=reason, outputs={"pairs": str(cfg.output)},
+                             output=str(cfg.output), prompts=len(records), written=run.written, failed=run.failed,
+                             dropped=dropped, skipped_existing=run.skipped_existing + run.skipped_dropped,
+                             total_in_output=count_lines(cfg.output), aborted=run.aborted,
+                             elapsed_s=round(run.elapsed_s, 3), run=run.to_json())
+    atomic_write_json(summary_path(cfg.output), summary.to_json())
     return summary
 
 
-def generate(cfg: GenerateConfig, console: Any = None, clients: dict[str, Any] | None = None) -> GenerateSummary:
+def generate(cfg: GenerateConfig, console: Any = None, clients: dict[str, Any] | None = None) -> GenerateResult:
     """Run the generator to the end (or to Ctrl-C); print and save the summary."""
     summary = asyncio.run(generate_async(cfg, console, clients))
     if console is not None:
@@ -221,7 +224,7 @@ def generate(cfg: GenerateConfig, console: Any = None, clients: dict[str, Any] |
     return summary
 
 
-def print_summary(s: GenerateSummary, console: Any) -> None:
+def print_summary(s: GenerateResult, console: Any) -> None:
     state = "interrupted" if s.interrupted else (f"stopped: {s.aborted}" if s.aborted else "finished")
     console.print(f"[bold]generate {state}[/bold] in {s.elapsed_s:.1f}s: {s.written} pairs written, "
                   f"{s.skipped_existing} already done, {s.failed} failed; {s.total_in_output} pairs in {s.output}")

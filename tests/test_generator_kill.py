@@ -38,7 +38,7 @@ def complete_lines(path: Path) -> list[dict]:
 
 
 def start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "prefloop.cli", "generate", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "prefloop", "generate", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -109,6 +109,6 @@ def test_sigterm_and_ctrl_c_stop_cleanly(ollama_server: Any, tmp_path: Path) -> 
         assert proc.returncode == 130, output.decode()[-2000:]
         assert b"interrupted" in output
         summary = json.loads((tmp_path / "pairs.jsonl.summary.json").read_text())
-        assert summary["interrupted"] and summary["total_in_output"] == len(complete_lines(out))
+        assert summary["status"] == "interrupted" and summary["total_in_output"] == len(complete_lines(out))
         assert out.read_bytes().endswith(b"\n")  # nothing half-written
         assert not (tmp_path / "pairs.jsonl.failures.jsonl").exists()  # cancelled work is not a failure

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from prefloop.cli import main as cli_main
+from loop.cli import main as cli_main
 from prefloop.sources import load_preferences
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -99,7 +99,7 @@ def test_pair_ids_follow_prompt_and_shaping_settings_only() -> None:
 def test_config_checks_and_concurrency(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="strategy"):
         GenerateConfig(strategy="best-of")
-    with pytest.raises(ValueError, match="k must be"):
+    with pytest.raises(ValueError, match="k: must be at least 2"):
         GenerateConfig(strategy="rank", k=1)
     with pytest.raises(ValueError, match="two different models"):
         GenerateConfig(strategy="contrast", model="local:smollm2", sft_model="local:smollm2")
