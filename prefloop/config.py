@@ -108,9 +108,22 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+def _renamed(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """Keys renamed in this release (a field's ``was``) are read under their new name, with a note on stderr."""
+    for f in dataclasses.fields(cls):
+        for old in f.metadata.get("was") or ():
+            if old in data:
+                if f.name in data:
+                    raise ConfigError(f"{where}: both {old} and {f.name} are set; {old} is the old name of {f.name}")
+                data[f.name] = data.pop(old)
+                print(f"note: {where}.{old} is now called {f.name}; the old name is read for one more release",
+                      file=sys.stderr)
+    return data
+
+
 def build(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
     """Fill dataclass ``cls`` from ``data``; ``where`` (e.g. ``run.toml [train]``) prefixes every error."""
-    data = dict(data or {})
+    data = _renamed(cls, dict(data or {}), where)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -125,15 +138,15 @@ def build(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
 
 def setting(default: Any = _MISSING, help: str = "", *, factory: Any = None, runtime: bool = False,
             flag: str | bool = True, short: str | None = None, choices: tuple[Any, ...] | None = None,
-            aliases: tuple[str, ...] = (), metavar: str | None = None) -> Any:
+            aliases: tuple[str, ...] = (), was: tuple[str, ...] = (), metavar: str | None = None) -> Any:
     """A settings field: its default, its help text, and whether it changes outputs.
 
     ``flag``: the command-line flag (default ``--field-name``; ``False``: no flag, TOML and ``--set`` only).
-    ``aliases``: older flag spellings still accepted (hidden from ``--help``). ``choices`` are checked by
-    argparse and by ``build``.
+    ``aliases``: older flag spellings still accepted (hidden from ``--help``); ``was``: older TOML key names,
+    read with a note. ``choices`` are checked by argparse and by ``check_choices``.
     """
     meta = {"help": help, "runtime": runtime, "flag": flag, "short": short, "choices": choices,
-            "aliases": aliases, "metavar": metavar}
+            "aliases": aliases, "was": was, "metavar": metavar}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)

@@ -89,6 +89,15 @@ def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
             if getattr(args, f.name, None) is not None}
 
 
+def settings(args: argparse.Namespace, cls: type, section: str, **also: Any) -> Any:
+    """The command's settings: ``--config``'s ``[section]``, then the flags given (and ``also``), then
+    ``--set`` (``prefloop.config.load_section``)."""
+    from prefloop.config import load_section
+
+    flags = {**given(args, cls), **{k: v for k, v in also.items() if v is not None}}
+    return load_section(cls, section, args.config, args.overrides, flags)
+
+
 def fail(message: object, code: int = 2) -> int:
     """Print ``error: message`` on stderr (also under ``--quiet``: an error is never progress) and return
     ``code``, the command's exit status."""

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from judge.results import JudgeResults
 from prefloop.fingerprint import RunState
 from prefloop.jsonl import read_jsonl
-from prefloop.loop import SplitSection, choose_heldout, load_loop_config, main, split_key
+from loop.config import SplitSection, load_loop_config
+from loop.run import main
+from loop.split import choose_heldout, split_key
 from prefloop.config import ConfigError
 from ollama_server import pairwise_answers
 
@@ -44,7 +47,7 @@ def write_config(tmp_path: Path, model_dir: Path, extra: str = "") -> Path:
     cfg = tmp_path / "loop.toml"
     cfg.write_text(f"""
 [run]
-out_dir = "{(tmp_path / 'run').as_posix()}"
+output_dir = "{(tmp_path / 'run').as_posix()}"
 
 [data]
 prompts = "prompts.json"
@@ -80,7 +83,7 @@ n_boot = 200
 
 class Args:
     def __init__(self, config: Path, *overrides: str):
-        self.config, self.overrides, self.out, self.report_only = str(config), list(overrides), None, False
+        self.config, self.overrides, self.output, self.report_only = str(config), list(overrides), None, False
 
 
 def stage_fps(run: Path) -> dict[str, tuple[str, str, int]]:
@@ -112,17 +115,17 @@ def test_loop_end_to_end_then_skip_then_rerun_only_what_changed(tmp_path, tiny_m
     assert (run / "train" / "final" / "config.json").exists()
     metrics = read_jsonl(run / "train" / "metrics.jsonl")
     assert {m["split"] for m in metrics} == {"train", "eval"}
-    results = json.loads((run / "judge" / "results.json").read_text())
-    assert results["n"] == 4 and results["judge"] == "ollama:judge"
-    assert results["prompts"].endswith("heldout_prompts.jsonl")
+    results = JudgeResults.read(run / "judge" / "results.json")
+    assert results.headline.n == 4 and results.judge == "ollama:judge"
+    assert results.prompts.endswith("heldout_prompts.jsonl")
     preflight = json.loads((run / "preflight" / "summary.json").read_text())
-    assert preflight["n"] == 2 and preflight["mean_reference_score"] == pytest.approx(72.0)
+    assert preflight["n"] == 2 and preflight["mean_known_good_score"] == pytest.approx(72.0)
     html = (run / "report.html").read_text()
     md = (run / "report.md").read_text()
     for text in ("Held-out win rate", "Preflight", "Generation", "Training", "side by side"):
         assert text in html and text in md
     assert "data:image/png;base64," in html and (run / "plots" / "training.png").exists()
-    assert (run / "plots" / "win_rate.png").exists()
+    assert (run / "judge" / "win_rate.png").exists()
     out = capsys.readouterr().out
     assert "held-out win rate" in out and "report.html" in out
     assert "[judge] judges" not in out  # served models only: no advice to switch to them
@@ -234,27 +237,6 @@ def test_shipped_configs_load():
     assert Path(quick.data.prompts).exists()
     recipe = load_loop_config(root / "reference-recipe.toml")
     assert recipe.generate.model == "ollama:llama3.1:70b" and recipe.judges[0].startswith("ollama:llama3")
-
-
-def test_preflight_warns_with_numbers_when_the_model_cannot_do_the_task():
-    from prefloop.loop import PreflightSection, preflight_verdict
-
-    prompt = "Below is an instruction. Write a response that completes the request.\n\n### Instruction:\nName a fruit."
-    base_like = [{"prompt": prompt, "answer": prompt + " Name a fruit. Name a fruit.", "score": 10.0,
-                  "reference_score": 90.0},
-                 {"prompt": prompt, "answer": "", "score": 0.0, "reference_score": 80.0}]
-    verdict = preflight_verdict(base_like, PreflightSection(), "ollama:judge")
-    assert verdict["mean_score"] == 5.0 and verdict["mean_reference_score"] == 85.0
-    assert verdict["empty"] == 1 and verdict["echo"] == 1
-    (text,) = verdict["warnings"]
-    assert "5/100" in text and "85/100" in text and "prefloop sft" in text and "does not teach" in text
-    able = [{"prompt": prompt, "answer": "An apple.", "score": 80.0, "reference_score": 85.0}] * 2
-    assert preflight_verdict(able, PreflightSection(), "ollama:judge")["warnings"] == []
-    weak_judge = [{"prompt": prompt, "answer": "An apple.", "score": 20.0, "reference_score": 25.0}] * 2
-    (text,) = preflight_verdict(weak_judge, PreflightSection(), "local:smollm2")["warnings"]
-    assert text.startswith("preflight inconclusive") and "25/100" in text
-    unscored = [{"prompt": prompt, "answer": "An apple.", "score": None, "reference_score": None}]
-    assert "no usable score" in preflight_verdict(unscored, PreflightSection(), "j")["warnings"][0]
 
 
 def test_missing_prompts_stop_with_a_clear_message(tmp_path, tiny_model_dir, capsys):

@@ -267,7 +267,7 @@ def test_cli_train_end_to_end(tiny_model_dir: Path, pairs_path: Path, tmp_path: 
     toml = tmp_path / "run.toml"
     toml.write_text('[train]\nbeta = 0.1\nlr = 1e-3\nschedule = "cosine"\nbatch_size = 4\nmax_length = 64\n')
     out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "prefloop.cli", "train", "--config", str(toml), "--model", str(tiny_model_dir),
+    cmd = [sys.executable, "-m", "prefloop", "train", "--config", str(toml), "--model", str(tiny_model_dir),
            "--data", str(pairs_path), "--output-dir", str(out), "--max-steps", "3", "--set", "beta=0.2",
            "--no-live", "--eval-split", "0.1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
@@ -319,7 +319,7 @@ def test_gradient_checkpointing_same_losses_and_bf16_runs(tiny_model_dir: Path, 
 
 
 def test_cli_sft_in_process(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from prefloop.cli import main
+    from loop.cli import main
 
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Say {i}.\n", "reference": f"{i}!"}) + "\n" for i in range(6)))

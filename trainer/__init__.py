@@ -5,4 +5,6 @@ loop in ``trainer.loop``. Modules: ``config`` (settings), ``tokenize`` (prompt f
 truncation), ``packing`` (prompt-once packed rows, batch order), ``logps`` (completion log-probs),
 ``losses`` (the preference losses), ``refcache`` (reference log-probs on disk), ``checkpoint``, ``optim``,
 ``metrics``.
+
+It may import only the foundation (``prefloop``); the application (``loop``) imports it.
 """

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from prefloop.flags import add_common, add_config_flags, fail, given
+from prefloop.flags import add_common, add_config_flags, fail, settings
 from trainer.config import TrainConfig
 
 DPO_ONLY = ("beta", "loss_type", "label_smoothing", "rpo_alpha", "logp_average", "reference")
@@ -21,16 +21,20 @@ def add_arguments(parser: argparse.ArgumentParser, *, sft: bool = False) -> None
     add_config_flags(parser, TrainConfig, skip=DPO_ONLY if sft else ())
 
 
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    return settings(args, TrainConfig, "train")
+
+
 def main(args: argparse.Namespace, *, sft: bool = False) -> int:
     from rich.console import Console
 
-    from prefloop.config import ConfigError, load_section
+    from prefloop.config import ConfigError
     from prefloop.models import ModelNotFound
     from trainer.data import TrainError
 
     console = Console(stderr=True, quiet=bool(args.quiet))
     try:
-        cfg = load_section(TrainConfig, "train", args.config, args.overrides, given(args, TrainConfig))
+        cfg = build_config(args)
         if sft:
             from trainer.sft import train_sft
             result = train_sft(cfg, console)

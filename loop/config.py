@@ -1,0 +1,158 @@
+"""The loop's config: its own sections plus each stage's settings, read and checked before any work.
+
+One TOML file holds ``[run]``, ``[data]``, ``[split]``, ``[preflight]`` and the stages' own sections
+(``[generate]``, ``[train]``, ``[judge]``, read by the same dataclasses their commands use). The loop fills in what
+lives in the run folder (every stage's input and output paths) and what ``[data]`` says about the prompts; setting
+those in a stage's section is an error that says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from generator.config import GenerateConfig
+from judge.config import JudgeConfig
+from judge.preflight import PreflightConfig
+from prefloop.config import ConfigError, apply_overrides, build, load_toml, setting
+from prefloop.llm.base import parse_spec
+from trainer.config import TrainConfig
+
+SECTIONS = ("run", "data", "generate", "split", "preflight", "train", "judge")
+
+
+@dataclass
+class RunSection:
+    name: str = setting("", "shown in the report; default: the config file's name")
+    output_dir: str = setting("", "the run folder; default: runs/<config name> (relative to the current folder)",
+                              runtime=True, was=("out_dir",))
+    threads: int = setting(0, "torch threads for local models and training (0: torch's default)", runtime=True)
+
+
+@dataclass
+class DataSection:
+    prompts: str = setting("data/prompts/quickstart.json", "Alpaca JSON/JSONL, JSONL with 'prompt', .txt or a "
+                                                           "dataset", runtime=True)
+    limit: int = setting(0, "first N prompts only (0: all)")
+    skip_bad: bool = setting(False, "skip malformed prompt rows (counted) instead of stopping")
+
+
+@dataclass
+class SplitSection:
+    heldout_fraction: float = setting(0.2, "share of prompts held out for judging; they never reach training")
+    heldout_min: int = setting(4, "at least this many held-out prompts (when there are enough prompts)")
+    heldout_max: int = setting(200, "at most this many (judging costs grow with it); 0: no cap")
+    seed: int = setting(0, "change to draw another held-out set")
+
+
+@dataclass
+class LoopConfig:
+    """The whole loop, checked before any work."""
+
+    path: Path
+    run: RunSection
+    data: DataSection
+    split: SplitSection
+    preflight: PreflightConfig
+    generate: GenerateConfig
+    train: TrainConfig
+    judge: JudgeConfig                  # the first of its ``judges`` is the headline
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.run.name or self.path.stem
+
+    @property
+    def run_dir(self) -> Path:
+        return run_dir_of(self.run, self.path)
+
+    @property
+    def judges(self) -> list[str]:
+        return list(self.judge.judges)
+
+
+def run_dir_of(run: RunSection, config_path: Path) -> Path:
+    return Path(run.output_dir or Path("runs") / (run.name or config_path.stem))
+
+
+def resolve_input(value: str, config_dir: Path) -> str:
+    """Relative input paths are looked up beside the config file first, then in the current folder."""
+    if not value or Path(value).is_absolute():
+        return value
+    beside = config_dir / value
+    return str(beside) if beside.exists() else value
+
+
+def _owned(cls: type, section: dict[str, Any], owned: dict[str, Any], where: str, by: str) -> dict[str, Any]:
+    """A stage section with the fields the loop owns filled in; setting one of them is an error naming who owns it."""
+    names = {f.name for f in fields(cls)}
+    for key in owned:
+        if key in section:
+            raise ConfigError(f"{where}.{key}: set by `prefloop run` ({by}); remove it")
+    return {**section, **{k: v for k, v in owned.items() if k in names}}
+
+
+def stage_paths(run_dir: Path) -> dict[str, Path]:
+    """Where each stage reads and writes inside the run folder."""
+    return {"pairs": run_dir / "generate" / "pairs.jsonl", "split": run_dir / "split",
+            "train_pairs": run_dir / "split" / "train.jsonl", "heldout_pairs": run_dir / "split" / "heldout_pairs.jsonl",
+            "heldout_prompts": run_dir / "split" / "heldout_prompts.jsonl", "train": run_dir / "train",
+            "final": run_dir / "train" / "final", "judge": run_dir / "judge", "preflight": run_dir / "preflight",
+            "cache": run_dir / "cache" / "judge-cache.sqlite"}
+
+
+def load_loop_config(path: str | Path, overrides: list[str] | None = None) -> LoopConfig:
+    """Read and check the whole config: unknown sections or keys, wrong types and bad values are errors naming
+    the file and the key, before any model is loaded."""
+    path = Path(path)
+    doc = apply_overrides(load_toml(path), list(overrides or []))
+    unknown = sorted(set(doc) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) [{'], ['.join(unknown)}]; known: {', '.join(SECTIONS)}")
+    for name in SECTIONS:
+        if not isinstance(doc.get(name, {}), dict):
+            raise ConfigError(f"{path}: [{name}] must be a table")
+    run = build(RunSection, doc.get("run"), f"{path} [run]")
+    data = build(DataSection, doc.get("data"), f"{path} [data]")
+    data.prompts = resolve_input(data.prompts, path.parent)
+    split = build(SplitSection, doc.get("split"), f"{path} [split]")
+    if not 0.0 < split.heldout_fraction < 1.0:
+        raise ConfigError(f"{path} [split].heldout_fraction: must be in (0, 1), got {split.heldout_fraction}")
+    preflight = build(PreflightConfig, doc.get("preflight"), f"{path} [preflight]")
+    paths = stage_paths(run_dir_of(run, path))
+    in_run = "it lives in the run folder"
+
+    gen_raw = _owned(GenerateConfig, dict(doc.get("generate", {})), {"output": str(paths["pairs"])},
+                     f"{path} [generate]", in_run)
+    gen_raw = _owned(GenerateConfig, gen_raw, {"source": data.prompts, "limit": data.limit,
+                                               "skip_bad": data.skip_bad}, f"{path} [generate]", "from [data]")
+    generate = build(GenerateConfig, gen_raw, f"{path} [generate]")
+
+    train_raw = _owned(TrainConfig, dict(doc.get("train", {})),
+                       {"data": str(paths["train_pairs"]), "output_dir": str(paths["train"]),
+                        "eval_data": str(paths["heldout_pairs"])}, f"{path} [train]", in_run)
+    if run.threads and "threads" not in train_raw:
+        train_raw["threads"] = run.threads
+    train = build(TrainConfig, train_raw, f"{path} [train]")
+
+    judge_raw = _owned(JudgeConfig, dict(doc.get("judge", {})), judge_owned(paths, train), f"{path} [judge]", in_run)
+    judge_raw.setdefault("generator_model", generate.model)   # the judge checks for self-preference
+    # the judgment cache outlives a changed judge setting (its keys hold everything that decides a verdict)
+    judge_raw.setdefault("cache", str(paths["cache"]))
+    judge = build(JudgeConfig, judge_raw, f"{path} [judge]")
+    for spec in list(judge.judges) + ([preflight.judge] if preflight.judge else []):
+        try:
+            parse_spec(spec)
+        except ValueError as exc:
+            raise ConfigError(f"{path} [judge].judges: {exc}") from None
+    return LoopConfig(path=path, run=run, data=data, split=split, preflight=preflight, generate=generate,
+                      train=train, judge=judge, raw=doc)
+
+
+def judge_owned(paths: dict[str, Path], train: TrainConfig, final_model: str | Path | None = None) -> dict[str, Any]:
+    """The judge settings that live in the run folder: the trained model against the SFT model it started from,
+    on the held-out prompts."""
+    return {"prompts": str(paths["heldout_prompts"]), "policy": str(final_model or paths["final"]),
+            "reference": str(train.model), "pairs": str(paths["train_pairs"]), "output_dir": str(paths["judge"])}

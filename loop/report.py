@@ -1,0 +1,99 @@
+"""The run folder's report (``report.html`` + ``report.md``), built only from what the run folder holds, so it can
+be rewritten at any time (``prefloop run CONFIG --report-only``) and shows a half-finished run as it is.
+
+It is made of the stages' own report sections: the judge's report (``judge.report``, embedded whole through
+``Report.extend``), the preflight check (``judge.preflight``), the generation summary (``generator.report``) and
+the training curves (``trainer.report``); this module adds only what is the loop's: the warnings of the run, the
+split, the stage table and what to do next. Order follows what a reader needs: the held-out win rate and what
+could make it meaningless first, then how the data and the training went, then the answers themselves.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from generator.report import add_generation_section
+from judge.preflight import add_preflight_section
+from judge.report import JudgeFolder, add_examples
+from loop.config import LoopConfig, stage_paths
+from prefloop.llm.base import parse_spec
+from prefloop.report import Report, load_json
+from trainer.report import add_training_section
+
+HOW_TO_SCALE_UP = (
+    "To use Ollama and a stronger judge, edit the config: [generate] model = \"ollama:llama3.1:70b\" (or any "
+    "model `ollama list` shows), [judge] judges = [\"ollama:llama3.1:8b\"] (or \"openai:MODEL@URL\"), and point "
+    "[data] prompts at your own prompt set; data/reference-recipe.toml is the full-size recipe.")
+
+
+def uses_local_models(cfg: LoopConfig) -> bool:
+    """The writer or a judge is an in-process model (the quickstart): worth saying how to scale up."""
+    return any(parse_spec(s).backend == "local" for s in [cfg.generate.model, *cfg.judges])
+
+
+def write_run_report(run_dir: str | Path, cfg: LoopConfig | None = None, *, warnings: list[str] | None = None,
+                     failed: str | None = None, n_examples: int = 8) -> tuple[Path, Path]:
+    """Build the report from ``run_dir`` and write ``report.html`` / ``report.md`` there."""
+    run_dir = Path(run_dir)
+    paths = stage_paths(run_dir)
+    plots = run_dir / "plots"
+    report = Report(f"prefloop run: {cfg.name if cfg else run_dir.name}",
+                    subtitle=f"run folder `{run_dir}` · written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    if failed:
+        report.warning(f"The run stopped early: {failed}")
+    judge = JudgeFolder.read(paths["judge"])
+    shown = set(judge.results.warnings if judge.results else [])
+    loop_warnings = [w for w in dict.fromkeys(warnings or []) if w not in shown]
+    if loop_warnings:
+        report.heading("Warnings from the run")
+        for text in loop_warnings:
+            report.warning(text)
+
+    judge_report = judge.report(n_examples=0)
+    if judge_report is not None:
+        report.extend(judge_report)
+    else:
+        report.heading("Held-out win rate")
+        report.paragraph("No judge results yet: the judge stage has not finished (see the stage table below).")
+    add_preflight_section(report, paths["preflight"])
+    add_generation_section(report, paths["pairs"])
+    _split_section(report, paths["split"])
+    add_training_section(report, paths["train"], plots)
+    add_examples(report, judge.answers, judge.rows, judge.results.judge if judge.results else "", n_examples,
+                 level=2)
+    _stages_section(report, run_dir)
+    _next_steps(report, cfg)
+    return report.write(run_dir, "report")
+
+
+def _split_section(report: Report, split_dir: Path) -> None:
+    s = load_json(split_dir / "summary.json")
+    if not s:
+        return
+    report.heading("Held-out split")
+    report.paragraph("Whole prompts are held out, chosen by a hash of the prompt text: no held-out prompt reaches "
+                     "training. Pairs of held-out prompts feed only the eval curves.")
+    report.key_values({"training pairs": s.get("train_pairs"), "held-out prompts (judged)": s.get("heldout_prompts"),
+                       "held-out pairs (eval curves only)": s.get("heldout_pairs"),
+                       "prompts without a pair": s.get("prompts_without_pairs")})
+
+
+def _stages_section(report: Report, run_dir: Path) -> None:
+    state = (load_json(run_dir / "state.json") or {}).get("stages", {})
+    if not state:
+        return
+    report.heading("Stages")
+    report.table([{"stage": name, "status": rec.get("status"), "fingerprint": rec.get("fingerprint"),
+                   "runs": rec.get("runs"), "seconds (last run)": (rec.get("info") or {}).get("seconds")}
+                  for name, rec in state.items()])
+    report.paragraph("A stage is skipped when its fingerprint (settings + inputs) matches a finished run; change a "
+                     "setting and only that stage and the ones after it run again.")
+
+
+def _next_steps(report: Report, cfg: LoopConfig | None) -> None:
+    report.heading("Next")
+    if cfg is None or uses_local_models(cfg):
+        report.paragraph(HOW_TO_SCALE_UP)
+    report.paragraph("If the preflight warned that the model cannot do the task, DPO will not fix that: fine-tune "
+                     "first (`prefloop sft`), then run this loop on the SFT model.")

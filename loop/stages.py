@@ -1,0 +1,288 @@
+"""``prefloop run``: the stages of one config, in one run folder.
+
+    generate -> split -> preflight -> train -> judge -> report
+
+Every stage writes under the run folder and is fingerprinted (``prefloop.fingerprint``): a stage whose outputs
+are complete for the same inputs and settings is skipped, a killed one resumes (the generator and judge skip
+finished ids, the trainer continues from its newest checkpoint), and a changed setting reruns that stage and what
+depends on it, not what comes before. A stage's settings are every field of its config not marked ``runtime``
+(``stage_settings``), so a new setting reruns the stage when it changes unless it is marked.
+
+Each stage returns a ``prefloop.stage.StageResult``; ``complete`` finishes the stage, ``failed`` keeps it
+unfinished (a rerun retries what failed), ``interrupted`` stops the loop with what is done on disk.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from judge.preflight import RULES as PREFLIGHT_RULES
+from loop.config import LoopConfig, judge_owned, stage_paths
+from prefloop.config import fingerprinted
+from prefloop.files import count_lines
+from prefloop.fingerprint import RunState, file_hash, fingerprint, model_identity
+from prefloop.records import PromptRecord
+from prefloop.stage import StageResult
+
+STAGE_NAMES = ("generate", "split", "preflight", "train", "judge")
+
+
+class StageFailed(RuntimeError):
+    """A stage could not finish; the message says why and what to do. Finished work stays on disk."""
+
+
+@dataclass
+class StageOutcome:
+    name: str
+    decision: str                   # skip | resume | fresh
+    seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def stage_settings(cfg: LoopConfig) -> dict[str, dict[str, Any]]:
+    """What each stage's fingerprint is made of, besides its inputs: every setting that changes its outputs."""
+    return {
+        "generate": {"identity": cfg.generate.identity()},
+        "split": {"split": fingerprinted(cfg.split), "data": fingerprinted(cfg.data)},
+        "preflight": {"preflight": fingerprinted(cfg.preflight), "judge": cfg.preflight.judge or cfg.judges[0],
+                      "sft": cfg.train.model, "rules": PREFLIGHT_RULES,
+                      "judging": {k: getattr(cfg.judge, k) for k in ("judge_temperature", "judge_seed",
+                                                                      "judge_max_tokens", "judge_num_ctx")}},
+        "train": fingerprinted(cfg.train),
+        "judge": fingerprinted(cfg.judge),
+    }
+
+
+class Loop:
+    """One run of the loop over a config; each stage method returns its outcome or raises ``StageFailed``."""
+
+    def __init__(self, cfg: LoopConfig, console: Any = None):
+        from rich.console import Console
+
+        self.cfg = cfg
+        self.console = console or Console()
+        self.run_dir = cfg.run_dir
+        self.paths = stage_paths(self.run_dir)
+        self.state = RunState(self.run_dir)
+        self.settings = stage_settings(cfg)
+        self.outcomes: list[StageOutcome] = []
+        self.fps: dict[str, str] = {}
+        self.warnings: list[str] = []
+        self._prompts: list[PromptRecord] | None = None
+
+    # -- helpers
+    def say(self, text: str) -> None:
+        self.console.print(text)
+
+    def warn(self, text: str) -> None:
+        from rich.markup import escape
+
+        if text not in self.warnings:
+            self.warnings.append(text)
+        self.say(f"[bold yellow]warning:[/bold yellow] {escape(text)}")
+
+    def prompts(self) -> list[PromptRecord]:
+        if self._prompts is None:
+            from prefloop.sources import load_prompts
+
+            self._prompts, _ = load_prompts(self.cfg.data.prompts, skip_bad=self.cfg.data.skip_bad,
+                                            limit=self.cfg.data.limit)
+        return self._prompts
+
+    def source_identity(self) -> str:
+        """The prompt source's content hash (a Hub dataset: its name), or a clear stop when it is missing."""
+        source = self.cfg.data.prompts
+        if Path(source).exists():
+            return file_hash(source)
+        if "/" in source and not source.startswith((".", "/")) and not Path(source).suffix:
+            return f"hub:{source}"
+        raise StageFailed(f"[data] prompts = {source!r}: no such file (looked beside {self.cfg.path} and in the "
+                          f"current folder); the comments at the top of {self.cfg.path} say where to get it")
+
+    def _stage(self, name: str, inputs: dict[str, str], outputs: list[str],
+               work: Callable[[str], StageResult]) -> StageOutcome:
+        settings = self.settings[name]
+        fp = fingerprint(settings, inputs)
+        self.fps[name] = fp
+        decision = self.state.decide(name, fp)
+        if decision == "skip":
+            rec = self.state.get(name)
+            self.say(f"[green]✓[/green] {name}: up to date (fingerprint {fp}), skipped")
+            outcome = StageOutcome(name, "skip", 0.0, dict(rec.info if rec else {}))
+            self.outcomes.append(outcome)
+            return outcome
+        verb = "resuming" if decision == "resume" else "running"
+        self.say(f"[bold cyan]▶ {name}[/bold cyan]: {verb} (fingerprint {fp})")
+        self.state.start(name, fp, outputs, settings=settings, inputs=inputs)
+        start = time.monotonic()
+        try:
+            result = work(decision)
+        except StageFailed:
+            raise
+        except Exception as exc:  # a stage's own error, said in one line; the traceback goes to a file
+            import traceback
+
+            log = self.run_dir / "error.log"
+            log.write_text(traceback.format_exc())
+            raise StageFailed(f"{name}: {type(exc).__name__}: {exc} (traceback in {log})") from exc
+        if result.interrupted:
+            raise KeyboardInterrupt
+        seconds = time.monotonic() - start
+        info = {**result.to_json(), "seconds": round(seconds, 1)}
+        if result.complete:
+            self.state.finish(name, info)
+        else:
+            rec = self.state.get(name)
+            rec.info = info
+            self.state.save()
+        outcome = StageOutcome(name, decision, seconds, info)
+        self.outcomes.append(outcome)
+        self.say(f"[green]✓[/green] {name}: done in {seconds:.0f} s" if result.complete else
+                 f"[yellow]![/yellow] {name}: finished with gaps in {seconds:.0f} s (rerun to retry them)")
+        return outcome
+
+    # -- generate
+    def generate(self) -> StageOutcome:
+        g = self.cfg.generate
+
+        def work(decision: str) -> StageResult:
+            from generator.run import generate
+
+            result = generate(g, console=self.console)
+            if result.interrupted:
+                return result
+            if result.total_in_output == 0:
+                raise StageFailed(f"generate wrote no pairs (see {g.output}.failures.jsonl); check the model "
+                                  f"{g.model!r} and the prompts {self.cfg.data.prompts!r}")
+            if not result.complete:
+                self.warn(f"generation left {result.failed} prompt(s) failed; training uses the "
+                          f"{result.total_in_output} pairs written; run again to retry the failures")
+            return result
+
+        return self._stage("generate", {"prompts": self.source_identity()}, ["generate", "generate/pairs.jsonl"],
+                           work)
+
+    # -- split
+    def split(self) -> StageOutcome:
+        from loop.split import split_pairs
+
+        def work(decision: str) -> StageResult:
+            result = split_pairs(self.paths["pairs"], self.prompts(), self.cfg.split, self.paths["split"])
+            if result.train_pairs == 0:
+                raise StageFailed("no training pairs after holding out prompts: add prompts or lower "
+                                  "[split] heldout_fraction")
+            if result.heldout_prompts == 0:
+                raise StageFailed("no held-out prompts: add prompts (the judge needs prompts training never saw)")
+            self.say(f"  {result.train_pairs} training pairs, {result.heldout_prompts} held-out prompts "
+                     f"({result.heldout_pairs} held-out pairs for eval curves only)")
+            return result
+
+        inputs = {"pairs": file_hash(self.paths["pairs"]), "prompts": self.source_identity()}
+        return self._stage("split", inputs, ["split", "split/train.jsonl", "split/heldout_prompts.jsonl"], work)
+
+    # -- preflight
+    def preflight(self) -> StageOutcome | None:
+        p = self.cfg.preflight
+        if not p.enabled:
+            return None
+        judge_spec = p.judge or self.cfg.judges[0]
+
+        def work(decision: str) -> StageResult:
+            from judge.preflight import run_preflight
+            from prefloop.sources import load_prompts
+
+            heldout, _ = load_prompts(self.paths["heldout_prompts"])
+            return run_preflight(p, self.cfg.judge, self.cfg.train.model, heldout, judge_spec,
+                                 self.paths["preflight"], self.console)
+
+        inputs = {"heldout": file_hash(self.paths["heldout_prompts"]), "sft": model_identity(self.cfg.train.model)}
+        outcome = self._stage("preflight", inputs, ["preflight", "preflight/summary.json"], work)
+        for line in outcome.info.get("warnings", []):
+            self.warn(line)
+        if outcome.info.get("warnings") and p.stop_on_warning:
+            raise StageFailed("preflight: the SFT model does not look ready for DPO (see above); "
+                              "stopping because [preflight] stop_on_warning = true")
+        return outcome
+
+    # -- train
+    def train(self) -> StageOutcome:
+        t = self.cfg.train
+
+        def work(decision: str) -> StageResult:
+            from trainer.dpo import train
+
+            cfg = replace(t, resume=(decision == "resume"),
+                          eval_data=t.eval_data if count_lines(self.paths["heldout_pairs"]) else None)
+            result = train(cfg, console=self.console)
+            if result.complete and not (self.paths["final"] / "config.json").exists():
+                raise StageFailed(f"training ended without a final model in {self.paths['final']}")
+            if result.status == "failed":
+                raise StageFailed(f"training stopped: {result.reason}")
+            return result
+
+        inputs = {"train": file_hash(self.paths["train_pairs"]), "eval": file_hash(self.paths["heldout_pairs"]),
+                  "model": model_identity(t.model)}
+        return self._stage("train", inputs, ["train", "train/final/config.json"], work)
+
+    # -- judge
+    def judge(self) -> StageOutcome:
+        train_rec = self.state.get("train")
+        final = ((train_rec.info if train_rec else {}).get("outputs") or {}).get("model")
+        cfg = replace(self.cfg.judge, **judge_owned(self.paths, self.cfg.train, final))
+
+        def work(decision: str) -> StageResult:
+            from judge.evaluate import evaluate
+
+            result = evaluate(cfg, console=self.console)
+            if not result.complete and not result.interrupted:
+                self.warn("judging is incomplete (a judge call failed); run the same command again to finish it "
+                          "from the cache")
+            return result
+
+        inputs = {"trained": self.fps.get("train") or (train_rec.fingerprint if train_rec else ""),
+                  "heldout": file_hash(self.paths["heldout_prompts"]),
+                  "reference": model_identity(self.cfg.train.model)}
+        return self._stage("judge", inputs, ["judge", "judge/results.json"], work)
+
+    # -- all of it
+    def run(self) -> int:
+        from rich.markup import escape
+
+        from loop.report import write_run_report
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.toml").write_bytes(self.cfg.path.read_bytes())
+        self.say(f"[bold]prefloop run[/bold] {self.cfg.path} → {self.run_dir}")
+        started = time.monotonic()
+        failed: str | None = None
+        try:
+            self.generate()
+            self.split()
+            self.preflight()
+            self.train()
+            self.judge()
+        except StageFailed as exc:
+            failed = str(exc)
+            self.say(f"[bold red]stopped:[/bold red] {escape(str(exc))}")
+        finally:
+            paths = write_run_report(self.run_dir, self.cfg, warnings=self.warnings, failed=failed)
+        self._closing(paths, time.monotonic() - started)
+        return 1 if failed else 0
+
+    def _closing(self, paths: tuple[Path, Path], seconds: float) -> None:
+        from rich.markup import escape
+
+        from judge.results import JudgeResults
+        from loop.report import HOW_TO_SCALE_UP, uses_local_models
+        from prefloop.report import pct
+
+        results = JudgeResults.read(self.paths["judge"] / "results.json")
+        for s in (results.judges.values() if results else []):
+            self.say(f"[bold]held-out win rate[/bold] ({escape(s.judge)}): {pct(s.win_rate)} "
+                     f"[95% CI {pct(s.ci_low)} – {pct(s.ci_high)}] over n={s.n} prompts the model never trained on")
+        self.say(f"report: {paths[0]}  (and {paths[1].name})   total {seconds / 60:.1f} min")
+        if uses_local_models(self.cfg):
+            self.say(f"[bold]next:[/bold] {escape(HOW_TO_SCALE_UP)}")
