@@ -29,7 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from judge.cache import JudgeCache  # noqa: E402
-from judge.core import Bounded  # noqa: E402
 from judge.pairwise import judge_pair  # noqa: E402
 from ollama_server import OllamaServer, pairwise_answers  # noqa: E402
 from prefloop.llm import make_client  # noqa: E402
@@ -42,12 +41,11 @@ def verdict(messages, fmt, options) -> str:
 
 
 async def judge_run(url: str, pairs: int, slots: int, out: Path, cache_path: Path) -> tuple[float, object]:
-    client = make_client("ollama:judge", host=url)
-    bounded = Bounded(client, slots)
+    client = make_client("ollama:judge", host=url, slots=slots)  # the client keeps the server's slots full
     jobs = [Job(id=f"p{i}", data=i) for i in range(pairs)]
 
     async def work(job: Job) -> dict:
-        v = await judge_pair(bounded, f"Question {job.data}?", f"policy answer {job.data}",
+        v = await judge_pair(client, f"Question {job.data}?", f"policy answer {job.data}",
                              f"reference answer {job.data}", cache=cache)
         return {"winner": v.winner, "calls": v.calls}
 

@@ -13,7 +13,7 @@ from prefloop.report import Report
 
 def add_generation_section(report: Report, output: str | Path) -> GenerateResult | None:
     report.heading("Generation")
-    s = GenerateResult.read(output)
+    s = GenerateResult.of(output)
     if s is None:
         report.paragraph("No generation summary yet.")
         return None

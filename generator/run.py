@@ -8,9 +8,7 @@ appends each pair at once -> a summary (written, failed, dropped and why) printe
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,12 +44,9 @@ class GenerateResult(StageResult):
     run: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def read(cls, output: str | Path) -> "GenerateResult | None":
-        path = summary_path(output)
-        if not path.exists():
-            return None
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return cls(**{k: v for k, v in data.items() if k in {f.name for f in dataclasses.fields(cls)}})
+    def of(cls, output: str | Path) -> "GenerateResult | None":
+        """The summary saved beside ``output`` (None before a run finished once)."""
+        return cls.read(summary_path(output))
 
 
 def strategy_module(name: str) -> Any:

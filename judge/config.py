@@ -32,7 +32,8 @@ class JudgeConfig:
                               aliases=("--out",), was=("out_dir",))
     limit: int | None = setting(None, "first N prompts only")
     # answer generation: the same settings for both models
-    max_new_tokens: int = setting(256, "answer length cap in tokens")
+    max_tokens: int = setting(256, "answer length cap in tokens (both models)", was=("max_new_tokens",),
+                              aliases=("--max-new-tokens",))
     temperature: float = setting(0.0, "answer sampling temperature (0: greedy)")
     gen_seed: int = setting(123, "answer sampling seed")
     batch_size: int = setting(8, "answers generated per batch", runtime=True)
@@ -74,7 +75,7 @@ class JudgeConfig:
         check_choices(self, "judge.")
         if not self.judges:
             raise ConfigError("judge.judges: name at least one judge (e.g. ollama:llama3.1:8b)")
-        for name in ("attempts", "concurrency", "batch_size", "max_new_tokens", "judge_max_tokens",
+        for name in ("attempts", "concurrency", "batch_size", "max_tokens", "judge_max_tokens",
                      "judge_num_ctx", "n_boot"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"judge.{name}: must be at least 1, got {getattr(self, name)}")

@@ -25,7 +25,7 @@ from judge.cache import JudgeCache
 from judge.config import JudgeConfig
 from judge.pairwise import PairVerdict, judge_pair
 from judge.prompts import check_fields, judge_prompt_text, load_template
-from judge.results import (AnswerRow, GameRow, JudgeResults, JudgeSummary, JudgmentRow, Agreement, iter_judgments,
+from judge.results import (Agreement, AnswerRow, Game, JudgeResults, JudgeSummary, JudgmentRow, iter_judgments,
                            write_answers)
 from judge.retention import answer_warnings
 from judge.selfpref import generator_models, self_preference_warnings
@@ -81,7 +81,7 @@ def local_spec(name: str) -> str:
 
 
 def gen_options(cfg: JudgeConfig, seed_offset: int = 0) -> GenOptions:
-    return GenOptions(temperature=cfg.temperature, seed=cfg.gen_seed + seed_offset, max_tokens=cfg.max_new_tokens)
+    return GenOptions(temperature=cfg.temperature, seed=cfg.gen_seed + seed_offset, max_tokens=cfg.max_tokens)
 
 
 def generate_side(spec: str, records: list[PromptRecord], path: Path, cfg: JudgeConfig, console: Any,
@@ -149,7 +149,7 @@ def judgment_row(row: AnswerRow, judge: str, verdict: PairVerdict | None) -> Jud
                 len_reference=len(row.reference_answer), answers=row.key)
     if verdict is None:  # identical answers, not sent to the judge
         return JudgmentRow(outcome="tie", winner="tie", identical=True, **base)
-    games = [GameRow(first=WINNER[g.first], pick=WINNER[g.pick], shown=g.shown, reason=g.reason, raw=g.raw,
+    games = [Game(first=WINNER[g.first], pick=WINNER[g.pick], shown=g.shown, reason=g.reason, raw=g.raw,
                      attempts=g.attempts, cached=g.cached) for g in verdict.games]
     return JudgmentRow(outcome=OUTCOME[verdict.winner], winner=WINNER[verdict.winner], consistent=verdict.consistent,
                        unparsed=verdict.unparsed, games=games, **base)

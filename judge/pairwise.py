@@ -19,6 +19,7 @@ from typing import Any
 from judge.cache import JudgeCache, judgment_key
 from judge.core import DEFAULT_OPTIONS, ask_parsed, judge_name, options_key
 from judge.prompts import JudgeTemplate, check_fields, judge_prompt_text, load_template
+from judge.results import Game
 from prefloop.llm.base import GenOptions
 from prefloop.records import Prompt
 
@@ -34,20 +35,6 @@ VERDICT_SCHEMA: dict[str, Any] = {
 _TIE_WORDS = {"TIE", "C", "EQUAL", "DRAW", "BOTH", "NEITHER", "SAME", "A=B"}
 _BRACKETED = re.compile(r"\[\[\s*(A|B|C|TIE)\s*\]\]", re.IGNORECASE)
 _WINNER_FIELD = re.compile(r'"winner"\s*:\s*"([^"]{1,40})"', re.IGNORECASE)
-
-
-@dataclass
-class Game:
-    """One judge call. ``first``: which answer was shown first; ``pick``: the answer it chose (by content),
-    ``"tie"``, or None when no reply parsed; ``shown``: the verdict as the judge wrote it (by position)."""
-
-    first: str
-    pick: str | None
-    shown: str | None
-    reason: str = ""
-    raw: str = ""
-    attempts: int = 0
-    cached: bool = False
 
 
 @dataclass

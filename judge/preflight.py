@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,15 +66,6 @@ class PreflightResult(StageResult):
     empty: int = 0
     echo: int = 0
     warnings: list[str] = field(default_factory=list)
-
-    @classmethod
-    def read(cls, path: str | Path) -> "PreflightResult | None":
-        path = Path(path)
-        if not path.exists():
-            return None
-        data = json.loads(path.read_text(encoding="utf-8"))
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def run_preflight(p: PreflightConfig, judge_cfg: JudgeConfig, sft_model: str, prompts: list[PromptRecord],

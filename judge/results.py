@@ -16,7 +16,6 @@ verdict never parsed counts as a tie in the win rate and is reported as ``unpars
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,16 +24,10 @@ from typing import Any, Iterator, Literal
 from prefloop.files import atomic_write_json
 from prefloop.jsonl import iter_jsonl, write_jsonl
 from prefloop.records import Prompt, stable_id
-from prefloop.stage import StageResult
+from prefloop.stage import StageResult, from_fields
 
 Outcome = Literal["win", "tie", "loss"]
 Winner = Literal["policy", "reference", "tie"]
-
-
-def _from(cls: type, data: dict[str, Any]) -> Any:
-    """A dataclass from a JSON object, ignoring keys it does not have (files from a newer version still read)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
 
 
 @dataclass
@@ -51,7 +44,7 @@ class AnswerRow:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "AnswerRow":
-        return _from(cls, data)
+        return from_fields(cls, data)
 
     @property
     def key(self) -> str:
@@ -60,12 +53,13 @@ class AnswerRow:
 
 
 @dataclass
-class GameRow:
-    """One judge call, by content: which model's answer was shown first, which the judge picked (None: its
-    reply never parsed), the verdict as written (by position), and how it was obtained."""
+class Game:
+    """One judge call, by content: which answer was shown first, which the judge picked (None: its reply never
+    parsed), the verdict as written (by position), and how it was obtained. ``judge.pairwise`` names the answers
+    ``A`` and ``B`` (its arguments); in ``judgments.jsonl`` they are ``policy`` and ``reference``."""
 
-    first: Winner
-    pick: Winner | None
+    first: str
+    pick: str | None
     shown: str | None = None
     reason: str = ""
     raw: str = ""
@@ -86,14 +80,14 @@ class JudgmentRow:
     consistent: bool | None = None   # the two orders agreed (None: not both parsed, or not judged)
     identical: bool = False          # the answers were identical: a tie without asking the judge
     unparsed: bool = False
-    games: list[GameRow] = field(default_factory=list)
+    games: list[Game] = field(default_factory=list)
     answers: str = ""                # AnswerRow.key of the answers judged
     id: str = ""                     # the runner's job id (judge, template, answers, options)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "JudgmentRow":
-        row = _from(cls, data)
-        row.games = [_from(GameRow, g) for g in data.get("games") or []]
+        row = from_fields(cls, data)
+        row.games = [from_fields(Game, g) for g in data.get("games") or []]
         return row
 
     def to_json(self) -> dict[str, Any]:
@@ -136,7 +130,7 @@ class JudgeSummary:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "JudgeSummary":
-        return _from(cls, data)
+        return from_fields(cls, data)
 
 
 @dataclass
@@ -178,15 +172,10 @@ class JudgeResults(StageResult):
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "JudgeResults":
-        res = _from(cls, data)
+        res = from_fields(cls, data)
         res.judges = {k: JudgeSummary.from_json(v) for k, v in (data.get("judges") or {}).items()}
-        res.kappa = [_from(Agreement, k) for k in data.get("kappa") or []]
+        res.kappa = [from_fields(Agreement, k) for k in data.get("kappa") or []]
         return res
-
-    @classmethod
-    def read(cls, path: str | Path) -> "JudgeResults | None":
-        path = Path(path)
-        return cls.from_json(json.loads(path.read_text(encoding="utf-8"))) if path.exists() else None
 
 
 def write_answers(path: str | Path, rows: list[AnswerRow]) -> None:

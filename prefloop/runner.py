@@ -113,11 +113,6 @@ def read_sidecar(path: Path) -> dict[str, dict[str, Any]]:
     return {str(obj["id"]): obj for _, obj in iter_jsonl(path) if isinstance(obj, dict) and "id" in obj}
 
 
-def classify(exc: BaseException) -> str:
-    """A short failure reason for counting: the error class, e.g. ``ServerFatal`` or ``ReplyInvalid``."""
-    return type(exc).__name__
-
-
 class _Progress:
     """A rich progress bar (items/s, ETA, retries, failures, drops), or nothing when quiet."""
 
@@ -179,6 +174,9 @@ class Runner:
         self.console, self.progress, self.description, self.unit = console, progress, description, unit
         self.summary = RunSummary()
         self._streak = 0
+        self._failed_before: dict[str, dict[str, Any]] = {}   # from earlier runs (the sidecar, compacted)
+        self._failed_now: dict[str, dict[str, Any]] = {}      # this run's
+        self._succeeded: set[str] = set()
 
     def note_retries(self, n: int = 1) -> None:
         self.summary.retries += max(0, n)
@@ -188,9 +186,7 @@ class Runner:
     async def run(self, jobs: Iterable[Job], work: Work) -> RunSummary:
         """Run every pending job; returns the summary (also when interrupted: check ``interrupted``)."""
         s = self.summary = RunSummary()
-        self._failed_before: dict[str, dict[str, Any]] = {}
-        self._failed_now: dict[str, dict[str, Any]] = {}
-        self._succeeded: set[str] = set()
+        self._failed_before, self._failed_now, self._succeeded = {}, {}, set()
         t0 = time.perf_counter()
         with Lock(self.output):
             done = finished_ids(self.output)
@@ -231,8 +227,7 @@ class Runner:
     async def _pool(self, pending: list[Job], work: Work, out: JsonlAppender, fails: JsonlAppender,
                     drops: JsonlAppender, bar: _Progress) -> None:
         s = self.summary
-        it = iter(pending)
-        written_ids: set[str] = set()
+        it = iter(pending)  # ids are unique here: run() de-duplicated them
         base = s.skipped_existing + s.skipped_dropped
         stop = asyncio.Event()
 
@@ -259,11 +254,8 @@ class Runner:
                         stop.set()
                         return
                 else:
-                    if job.id not in written_ids:  # belt and braces: never two lines with one id
-                        record = {"id": job.id, **{k: v for k, v in outcome.items() if k != "id"}}
-                        out.append(record)
-                        written_ids.add(job.id)
-                        s.written += 1
+                    out.append({"id": job.id, **{k: v for k, v in outcome.items() if k != "id"}})
+                    s.written += 1
                     self._succeeded.add(job.id)
                     self._streak = 0
                 bar.update(s, base + s.written + s.failed + sum(s.dropped.values()))
@@ -322,7 +314,7 @@ class Runner:
     def _failure_entry(self, job: Job, exc: BaseException) -> dict[str, Any]:
         before = self._failed_before.get(job.id, {})
         entry: dict[str, Any] = {
-            "id": job.id, "reason": classify(exc), "message": str(exc) or repr(exc),
+            "id": job.id, "reason": type(exc).__name__, "message": str(exc) or repr(exc),
             "attempts": int(before.get("attempts", 0)) + int(getattr(exc, "attempts", 1)),
             "runs": int(before.get("runs", 0)) + 1,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

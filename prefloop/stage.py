@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from prefloop.fingerprint import jsonable
@@ -47,3 +48,20 @@ class StageResult:
         """Every field as JSON (paths as strings, nested dataclasses as objects)."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return json.loads(json.dumps(data, default=jsonable))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Any:
+        """Back from ``to_json()``; keys this version does not know are ignored (a newer file still reads)."""
+        return from_fields(cls, data)
+
+    @classmethod
+    def read(cls, path: str | Path) -> Any:
+        """The result saved at ``path``, or None when there is none yet."""
+        path = Path(path)
+        return cls.from_json(json.loads(path.read_text(encoding="utf-8"))) if path.exists() else None
+
+
+def from_fields(cls: type, data: dict[str, Any]) -> Any:
+    """A dataclass from a JSON object, taking only the keys that are its fields."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})

@@ -77,7 +77,7 @@ def test_evaluate_end_to_end_tiny_models(ollama_server, tmp_path: Path, tiny_mod
     ollama_server.reply = hash_judge
     pairs = write_pairs(tmp_path / "heldout.jsonl", generator="ollama:judge")
     cfg = JudgeConfig(policy=str(tiny_model_dir), reference=str(second_tiny_model), prompts=str(pairs),
-                      judges=["ollama:judge"], output_dir=str(tmp_path / "out"), max_new_tokens=12, batch_size=3,
+                      judges=["ollama:judge"], output_dir=str(tmp_path / "out"), max_tokens=12, batch_size=3,
                       n_boot=500, adversarial=2)
     result = evaluate(cfg, clients={"ollama:judge": fast_client(ollama_server)})
     out = tmp_path / "out"

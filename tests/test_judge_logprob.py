@@ -57,7 +57,7 @@ def test_evaluate_with_a_local_judge_uses_logprob(tmp_path: Path, tiny_model_dir
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in ["Name a color.", "Say hi.", "Count to 3."]))
     cfg = JudgeConfig(policy=str(tiny_model_dir), reference=str(tiny_model_dir), prompts=str(prompts),
-                      judges=[f"local:{tiny_model_dir}"], output_dir=str(tmp_path / "out"), max_new_tokens=8,
+                      judges=[f"local:{tiny_model_dir}"], output_dir=str(tmp_path / "out"), max_tokens=8,
                       judge_identical=True, n_boot=200)
     r = evaluate(cfg).headline
     assert r.n == 3 and r.diagnostics["parse_rate"] == 1.0 and r.diagnostics["games"] == 6

@@ -21,7 +21,7 @@ def test_smollm2_against_itself_contains_half(tmp_path: Path) -> None:
     prompts.write_text(json.dumps(rows))
     # an A/A test: two independent samples of the same model (the reference side gets the next seed)
     cfg = JudgeConfig(policy="smollm2", reference="smollm2", prompts=str(prompts), judges=["local:smollm2"],
-                      output_dir=str(tmp_path / "out"), max_new_tokens=40, temperature=0.8, n_boot=1000)
+                      output_dir=str(tmp_path / "out"), max_tokens=40, temperature=0.8, n_boot=1000)
     result = evaluate(cfg)
     r = result.results
     assert result.complete and r["n"] == 8

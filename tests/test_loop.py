@@ -74,7 +74,7 @@ live = false
 
 [judge]
 judges = ["ollama:judge"]
-max_new_tokens = 12
+max_tokens = 12
 n_boot = 200
 {extra}
 """)

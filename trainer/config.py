@@ -8,6 +8,7 @@ Filled from the ``[train]`` section of a TOML file, ``--set key=value`` override
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prefloop.config import ConfigError, check_choices, load_section, setting

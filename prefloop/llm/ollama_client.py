@@ -55,6 +55,8 @@ def model_key(name: str) -> str:
     return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
 
 
+# ---- the two places we reach past ollama-python's public API (tests/test_clients_ollama.py runs both) ------
+
 def base_url(host: str) -> str:
     """The URL the ollama client will use for ``host`` (its own parser, so both agree)."""
     try:
@@ -62,6 +64,13 @@ def base_url(host: str) -> str:
     except ImportError:  # pragma: no cover - parser moved; the simple rule covers the common forms
         return host if "://" in host else f"http://{host}"
     return _parse_host(host)
+
+
+async def server_version(client: Any) -> str:
+    """``GET /api/version`` through the client's own httpx client: the official client has no ``version()``."""
+    response = await client._client.get("/api/version")
+    response.raise_for_status()
+    return str(response.json().get("version", ""))
 
 
 class OllamaClient:
@@ -135,9 +144,7 @@ class OllamaClient:
 
     async def _version(self) -> str:
         try:
-            response = await self.client._client.get("/api/version")  # the client has no version() method
-            response.raise_for_status()
-            return str(response.json().get("version", ""))
+            return await server_version(self.client)
         except Exception as err:  # noqa: BLE001 - mapped to Transient/ServerFatal
             raise self._classify(err) from err
 
