@@ -65,18 +65,18 @@ def our_files() -> list[Path]:
 
 
 def upward_edges() -> list[str]:
-    bad = []
+    bad: dict[tuple[str, int], str] = {}
     for path in our_files():
         rel = path.relative_to(ROOT).as_posix()
         if rel in ENTRY_POINTS:
             continue
         mine = rel.split("/")[0]
+        allowed = ", ".join(p for p, r in RANK.items() if r < RANK[mine]) or "nothing of ours"
         for name, line, _ in imports(path):
             top = name.split(".")[0]
             if top in RANK and top != mine and RANK[top] >= RANK[mine]:
-                bad.append(f"{rel}:{line} imports {name} ({mine} may import only "
-                           f"{', '.join(p for p, r in RANK.items() if r < RANK[mine]) or 'nothing of ours'})")
-    return sorted(set(bad))
+                bad.setdefault((rel, line), f"{rel}:{line} imports {name} ({mine} may import: {allowed})")
+    return sorted(bad.values())
 
 
 def module_cycles() -> list[list[str]]:
