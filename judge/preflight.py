@@ -20,7 +20,7 @@ from typing import Any
 from judge.cache import JudgeCache
 from judge.config import JudgeConfig
 from judge.scoring import score_answer
-from prefloop.config import setting
+from prefloop.config import at_least, setting
 from prefloop.files import atomic_write_json
 from prefloop.jsonl import write_jsonl
 from prefloop.llm.base import GenOptions
@@ -42,6 +42,10 @@ class PreflightConfig:
     max_tokens: int = setting(192, "answer length for the check")
     stop_on_warning: bool = setting(False, "stop the loop instead of training a model that cannot do the task",
                                     runtime=True)
+
+    def __post_init__(self) -> None:
+        at_least(self, "preflight.", 1, "prompts", "max_tokens")
+        at_least(self, "preflight.", 0, "min_score", "min_ratio")
 
 
 @dataclass

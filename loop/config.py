@@ -15,11 +15,9 @@ from typing import Any
 from generator.config import GenerateConfig
 from judge.config import JudgeConfig
 from judge.preflight import PreflightConfig
-from prefloop.config import ConfigError, apply_overrides, build, load_toml, setting
+from prefloop.config import ConfigError, apply_overrides, at_least, build, check_sections, load_toml, setting
 from prefloop.llm.base import parse_spec
 from trainer.config import TrainConfig
-
-SECTIONS = ("run", "data", "generate", "split", "preflight", "train", "judge")
 
 
 @dataclass
@@ -29,6 +27,9 @@ class RunSection:
                               runtime=True, was=("out_dir",))
     threads: int = setting(0, "torch threads for local models and training (0: torch's default)", runtime=True)
 
+    def __post_init__(self) -> None:
+        at_least(self, "run.", 0, "threads")
+
 
 @dataclass
 class DataSection:
@@ -37,6 +38,9 @@ class DataSection:
     limit: int = setting(0, "first N prompts only (0: all)")
     skip_bad: bool = setting(False, "skip malformed prompt rows (counted) instead of stopping")
 
+    def __post_init__(self) -> None:
+        at_least(self, "data.", 0, "limit")
+
 
 @dataclass
 class SplitSection:
@@ -44,6 +48,11 @@ class SplitSection:
     heldout_min: int = setting(4, "at least this many held-out prompts (when there are enough prompts)")
     heldout_max: int = setting(200, "at most this many (judging costs grow with it); 0: no cap")
     seed: int = setting(0, "change to draw another held-out set")
+
+    def __post_init__(self) -> None:
+        at_least(self, "split.", 0, "heldout_min", "heldout_max")
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise ConfigError(f"split.heldout_fraction: must be in (0, 1), got {self.heldout_fraction}")
 
 
 @dataclass
@@ -108,18 +117,11 @@ def load_loop_config(path: str | Path, overrides: list[str] | None = None) -> Lo
     the file and the key, before any model is loaded."""
     path = Path(path)
     doc = apply_overrides(load_toml(path), list(overrides or []))
-    unknown = sorted(set(doc) - set(SECTIONS))
-    if unknown:
-        raise ConfigError(f"{path}: unknown section(s) [{'], ['.join(unknown)}]; known: {', '.join(SECTIONS)}")
-    for name in SECTIONS:
-        if not isinstance(doc.get(name, {}), dict):
-            raise ConfigError(f"{path}: [{name}] must be a table")
+    check_sections(doc, path)
     run = build(RunSection, doc.get("run"), f"{path} [run]")
     data = build(DataSection, doc.get("data"), f"{path} [data]")
     data.prompts = resolve_input(data.prompts, path.parent)
     split = build(SplitSection, doc.get("split"), f"{path} [split]")
-    if not 0.0 < split.heldout_fraction < 1.0:
-        raise ConfigError(f"{path} [split].heldout_fraction: must be in (0, 1), got {split.heldout_fraction}")
     preflight = build(PreflightConfig, doc.get("preflight"), f"{path} [preflight]")
     paths = stage_paths(run_dir_of(run, path))
     in_run = "it lives in the run folder"

@@ -29,6 +29,10 @@ else:  # pragma: no cover
 T = TypeVar("T")
 _MISSING: Any = dataclasses.MISSING
 
+# Every section a prefloop TOML file may hold: each command reads its own and refuses the rest of what it does
+# not know, so a typo (``[trian]``) is an error and not a section silently ignored.
+SECTIONS = ("run", "data", "generate", "split", "preflight", "train", "judge")
+
 
 class ConfigError(ValueError):
     """A bad setting, named by file and key."""
@@ -108,6 +112,16 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+def check_sections(doc: dict[str, Any], path: str | Path) -> None:
+    """Refuse a section no command reads (a typo) and a section that is not a table."""
+    unknown = sorted(set(doc) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) [{'], ['.join(unknown)}]; known: {', '.join(SECTIONS)}")
+    for name in SECTIONS:
+        if not isinstance(doc.get(name, {}), dict):
+            raise ConfigError(f"{path}: [{name}] must be a table")
+
+
 def _renamed(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
     """Keys renamed in this release (a field's ``was``) are read under their new name, with a note on stderr."""
     for f in dataclasses.fields(cls):
@@ -172,6 +186,14 @@ def check_choices(cfg: Any, where: str = "") -> None:
             raise ConfigError(f"{where}{f.name}: {value!r} is not one of {', '.join(map(str, allowed))}")
 
 
+def at_least(cfg: Any, where: str, minimum: float, *names: str) -> None:
+    """Refuse a setting below ``minimum`` (a negative token budget, a zero timeout), naming the key."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and value < minimum:
+            raise ConfigError(f"{where}{name}: must be at least {minimum:g}, got {value}")
+
+
 def to_dict(obj: Any) -> dict[str, Any]:
     """A settings dataclass as a plain dict (for fingerprints and run records)."""
     return dataclasses.asdict(obj)
@@ -187,7 +209,9 @@ def load_section(cls: type[T], section: str, path: str | Path | None = None, ove
     data: dict[str, Any] = {}
     where = f"[{section}]"
     if path is not None:
-        table = load_toml(path).get(section, {})
+        doc = load_toml(path)
+        check_sections(doc, path)
+        table = doc.get(section, {})
         where = f"{path} [{section}]"
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: [{section}] must be a table")
