@@ -60,6 +60,11 @@ class GenerateConfig:
                                runtime=True)
     timeout_s: float = setting(600.0, "seconds a server may stay silent on one request", runtime=True,
                                flag="--timeout")
+    job_timeout_s: float = setting(1800.0, "one deadline for all tries of one prompt (its retries and backoff "
+                                           "included); then it counts as failed and is retried on the next run",
+                                   runtime=True)
+    stall_s: float = setting(600.0, "stop the run when no request has been answered for this long (a server "
+                                    "that accepts connections and says nothing)", runtime=True)
     fsync: bool = setting(False, "fsync every pair (power-loss safety; costs ~ms per pair)", runtime=True)
     skip_bad: bool = setting(False, "skip bad prompt records (counted) instead of stopping", runtime=True)
     quiet: bool = setting(False, "no progress bar", runtime=True)
@@ -83,8 +88,9 @@ class GenerateConfig:
         for name in ("max_tokens", "num_ctx", "max_attempts"):
             if getattr(self, name) < 1:
                 bad(name, f"must be at least 1, got {getattr(self, name)}")
-        if self.timeout_s <= 0:
-            bad("timeout_s", f"must be > 0 seconds, got {self.timeout_s}")
+        for name in ("timeout_s", "job_timeout_s", "stall_s"):
+            if getattr(self, name) <= 0:
+                bad(name, f"must be > 0 seconds, got {getattr(self, name)}")
         if self.strategy == "contrast" and parse_spec(self.model) == parse_spec(self.sft_model):
             bad("sft_model", f"contrast needs two different models; model and sft_model are both '{self.model}'")
         if self.better.strip().lower() == self.worse.strip().lower():

@@ -179,7 +179,8 @@ async def generate_async(cfg: GenerateConfig, console: Any = None, clients: dict
         for spec, client in clients.items():  # fail fast: server down, too old, model missing
             await client.preflight()
         runner = Runner(cfg.output, concurrency=cfg.resolved_concurrency(), max_attempts=cfg.max_attempts,
-                        backoff_s=cfg.backoff_s, abort_after=cfg.abort_after, fsync=cfg.fsync,
+                        backoff_s=cfg.backoff_s, abort_after=cfg.abort_after, job_timeout_s=cfg.job_timeout_s,
+                        stall_s=cfg.stall_s, fsync=cfg.fsync,
                         console=console, progress=False if cfg.quiet else None, description=f"generate ({cfg.strategy})",
                         unit="pairs")
         ctx = Context(cfg, clients, runner)

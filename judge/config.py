@@ -52,6 +52,11 @@ class JudgeConfig:
     concurrency: int = setting(4, "judge calls in flight (match OLLAMA_NUM_PARALLEL)", runtime=True)
     timeout_s: float = setting(300.0, "seconds a judge server may stay silent on a request", runtime=True,
                                flag="--timeout")
+    job_timeout_s: float = setting(1800.0, "one deadline for judging one prompt (both orders, re-asks and "
+                                           "retries); then it counts as failed and is retried on the next run",
+                                   runtime=True)
+    stall_s: float = setting(600.0, "stop judging when no judge call has been answered for this long",
+                             runtime=True)
     judge_identical: bool = setting(False, "also ask the judge about identical answers (default: a tie, "
                                            "AlpacaEval's rule)")
     cache: str | None = setting(None, "judgment cache file (default OUTPUT/judge-cache.sqlite)", runtime=True)
@@ -83,8 +88,9 @@ class JudgeConfig:
             raise ConfigError(f"judge.adversarial: must be 0 (off) or a number of prompts, got {self.adversarial}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"judge.limit: must be at least 1, got {self.limit}")
-        if self.timeout_s <= 0:
-            raise ConfigError(f"judge.timeout_s: must be > 0 seconds, got {self.timeout_s}")
+        for name in ("timeout_s", "job_timeout_s", "stall_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"judge.{name}: must be > 0 seconds, got {getattr(self, name)}")
 
     @property
     def cache_path(self) -> Path:

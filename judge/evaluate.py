@@ -212,7 +212,8 @@ async def judge_all(cfg: JudgeConfig, judge: str, answers: list[AnswerRow], cach
         if own:
             await client.preflight()
         runner = Runner(path, concurrency=cfg.concurrency, console=console, description=f"judging ({judge})",
-                        backoff_s=0.2, progress=False if cfg.quiet else None)
+                        backoff_s=0.2, job_timeout_s=cfg.job_timeout_s, stall_s=cfg.stall_s,
+                        progress=False if cfg.quiet else None)
         summary = await runner.run(jobs, work)
     finally:
         if own:

@@ -47,6 +47,10 @@ from prefloop.llm.base import ReplyInvalid, Transient
 RETRYABLE: tuple[type[BaseException], ...] = (Transient, TimeoutError, ConnectionError)
 
 
+class JobTimeout(Exception):
+    """A job's deadline passed before any of its attempts finished (counted and retried on the next run)."""
+
+
 @dataclass
 class Job:
     """One unit of work: ``id`` decides skipping and de-duplication; ``data`` is whatever the work needs."""
@@ -160,9 +164,13 @@ class Runner:
 
     def __init__(self, output: str | Path, *, concurrency: int = 4, max_attempts: int = 3,
                  backoff_s: float = 1.0, backoff_max_s: float = 30.0, abort_after: int = 25,
+                 job_timeout_s: float | None = None, stall_s: float | None = None,
                  retry_on: tuple[type[BaseException], ...] = RETRYABLE, fsync: bool = False,
                  console: Any = None, progress: bool | None = None, description: str = "jobs",
                  unit: str = "items"):
+        """``job_timeout_s``: one deadline for all attempts of a job (its backoff included); ``stall_s``: stop the
+        whole run when no job has finished for that long while jobs are waiting (a server that accepts
+        connections and answers nothing); None: no limit."""
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         self.output = Path(output)
@@ -170,6 +178,7 @@ class Runner:
         self.dropped_path = sidecar(self.output, "dropped.jsonl")
         self.concurrency, self.max_attempts = concurrency, max(1, max_attempts)
         self.backoff_s, self.backoff_max_s, self.abort_after = backoff_s, backoff_max_s, abort_after
+        self.job_timeout_s, self.stall_s = job_timeout_s, stall_s
         self.retry_on, self.fsync = retry_on, fsync
         self.console, self.progress, self.description, self.unit = console, progress, description, unit
         self.summary = RunSummary()
@@ -230,12 +239,26 @@ class Runner:
         it = iter(pending)  # ids are unique here: run() de-duplicated them
         base = s.skipped_existing + s.skipped_dropped
         stop = asyncio.Event()
+        last_ok = [time.monotonic()]  # when a job last finished with a record or a drop
+
+        async def watchdog() -> None:
+            """Stop the run when nothing has come back for ``stall_s`` (failures do not count as answers)."""
+            while True:
+                await asyncio.sleep(min(1.0, self.stall_s / 4))
+                if time.monotonic() - last_ok[0] > self.stall_s:
+                    s.aborted = (f"no answer from any request for {self.stall_s:g} s: the server accepts connections "
+                                 "but does not reply (is it stuck, or loading a model too large for it?); finished "
+                                 "work is kept, run the same command again once it answers")
+                    stop.set()
+                    return
 
         async def worker() -> None:
             for job in it:  # one shared iterator: each job is taken by exactly one worker
                 if stop.is_set():
                     return
                 outcome = await self._attempt(job, work)
+                if not isinstance(outcome, BaseException):
+                    last_ok[0] = time.monotonic()
                 if isinstance(outcome, Drop):
                     drops.append({"id": job.id, "reason": outcome.reason, **outcome.detail})
                     s.dropped[outcome.reason] += 1
@@ -270,6 +293,7 @@ class Runner:
             except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no support
                 pass
         stopper = asyncio.create_task(stop.wait())
+        watch = [asyncio.create_task(watchdog())] if self.stall_s and pending else []
         try:
             waiting = set(tasks) | {stopper}
             while tasks and not stop.is_set():
@@ -284,28 +308,39 @@ class Runner:
             s.interrupted = True
             raise
         finally:
-            for t in tasks + [stopper]:
+            for t in tasks + [stopper] + watch:
                 t.cancel()
-            await asyncio.gather(*tasks, stopper, return_exceptions=True)
+            await asyncio.gather(*tasks, stopper, *watch, return_exceptions=True)
             for sig in installed:
                 loop.remove_signal_handler(sig)
 
     async def _attempt(self, job: Job, work: Work) -> "dict[str, Any] | Drop | BaseException":
-        """Run one job with retries; return its record, a Drop, or the exception that finally failed it."""
-        attempt = 0
+        """Run one job with retries within its deadline; return its record, a Drop, or the exception that finally
+        failed it (with ``attempts``: tries of the job, and ``requests``: requests they made, as far as known)."""
+        tries = {"attempts": 0, "requests": 0}
+        try:
+            return await asyncio.wait_for(self._tries(job, work, tries), self.job_timeout_s)
+        except asyncio.TimeoutError:
+            exc = JobTimeout(f"no result within the job's deadline of {self.job_timeout_s:g} s "
+                             f"({tries['attempts']} attempt(s)); it is tried again on the next run")
+            exc.attempts, exc.requests = tries["attempts"], tries["requests"]  # type: ignore[attr-defined]
+            return exc
+
+    async def _tries(self, job: Job, work: Work, tries: dict[str, int]) -> "dict[str, Any] | Drop | BaseException":
         while True:
-            attempt += 1
+            tries["attempts"] += 1
             try:
                 result = await work(job)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure is recorded, none kills the run
-                if isinstance(exc, self.retry_on) and attempt < self.max_attempts:
+                tries["requests"] += int(getattr(exc, "requests", 1))
+                if isinstance(exc, self.retry_on) and tries["attempts"] < self.max_attempts:
                     self.summary.retries += 1
-                    delay = min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1))
+                    delay = min(self.backoff_max_s, self.backoff_s * 2 ** (tries["attempts"] - 1))
                     await asyncio.sleep(delay * (0.5 + random.random()))
                     continue
-                exc.attempts = attempt  # type: ignore[attr-defined]
+                exc.attempts, exc.requests = tries["attempts"], tries["requests"]  # type: ignore[attr-defined]
                 return exc
             if not isinstance(result, (dict, Drop)):
                 return TypeError(f"work returned {type(result).__name__}, expected a dict or Drop")
@@ -316,6 +351,7 @@ class Runner:
         entry: dict[str, Any] = {
             "id": job.id, "reason": type(exc).__name__, "message": str(exc) or repr(exc),
             "attempts": int(before.get("attempts", 0)) + int(getattr(exc, "attempts", 1)),
+            "requests": int(before.get("requests", 0)) + int(getattr(exc, "requests", 1)),
             "runs": int(before.get("runs", 0)) + 1,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }

@@ -28,7 +28,9 @@ BACKENDS = ("ollama", "openai", "local")
 
 
 class LLMError(RuntimeError):
-    """Base class for client errors."""
+    """Base class for client errors. ``requests``: how many requests the call made before giving up."""
+
+    requests: int = 1
 
 
 class Transient(LLMError):

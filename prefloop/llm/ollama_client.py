@@ -21,6 +21,7 @@ Each request in flight gets its own single-connection ``ollama.AsyncClient`` fro
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ MIN_VERSION = (0, 5, 0)  # JSON schema in `format` (PR #7900)
 DEFAULT_HOST = "http://127.0.0.1:11434"
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 PREFLIGHT_RETRY = RetryPolicy(attempts=3, base_delay=0.2, max_delay=1.0)  # a restarting server, not an outage
+PREFLIGHT_TIMEOUT_S = 20.0  # /api/version and /api/tags answer at once on a live server, even while it is busy
 
 
 def parse_version(text: str) -> tuple[int, int, int] | None:
@@ -144,13 +146,17 @@ class OllamaClient:
 
     async def _version(self) -> str:
         try:
-            return await server_version(self.client)
+            return await asyncio.wait_for(server_version(self.client), PREFLIGHT_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise Transient(f"{self.url}: no answer to /api/version within {PREFLIGHT_TIMEOUT_S:g} s") from None
         except Exception as err:  # noqa: BLE001 - mapped to Transient/ServerFatal
             raise self._classify(err) from err
 
     async def _tags(self) -> Any:
         try:
-            return await self.client.list()
+            return await asyncio.wait_for(self.client.list(), PREFLIGHT_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise Transient(f"{self.url}: no answer to /api/tags within {PREFLIGHT_TIMEOUT_S:g} s") from None
         except Exception as err:  # noqa: BLE001
             raise self._classify(err) from err
 

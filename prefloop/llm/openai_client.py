@@ -8,6 +8,7 @@ in the HTTP client's headers, and never put in a record, a log line, an error or
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ log = logging.getLogger("prefloop.llm")
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 PREFLIGHT_RETRY = RetryPolicy(attempts=3, base_delay=0.2, max_delay=1.0)
+PREFLIGHT_TIMEOUT_S = 20.0
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -98,7 +100,10 @@ class OpenAIClient:
                           f"{', '.join(ids[:20]) or 'nothing'})")
 
     async def _models(self) -> dict[str, Any] | None:
-        response = await self._request("GET", "/models")
+        try:
+            response = await asyncio.wait_for(self._request("GET", "/models"), PREFLIGHT_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise Transient(f"{self.base_url}/models: no answer within {PREFLIGHT_TIMEOUT_S:g} s") from None
         if response.status_code == 404:
             return None
         self._raise_for_status(response)

@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, TypeVar
 
-from prefloop.llm.base import ChatReply, ReplyInvalid, Transient
+from prefloop.llm.base import ChatReply, LLMError, ReplyInvalid, Transient
 from prefloop.llm.schema import SchemaError, parse_reply
 
 T = TypeVar("T")
@@ -71,7 +71,9 @@ async def with_retries(call: Callable[[], Awaitable[T]], policy: RetryPolicy, *,
                 kind = type(err.__cause__).__name__ if err.__cause__ else "Transient"
                 stats.errors_by_kind[kind] = stats.errors_by_kind.get(kind, 0) + 1
             if attempt >= policy.attempts:
-                raise Transient(f"{what} failed after {attempt} attempts: {err}", err.retry_after) from err
+                final = Transient(f"{what} failed after {attempt} attempts: {err}", err.retry_after)
+                final.requests = attempt
+                raise final from err
             delay = float(err.retry_after) if err.retry_after is not None else policy.delay(attempt, rng)
             delay = min(delay, policy.max_delay)
             if stats is not None:
@@ -79,6 +81,9 @@ async def with_retries(call: Callable[[], Awaitable[T]], policy: RetryPolicy, *,
             log.info("%s: retry %d/%d in %.2fs after: %s", what, attempt, policy.attempts - 1, delay, err)
             await asyncio.sleep(delay)
             attempt += 1
+        except LLMError as err:  # not worth retrying (ServerFatal): say what the call cost
+            err.requests = attempt
+            raise
 
 
 @dataclass
