@@ -30,6 +30,7 @@ from judge.results import (Agreement, AnswerRow, Game, JudgeResults, JudgeSummar
 from judge.retention import answer_warnings
 from judge.selfpref import generator_models, self_preference_warnings
 from judge.stats import GameRecord, cohen_kappa, diagnostics, lc_win_rate, outcome_values, summarize
+from prefloop.files import writable
 from prefloop.jsonl import JsonlAppender, iter_jsonl
 from prefloop.llm.base import GenOptions, parse_spec
 from prefloop.records import PromptRecord, stable_id
@@ -332,7 +333,7 @@ def evaluate(cfg: JudgeConfig, console: Any = None, *, clients: dict[str, Any] |
     """Generate, judge, compute and report (see the module docstring). ``clients`` may supply already-built
     judge clients by spec (tests, the loop); otherwise each judge is built from its spec."""
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    writable(out / "results.json", "--output")
     for judge in cfg.judges:  # refuse a bad judge setting before spending time on answers
         verdict_client(cfg, judge, None)
     records, pair_gens = load_eval_prompts(cfg)

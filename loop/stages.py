@@ -103,11 +103,11 @@ class Loop:
                           f"current folder); the comments at the top of {self.cfg.path} say where to get it")
 
     def _stage(self, name: str, inputs: dict[str, str], outputs: list[str],
-               work: Callable[[str], StageResult]) -> StageOutcome:
+               work: Callable[[str], StageResult], resumable: dict[str, str] | None = None) -> StageOutcome:
         settings = self.settings[name]
         fp = fingerprint(settings, inputs)
         self.fps[name] = fp
-        decision = self.state.decide(name, fp)
+        decision = self.state.decide(name, fp, resumable)
         if decision == "skip":
             rec = self.state.get(name)
             self.say(f"[green]✓[/green] {name}: up to date (fingerprint {fp}), skipped")
@@ -116,7 +116,7 @@ class Loop:
             return outcome
         verb = "resuming" if decision == "resume" else "running"
         self.say(f"[bold cyan]▶ {name}[/bold cyan]: {verb} (fingerprint {fp})")
-        self.state.start(name, fp, outputs, settings=settings, inputs=inputs)
+        self.state.start(name, fp, outputs, settings=settings, inputs=inputs, resumable=resumable)
         start = time.monotonic()
         try:
             result = work(decision)
@@ -162,8 +162,10 @@ class Loop:
                           f"{result.total_in_output} pairs written; run again to retry the failures")
             return result
 
-        return self._stage("generate", {"prompts": self.source_identity()}, ["generate", "generate/pairs.jsonl"],
-                           work)
+        # the prompts are resumable: a new prompt is one more pair to generate, a removed one leaves the split;
+        # only a change of what shapes a pair (the settings) starts generation over
+        return self._stage("generate", {}, ["generate", "generate/pairs.jsonl"], work,
+                           resumable={"prompts": self.source_identity()})
 
     # -- split
     def split(self) -> StageOutcome:
@@ -247,13 +249,42 @@ class Loop:
                   "reference": model_identity(self.cfg.train.model)}
         return self._stage("judge", inputs, ["judge", "judge/results.json"], work)
 
+    # -- before any work
+    def check(self) -> None:
+        """Everything the stages still to run will need (``loop.checks``); ``SetupError`` when something is
+        missing. The prompts are read first: a broken prompts file stops here, before anything is moved."""
+        from loop.checks import SetupError, check_run, needed_stages
+        from prefloop.records import RecordError
+        from prefloop.sources import DataError
+
+        try:
+            identity = self.source_identity()
+            self.prompts()
+        except (DataError, RecordError, StageFailed) as exc:
+            raise SetupError(f"[data] prompts: {exc}") from None
+        check_run(self.cfg, needed_stages(self.cfg, self.state, self.settings, identity))
+
     # -- all of it
     def run(self) -> int:
+        """The stages in order, holding the run folder's lock (two runs on one folder would interleave their
+        outputs). Exit codes: 0 done, 1 a stage stopped, 2 the setup is wrong (nothing was run)."""
         from rich.markup import escape
 
-        from loop.report import write_run_report
+        from loop.checks import SetupError
+        from prefloop.files import Busy, Lock
+        from prefloop.flags import fail
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with Lock(self.run_dir, folder=True):
+                self.check()
+                return self._run_stages(escape)
+        except (Busy, SetupError) as exc:
+            return fail(exc)
+
+    def _run_stages(self, escape: Callable[[str], str]) -> int:
+        from loop.report import write_run_report
+
         (self.run_dir / "config.toml").write_bytes(self.cfg.path.read_bytes())
         self.say(f"[bold]prefloop run[/bold] {self.cfg.path} → {self.run_dir}")
         started = time.monotonic()

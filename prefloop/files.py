@@ -54,6 +54,20 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
+def writable(path: str | Path, what: str = "output") -> Path:
+    """Make sure ``path`` can be written (its folder exists or can be made, and is writable) before any work,
+    so a bad output path is one line at the start instead of an error hours later. Returns the path."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"{what} {path}: its folder {path.parent} cannot be made ({exc.strerror or exc}); "
+                      "choose another path") from None
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise OSError(f"{what} {path}: {path.parent} is not writable; choose another path or fix its permissions")
+    return path
+
+
 def count_lines(path: str | Path) -> int:
     """Non-blank lines of a file (0 when it does not exist): records in a JSONL output."""
     path = Path(path)

@@ -99,6 +99,7 @@ class StageRecord:
     settings: dict[str, Any] = field(default_factory=dict)
     inputs: dict[str, str] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    resumable: dict[str, str] = field(default_factory=dict)  # inputs whose change resumes instead of restarting
 
 
 class RunState:
@@ -121,21 +122,31 @@ class RunState:
     def get(self, name: str) -> StageRecord | None:
         return self.stages.get(name)
 
-    def decide(self, name: str, fp: str) -> str:
+    def decide(self, name: str, fp: str, resumable: Mapping[str, str] | None = None) -> str:
         """``skip`` (finished with these inputs and settings, outputs present), ``resume`` (started with them,
-        not finished) or ``fresh`` (never run, or run with something else)."""
+        not finished; or finished, and only a ``resumable`` input changed) or ``fresh`` (never run, or run with
+        other settings or inputs).
+
+        A resumable input is one the stage itself continues from per item: the generator's prompts file, where a
+        new prompt means one more pair to generate, not all pairs again."""
         rec = self.stages.get(name)
         if rec is None or rec.fingerprint != fp:
             return "fresh"
-        if rec.status == "done" and all((self.run_dir / out).exists() for out in rec.outputs):
+        same = resumable is None or dict(resumable) == rec.resumable
+        if rec.status == "done" and same and all((self.run_dir / out).exists() for out in rec.outputs):
             return "skip"
         return "resume"
 
+    def done_with(self, name: str, settings: Mapping[str, Any]) -> bool:
+        """Finished, and with these settings (whatever its inputs): a rerun may not need it at all."""
+        rec = self.stages.get(name)
+        return rec is not None and rec.status == "done" and canonical(rec.settings) == canonical(dict(settings))
+
     def start(self, name: str, fp: str, outputs: list[str | Path], *, settings: Mapping[str, Any] | None = None,
-              inputs: Mapping[str, str] | None = None) -> str:
+              inputs: Mapping[str, str] | None = None, resumable: Mapping[str, str] | None = None) -> str:
         """Mark a stage started and return the decision that applied (``resume`` or ``fresh``). On ``fresh``
         the previous outputs of this stage, if any, move to ``RUN/stale/<name>/``."""
-        decision = self.decide(name, fp)
+        decision = self.decide(name, fp, resumable)
         if decision == "skip":
             raise ValueError(f"stage {name} is already done for {fp}; check decide() first")
         rels = [self._rel(p) for p in outputs]
@@ -145,7 +156,7 @@ class RunState:
         self.stages[name] = StageRecord(
             name=name, fingerprint=fp, status="running", started_at=time.time(),
             runs=(prev.runs + 1 if prev and decision == "resume" else 1), outputs=rels,
-            settings=dict(settings or {}), inputs=dict(inputs or {}))
+            settings=dict(settings or {}), inputs=dict(inputs or {}), resumable=dict(resumable or {}))
         self.save()
         return decision
 

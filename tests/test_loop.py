@@ -242,7 +242,7 @@ def test_shipped_configs_load():
 def test_missing_prompts_stop_with_a_clear_message(tmp_path, tiny_model_dir, capsys):
     cfg_path = write_config(tmp_path, tiny_model_dir)
     (tmp_path / "prompts.json").unlink()
-    assert main(Args(cfg_path)) == 1
-    out = capsys.readouterr().out
-    assert "[data] prompts = " in out and "prompts.json" in out and "no such file" in out
-    assert (tmp_path / "run" / "report.html").exists()
+    assert main(Args(cfg_path)) == 2   # a setup error: found before any stage ran
+    err = capsys.readouterr().err
+    assert "[data] prompts = " in err and "prompts.json" in err and "no such file" in err
+    assert not (tmp_path / "run" / "generate").exists()

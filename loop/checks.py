@@ -1,0 +1,86 @@
+"""Before the first stage does any work: every input, model, server and template the run will still need.
+
+An overnight run should not find a missing SFT model or an unreachable judge after hours of generation. The
+check reads the prompts (a broken edit stops here, before anything in the run folder is moved), resolves the
+local models (a folder, a ``.gguf``, the embedded alias: no weights are loaded), asks each served model's server
+whether it has the model (the clients' own preflight: version, listing), and loads the judge templates. Stages
+already finished with the same settings are not checked again: a finished run reopened for its report needs no
+server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from loop.config import LoopConfig
+from prefloop.fingerprint import RunState
+
+
+class SetupError(RuntimeError):
+    """Something the run needs is missing or wrong; the message names the setting and what to do."""
+
+
+def needed_stages(cfg: LoopConfig, state: RunState, settings: dict[str, dict[str, Any]],
+                  prompts_identity: str) -> set[str]:
+    """The stages that will run (or may): the first one not finished with its current settings, and every one
+    after it. The generator also runs when its prompts changed (new prompts are generated, the rest kept)."""
+    order = ["generate", "split", "preflight", "train", "judge"]
+    gen = state.get("generate")
+    for i, name in enumerate(order):
+        unchanged = state.done_with(name, settings[name])
+        if name == "generate":
+            unchanged = unchanged and gen is not None and gen.resumable.get("prompts") == prompts_identity
+        if name == "preflight" and not cfg.preflight.enabled:
+            continue
+        if not unchanged:
+            return set(order[i:])
+    return set()
+
+
+def check_run(cfg: LoopConfig, needed: set[str]) -> None:
+    """Raise ``SetupError`` naming the first thing missing (see the module docstring)."""
+    from judge.prompts import TemplateError, check_fields, load_template
+    from prefloop.models import ModelNotFound, resolve
+
+    def local(what: str, name: str) -> None:
+        try:
+            resolve(name)
+        except ModelNotFound as exc:
+            raise SetupError(f"{what} = {name!r}: {exc}") from None
+
+    if needed & {"preflight", "train", "judge"}:
+        local(f"{cfg.path} [train] model", cfg.train.model)
+    try:
+        if "judge" in needed:
+            check_fields(load_template(cfg.judge.template), ("prompt", "answer_a", "answer_b"))
+        if "preflight" in needed or (cfg.generate.strategy == "rank" and "generate" in needed):
+            check_fields(load_template("score"), ("prompt", "answer"))
+    except TemplateError as exc:
+        raise SetupError(f"{cfg.path} [judge] template: {exc}") from None
+    served: dict[str, str] = {}   # spec -> the setting it comes from
+    if "generate" in needed:
+        served.update({s: "[generate] model" for s in cfg.generate.specs_used()})
+    if "preflight" in needed:
+        served[cfg.preflight.judge or cfg.judges[0]] = "[preflight] judge"
+    if "judge" in needed:
+        served.update({s: "[judge] judges" for s in cfg.judges})
+    asyncio.run(_reachable(cfg, served, local))
+
+
+async def _reachable(cfg: LoopConfig, specs: dict[str, str], local: Any) -> None:
+    from prefloop.llm import make_client
+    from prefloop.llm.base import LLMError, parse_spec
+
+    for spec, where in specs.items():
+        parsed = parse_spec(spec)
+        if parsed.backend == "local":
+            local(f"{cfg.path} {where}", parsed.model)
+            continue
+        client = make_client(spec)
+        try:
+            await client.preflight()
+        except LLMError as exc:
+            raise SetupError(f"{cfg.path} {where} = {spec!r}: {exc}") from None
+        finally:
+            await client.aclose()
