@@ -49,7 +49,9 @@ def main(args: argparse.Namespace) -> int:
     if result.interrupted:
         return fail(result.reason, result.exit_code)
     head = result.headline
-    if head.n:
+    if not result.complete:
+        fail(f"no complete result: {result.reason}", result.exit_code)
+    elif head.n:
         print(f"win rate {pct(head.win_rate)}  95% CI [{pct(head.ci_low)}, {pct(head.ci_high)}]  "
               f"LC {pct(head.lc_win_rate)}  (wins {head.wins}, ties {head.ties}, losses {head.losses}, "
               f"n {head.n}; judge {head.judge})")

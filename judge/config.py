@@ -49,6 +49,8 @@ class JudgeConfig:
     verdict: str = setting("auto", "how a verdict is read: generated JSON, or a local judge's token "
                                    "probabilities (auto: logprob for local: judges)", choices=VERDICTS)
     attempts: int = setting(3, "asks per order before a reply counts as unparsed")
+    min_parse_rate: float = setting(0.8, "below this share of parsed judge replies the run is not complete: a judge "
+                                         "that answers nothing usable gives no win rate")
     concurrency: int = setting(4, "judge calls in flight (match OLLAMA_NUM_PARALLEL)", runtime=True)
     timeout_s: float = setting(300.0, "seconds a judge server may stay silent on a request", runtime=True,
                                flag="--timeout")
@@ -84,6 +86,8 @@ class JudgeConfig:
                      "judge_num_ctx", "n_boot"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"judge.{name}: must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.min_parse_rate <= 1.0:
+            raise ConfigError(f"judge.min_parse_rate: must be in [0, 1], got {self.min_parse_rate}")
         if self.adversarial < 0:
             raise ConfigError(f"judge.adversarial: must be 0 (off) or a number of prompts, got {self.adversarial}")
         if self.limit is not None and self.limit < 1:

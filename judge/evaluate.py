@@ -28,6 +28,7 @@ from judge.prompts import check_fields, judge_prompt_text, load_template
 from judge.results import (Agreement, AnswerRow, Game, JudgeResults, JudgeSummary, JudgmentRow, iter_judgments,
                            write_answers)
 from judge.retention import answer_warnings
+from judge.robustness import ATTACKS
 from judge.selfpref import generator_models, self_preference_warnings
 from judge.stats import GameRecord, cohen_kappa, diagnostics, lc_win_rate, outcome_values, summarize
 from prefloop.files import writable
@@ -359,14 +360,21 @@ def evaluate(cfg: JudgeConfig, console: Any = None, *, clients: dict[str, Any] |
         per_judge[judge].run = summaries[judge].to_json()
         warnings += judge_warnings(per_judge[judge])
     missing = {j: len(answers) - len(per_judge_rows[j]) for j in cfg.judges}
-    reason = ""
+    reasons = []
     if any(missing.values()) or not all(s.done for s in summaries.values()):
-        reason = ("incomplete: " + ", ".join(f"{j} lacks {n} judgments" for j, n in missing.items() if n)
-                  + f" (reasons in {out / 'judgments.jsonl.failures.jsonl'}); run the same command again to resume "
-                    "from the cache")
-        warnings.append(reason)
+        reasons.append("incomplete: " + ", ".join(f"{j} lacks {n} judgments" for j, n in missing.items() if n)
+                       + f" (reasons in {out / 'judgments.jsonl.failures.jsonl'}); run the same command again to "
+                         "resume from the cache")
+    for s in per_judge.values():
+        rate = s.diagnostics.get("parse_rate")
+        if rate is not None and rate < cfg.min_parse_rate:
+            reasons.append(f"{s.judge}: only {rate:.0%} of its replies parsed (min_parse_rate "
+                           f"{cfg.min_parse_rate:.0%}): its win rate is mostly ties it never gave; use a judge that "
+                           "answers in the asked-for JSON, or raise attempts")
+    warnings += reasons
+    reason = "; ".join(reasons)
     if robustness is not None:
-        for name in ("injection", "longer", "empty"):
+        for name in ATTACKS:
             if robustness[name]["attacked_wins"] > 0.2:
                 warnings.append(f"{cfg.judges[0]}: an answer edited by '{name}' won "
                                 f"{robustness[name]['attacked_wins']:.0%} of {robustness['n']} pairs; "

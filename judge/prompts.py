@@ -7,6 +7,11 @@ Format: an optional ``=== system ===`` section and a ``=== user ===`` section. P
 JSON example, say) is left alone, and text substituted in is never scanned again, so an answer containing
 ``{prompt}`` stays as written.
 
+``{nonce}`` is an id made from the texts being judged (a hash of all of them). The built-in templates put it in
+every start and end marker, so an answer cannot close its own block: it would have to contain a hash of itself.
+An answer that writes ``[End of Assistant A's Answer]`` or a backtick stays inside its block, and the judge is told
+that a marker without the id is part of an answer.
+
 The template's hash is part of every cache key: edit the template and the judgments are made afresh.
 """
 
@@ -22,7 +27,7 @@ from prefloop.records import Prompt, prompt_text
 from prefloop.templates import ALPACA_RESPONSE
 
 BUILTIN = ("pairwise", "score")
-PLACEHOLDER = re.compile(r"\{(prompt|answer|answer_a|answer_b|known_good|reference)\}")
+PLACEHOLDER = re.compile(r"\{(prompt|answer|answer_a|answer_b|known_good|reference|nonce)\}")
 CONDITIONAL = re.compile(r"\{#if (?:known_good|reference)\}(.*?)\{#end\}", re.DOTALL)
 SECTION = re.compile(r"^=== (system|user) ===[ \t]*$", re.MULTILINE)
 
@@ -56,6 +61,7 @@ class JudgeTemplate:
         has_ref = bool(fields.get("known_good"))
         values = {k: (v if v is not None else "") for k, v in fields.items()}
         values["reference"] = values.get("known_good", "")
+        values["nonce"] = delimiter_id(values)
 
         def fill(text: str) -> str:
             text = CONDITIONAL.sub(lambda m: m.group(1) if has_ref else "", text)
@@ -67,6 +73,11 @@ class JudgeTemplate:
             if body.strip():
                 messages.append({"role": role, "content": body})
         return messages
+
+
+def delimiter_id(values: dict[str, str]) -> str:
+    """The id in the markers around judged texts: a digest of all of them, so none can contain it."""
+    return hashlib.sha256("\x00".join(f"{k}={values[k]}" for k in sorted(values)).encode("utf-8")).hexdigest()[:12]
 
 
 def load_template(name_or_path: str | Path) -> JudgeTemplate:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from judge.prompts import judge_prompt_text
+from judge.robustness import ATTACKS
 from judge.results import AnswerRow, JudgeResults, JudgeSummary, JudgmentRow, current_judgments, read_answers
 from prefloop.report import Report, fmt, is_number, pct, pyplot, save_png
 
@@ -91,7 +92,7 @@ def build_report(out_dir: Path, results: JudgeResults, answers: list[AnswerRow],
         rep.paragraph(f"On {rob['n']} prompts the reference answer was edited and judged again by `{rob['judge']}`. "
                       "A trustworthy judge keeps its verdict (low flip rate) and never lets the edited answer win.")
         rep.table([[name, pct(rob[name]["flip_rate"]), pct(rob[name]["attacked_wins"])]
-                   for name in ("injection", "longer", "empty")],
+                   for name in ATTACKS],
                   headers=["edit", "verdicts flipped", "edited answer wins"])
     if n_examples:
         add_examples(rep, answers, rows, results.judge, n_examples)

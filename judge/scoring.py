@@ -1,11 +1,12 @@
 """Score mode: one answer, 0–100, with the seed recipe's prompt.
 
 The reference recipe (LLMs-from-scratch ch07) asks "score the model response ... on a scale from 0 to 100 ...
-Respond with the integer number only" and skips any reply ``int()`` cannot read. Small judges answer "I'd rate it
-85 out of 100", "Score: 7/10" or ramble, and schema bounds are not enforced by llama.cpp grammars, so the reply
-is parsed here: an explicit "x/100" or "x out of 10" wins, the scale phrase "0 to 100" is ignored, the value is
-clamped to [0, 100]. A reply with no number is retried a bounded number of times; after that ``Score.value`` is
-None and ``Score.raw`` keeps the reply, so the caller counts it instead of losing it.
+Respond with the integer number only" and takes ``int()`` of whatever digits come back. Here the judge is asked
+for ``{"score": n}`` under a JSON schema (Ollama constrains its output to it; local judges are shown the shape),
+and only that reply, or a bare number, counts: a number inside prose is not trusted (see ``parse_score``). The
+value is clamped to [0, 100] (llama.cpp grammars do not enforce the bounds). A reply without a score is asked
+again a bounded number of times; after that ``Score.value`` is None and ``Score.raw`` keeps the reply, so the
+caller counts it instead of losing it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -23,11 +23,11 @@ from judge.prompts import JudgeTemplate, check_fields, judge_prompt_text, load_t
 from prefloop.llm.base import GenOptions
 from prefloop.records import Prompt
 
-NUMBER = r"[-+]?\d+(?:\.\d+)?"
-_OUT_OF = re.compile(rf"({NUMBER})\s*(?:/|out of|of)\s*(100|10|5)\b", re.IGNORECASE)
-_LABELLED = re.compile(rf"\b(?:score|rating|rate|grade)\b[^0-9\-+]{{0,20}}({NUMBER})", re.IGNORECASE)
-_SCALE = re.compile(r"\b(?:from\s+)?(?:0|1)\s*(?:to|-|–)\s*(?:100|10)\b", re.IGNORECASE)
-_ANY = re.compile(NUMBER)
+SCORE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"score": {"type": "integer", "minimum": 0, "maximum": 100}},
+    "required": ["score"],
+}
 
 
 @dataclass
@@ -50,29 +50,22 @@ def clamp(value: float) -> float | None:
 
 
 def parse_score(data: Any, text: str) -> float | None:
-    """A 0–100 score from a reply, or None when there is no number to trust."""
-    if isinstance(data, dict) and isinstance(data.get("score"), (int, float)) and not isinstance(data["score"], bool):
-        return clamp(float(data["score"]))
-    text = (text or "").strip()
-    if not text:
-        return None
-    if text.startswith("{"):
+    """A 0–100 score from the reply asked for: the schema'd ``{"score": n}``, or a reply that is a number and
+    nothing else (the seed recipe's "integer number only"). A number inside prose is not a score: a judge that
+    echoes the prompt ("... a scale from 0 to 100 ...") or argues its way to a figure has not given one, and the
+    seed recipe's ``int()`` of any digit it found is how an echoing judge wrote pairs scored 100/61/39."""
+    if isinstance(data, dict):
+        value = data.get("score")
+    else:
         try:
-            loaded = json.loads(text)
-            if isinstance(loaded, dict) and isinstance(loaded.get("score"), (int, float)):
-                return clamp(float(loaded["score"]))
+            value = json.loads((text or "").strip())
         except json.JSONDecodeError:
-            pass
-    out_of = _OUT_OF.search(text)
-    if out_of:
-        value, scale = float(out_of.group(1)), float(out_of.group(2))
-        return clamp(value * 100.0 / scale)
-    cleaned = _SCALE.sub(" ", text)
-    labelled = _LABELLED.search(cleaned)
-    if labelled:
-        return clamp(float(labelled.group(1)))
-    first = _ANY.search(cleaned)
-    return clamp(float(first.group(0))) if first else None
+            return None
+        if isinstance(value, dict):
+            value = value.get("score")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return clamp(float(value))
 
 
 async def score_answer(client: Any, prompt: Prompt, answer: str, *, known_good: str | None = None,
@@ -92,8 +85,8 @@ async def score_answer(client: Any, prompt: Prompt, answer: str, *, known_good: 
     messages = tpl.render(prompt=text, answer=answer, known_good=known_good)
     key = judgment_key(judge=judge_name(client), template_hash=tpl.hash, mode="score", prompt=text,
                        answers=(answer,), known_good=known_good, options=options_key(opts))
-    got = await ask_parsed(client, messages, parse=parse_score, schema=None, options=opts, attempts=attempts,
-                           cache=cache, key=key)
+    got = await ask_parsed(client, messages, parse=parse_score, schema=SCORE_SCHEMA, options=opts,
+                           attempts=attempts, cache=cache, key=key)
     return Score(value=got.value, raw=got.raw, attempts=got.attempts, cached=got.cached)
 
 

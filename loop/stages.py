@@ -240,8 +240,7 @@ class Loop:
 
             result = evaluate(cfg, console=self.console)
             if not result.complete and not result.interrupted:
-                self.warn("judging is incomplete (a judge call failed); run the same command again to finish it "
-                          "from the cache")
+                self.warn(f"judging is not complete: {result.reason}")
             return result
 
         inputs = {"trained": self.fps.get("train") or (train_rec.fingerprint if train_rec else ""),

@@ -121,8 +121,15 @@ def default_reply(messages: list[dict[str, Any]], format: Any, options: dict[str
     return json.dumps({"response": text}) if format == "json" else text
 
 
-PAIRWISE_ANSWER = re.compile(r"\[The Start of Assistant ([AB])'s Answer\]\n(.*?)\n\[The End of Assistant \1's Answer\]",
-                             re.S)
+# A judged text between its id'd markers (judge/templates/*.txt): "[Assistant A's Answer id X]" ... "[End of ...]"
+BLOCK = re.compile(r"\[([^\]\n]+?) id ([0-9a-f]+)\]\n(.*?)\n\[End of \1 id \2\]", re.S)
+
+
+def judged_blocks(messages: list[dict[str, Any]]) -> dict[str, str]:
+    """The texts of a rendered judge prompt by their block name ("Assistant A's Answer", "Model Response", ...),
+    read the way the shipped templates delimit them."""
+    text = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    return {m.group(1): m.group(3) for m in BLOCK.finditer(text)}
 
 
 def pairwise_answers(messages: list[dict[str, Any]]) -> tuple[str, str]:
@@ -130,9 +137,13 @@ def pairwise_answers(messages: list[dict[str, Any]]) -> tuple[str, str]:
 
     Scripted judges in the tests and benchmarks decide from these, so one parser follows the shipped template.
     """
-    text = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-    found = {m.group(1): m.group(2) for m in PAIRWISE_ANSWER.finditer(text)}
-    return found.get("A", ""), found.get("B", "")
+    found = judged_blocks(messages)
+    return found.get("Assistant A's Answer", ""), found.get("Assistant B's Answer", "")
+
+
+def scored_answer(messages: list[dict[str, Any]]) -> str | None:
+    """The model response a score-mode judge prompt asks about (None when it is not one)."""
+    return judged_blocks(messages).get("Model Response")
 
 
 @dataclass

@@ -15,6 +15,7 @@ from prefloop.llm import make_client
 from prefloop.llm.retry import RetryPolicy
 from prefloop.runner import sidecar
 from prefloop.sources import load_preferences, load_prompts
+from ollama_server import scored_answer
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "data" / "prompts" / "quickstart.json"
 MODEL = "ollama:llama3.1:70b"
@@ -150,15 +151,14 @@ def ranker(messages: list[dict[str, Any]], fmt: Any, options: dict[str, Any]) ->
     """Candidates differ by seed; the judge scores them by a word in them. Prompt 'tie' gets equal scores,
     prompt 'close' gets scores 3 apart, prompt 'same' the same answer for every seed."""
     text = messages[-1]["content"]
-    judged = re.search(r"score the model response `(.*?)` on a scale", text, re.S)
-    if judged:
-        answer = judged.group(1)
+    answer = scored_answer(messages)
+    if answer is not None:
         if "[tie]" in answer:
-            return "50"
+            return '{"score": 50}'
         if "[close]" in answer:
-            return str(60 + int(answer.split("#")[1]))
+            return json.dumps({"score": 60 + int(answer.split("#")[1])})
         value = {"great": 90, "fine": 60, "poor": 15}.get(answer.split()[0] if answer.split() else "", 40)
-        return f"I'd rate it {value} out of 100."
+        return json.dumps({"score": value})
     tag = next((t for t in ("tie", "close", "same") if t in text), "")
     if tag == "same":
         return "great same answer"

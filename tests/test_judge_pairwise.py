@@ -15,7 +15,7 @@ from judge.scoring import parse_score, score_answer
 from prefloop.llm import make_client
 from prefloop.llm.base import Transient
 from prefloop.llm.retry import RetryPolicy
-from ollama_server import pairwise_answers
+from ollama_server import judged_blocks, pairwise_answers, scored_answer
 
 ALPHA = "Alpha answer: Paris is the capital of France."
 BETA = "Beta answer: it is Lyon, probably."
@@ -78,7 +78,7 @@ def test_reference_answer_reaches_the_judge_only_when_given(ollama_server) -> No
     run(judged(ollama_server, "Q?", ALPHA, BETA, known_good="Paris."))
     run(judged(ollama_server, "Q2?", ALPHA, BETA))
     users = [next(m["content"] for m in b["messages"] if m["role"] == "user") for b in ollama_server.bodies("/api/chat")]
-    assert sum("Reference Answer]\nParis." in u for u in users) == 2
+    assert sum(judged_blocks([{"role": "user", "content": u}]).get("Reference Answer") == "Paris." for u in users) == 2
     assert sum("Reference Answer" in u for u in users) == 2
 
 
@@ -162,20 +162,11 @@ def test_template_errors_name_the_file(tmp_path: Path) -> None:
 def test_template_substitution_does_not_rescan_answers() -> None:
     msgs = load_template("pairwise").render(prompt="P", answer_a="{answer_b}", answer_b="B!", known_good=None)
     user = msgs[-1]["content"]
-    assert "[The Start of Assistant A's Answer]\n{answer_b}\n" in user
+    assert judged_blocks(msgs)["Assistant A's Answer"] == "{answer_b}"
     assert '{"reason":' in user  # the JSON example in the template survives
 
 
 # --------------------------------------------------------------------------------------------- score mode
-
-@pytest.mark.parametrize("text, value", [
-    ("85", 85.0), ("Score: 72", 72.0), ("I'd rate it 85 out of 100.", 85.0), ("7/10", 70.0), ("4/5", 80.0),
-    ("On a scale from 0 to 100, I give this 64.", 64.0), ("150", 100.0), ("-3", 0.0), ("88.5", 88.5),
-    ('{"score": 91}', 91.0), ("The answer is wrong.", None), ("", None),
-])
-def test_parse_score(text: str, value: float | None) -> None:
-    assert parse_score(None, text) == value
-
 
 async def scored(server, *args, **kwargs):
     client = client_for(server)
@@ -185,21 +176,27 @@ async def scored(server, *args, **kwargs):
         await client.aclose()
 
 
-def test_score_uses_the_seed_prompt_and_caches(ollama_server, tmp_path: Path) -> None:
-    ollama_server.reply = lambda m, f, o: "I'd give it 85 out of 100"
+def test_score_asks_the_seed_question_under_a_schema_and_caches(ollama_server, tmp_path: Path) -> None:
+    ollama_server.reply = lambda m, f, o: json.dumps({"score": 85})
     prompt = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
               "request.\n\n### Instruction:\nName the capital of France.\n\n### Response:\n")
     with JudgeCache(tmp_path / "c.sqlite") as cache:
         s = run(scored(ollama_server, prompt, "Paris.", known_good="The capital is Paris.", cache=cache))
         assert s.value == 85.0 and not s.cached
         body = ollama_server.bodies("/api/chat")[0]
-        text = body["messages"][-1]["content"]
-        assert text == ("Given the input `Below is an instruction that describes a task. Write a response that "
-                        "appropriately completes the request.\n\n### Instruction:\nName the capital of France.` "
-                        "and correct output `The capital is Paris.`, score the model response `Paris.` on a scale "
-                        "from 0 to 100, where 100 is the best score. Respond with the integer number only.")
+        assert body["format"]["properties"]["score"]["maximum"] == 100   # the reply's shape is asked for
+        blocks = judged_blocks(body["messages"])
+        assert blocks["Input"].endswith("### Instruction:\nName the capital of France.")  # no response marker
+        assert blocks["Correct Output"] == "The capital is Paris." and blocks["Model Response"] == "Paris."
+        assert "score the model response on a scale from 0 to 100" in body["messages"][-1]["content"]
         again = run(scored(ollama_server, prompt, "Paris.", known_good="The capital is Paris.", cache=cache))
         assert again.cached and again.value == 85.0 and ollama_server.count("/api/chat") == 1
+
+
+def test_a_number_in_the_judges_prose_is_not_a_score(ollama_server) -> None:
+    ollama_server.reply = lambda m, f, o: "I'd give it 85 out of 100, on a scale from 0 to 100."
+    s = run(scored(ollama_server, "Q", "A", attempts=2))
+    assert s.value is None and ollama_server.count("/api/chat") == 2
 
 
 def test_score_unparseable_and_empty(ollama_server) -> None:
@@ -215,8 +212,8 @@ def test_score_many_and_summary(ollama_server) -> None:
     from judge.scoring import score_many, summarize_scores
 
     def reply(messages, fmt, options):
-        text = messages[-1]["content"]
-        return "90" if "response `good`" in text else ("no idea" if "response `odd`" in text else "30")
+        answer = scored_answer(messages)
+        return "90" if answer == "good" else ("no idea" if answer == "odd" else "30")
 
     ollama_server.reply = reply
 

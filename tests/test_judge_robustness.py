@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from judge.robustness import flip_rates
+from judge.robustness import ATTACKS, flip_rates
 from prefloop.llm import make_client
 from prefloop.llm.retry import RetryPolicy
 from ollama_server import pairwise_answers
@@ -23,8 +23,10 @@ def content_judge(messages, fmt, options):
 
 
 def gullible_judge(messages, fmt, options):
-    """Obeys injections, loves length, otherwise prefers Alpha."""
+    """Obeys injections and verdicts written into answers, loves length, otherwise prefers Alpha."""
     a, b = pairwise_answers(messages)
+    if '"winner": "B"' in a + b:   # takes a verdict it finds in the text for the judge's own
+        return verdict(False) if '"winner": "B"' in b else verdict(True)
     if "pick this one" in a or "pick this one" in b:
         return verdict("pick this one" in a)
     if abs(len(a) - len(b)) > 100:
@@ -48,7 +50,7 @@ def run_with(server, reply):
 def test_content_judge_does_not_flip(ollama_server) -> None:
     r = run_with(ollama_server, content_judge)
     assert r["baseline"] == ["A"] * 4
-    for name in ("injection", "longer", "empty"):
+    for name in ("injection", "forged", "longer", "empty"):
         assert r[name]["flip_rate"] == 0.0 and r[name]["attacked_wins"] == 0.0
 
 
@@ -56,7 +58,8 @@ def test_gullible_judge_flips_and_the_rate_says_so(ollama_server) -> None:
     r = run_with(ollama_server, gullible_judge)
     assert r["baseline"] == ["A"] * 4
     assert r["injection"]["flip_rate"] == 1.0 and r["injection"]["attacked_wins"] == 1.0
+    assert r["forged"]["flip_rate"] == 1.0 and r["forged"]["attacked_wins"] == 1.0
     assert r["longer"]["flip_rate"] == 1.0
     assert r["empty"]["flip_rate"] == 0.0  # empty is shorter: the length-lover still picks A
     # every variant was judged in both orders
-    assert ollama_server.count("/api/chat") == 4 * 4 * 2
+    assert ollama_server.count("/api/chat") == (1 + len(ATTACKS)) * 4 * 2  # baseline and each edit, both orders

@@ -16,7 +16,7 @@ from loop.config import SplitSection, load_loop_config
 from loop.run import main
 from loop.split import choose_heldout, split_key
 from prefloop.config import ConfigError
-from ollama_server import pairwise_answers
+from ollama_server import pairwise_answers, scored_answer
 
 PROMPTS = [
     {"instruction": f"Task {i}: name a colour that rhymes with {w}.", "input": "", "output": f"The answer is {w}."}
@@ -29,12 +29,12 @@ PROMPTS = [
 def scripted_reply(messages, format, options):  # noqa: A002 - the server's callback signature
     """A consistent fake judge and writer: rewrites by direction, scores 72, prefers the shorter answer."""
     text = messages[-1]["content"]
+    if scored_answer(messages) is not None:
+        return "72"
     if isinstance(format, dict):
         a_text, b_text = pairwise_answers(messages)
         winner = "tie" if len(a_text) == len(b_text) else ("A" if len(a_text) < len(b_text) else "B")
         return json.dumps({"reason": "the shorter answer is clearer", "winner": winner})
-    if "score the model response" in text:
-        return "72"
     answer = text.split("Correct answer:\n", 1)[-1].split("\n\n", 1)[0] if "Correct answer:" in text else "Okay."
     if "more impolite" in text:
         return f"Ugh, fine. {answer}"
