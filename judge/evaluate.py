@@ -34,6 +34,7 @@ from judge.stats import GameRecord, cohen_kappa, diagnostics, lc_win_rate, outco
 from prefloop.files import writable
 from prefloop.jsonl import JsonlAppender, iter_jsonl
 from prefloop.llm.base import GenOptions, parse_spec
+from prefloop.progress import Progress
 from prefloop.records import PromptRecord, stable_id
 from prefloop.runner import Job, RunSummary, Runner
 from prefloop.sources import iter_rows, load_preferences, load_prompts, preference_to_prompt
@@ -108,13 +109,15 @@ def generate_side(spec: str, records: list[PromptRecord], path: Path, cfg: Judge
     client = make_client(spec, dtype=cfg.dtype, batch_size=cfg.batch_size)
     t0 = time.perf_counter()
     try:
-        with JsonlAppender(path) as out:
+        with JsonlAppender(path) as out, Progress(console, len(todo), f"answers ({spec})", unit="answers",
+                                                  enabled=not cfg.quiet) as bar:
             for i in range(0, len(todo), cfg.batch_size):
                 batch = todo[i: i + cfg.batch_size]
                 answers = client.generate_batch([r.prompt for r in batch], options)
                 for rec, answer in zip(batch, answers):
                     out.append({"id": rec.id, "answer": answer, "settings": settings, "model": spec})
                     done[rec.id] = answer
+                bar.advance(len(batch))
     finally:
         asyncio.run(client.aclose())
     note(console, f"  {len(todo)} answers in {time.perf_counter() - t0:.1f}s")

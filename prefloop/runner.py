@@ -42,6 +42,7 @@ from typing import Any, Awaitable, Callable, Iterable
 from prefloop.files import Lock
 from prefloop.jsonl import JsonlAppender, iter_jsonl, write_jsonl
 from prefloop.llm.base import ReplyInvalid, Transient
+from prefloop.progress import Progress
 
 # Worth another attempt inside the same run (the clients already retry; this covers a flaky minute).
 RETRYABLE: tuple[type[BaseException], ...] = (Transient, TimeoutError, ConnectionError)
@@ -117,43 +118,12 @@ def read_sidecar(path: Path) -> dict[str, dict[str, Any]]:
     return {str(obj["id"]): obj for _, obj in iter_jsonl(path) if isinstance(obj, dict) and "id" in obj}
 
 
-class _Progress:
-    """A rich progress bar (items/s, ETA, retries, failures, drops), or nothing when quiet."""
-
-    def __init__(self, console: Any, total: int, done: int, description: str, enabled: bool, unit: str = "items"):
-        self.bar, self.unit = None, unit
-        if not enabled:
-            return
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
-        self.bar = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            TextColumn("retries {task.fields[retries]} · failed {task.fields[failed]} · dropped {task.fields[dropped]}"),
-            console=console, transient=False, refresh_per_second=4)
-        self.task = self.bar.add_task(description, total=total, completed=done, rate="", retries=0, failed=0,
-                                      dropped=0)
-        self.t0, self.n0 = time.perf_counter(), done
-        self.bar.start()
-
-    def update(self, s: RunSummary, completed: int) -> None:
-        if self.bar is None:
-            return
-        dt = time.perf_counter() - self.t0
-        rate = f"{(completed - self.n0) / dt:.2f} {self.unit}/s" if dt > 0 else ""
-        self.bar.update(self.task, completed=completed, rate=rate, retries=s.retries, failed=s.failed,
-                        dropped=sum(s.dropped.values()))
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 Work = Callable[[Job], Awaitable["dict[str, Any] | Drop"]]
 
 
 class Runner:
-    """Runs ``work(job)`` for every job not done yet and stores each outcome durably.
+    """Runs ``work(job)`` for every job not done yet and stores each outcome durably, with progress on the console
+    (a bar on a terminal, plain lines in a log; ``progress=False`` for none).
 
     ``work`` returns the record to append (its ``id`` is set to the job's) or a ``Drop``. Exceptions in
     ``retry_on`` are retried up to ``max_attempts`` times with exponential backoff and jitter; any other
@@ -218,10 +188,10 @@ class Runner:
             self._failed_before = failed_before
             if self.failures_path.exists():  # compact now: drop ids finished since, one line per id
                 write_jsonl(self.failures_path, list(failed_before.values()))
-            enabled = self.progress if self.progress is not None else bool(
-                self.console is not None and getattr(self.console, "is_terminal", False))
-            bar = _Progress(self.console, s.total, s.skipped_existing + s.skipped_dropped, self.description,
-                            enabled, self.unit)
+            bar = Progress(self.console, s.total, self.description, unit=self.unit,
+                           done=s.skipped_existing + s.skipped_dropped,
+                           enabled=self.progress if self.progress is not None else self.console is not None,
+                           extra=lambda: f"retries {s.retries} · failed {s.failed} · dropped {sum(s.dropped.values())}")
             try:
                 with JsonlAppender(self.output, fsync=self.fsync) as out, \
                         JsonlAppender(self.failures_path, fsync=self.fsync) as fails, \
@@ -234,10 +204,9 @@ class Runner:
         return s
 
     async def _pool(self, pending: list[Job], work: Work, out: JsonlAppender, fails: JsonlAppender,
-                    drops: JsonlAppender, bar: _Progress) -> None:
+                    drops: JsonlAppender, bar: Progress) -> None:
         s = self.summary
         it = iter(pending)  # ids are unique here: run() de-duplicated them
-        base = s.skipped_existing + s.skipped_dropped
         stop = asyncio.Event()
         last_ok = [time.monotonic()]  # when a job last finished with a record or a drop
 
@@ -281,7 +250,7 @@ class Runner:
                     s.written += 1
                     self._succeeded.add(job.id)
                     self._streak = 0
-                bar.update(s, base + s.written + s.failed + sum(s.dropped.values()))
+                bar.advance()
 
         tasks = [asyncio.create_task(worker()) for _ in range(min(self.concurrency, max(1, len(pending))))]
         loop = asyncio.get_running_loop()

@@ -11,7 +11,7 @@ import pytest
 from judge.cache import JudgeCache
 from judge.pairwise import judge_pair, normalize_winner, parse_verdict
 from judge.prompts import TemplateError, load_template
-from judge.scoring import parse_score, score_answer
+from judge.scoring import score_answer
 from prefloop.llm import make_client
 from prefloop.llm.base import Transient
 from prefloop.llm.retry import RetryPolicy

@@ -49,6 +49,6 @@ def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path: Path, cap
         targets.append(ro / "pairs.jsonl")
     for out in targets:
         code = main(["generate", str(prompts), "-o", str(out), "--model", "ollama:llama3.1:70b",
-                     "--set", f"generate.timeout_s=5"])
+                     "--set", "generate.timeout_s=5"])
         err = capsys.readouterr().err
         assert code == 2 and err.startswith("error:") and "Traceback" not in err and str(out.parent) in err

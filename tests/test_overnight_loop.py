@@ -5,7 +5,6 @@ judge is found before the first stage does any work."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest

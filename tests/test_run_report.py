@@ -36,7 +36,7 @@ def folder_with_judgments(tmp_path: Path, server) -> Path:  # noqa: ANN001
     prompts.write_text("".join(json.dumps({"id": k, "prompt": v, "known_good": "Known."}) + "\n"
                                for k, v in PROMPTS.items()))
     cfg = JudgeConfig(policy="/m/p", reference="/m/r", prompts=str(prompts), judges=["ollama:judge"],
-                      output_dir=str(out), n_boot=100, attempts=1)
+                      output_dir=str(out), n_boot=100, attempts=1, min_parse_rate=0.5)
     out.mkdir(parents=True)
     o = gen_options(cfg)
     for side, answers, model in (("policy", POLICY, cfg.policy), ("reference", REFERENCE, cfg.reference)):
