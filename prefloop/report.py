@@ -76,7 +76,9 @@ class Paragraph:
 
 
 @dataclass
-class Warning_:
+class Callout:
+    """A warning box (not called Warning: that is Python's built-in exception class)."""
+
     text: str
 
 
@@ -123,7 +125,7 @@ class Report:
         return self
 
     def warning(self, text: str) -> "Report":
-        self.blocks.append(Warning_(text))
+        self.blocks.append(Callout(text))
         return self
 
     def table(self, rows: Iterable[Sequence[Cell]] | Iterable[Mapping[str, Cell]],
@@ -300,7 +302,7 @@ def _block_html(block: Any, base_dir: str | Path | None, embed: bool) -> str:
         return f"<h{block.level}>{_inline_html(block.text)}</h{block.level}>"
     if isinstance(block, Paragraph):
         return f"<p>{_inline_html(block.text)}</p>"
-    if isinstance(block, Warning_):
+    if isinstance(block, Callout):
         return f'<div class="warning">{_inline_html(block.text)}</div>'
     if isinstance(block, Table):
         return _table_html(block)
@@ -372,7 +374,7 @@ def _block_md(block: Any, base_dir: str | Path | None) -> str:
         return "#" * block.level + " " + _md_text(block.text)
     if isinstance(block, Paragraph):
         return _md_inline(block.text)
-    if isinstance(block, Warning_):
+    if isinstance(block, Callout):
         return "> **Warning:** " + _md_inline(block.text).replace("\n", "\n> ")
     if isinstance(block, Table):
         return _table_md(block)
