@@ -15,14 +15,16 @@ VERDICTS = ("auto", "generate", "logprob")
 class JudgeConfig:
     """Held-out evaluation: policy vs reference on prompts it never trained on, judged by one or more judges.
 
-    ``policy``/``reference`` are local models (a folder, a ``.gguf``, ``smollm2``; ``local:`` prefix optional).
+    ``policy``/``reference`` are local models (a folder, a ``.gguf``, ``smollm2``; ``local:`` prefix optional) or
+    served ones (``ollama:NAME``, e.g. after ``prefloop export``, or ``openai:NAME@URL``), answered alike.
     ``judges`` are client specs (``ollama:llama3.1:8b``, ``openai:MODEL@URL``, ``local:smollm2``); the first is
     the headline judge. ``prompts`` is a prompts file (Alpaca/JSONL/text) or a preference-pairs file whose prompts
     are used and whose chosen answers become the known-good answers shown to the judge.
     """
 
-    policy: str = setting("", "the trained model: a folder, a .gguf, or smollm2", runtime=True)
-    reference: str = setting("smollm2", "its starting point, the SFT model (the reference model)")
+    policy: str = setting("", "the trained model: a folder, a .gguf, smollm2, or served: ollama:NAME, "
+                              "openai:NAME@URL", runtime=True)
+    reference: str = setting("smollm2", "its starting point, the SFT model (the reference model); local or served")
     prompts: str = setting("", "held-out prompts: Alpaca JSON/JSONL, JSONL with 'prompt', .txt, or a pairs file",
                            runtime=True)
     judges: list[str] = setting(help="judge spec: ollama:NAME, openai:NAME@URL, local:NAME; repeat for several "
@@ -49,7 +51,8 @@ class JudgeConfig:
     verdict: str = setting("auto", "how a verdict is read: generated JSON, or a local judge's token "
                                    "probabilities (auto: logprob for local: judges)", choices=VERDICTS)
     attempts: int = setting(3, "asks per order before a reply counts as unparsed")
-    concurrency: int = setting(4, "judge calls in flight (match OLLAMA_NUM_PARALLEL)", runtime=True)
+    concurrency: int = setting(4, "requests in flight to a served judge or answering model, per host (match "
+                                  "OLLAMA_NUM_PARALLEL)", runtime=True)
     timeout_s: float = setting(300.0, "seconds a judge server may stay silent on a request", runtime=True,
                                flag="--timeout")
     judge_identical: bool = setting(False, "also ask the judge about identical answers (default: a tie, "
