@@ -15,8 +15,13 @@ request in flight at a time (a plain loop), which gets 1/N of capacity whatever 
 The client and the server share this machine's CPUs: on a busy 2-core machine large N is CPU-bound (the client
 spends ~1.5-2 ms of CPU per request in the ollama/httpx stack), so read the load average printed at the end.
 
+Several hosts (``--hosts 2 3``): H servers of N slots each (``--slots``), the generator given all of them
+(``hosts = ["URL=N", ...]``, its default concurrency the summed slots), against their summed capacity H·N/L, and
+beside it one such server measured in the same run (the baseline); the speed-up is ideally H.
+
     .venv/bin/python bench/generate.py                 # N = 1, 4, 16, 64
     .venv/bin/python bench/generate.py --n 4 16 --seconds 3
+    .venv/bin/python bench/generate.py --hosts 2 3 --slots 4
 """
 
 from __future__ import annotations
@@ -67,8 +72,10 @@ def write_prompts(path: Path, n: int) -> None:
     path.write_text(json.dumps(rows))
 
 
-def run_generator(url: str, prompts: Path, out: Path, concurrency: int, slots: int | None = None) -> dict:
-    """``concurrency`` 0 = the generator's own default for a server whose OLLAMA_NUM_PARALLEL is ``slots``."""
+def run_generator(url: str, prompts: Path, out: Path, concurrency: int, slots: int | None = None,
+                  hosts: list[str] | None = None) -> dict:
+    """``concurrency`` 0 = the generator's own default for a server whose OLLAMA_NUM_PARALLEL is ``slots`` (or for
+    ``hosts``, ``URL=SLOTS`` items: their summed slots)."""
     from generator.config import GenerateConfig
     from generator.run import generate
 
@@ -76,7 +83,7 @@ def run_generator(url: str, prompts: Path, out: Path, concurrency: int, slots: i
     if slots:
         os.environ["OLLAMA_NUM_PARALLEL"] = str(slots)
     cfg = GenerateConfig(source=str(prompts), output=str(out), model="ollama:llama3.1:70b", strategy="rewrite",
-                         concurrency=concurrency, quiet=True, max_attempts=1)
+                         concurrency=concurrency, quiet=True, max_attempts=1, hosts=hosts or [])
     cpu = time.process_time()  # the server runs in its own process: this is the client's CPU alone
     s = generate(cfg)
     cpu = time.process_time() - cpu
@@ -135,6 +142,30 @@ def bench(n: int, latency: float, seconds: float, tmp: Path, baseline_requests: 
             "baseline_rate": base_rate, "baseline_ratio": base_rate / capacity}
 
 
+def bench_hosts(hosts: int, slots: int, latency: float, seconds: float, tmp: Path) -> dict:
+    """``hosts`` servers of ``slots`` each, against their summed capacity, beside one such server (same run)."""
+    requests = max(hosts * slots, int(round(seconds * hosts * slots / latency)))
+    servers = [start_server(slots, latency) for _ in range(hosts)]
+    try:
+        prompts = tmp / f"hosts-{hosts}.json"
+        write_prompts(prompts, requests)
+        urls = [url for _, url in servers]
+        run_generator(urls[0], prompts, tmp / f"hosts-warm-{hosts}.jsonl", min(slots, 4))
+        one = run_generator(urls[0], prompts, tmp / f"hosts-one-{hosts}.jsonl", 0, hosts=[f"{urls[0]}={slots}"])
+        many = run_generator(urls[0], prompts, tmp / f"hosts-many-{hosts}.jsonl", 0,
+                             hosts=[f"{u}={slots}" for u in urls])
+    finally:
+        for proc, _ in servers:
+            proc.terminate()
+            proc.wait()
+    capacity = hosts * slots / latency
+    rate, one_rate = many["written"] / many["elapsed"], one["written"] / one["elapsed"]
+    return {"hosts": hosts, "slots": slots, "latency_ms": latency * 1000, "requests": many["written"],
+            "failed": many["failed"], "capacity": capacity, "rate": rate, "ratio": rate / capacity,
+            "one_rate": one_rate, "one_ratio": one_rate / (slots / latency), "speedup": rate / one_rate,
+            "cpu_ms": many["cpu_ms"]}
+
+
 class InstantModel:
     """A model that answers at once, in process: what is left is the generator's own cost per pair (runner,
     strategy, record building, the JSONL append and flush)."""
@@ -178,7 +209,22 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=None, help="seconds per request (default per N)")
     parser.add_argument("--seconds", type=float, default=2.0, help="ideal run length per N")
     parser.add_argument("--baseline-requests", type=int, default=20)
+    parser.add_argument("--hosts", type=int, nargs="+", default=None,
+                        help="instead: generation over this many servers (each --slots slots), beside one server")
+    parser.add_argument("--slots", type=int, default=4, help="with --hosts: slots per server")
     args = parser.parse_args()
+    if args.hosts:
+        latency = args.latency or 0.05
+        with tempfile.TemporaryDirectory() as tmp:
+            for h in args.hosts:
+                r = bench_hosts(h, args.slots, latency, args.seconds, Path(tmp))
+                print(f"{r['hosts']} hosts x {r['slots']} slots, L={r['latency_ms']:.0f}ms, {r['requests']} pairs: "
+                      f"capacity {r['capacity']:5.0f}/s, generate {r['rate']:6.1f}/s = {r['ratio']:6.1%} "
+                      f"(failed {r['failed']}, client CPU {r['cpu_ms']:.2f} ms/pair) | one host, same run: "
+                      f"{r['one_rate']:6.1f}/s = {r['one_ratio']:6.1%} of its capacity | speed-up "
+                      f"{r['speedup']:.2f}x (ideal {r['hosts']}x)", flush=True)
+        print(f"load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (servers and client share them)")
+        return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         layer = generator_layer(Path(tmp))

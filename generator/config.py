@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from prefloop.config import ConfigError, check_choices, setting
-from prefloop.llm.base import parse_spec
+from prefloop.llm.base import parse_spec, spec_identity
+from prefloop.llm.hosts import Host, parse_hosts
 
 STRATEGIES = ("rewrite", "rank", "contrast")
 RECIPE_PROMPTS = ("auto", "clean", "verbatim", "fewshot")
@@ -51,8 +52,11 @@ class GenerateConfig:
                                  "does not fit, which the client warns about", runtime=True)
     seed: int = setting(123, "sampling seed (and the rewrite direction's coin)")
     limit: int = setting(0, "first N prompts only (0: all); which prompts, not what a pair holds", runtime=True)
-    concurrency: int = setting(0, "requests in flight per model (0: match the server, see resolved_concurrency)",
-                               runtime=True)
+    concurrency: int = setting(0, "requests in flight per model (0: match the servers' slots, see "
+                                  "resolved_concurrency)", runtime=True)
+    hosts: list[str] = setting(help="Ollama servers for every ollama: model that names none itself: URL or "
+                                    "URL=SLOTS (that server's OLLAMA_NUM_PARALLEL), comma-separated or repeated; each "
+                                    "request goes to the least busy one with a free slot", factory=list, runtime=True)
     max_attempts: int = setting(3, "tries per prompt and run (each request also has the client's own retries)",
                                 runtime=True)
     backoff_s: float = setting(1.0, "seconds before a failed prompt's next try (doubling)", runtime=True)
@@ -74,6 +78,10 @@ class GenerateConfig:
             raise ConfigError(f"generate.{name}: {why}")
 
         check_choices(self, "generate.")
+        try:
+            parse_hosts(self.hosts)
+        except ValueError as exc:
+            bad("hosts", str(exc))
         for name, spec in [("model", self.model), *(("models", m) for m in self.models),
                            ("sft_model", self.sft_model)] + ([("judge", self.judge)] if self.judge else []):
             try:
@@ -119,32 +127,45 @@ class GenerateConfig:
         return list(dict.fromkeys([self.model, self.sft_model]))
 
     def resolved_concurrency(self) -> int:
-        """Requests in flight per served model (its client's slots), and prompts in flight in the runner. An
-        explicit setting wins; else the backends decide. ``local`` alone: its batch
-        size (8; concurrent requests become one batched generate). Ollama: ``OLLAMA_NUM_PARALLEL`` slots when set
-        here, plus a quarter more in flight so every slot stays busy while replies are read; else 4.
-        OpenAI-compatible servers batch: 8."""
+        """Prompts in flight in the runner (and, with one Ollama host, that client's slots). An explicit setting
+        wins; else the backends decide. ``local`` alone: its batch size (8; concurrent requests become one
+        batched generate). Ollama: the sum of its hosts' slots (``hosts_of``); OpenAI-compatible servers
+        batch: 8."""
         if self.concurrency:
             return self.concurrency
         backends = {parse_spec(s).backend for s in self.specs_used()}
         if backends == {"local"}:
             return 8  # the local client gathers concurrent chats into one batched generate (its batch size)
         if "ollama" in backends:
-            slots = os.environ.get("OLLAMA_NUM_PARALLEL", "").strip()
-            if slots.isdigit() and int(slots) > 0:
-                return int(slots) + max(1, int(slots) // 4)
-            return 4
+            return max(sum(h.slots or default_slots() for h in self.hosts_of(s)) for s in self.specs_used()
+                       if parse_spec(s).backend == "ollama")
         return 8
 
+    def hosts_of(self, spec: str) -> list[Host]:
+        """The Ollama hosts serving ``spec``: its own ``@URL,...``, else ``hosts``, else the one default host."""
+        return parse_hosts(parse_spec(spec).base_url or self.hosts) or [Host("")]
+
     def identity(self) -> dict[str, Any]:
-        """The settings that decide what a pair contains (part of every id)."""
+        """The settings that decide what a pair contains (part of every id). Models are named without the hosts
+        that serve them (``spec_identity``): adding a host changes no id, so a run resumes across it."""
         base: dict[str, Any] = {"strategy": self.strategy, "seed": self.seed, "max_tokens": self.max_tokens}
         if self.strategy == "rewrite":
-            base.update(model=self.model, axis=self.axis, better=self.better, worse=self.worse,
+            base.update(model=spec_identity(self.model), axis=self.axis, better=self.better, worse=self.worse,
                         recipe_prompt=self.rewrite_style, temperature=self.temperature)
         elif self.strategy == "rank":
-            base.update(models=self.candidate_models, judge=self.judge_model, k=self.k,
-                        min_margin=self.min_margin, temperature=self.rank_temperature)
+            base.update(models=[spec_identity(m) for m in self.candidate_models],
+                        judge=spec_identity(self.judge_model), k=self.k, min_margin=self.min_margin,
+                        temperature=self.rank_temperature)
         else:
-            base.update(model=self.model, sft_model=self.sft_model, temperature=self.temperature)
+            base.update(model=spec_identity(self.model), sft_model=spec_identity(self.sft_model),
+                        temperature=self.temperature)
         return base
+
+
+def default_slots() -> int:
+    """Requests in flight for an Ollama host whose slots are not given: ``OLLAMA_NUM_PARALLEL`` when set here,
+    plus a quarter more so every slot stays busy while replies are read; else 4."""
+    slots = os.environ.get("OLLAMA_NUM_PARALLEL", "").strip()
+    if slots.isdigit() and int(slots) > 0:
+        return int(slots) + max(1, int(slots) // 4)
+    return 4

@@ -147,13 +147,22 @@ def other_settings(output: str | Path, identity: dict[str, Any]) -> dict[str, An
 
 
 def _make_clients(cfg: GenerateConfig) -> dict[str, Any]:
+    """One client per model spec. An Ollama model on several hosts gets each host's own slots (the default
+    ``default_slots()``); on one host, the run's concurrency, as before hosts existed."""
+    from generator.config import default_slots
     from prefloop.llm import make_client
 
     clients: dict[str, Any] = {}
     for spec in cfg.specs_used():
-        served = parse_spec(spec).backend != "local"
-        clients[spec] = (make_client(spec, timeout=cfg.timeout_s, slots=cfg.resolved_concurrency()) if served
-                         else make_client(spec, batch_size=cfg.resolved_concurrency()))
+        backend = parse_spec(spec).backend
+        if backend == "ollama":
+            several = len(cfg.hosts_of(spec)) > 1
+            clients[spec] = make_client(spec, timeout=cfg.timeout_s, hosts=cfg.hosts or None,
+                                        slots=default_slots() if several else cfg.resolved_concurrency())
+        elif backend == "openai":
+            clients[spec] = make_client(spec, timeout=cfg.timeout_s, slots=cfg.resolved_concurrency())
+        else:
+            clients[spec] = make_client(spec, batch_size=cfg.resolved_concurrency())
     return clients
 
 

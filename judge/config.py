@@ -15,14 +15,16 @@ VERDICTS = ("auto", "generate", "logprob")
 class JudgeConfig:
     """Held-out evaluation: policy vs reference on prompts it never trained on, judged by one or more judges.
 
-    ``policy``/``reference`` are local models (a folder, a ``.gguf``, ``smollm2``; ``local:`` prefix optional).
+    ``policy``/``reference`` are local models (a folder, a ``.gguf``, ``smollm2``; ``local:`` prefix optional) or
+    served ones (``ollama:NAME``, e.g. after ``prefloop export``, or ``openai:NAME@URL``), answered alike.
     ``judges`` are client specs (``ollama:llama3.1:8b``, ``openai:MODEL@URL``, ``local:smollm2``); the first is
     the headline judge. ``prompts`` is a prompts file (Alpaca/JSONL/text) or a preference-pairs file whose prompts
     are used and whose chosen answers become the known-good answers shown to the judge.
     """
 
-    policy: str = setting("", "the trained model: a folder, a .gguf, or smollm2", runtime=True)
-    reference: str = setting("smollm2", "its starting point, the SFT model (the reference model)")
+    policy: str = setting("", "the trained model: a folder, a .gguf, smollm2, or served: ollama:NAME, "
+                              "openai:NAME@URL", runtime=True)
+    reference: str = setting("smollm2", "its starting point, the SFT model (the reference model); local or served")
     prompts: str = setting("", "held-out prompts: Alpaca JSON/JSONL, JSONL with 'prompt', .txt, or a pairs file",
                            runtime=True)
     judges: list[str] = setting(help="judge spec: ollama:NAME, openai:NAME@URL, local:NAME; repeat for several "
@@ -51,7 +53,8 @@ class JudgeConfig:
     attempts: int = setting(3, "asks per order before a reply counts as unparsed")
     min_parse_rate: float = setting(0.8, "below this share of parsed judge replies the run is not complete: a judge "
                                          "that answers nothing usable gives no win rate")
-    concurrency: int = setting(4, "judge calls in flight (match OLLAMA_NUM_PARALLEL)", runtime=True)
+    concurrency: int = setting(4, "requests in flight to a served judge or answering model, per host (match "
+                                  "OLLAMA_NUM_PARALLEL)", runtime=True)
     timeout_s: float = setting(300.0, "seconds a judge server may stay silent on a request", runtime=True,
                                flag="--timeout")
     job_timeout_s: float = setting(1800.0, "one deadline for judging one prompt (both orders, re-asks and "

@@ -2,8 +2,12 @@
 
 The recipe, in order:
 1. load held-out prompts (a prompts file, or a pairs file whose chosen answers become the known-good answers);
-2. generate an answer from each model with the same settings (greedy by default), in batches, each batch
-   appended to ``gen-policy.jsonl`` / ``gen-reference.jsonl`` so a killed run keeps what it generated;
+2. generate an answer from each model with the same settings (greedy by default), each appended to
+   ``gen-policy.jsonl`` / ``gen-reference.jsonl`` as it comes so a killed run keeps what it generated: a local
+   model in batches in this process, a served one (``ollama:NAME``, ``openai:NAME@URL``, e.g. the trained model
+   after ``prefloop export``) through the durable runner with the server's slots in flight. A text prompt is
+   answered exactly as written on both sides (no chat template: how the SFT model was trained on it); the
+   settings of each side are recorded (``AnswerSettings``) and two sides made differently are refused;
 3. judge every prompt in both orders with each judge through the durable runner (``judgments.jsonl``) and the
    judgment cache, so a rerun asks the judge nothing it already answered;
 4. statistics (``judge.stats``) into ``results.json``; ``report.md``/``report.html`` with a plot and examples.
@@ -25,15 +29,15 @@ from judge.cache import JudgeCache
 from judge.config import JudgeConfig
 from judge.pairwise import PairVerdict, judge_pair
 from judge.prompts import check_fields, judge_prompt_text, load_template
-from judge.results import (Agreement, AnswerRow, Game, JudgeResults, JudgeSummary, JudgmentRow, iter_judgments,
-                           write_answers)
+from judge.results import (Agreement, AnswerRow, AnswerSettings, Game, JudgeResults, JudgeSummary, JudgmentRow,
+                           iter_judgments, write_answers)
 from judge.retention import answer_warnings
 from judge.robustness import ATTACKS
 from judge.selfpref import generator_models, self_preference_warnings
 from judge.stats import GameRecord, cohen_kappa, diagnostics, lc_win_rate, outcome_values, summarize
 from prefloop.files import writable
 from prefloop.jsonl import JsonlAppender, iter_jsonl
-from prefloop.llm.base import GenOptions, parse_spec
+from prefloop.llm.base import GenOptions, LLMError, ModelFacts, parse_spec, spec_identity
 from prefloop.progress import Progress
 from prefloop.records import PromptRecord, stable_id
 from prefloop.runner import Job, RunSummary, Runner
@@ -87,45 +91,142 @@ def gen_options(cfg: JudgeConfig, seed_offset: int = 0) -> GenOptions:
     return GenOptions(temperature=cfg.temperature, seed=cfg.gen_seed + seed_offset, max_tokens=cfg.max_tokens)
 
 
-def generate_side(spec: str, records: list[PromptRecord], path: Path, cfg: JudgeConfig, console: Any,
-                  seed_offset: int = 0) -> dict[str, str]:
-    """Answers of one model for every record, resuming from ``path`` (rows keyed by prompt id + settings)."""
+def prompt_format(records: list[PromptRecord]) -> str:
+    """``text`` when every prompt is text (answered exactly as written), else ``chat`` (message lists go through
+    each model's chat template)."""
+    return "text" if all(isinstance(r.prompt, str) for r in records) else "chat"
+
+
+def local_facts(spec: str, cfg: JudgeConfig, fmt: str) -> ModelFacts:
+    """A local model's facts; its chat template's digest only when chat prompts will use it."""
+    import hashlib
+
+    from prefloop.fingerprint import model_identity
+
+    template = ""
+    if fmt != "text":
+        from prefloop.models import load_tokenizer
+
+        jinja = getattr(load_tokenizer(parse_spec(spec).model), "chat_template", None) or ""
+        template = hashlib.sha256(jinja.encode()).hexdigest()[:16] if jinja else ""
+    return ModelFacts(runtime="transformers", digest=model_identity(parse_spec(spec).model), quantization=cfg.dtype,
+                      template=template)
+
+
+def served_client(spec: str, cfg: JudgeConfig) -> Any:
+    from prefloop.llm import make_client
+
+    return make_client(spec, slots=cfg.concurrency, timeout=cfg.timeout_s)
+
+
+def side_settings(spec: str, cfg: JudgeConfig, fmt: str, seed_offset: int, client: Any = None) -> AnswerSettings:
+    """How ``spec`` will answer: the shared sampling settings plus what serves it (a served model is asked)."""
+    if client is None:
+        facts = local_facts(spec, cfg, fmt)
+    else:
+        async def ask() -> ModelFacts:
+            await client.preflight()
+            return await client.facts()
+
+        facts = asyncio.run(ask())
     options = gen_options(cfg, seed_offset)
-    settings = stable_id(spec, options.temperature, options.seed, options.max_tokens, cfg.dtype)
+    return AnswerSettings(model=spec_identity(spec), temperature=options.temperature, seed=options.seed,
+                          max_tokens=options.max_tokens, prompt_format=fmt, runtime=facts.runtime,
+                          template="" if fmt == "text" else facts.template, quantization=facts.quantization,
+                          digest=facts.digest)
+
+
+def answers_key(spec: str, settings: AnswerSettings, cfg: JudgeConfig) -> str:
+    """What a row of ``gen-*.jsonl`` is reused under: every answer setting, and for a served model what serves
+    it (a model re-exported under the same name has a new digest, so new answers). A local model's rows keep
+    the key they always had (spec, sampling, dtype), so answer files written before stay valid."""
+    if settings.runtime == "transformers":
+        return stable_id(spec, settings.temperature, settings.seed, settings.max_tokens, cfg.dtype)
+    return settings.key()
+
+
+def generate_side(spec: str, records: list[PromptRecord], path: Path, cfg: JudgeConfig, console: Any,
+                  settings: AnswerSettings, client: Any = None) -> dict[str, str]:
+    """Answers of one model for every record, resuming from ``path`` (rows keyed by prompt id + settings)."""
+    options = GenOptions(temperature=settings.temperature, seed=settings.seed, max_tokens=settings.max_tokens)
+    key = answers_key(spec, settings, cfg)
     done: dict[str, str] = {}
     if path.exists():
         for _, row in iter_jsonl(path):
-            if isinstance(row, dict) and row.get("settings") == settings:
-                done[str(row["id"])] = row["answer"]
+            if isinstance(row, dict) and row.get("settings") == key:
+                done[str(row.get("prompt_id") or row["id"])] = row["answer"]
     todo = [r for r in records if r.id not in done]
     if not todo:
         return done
-    from prefloop.llm import make_client
-
-    if parse_spec(spec).backend != "local":
-        raise ValueError(f"{spec}: answers are generated with a local model (a folder, .gguf or smollm2)")
-    note(console, f"generating {len(todo)} answers with {spec} (batch {cfg.batch_size}, "
-                  f"{'greedy' if options.temperature == 0 else f'temperature {options.temperature}'})")
-    client = make_client(spec, dtype=cfg.dtype, batch_size=cfg.batch_size)
+    how = "greedy" if options.temperature == 0 else f"temperature {options.temperature}"
     t0 = time.perf_counter()
-    try:
-        with JsonlAppender(path) as out, Progress(console, len(todo), f"answers ({spec})", unit="answers",
-                                                  enabled=not cfg.quiet) as bar:
-            for i in range(0, len(todo), cfg.batch_size):
-                batch = todo[i: i + cfg.batch_size]
-                answers = client.generate_batch([r.prompt for r in batch], options)
-                for rec, answer in zip(batch, answers):
-                    out.append({"id": rec.id, "answer": answer, "settings": settings, "model": spec})
-                    done[rec.id] = answer
-                bar.advance(len(batch))
-    finally:
-        asyncio.run(client.aclose())
+    if client is not None:
+        note(console, f"generating {len(todo)} answers with {spec} ({settings.runtime}, {how})")
+        done.update(asyncio.run(answer_served(spec, client, todo, path, cfg, options, key, console)))
+    else:
+        from prefloop.llm import make_client
+
+        note(console, f"generating {len(todo)} answers with {spec} (batch {cfg.batch_size}, {how})")
+        local = make_client(spec, dtype=cfg.dtype, batch_size=cfg.batch_size)
+        try:
+            with JsonlAppender(path) as out, Progress(console, len(todo), f"answers ({spec})", unit="answers",
+                                                      enabled=not cfg.quiet) as bar:
+                for i in range(0, len(todo), cfg.batch_size):
+                    batch = todo[i: i + cfg.batch_size]
+                    answers = local.generate_batch([r.prompt for r in batch], options)
+                    for rec, answer in zip(batch, answers):
+                        out.append({"id": rec.id, "prompt_id": rec.id, "answer": answer, "settings": key,
+                                    "model": spec})
+                        done[rec.id] = answer
+                    bar.advance(len(batch))
+        finally:
+            asyncio.run(local.aclose())
     note(console, f"  {len(todo)} answers in {time.perf_counter() - t0:.1f}s")
     return done
 
 
-def generate_answers(cfg: JudgeConfig, records: list[PromptRecord], console: Any = None) -> list[AnswerRow]:
-    """Both models' answers (one model at a time in memory), written to ``answers.jsonl``.
+async def answer_served(spec: str, client: Any, todo: list[PromptRecord], path: Path, cfg: JudgeConfig,
+                        options: GenOptions, key: str, console: Any) -> dict[str, str]:
+    """A served model's answers through the durable runner (``path`` is its output): as many in flight as the
+    server has slots (all hosts together), each written as it comes. Answers that still fail after the
+    client's and the runner's retries stop the judge before judging: a rerun retries only those."""
+    runner = Runner(path, concurrency=getattr(client, "capacity", None) or cfg.concurrency, console=console,
+                    description=f"answers ({spec})", backoff_s=0.2, job_timeout_s=cfg.job_timeout_s,
+                    stall_s=cfg.stall_s, progress=False if cfg.quiet else None, unit="answers")
+
+    async def work(job: Job) -> dict[str, Any]:
+        rec = job.data
+        text = await client.complete(rec.prompt, options)
+        return {"prompt_id": rec.id, "answer": text.strip(), "settings": key, "model": spec}
+
+    try:
+        summary = await runner.run([Job(id=stable_id(r.id, key), data=r) for r in todo], work)
+    finally:
+        await client.aclose()  # in this event loop, where its connections were opened
+    if summary.interrupted:
+        raise KeyboardInterrupt
+    if not summary.done:
+        raise LLMError(f"{spec}: {summary.failed} of {len(todo)} answers failed"
+                       + (f" ({summary.aborted})" if summary.aborted else "")
+                       + f"; reasons in {path}.failures.jsonl")
+    return {row["prompt_id"]: row["answer"] for _, row in iter_jsonl(path)
+            if isinstance(row, dict) and row.get("settings") == key and "prompt_id" in row}
+
+
+def answer_warnings_between(policy: AnswerSettings, reference: AnswerSettings) -> list[str]:
+    """Differences that do not stop the comparison but colour it: another runtime or quantization."""
+    if (policy.runtime, policy.quantization) == (reference.runtime, reference.quantization):
+        return []
+    return [f"the policy was answered by {policy.runtime} ({policy.quantization or '?'}), the reference by "
+            f"{reference.runtime} ({reference.quantization or '?'}): part of the win rate may be the runtime or "
+            "the quantization, not the training; export the reference too (prefloop export REFERENCE --ollama "
+            "NAME) so both sides are served alike"]
+
+
+def generate_answers(cfg: JudgeConfig, records: list[PromptRecord], console: Any = None
+                     ) -> tuple[list[AnswerRow], AnswerSettings, AnswerSettings]:
+    """Both models' answers (one model at a time in memory), written to ``answers.jsonl``, and how each side's
+    were made. Refuses, before generating anything, two sides that would be answered differently.
 
     The same model twice is an A/A test: greedy, its answers are generated once and every prompt is a tie;
     sampled, the reference side gets the next seed, so the two sides are independent samples of one model and
@@ -133,17 +234,31 @@ def generate_answers(cfg: JudgeConfig, records: list[PromptRecord], console: Any
     """
     out = Path(cfg.output_dir)
     policy, reference = local_spec(cfg.policy), local_spec(cfg.reference)
-    pol = generate_side(policy, records, out / "gen-policy.jsonl", cfg, console)
-    if reference == policy and cfg.temperature == 0:
-        ref = pol
-    else:
-        ref = generate_side(reference, records, out / "gen-reference.jsonl", cfg, console,
-                            seed_offset=1 if reference == policy else 0)
+    same = spec_identity(reference) == spec_identity(policy)
+    fmt = prompt_format(records)
+    clients = {s: served_client(s, cfg) for s in {policy, reference} if parse_spec(s).backend != "local"}
+    try:
+        pol_set = side_settings(policy, cfg, fmt, 0, clients.get(policy))
+        ref_set = side_settings(reference, cfg, fmt, 1 if same else 0, clients.get(reference))
+        problem = pol_set.mismatch(ref_set, same_model=same)
+        if problem:
+            raise ValueError(f"judge: the policy and the reference would be answered differently ({problem}); "
+                             "a win rate between them would measure that difference. Serve both models alike "
+                             "(the same chat template: e.g. export both with prefloop export to the same Ollama)")
+        pol = generate_side(policy, records, out / "gen-policy.jsonl", cfg, console, pol_set, clients.get(policy))
+        if same and cfg.temperature == 0:
+            ref = pol
+        else:
+            ref = generate_side(reference, records, out / "gen-reference.jsonl", cfg, console, ref_set,
+                                clients.get(reference))
+    finally:
+        for client in clients.values():
+            asyncio.run(client.aclose())
     rows = [AnswerRow(id=r.id, prompt=r.prompt, policy_answer=pol[r.id], reference_answer=ref[r.id],
-                      known_good=r.known_good, policy_model=cfg.policy, reference_model=cfg.reference)
-            for r in records]
+                      known_good=r.known_good, policy_model=cfg.policy, reference_model=cfg.reference,
+                      settings=pol_set.key()) for r in records]
     write_answers(out / "answers.jsonl", rows)
-    return rows
+    return rows, pol_set, ref_set
 
 
 # ---------------------------------------------------------------------------------------------- judging
@@ -347,7 +462,8 @@ def evaluate(cfg: JudgeConfig, console: Any = None, *, clients: dict[str, Any] |
                                          role="one of the models being compared")
     for w in warnings:
         note(console, f"[yellow]warning:[/] {w}")
-    answers = generate_answers(cfg, records, console)
+    answers, policy_answers, reference_answers = generate_answers(cfg, records, console)
+    warnings += answer_warnings_between(policy_answers, reference_answers)
     warnings += answer_warnings(answers)
 
     per_judge_rows, summaries, robustness = asyncio.run(judge_phase(cfg, answers, clients or {}, console))
@@ -388,6 +504,7 @@ def evaluate(cfg: JudgeConfig, console: Any = None, *, clients: dict[str, Any] |
         judges=per_judge, kappa=kappas(per_judge_rows) if len(cfg.judges) > 1 else [], warnings=warnings,
         policy=cfg.policy, reference=cfg.reference, prompts=cfg.prompts, n_prompts=len(answers), n_boot=cfg.n_boot,
         robustness=robustness, template=cfg.template, template_hash=load_template(cfg.template).hash,
+        policy_answers=policy_answers, reference_answers=reference_answers,
         time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     results.outputs.update(results=str(out / "results.json"), report=str(out / "report.html"))
     results.write(out / "results.json")

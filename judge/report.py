@@ -71,6 +71,15 @@ def build_report(out_dir: Path, results: JudgeResults, answers: list[AnswerRow],
     rep.paragraph("LC win rate: AlpacaEval's length-controlled win rate (a logistic fit of the outcome on the "
                   "normalised length difference, read at equal lengths), fitted on this set. *Picks first* near "
                   "50% means no position bias; *picks longer* far above 50% means the judge rewards length.")
+    sides = [(name, a) for name, a in (("policy", results.policy_answers), ("reference", results.reference_answers))
+             if a is not None]
+    if sides:
+        rep.heading("How the answers were made", 3)
+        rep.table([[name, a.model, a.runtime, a.quantization or "–", a.prompt_format, fmt(a.temperature), a.seed,
+                    a.max_tokens] for name, a in sides],
+                  headers=["side", "model", "runtime", "weights", "prompt", "temperature", "seed", "max tokens"])
+        rep.paragraph("*prompt* `text`: each prompt exactly as written, no chat template (as the SFT model was "
+                      "trained on it); `chat`: through the model's chat template, the same on both sides.")
     d = head.diagnostics
     if d:
         rep.heading("Judge diagnostics", 3)

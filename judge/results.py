@@ -1,6 +1,7 @@
 """The judge's files, as types: what ``prefloop judge`` writes and what every report reads back.
 
 - ``answers.jsonl``: one ``AnswerRow`` per held-out prompt (both models' answers and the known-good answer);
+  how each side's answers were made is an ``AnswerSettings`` in ``results.json``;
 - ``judgments.jsonl``: one ``JudgmentRow`` per (judge, prompt), written by the durable runner as it goes;
 - ``results.json``: one ``JudgeResults`` (a ``StageResult``): per-judge ``JudgeSummary`` (win rate, interval,
   diagnostics), agreement between judges, warnings, and the settings the numbers came from.
@@ -31,8 +32,49 @@ Winner = Literal["policy", "reference", "tie"]
 
 
 @dataclass
+class AnswerSettings:
+    """How one side's answers were made (``results.json``: ``policy_answers``, ``reference_answers``).
+
+    The two sides must agree on what shapes an answer (``SHAPING``), or the judge refuses to compare them: a win
+    rate between answers made differently measures the making, not the training. Only the seed may differ, in an
+    A/A test (the same model on both sides, sampled: the reference side takes the next seed). ``runtime``,
+    ``quantization`` and ``digest`` say what served them (``prefloop.llm.base.ModelFacts``); a difference there
+    is a warning, not a refusal.
+    """
+
+    model: str
+    temperature: float
+    seed: int
+    max_tokens: int
+    prompt_format: str          # text: the prompt exactly as trained, no chat template; chat: the model's template
+    runtime: str = ""
+    template: str = ""          # digest of the chat template applied to chat prompts ("" for text prompts)
+    quantization: str = ""
+    digest: str = ""
+
+    SHAPING = ("temperature", "max_tokens", "prompt_format", "template")
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> "AnswerSettings | None":
+        return from_fields(cls, data) if data else None
+
+    def key(self) -> str:
+        """One string for all of it: an answer row is reused only by a run with the same settings."""
+        return stable_id(*dataclasses.astuple(self))
+
+    def mismatch(self, other: "AnswerSettings", same_model: bool = False) -> str:
+        """Why these and ``other`` cannot be compared (``""`` when they can)."""
+        names = [n for n in self.SHAPING if getattr(self, n) != getattr(other, n)
+                 and not (n == "template" and self.prompt_format == other.prompt_format == "text")]
+        if self.seed != other.seed and not same_model:
+            names.append("seed")
+        return ", ".join(f"{n} {getattr(self, n)!r} vs {getattr(other, n)!r}" for n in names)
+
+
+@dataclass
 class AnswerRow:
-    """Both models' answers to one held-out prompt (``answers.jsonl``)."""
+    """Both models' answers to one held-out prompt (``answers.jsonl``); ``settings`` is the policy side's
+    ``AnswerSettings.key()`` (the reference's matches it but for its model and, in an A/A test, its seed)."""
 
     id: str
     prompt: Prompt
@@ -41,6 +83,7 @@ class AnswerRow:
     known_good: str | None = None
     policy_model: str = ""
     reference_model: str = ""
+    settings: str = ""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "AnswerRow":
@@ -161,6 +204,8 @@ class JudgeResults(StageResult):
     robustness: dict[str, Any] | None = None
     template: str = ""
     template_hash: str = ""
+    policy_answers: AnswerSettings | None = None
+    reference_answers: AnswerSettings | None = None
     time: str = ""
 
     @property
@@ -175,6 +220,8 @@ class JudgeResults(StageResult):
         res = from_fields(cls, data)
         res.judges = {k: JudgeSummary.from_json(v) for k, v in (data.get("judges") or {}).items()}
         res.kappa = [from_fields(Agreement, k) for k in data.get("kappa") or []]
+        res.policy_answers = AnswerSettings.from_json(data.get("policy_answers"))
+        res.reference_answers = AnswerSettings.from_json(data.get("reference_answers"))
         return res
 
 

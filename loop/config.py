@@ -1,7 +1,7 @@
 """The loop's config: its own sections plus each stage's settings, read and checked before any work.
 
-One TOML file holds ``[run]``, ``[data]``, ``[split]``, ``[preflight]`` and the stages' own sections
-(``[generate]``, ``[train]``, ``[judge]``, read by the same dataclasses their commands use). The loop fills in what
+One TOML file holds ``[run]``, ``[data]``, ``[split]``, ``[preflight]``, the optional ``[export]`` and the stages'
+own sections (``[generate]``, ``[train]``, ``[judge]``, read by the same dataclasses their commands use). The loop fills in what
 lives in the run folder (every stage's input and output paths) and what ``[data]`` says about the prompts; setting
 those in a stage's section is an error that says so.
 """
@@ -15,8 +15,11 @@ from typing import Any
 from generator.config import GenerateConfig
 from judge.config import JudgeConfig
 from judge.preflight import PreflightConfig
-from prefloop.config import ConfigError, apply_overrides, at_least, build, check_sections, load_toml, setting
+from prefloop.config import (ConfigError, apply_overrides, at_least, build, check_choices, check_sections, load_toml,
+                             setting)
+from prefloop.export import QUANTIZE
 from prefloop.llm.base import parse_spec
+from prefloop.models import DTYPES, normalize_dtype
 from trainer.config import TrainConfig
 
 
@@ -56,6 +59,47 @@ class SplitSection:
 
 
 @dataclass
+class ExportConfig:
+    """``prefloop export`` and the loop's optional ``[export]`` stage: the model as a folder Ollama imports, created
+    on the server when ``ollama`` names it. In the loop, the trained model and its reference (the SFT model) are
+    both exported, so the judge stage asks the server for both sides' answers, with the same runtime and
+    quantization."""
+
+    model: str = setting("", "the model to export: a folder (a LoRA adapter is merged first), .gguf or smollm2",
+                         runtime=True, flag=False)
+    ollama: str = setting("", "the name to create on the Ollama server ('': write the export folder only)")
+    host: str = setting("", "the Ollama server (default: OLLAMA_HOST, else http://127.0.0.1:11434); the weights "
+                            "are sent there and nowhere else")
+    quantize: str = setting("", "quantize on the server ('': keep bf16)", choices=("",) + QUANTIZE)
+    dtype: str = setting("bf16", "dtype of the exported weights", choices=DTYPES)
+    adapter: bool = setting(False, "create the LoRA adapter over its base on the server (llama/gemma2 bases, plain "
+                                   "LoRA) instead of the merged model")
+    base: str = setting("", "with --adapter: the base model's name on the server")
+    reference: str = setting("", "prefloop run: the name for the exported reference model (default "
+                                 "<ollama>-reference)", flag=False)
+    output_dir: str = setting("", "the export folder (default: exports/<ollama name or model folder name>)",
+                              runtime=True, flag="--output", short="-o")
+    verify: bool = setting(True, "after creating, check /api/show and one short chat reply", runtime=True)
+    timeout_s: float = setting(600.0, "seconds the server may stay silent on one request", runtime=True,
+                               flag="--timeout")
+    quiet: bool = setting(False, "no progress output", runtime=True)
+
+    def __post_init__(self) -> None:
+        self.dtype = normalize_dtype(self.dtype)
+        check_choices(self, "export.")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"export.timeout_s: must be > 0 seconds, got {self.timeout_s}")
+
+    @property
+    def reference_name(self) -> str:
+        return self.reference or (f"{self.ollama}-reference" if self.ollama else "")
+
+    def served(self, name: str) -> str:
+        """The client spec of a model this export created (with its host when one is set)."""
+        return f"ollama:{name}" + (f"@{self.host}" if self.host else "")
+
+
+@dataclass
 class LoopConfig:
     """The whole loop, checked before any work."""
 
@@ -67,6 +111,7 @@ class LoopConfig:
     generate: GenerateConfig
     train: TrainConfig
     judge: JudgeConfig                  # the first of its ``judges`` is the headline
+    export: ExportConfig = field(default_factory=ExportConfig)   # off unless [export] ollama names a model
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -109,7 +154,7 @@ def stage_paths(run_dir: Path) -> dict[str, Path]:
             "train_pairs": run_dir / "split" / "train.jsonl", "heldout_pairs": run_dir / "split" / "heldout_pairs.jsonl",
             "heldout_prompts": run_dir / "split" / "heldout_prompts.jsonl", "train": run_dir / "train",
             "final": run_dir / "train" / "final", "judge": run_dir / "judge", "preflight": run_dir / "preflight",
-            "cache": run_dir / "cache" / "judge-cache.sqlite"}
+            "cache": run_dir / "cache" / "judge-cache.sqlite", "export": run_dir / "export"}
 
 
 def load_loop_config(path: str | Path, overrides: list[str] | None = None) -> LoopConfig:
@@ -139,7 +184,11 @@ def load_loop_config(path: str | Path, overrides: list[str] | None = None) -> Lo
         train_raw["threads"] = run.threads
     train = build(TrainConfig, train_raw, f"{path} [train]")
 
-    judge_raw = _owned(JudgeConfig, dict(doc.get("judge", {})), judge_owned(paths, train), f"{path} [judge]", in_run)
+    export = build(ExportConfig, _owned(ExportConfig, dict(doc.get("export", {})),
+                                        {"model": str(paths["final"]), "output_dir": str(paths["export"])},
+                                        f"{path} [export]", in_run), f"{path} [export]")
+    judge_raw = _owned(JudgeConfig, dict(doc.get("judge", {})), judge_owned(paths, train, export=export),
+                       f"{path} [judge]", in_run)
     judge_raw.setdefault("generator_model", generate.model)   # the judge checks for self-preference
     # the judgment cache outlives a changed judge setting (its keys hold everything that decides a verdict)
     judge_raw.setdefault("cache", str(paths["cache"]))
@@ -150,11 +199,15 @@ def load_loop_config(path: str | Path, overrides: list[str] | None = None) -> Lo
         except ValueError as exc:
             raise ConfigError(f"{path} [judge].judges: {exc}") from None
     return LoopConfig(path=path, run=run, data=data, split=split, preflight=preflight, generate=generate,
-                      train=train, judge=judge, raw=doc)
+                      train=train, judge=judge, export=export, raw=doc)
 
 
-def judge_owned(paths: dict[str, Path], train: TrainConfig, final_model: str | Path | None = None) -> dict[str, Any]:
+def judge_owned(paths: dict[str, Path], train: TrainConfig, final_model: str | Path | None = None,
+                export: ExportConfig | None = None) -> dict[str, Any]:
     """The judge settings that live in the run folder: the trained model against the SFT model it started from,
-    on the held-out prompts."""
-    return {"prompts": str(paths["heldout_prompts"]), "policy": str(final_model or paths["final"]),
-            "reference": str(train.model), "pairs": str(paths["train_pairs"]), "output_dir": str(paths["judge"])}
+    on the held-out prompts; both served by Ollama when ``[export]`` created them there."""
+    policy, reference = str(final_model or paths["final"]), str(train.model)
+    if export is not None and export.ollama:
+        policy, reference = export.served(export.ollama), export.served(export.reference_name)
+    return {"prompts": str(paths["heldout_prompts"]), "policy": policy, "reference": reference,
+            "pairs": str(paths["train_pairs"]), "output_dir": str(paths["judge"])}

@@ -1,6 +1,9 @@
 """``prefloop run``: the stages of one config, in one run folder.
 
-    generate -> split -> preflight -> train -> judge -> report
+    generate -> split -> preflight -> train -> [export] -> judge -> report
+
+``[export]`` runs only when its ``ollama`` names a model: the trained model and its reference are created on the
+Ollama server and the judge asks the server for both sides' answers.
 
 Every stage writes under the run folder and is fingerprinted (``prefloop.fingerprint``): a stage whose outputs
 are complete for the same inputs and settings is skipped, a killed one resumes (the generator and judge skip
@@ -27,7 +30,7 @@ from prefloop.fingerprint import RunState, file_hash, fingerprint, model_identit
 from prefloop.records import PromptRecord
 from prefloop.stage import StageResult
 
-STAGE_NAMES = ("generate", "split", "preflight", "train", "judge")
+STAGE_NAMES = ("generate", "split", "preflight", "train", "export", "judge")
 
 
 class StageFailed(RuntimeError):
@@ -52,6 +55,7 @@ def stage_settings(cfg: LoopConfig) -> dict[str, dict[str, Any]]:
                       "judging": {k: getattr(cfg.judge, k) for k in ("judge_temperature", "judge_seed",
                                                                       "judge_max_tokens", "judge_num_ctx")}},
         "train": fingerprinted(cfg.train),
+        "export": fingerprinted(cfg.export),
         "judge": fingerprinted(cfg.judge),
     }
 
@@ -229,11 +233,31 @@ class Loop:
                   "model": model_identity(t.model)}
         return self._stage("train", inputs, ["train", "train/final/config.json"], work)
 
+    # -- export
+    def final_model(self) -> str | None:
+        train_rec = self.state.get("train")
+        return ((train_rec.info if train_rec else {}).get("outputs") or {}).get("model")
+
+    def export(self) -> StageOutcome | None:
+        e = self.cfg.export
+        if not e.ollama:
+            return None
+
+        def work(decision: str) -> StageResult:
+            from loop.export import export_run
+
+            return export_run(e, self.final_model() or str(self.paths["final"]), self.cfg.train.model,
+                              self.paths["export"], self.say)
+
+        inputs = {"trained": self.fps.get("train") or "", "reference": model_identity(self.cfg.train.model)}
+        return self._stage("export", inputs, ["export", "export/policy/export.json",
+                                              "export/reference/export.json"], work)
+
     # -- judge
     def judge(self) -> StageOutcome:
         train_rec = self.state.get("train")
-        final = ((train_rec.info if train_rec else {}).get("outputs") or {}).get("model")
-        cfg = replace(self.cfg.judge, **judge_owned(self.paths, self.cfg.train, final))
+        cfg = replace(self.cfg.judge, **judge_owned(self.paths, self.cfg.train, self.final_model(),
+                                                    export=self.cfg.export))
 
         def work(decision: str) -> StageResult:
             from judge.evaluate import evaluate
@@ -246,6 +270,8 @@ class Loop:
         inputs = {"trained": self.fps.get("train") or (train_rec.fingerprint if train_rec else ""),
                   "heldout": file_hash(self.paths["heldout_prompts"]),
                   "reference": model_identity(self.cfg.train.model)}
+        if self.cfg.export.ollama:  # the answers come from the exported models: a new export, new answers
+            inputs["export"] = self.fps.get("export", "")
         return self._stage("judge", inputs, ["judge", "judge/results.json"], work)
 
     # -- before any work
@@ -293,6 +319,7 @@ class Loop:
             self.split()
             self.preflight()
             self.train()
+            self.export()
             self.judge()
         except StageFailed as exc:
             failed = str(exc)

@@ -29,6 +29,22 @@ Fault kinds (``server.fail(kind, endpoint="/api/chat", times=1, ...)``; ``times=
 - ``garbage_line``: a line that is not JSON in the NDJSON stream.
 - ``missing_model``: 404 ``model "<name>" not found, try pulling it first`` (the model vanished).
 
+Models can also be created as Ollama creates them from a safetensors folder: ``HEAD``/``POST
+/api/blobs/sha256:<hex>`` (the digest checked: 201, 400 on a mismatch; HEAD 200 or 404), then ``POST /api/create``
+with ``files`` (name -> digest; names relative), optional ``template``/``parameters``/``system``/``quantize``, or
+``from`` + ``adapters``. The create reads the files **with the field names Ollama's converter reads**
+(``convert/convert.go``, ``convert_llama.go``, ``convert/tokenizer.go`` at ollama fb30760) and refuses, with a
+``test server:`` message, what the real converter would import silently broken: an architecture it does not
+convert, a ``rope_parameters.rope_theta`` without the top-level ``rope_theta`` it reads (it would fall back to
+10,000), no chat template in ``tokenizer_config.json`` nor in the request (it would fall back to ``{{ .Prompt }}``).
+Statuses stream as NDJSON; a created model is listed by ``/api/tags`` and served by ``/api/chat``. A create that
+fails (``server.fail("error_mid_stream", endpoint="/api/create")``) registers nothing. ``server.blobs`` holds what
+was uploaded; ``server.created[name]`` what each create was given.
+
+Several servers at once (multi-host tests): start several ``OllamaServer`` objects; each has its own port, slots
+(``peak_running``), faults and request log. ``add_model(name, digest=..., quantization=...)`` gives two servers
+different builds of one model.
+
 Server-wide settings are plain attributes: ``version`` (say ``"0.4.0"`` to test the old-server check),
 ``load_latency`` (extra seconds while a model is not loaded; ``keep_alive`` decides how long it stays),
 ``latency`` (fixed seconds per generation, held inside a slot), ``num_parallel`` and ``max_queue`` (FIFO queue;
@@ -54,7 +70,30 @@ from typing import Any, Callable
 BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
 DEFAULT_MESSAGES = {400: "bad request", 429: "rate limit exceeded", 500: "llama runner process has terminated: "
                     "exit status 2", 502: "bad gateway", 503: "model is overloaded"}
-GENERATION_PATHS = ("/api/chat", "/api/generate", "/v1/chat/completions")
+GENERATION_PATHS = ("/api/chat", "/api/generate", "/v1/chat/completions", "/v1/completions")
+# The safetensors architectures Ollama converts (convert/convert.go LoadModelMetadata at fb30760), kept here and
+# not imported from prefloop: the double must not agree with the code it tests by construction.
+CONVERTED_ARCHITECTURES = {
+    "LlamaForCausalLM", "MllamaForConditionalGeneration", "Llama4ForConditionalGeneration",
+    "Mistral3ForConditionalGeneration", "Ministral3ForCausalLM", "MixtralForCausalLM", "GemmaForCausalLM",
+    "Gemma2ForCausalLM", "Gemma3ForCausalLM", "Gemma3ForConditionalGeneration", "Gemma3TextModel",
+    "Gemma3nForConditionalGeneration", "Gemma4ForCausalLM", "Gemma4ForConditionalGeneration", "Phi3ForCausalLM",
+    "Qwen2ForCausalLM", "Qwen2_5_VLForConditionalGeneration", "Qwen3VLForConditionalGeneration",
+    "Qwen3VLMoeForConditionalGeneration", "Olmo3ForCausalLM", "BertModel", "NomicBertModel", "NomicBertMoEModel",
+    "CohereForCausalLM", "GptOssForCausalLM", "DeepseekOCRForCausalLM", "DeepseekV3ForCausalLM",
+    "Glm4MoeLiteForCausalLM", "LagunaForCausalLM", "GlmOcrForConditionalGeneration", "Lfm2ForCausalLM",
+    "Lfm2MoeForCausalLM", "Lfm2VlForConditionalGeneration", "Qwen3NextForCausalLM",
+    "Qwen3_5ForConditionalGeneration", "Qwen3_5MoeForConditionalGeneration", "NemotronH_Nano_VL_V2",
+    "NemotronH_Nano_Omni_Reasoning_V3", "NemotronHForCausalLM"}
+ADAPTER_ARCHITECTURES = {"llama", "gemma2"}  # convert.ConvertAdapter
+QUANTIZATIONS = {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m",
+                 "q5_k_s", "q5_k_m", "q6_k"}
+# Go templates Ollama picks for a known Hugging Face chat template (its template/*.gotmpl, matched by content)
+DETECTED_TEMPLATES = {"<|im_start|>": "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
+                                      "{{ end }}<|im_start|>assistant\n",
+                      "<|start_header_id|>": "{{- range .Messages }}<|start_header_id|>{{ .Role }}"
+                                             "<|end_header_id|>\n\n{{ .Content }}<|eot_id|>{{- end }}"
+                                             "<|start_header_id|>assistant<|end_header_id|>\n\n"}
 FAULT_KINDS = ("status", "latency", "error_mid_stream", "hang", "drop", "malformed_json", "schema_violation",
                "garbage_line", "missing_model")
 
@@ -229,7 +268,8 @@ class OllamaServer:
 
     def __init__(self, models: list[str] | tuple[str, ...] = ("llama3.1:70b", "llama3.2:1b", "judge:latest"), *,
                  version: str = "0.12.11", num_parallel: int = 4, max_queue: int = 512, latency: float = 0.0,
-                 chunk_words: int = 4, reply: Reply | None = None, port: int = 0, num_ctx_default: int = 4096):
+                 chunk_words: int = 4, reply: Reply | None = None, port: int = 0, num_ctx_default: int = 4096,
+                 bind: str = "127.0.0.1"):
         self.models: dict[str, dict[str, Any]] = {}
         for name in models:
             self.add_model(name)
@@ -244,7 +284,9 @@ class OllamaServer:
         self.api_key: str | None = None  # when set, /v1/* wants "Authorization: Bearer <key>" (hosted-API style)
         self.faults: list[Fault] = []
         self.log: list[LogEntry] = []
-        self._port = port
+        self.blobs: dict[str, bytes] = {}               # "sha256:<hex>" -> content
+        self.created: dict[str, dict[str, Any]] = {}    # model name -> what its /api/create carried
+        self._port, self.bind = port, bind  # bind "0.0.0.0" to be reached at this machine's own address
         self._lock = threading.Lock()
         self._gates: dict[str, SlotGate] = {}
         self._loaded: dict[str, float] = {}
@@ -290,7 +332,7 @@ class OllamaServer:
         def protocol() -> asyncio.StreamReaderProtocol:  # asyncio.start_server, with a reader that says "gone"
             return asyncio.StreamReaderProtocol(_Reader(limit=1 << 20, loop=loop), self._connection, loop=loop)
 
-        self._server = await loop.create_server(protocol, "127.0.0.1", self._port, backlog=1024,
+        self._server = await loop.create_server(protocol, self.bind, self._port, backlog=1024,
                                                 reuse_address=True)
         self._port = self._server.sockets[0].getsockname()[1]
 
@@ -324,13 +366,16 @@ class OllamaServer:
         return f"http://127.0.0.1:{self._port}"
 
     # ---- configuration ---------------------------------------------------------------------------------------
-    def add_model(self, name: str) -> None:
+    def add_model(self, name: str, *, digest: str | None = None, quantization: str = "Q4_K_M",
+                  family: str = "llama", size: int | None = None) -> None:
+        """List a model (as if pulled). Two servers given the same name list the same digest unless told
+        otherwise (``digest``, ``quantization``): a multi-host mix of builds."""
         full = normalize_model(name)
-        self.models[full] = {"name": full, "model": full, "modified_at": now_rfc3339(), "size": 1_000_000 +
-                             len(full), "digest": _digest(full),
-                             "details": {"parent_model": "", "format": "gguf", "family": "llama",
-                                         "families": ["llama"], "parameter_size": "8.0B",
-                                         "quantization_level": "Q4_K_M"}}
+        self.models[full] = {"name": full, "model": full, "modified_at": now_rfc3339(),
+                             "size": size or 1_000_000 + len(full), "digest": digest or _digest(full + quantization),
+                             "details": {"parent_model": "", "format": "gguf", "family": family,
+                                         "families": [family], "parameter_size": "8.0B",
+                                         "quantization_level": quantization}}
 
     def remove_model(self, name: str) -> None:
         self.models.pop(normalize_model(name), None)
@@ -451,6 +496,21 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
         await reader.readexactly(2)
 
 
+def _safetensors_problem(name: str, data: bytes) -> str:
+    """What the converter's safetensors reader would fail on: a bad header, or a dtype it does not take."""
+    import struct
+
+    try:
+        (length,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8:8 + length])
+    except (struct.error, ValueError):
+        return f"{name}: not a safetensors file"
+    kinds = {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+    if not kinds <= {"F32", "F16", "BF16"}:
+        return f"{name}: unsupported safetensors dtype(s) {sorted(kinds - {'F32', 'F16', 'BF16'})}"
+    return ""
+
+
 def _tokens(text: str) -> list[str]:
     """Words with their trailing space: the server's stand-in for model tokens (num_predict counts these)."""
     return re.findall(r"\s*\S+\s*", text) or ([text] if text else [])
@@ -506,14 +566,18 @@ class _Exchange:
         owner = self.owner
         body: Any = None
         bad_json: Exception | None = None
-        if raw:
+        binary = self.path.startswith("/api/blobs/")
+        if raw and not binary:
             try:
                 body = json.loads(raw)
             except json.JSONDecodeError as err:
                 bad_json = err
-        self.entry.body = body
+        self.entry.body = {"bytes": len(raw)} if binary else body
         owner._record(self.entry)
-        route = ROUTES.get((self.method if self.method != "HEAD" else "GET", self.path))
+        if binary:
+            route = _Exchange.blob if self.method in ("HEAD", "POST") else None
+        else:
+            route = ROUTES.get((self.method if self.method != "HEAD" else "GET", self.path))
         if route is None:
             self.send(404, "404 page not found", "text/plain")
             return True
@@ -532,6 +596,8 @@ class _Exchange:
         if owner.api_key and self.path.startswith("/v1/") and \
                 self.headers.get("authorization") != f"Bearer {owner.api_key}":
             self.error(401, "Incorrect API key provided")
+        elif binary:
+            await route(self, raw, fault)
         elif self.method == "POST" and not raw:
             self.error(400, "missing request body")
         elif bad_json is not None:
@@ -594,10 +660,15 @@ class _Exchange:
         info = self.owner.models.get(normalize_model(name))
         if info is None:
             return self.error(404, f"model '{name}' not found")
-        self.send(200, {"modelfile": f"FROM {info['name']}", "parameters": "stop \"<|eot_id|>\"",
-                        "template": "{{ .Prompt }}", "details": info["details"],
-                        "model_info": {"general.architecture": "llama", "llama.context_length": 131072},
-                        "capabilities": ["completion", "tools"], "modified_at": info["modified_at"]})
+        made = self.owner.created.get(normalize_model(name), {})
+        stops = (made.get("parameters") or {}).get("stop", ["<|eot_id|>"]) if made else ["<|eot_id|>"]
+        out = {"modelfile": f"FROM {info['name']}", "parameters": "\n".join(f'stop "{t}"' for t in stops),
+               "template": made.get("template", "{{ .Prompt }}"), "details": info["details"],
+               "model_info": {"general.architecture": info["details"]["family"], "llama.context_length": 131072},
+               "capabilities": ["completion", "tools"], "modified_at": info["modified_at"]}
+        if made.get("system"):
+            out["system"] = made["system"]
+        self.send(200, out)
 
     async def pull(self, body: dict, fault: Fault | None) -> None:
         name = body.get("model") or body.get("name") or ""
@@ -617,6 +688,145 @@ class _Exchange:
             self.chunk(json.dumps(part).encode() + b"\n")
         self.end_stream()
 
+    # ---- blobs and create (``ollama create`` over HTTP) --------------------------------------------------------
+    def _blob_digest(self) -> str | None:
+        digest = self.path[len("/api/blobs/"):]
+        return digest if re.fullmatch(r"sha256:[0-9a-f]{64}", digest) else None
+
+    async def blob(self, body: bytes, fault: Fault | None) -> None:
+        digest = self._blob_digest()
+        if digest is None:
+            return self.error(400, "invalid digest format")
+        if self.method == "HEAD":
+            if digest in self.owner.blobs:
+                return self.send(200, "")
+            return self.error(404, f'blob "{digest}" not found')
+        if digest in self.owner.blobs:
+            return self.send(200, "")
+        got = "sha256:" + hashlib.sha256(body).hexdigest()
+        if got != digest:
+            return self.error(400, f'digest mismatch, expected "{digest}", got "{got}"')
+        self.owner.blobs[digest] = body
+        self.send(201, "")
+
+    async def create(self, body: dict, fault: Fault | None) -> None:
+        owner = self.owner
+        name = body.get("model") or body.get("name") or ""
+        files, adapters = body.get("files"), body.get("adapters")
+        for group in (files or {}, adapters or {}):
+            for path, digest in group.items():
+                if path.startswith(("/", "\\")) or "\\" in path or ".." in path.split("/") or not path:
+                    return self.error(400, "file path must be relative")
+                if not digest:
+                    return self.error(400, "invalid digest format")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]*(:[A-Za-z0-9._-]+)?", name):
+            return self.error(400, "invalid model name")
+        quantize = (body.get("quantize") or "").lower()
+        if quantize and quantize not in QUANTIZATIONS:
+            return self.error(400, f"unsupported quantization type {body['quantize']}")
+        if not files and not body.get("from"):
+            return self.error(400, "neither 'from' or 'files' was specified")
+        missing = [d for d in list((files or {}).values()) + list((adapters or {}).values()) if d not in owner.blobs]
+        if missing:  # the real server fails linking the blob, before any status line
+            return self.error(500, f"link {missing[0]}: no such file or directory")
+        statuses: list[dict[str, Any]] = []
+        info: dict[str, Any] = {"template": body.get("template"), "parameters": body.get("parameters") or {},
+                                "system": body.get("system"), "quantize": quantize, "files": files or {},
+                                "adapters": adapters or {}, "from": body.get("from")}
+        family = "llama"
+        if files:
+            read = {path: owner.blobs[d] for path, d in files.items()}
+            problem, family, detected = self._convertible(read, body)
+            if problem:
+                return self.error(500, problem)
+            if not info["template"]:
+                info["template"] = detected
+            statuses.append({"status": "converting model"})
+        else:
+            base = owner.models.get(normalize_model(body["from"]))
+            if base is None:
+                return self.error(404, f"model '{body['from']}' not found")
+            family = base["details"]["family"]
+            made = owner.created.get(normalize_model(body["from"]), {})
+            info["template"] = info["template"] or made.get("template") or "{{ .Prompt }}"
+            if adapters:
+                if family not in ADAPTER_ARCHITECTURES:
+                    return self.error(400, "unsupported architecture")
+                if "adapter_config.json" not in adapters or not any(n.endswith(".safetensors") for n in adapters):
+                    return self.error(400, "no files provided to convert")
+                config = json.loads(owner.blobs[adapters["adapter_config.json"]])
+                if not config.get("lora_alpha"):
+                    return self.error(400, "test server: adapter_config.json has no lora_alpha (Ollama reads "
+                                           "the LoRA scale from it)")
+                statuses.append({"status": "converting adapter"})
+        layer = "sha256:" + _digest(json.dumps(info, sort_keys=True, default=str))
+        statuses.append({"status": f"creating new layer {layer}"})
+        if quantize:
+            statuses.append({"status": f"quantizing F16 model to {quantize.upper().replace('_K', '_K')}",
+                             "digest": "0000000000000000000", "total": 100, "completed": 100})
+        statuses += [{"status": "writing manifest"}, {"status": "success"}]
+        stream = body.get("stream", True)
+        mid_error = fault is not None and fault.kind == "error_mid_stream"
+        if stream:
+            self.start_stream()
+        for i, status in enumerate(statuses):
+            if mid_error and i == fault.after_chunks:
+                message = fault.message or "write model: no space left on device"
+                if stream:
+                    self.chunk(json.dumps({"error": message}).encode() + b"\n")
+                    return self.end_stream()
+                return self.error(500, message)
+            if status["status"] == "success":  # registered only once everything before it worked
+                full = normalize_model(name)
+                quant = quantize.upper() if quantize else "F16"
+                owner.add_model(name, digest=_digest(layer + quant), quantization=quant, family=family)
+                owner.created[full] = info
+            if stream:
+                self.chunk(json.dumps(status).encode() + b"\n")
+                await self.writer.drain()
+        if stream:
+            self.end_stream()
+        else:
+            self.send(200, {"status": "success"})
+
+    @staticmethod
+    def _convertible(read: dict[str, bytes], body: dict) -> tuple[str, str, str]:
+        """(problem or "", family, detected template): what Ollama's safetensors converter would make of these
+        files, read with the field names it reads."""
+        if not any(n.endswith(".safetensors") for n in read):
+            return "unknown type", "", ""
+        if "config.json" not in read:
+            return "open config.json: file does not exist", "", ""
+        config = json.loads(read["config.json"])
+        archs = config.get("architectures") or []
+        if not archs:
+            return "unknown architecture", "", ""
+        if archs[0] not in CONVERTED_ARCHITECTURES:
+            return f'unsupported architecture "{archs[0]}"', "", ""
+        nested = config.get("rope_parameters") or {}
+        theta = nested.get("rope_theta") if isinstance(nested, dict) else None
+        if theta is not None and config.get("rope_theta") != theta:
+            return (f"test server: config.json has rope_parameters.rope_theta = {theta} but top-level rope_theta = "
+                    f"{config.get('rope_theta')}: Ollama's converter reads only the top-level rope_theta (and "
+                    "rope_scaling) and would use a RoPE base of 10000", "", "")
+        if "tokenizer.json" not in read and "tokenizer.model" not in read:
+            return "open tokenizer.model: file does not exist", "", ""
+        for fname, data in read.items():
+            if fname.endswith(".safetensors"):
+                problem = _safetensors_problem(fname, data)
+                if problem:
+                    return problem, "", ""
+        template = ""
+        if "tokenizer_config.json" in read:
+            template = json.loads(read["tokenizer_config.json"]).get("chat_template") or ""
+        if not template and not body.get("template"):
+            return ("test server: no chat template in tokenizer_config.json and none in the request: Ollama "
+                    "would fall back to {{ .Prompt }} (transformers 5 writes it to chat_template.jinja, which "
+                    "the converter does not read)", "", "")
+        detected = next((t for marker, t in DETECTED_TEMPLATES.items() if marker in template), "{{ .Prompt }}")
+        family = str(config.get("model_type") or "llama")
+        return "", family, detected
+
     async def v1_models(self, body: dict, fault: Fault | None) -> None:
         data = [{"id": n, "object": "model", "created": 1700000000, "owned_by": "library"}
                 for n in self.owner.models]
@@ -632,6 +842,9 @@ class _Exchange:
     async def v1_chat(self, body: dict, fault: Fault | None) -> None:
         await self._generation(body, fault, api="openai")
 
+    async def v1_completions(self, body: dict, fault: Fault | None) -> None:
+        await self._generation(body, fault, api="openai_text")
+
     @staticmethod
     def _request_shape(body: dict, api: str) -> tuple[list[dict[str, Any]], Any, dict[str, Any], bool]:
         """(messages, format, options, stream) in Ollama terms, whatever the API."""
@@ -643,6 +856,11 @@ class _Exchange:
             if body.get("prompt"):
                 messages.append({"role": "user", "content": body["prompt"]})
             return messages, body.get("format"), dict(body.get("options") or {}), body.get("stream", True)
+        if api == "openai_text":
+            prompt = body.get("prompt") or ""
+            messages = [{"role": "user", "content": prompt if isinstance(prompt, str) else "".join(prompt)}]
+        else:
+            messages = body.get("messages") or []
         fmt = None
         response_format = body.get("response_format") or {}
         if response_format.get("type") == "json_object":
@@ -655,7 +873,7 @@ class _Exchange:
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         if max_tokens is not None:
             options["num_predict"] = max_tokens
-        return body.get("messages") or [], fmt, options, bool(body.get("stream", False))
+        return messages, fmt, options, bool(body.get("stream", False))
 
     async def _generation(self, body: dict, fault: Fault | None, api: str) -> None:
         owner = self.owner
@@ -672,9 +890,13 @@ class _Exchange:
         keep_alive = body.get("keep_alive")
         if keep_alive is not None and not isinstance(keep_alive, (int, float, str)):
             return self.error(400, "json: cannot unmarshal keep_alive into Go struct field")
-        if body.get("think") and api != "openai":
+        openai = api.startswith("openai")
+        if body.get("think") and not openai:
             return self.error(400, f'"{name}" does not support thinking')
-        if api != "openai" and not messages:
+        if api == "generate" and body.get("raw") and (body.get("template") or body.get("system") or
+                                                      body.get("context")):
+            return self.error(400, "raw mode does not support template, system, or context")
+        if not openai and not messages:
             return self._load_only(model, keep_alive, api)
 
         gate = owner.gate(model)
@@ -753,9 +975,9 @@ class _Exchange:
                    "eval_duration": latency_ns - latency_ns // 4}
         mid_error = fault is not None and fault.kind == "error_mid_stream"
         created = now_rfc3339()  # once per answer: formatting a timestamp per chunk was the server's top cost
-        if api == "openai":
+        if api.startswith("openai"):
             return await self._answer_openai(name, "".join(tokens), reason, prompt_eval, len(tokens), stream,
-                                             mid_error, fault)
+                                             mid_error, fault, text_completion=api == "openai_text")
         if not stream:
             if mid_error:
                 return self.error(500, fault.message or "an error was encountered while running the model")
@@ -796,12 +1018,17 @@ class _Exchange:
         return out
 
     async def _answer_openai(self, name: str, text: str, reason: str, prompt_tokens: int, completion_tokens: int,
-                             stream: bool, mid_error: bool, fault: Fault | None) -> None:
+                             stream: bool, mid_error: bool, fault: Fault | None, text_completion: bool = False) -> None:
         finish = "length" if reason == "length" else "stop"
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                  "total_tokens": prompt_tokens + completion_tokens}
         base = {"id": f"chatcmpl-{self.owner.count()}", "created": int(time.time()), "model": name,
                 "system_fingerprint": "fp_ollama"}
+        if text_completion:  # /v1/completions (no streaming here: prefloop's client does not stream it)
+            if mid_error:
+                return self.error(500, fault.message or "an error was encountered while running the model")
+            return self.send(200, {**base, "object": "text_completion", "choices": [
+                {"index": 0, "text": text, "finish_reason": finish}], "usage": usage})
         if not stream:
             if mid_error:
                 return self.error(500, fault.message or "an error was encountered while running the model")
@@ -831,9 +1058,11 @@ ROUTES: dict[tuple[str, str], Callable[[_Exchange, dict, Fault | None], Any]] = 
     ("GET", "/api/ps"): _Exchange.ps,
     ("POST", "/api/show"): _Exchange.show,
     ("POST", "/api/pull"): _Exchange.pull,
+    ("POST", "/api/create"): _Exchange.create,
     ("POST", "/api/chat"): _Exchange.chat,
     ("POST", "/api/generate"): _Exchange.generate,
     ("POST", "/v1/chat/completions"): _Exchange.v1_chat,
+    ("POST", "/v1/completions"): _Exchange.v1_completions,
     ("GET", "/v1/models"): _Exchange.v1_models,
 }
 

@@ -19,7 +19,7 @@ from prefloop.fingerprint import fingerprint
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "data" / "quickstart.toml"
 SECTION_OF = {"generate": "generate", "train": "train", "judge": "judge", "preflight": "preflight",
-              "split": "split", "data": "split"}  # config attribute -> the stage whose fingerprint it feeds
+              "split": "split", "data": "split", "export": "export"}  # config attribute -> the stage whose fingerprint it feeds
 
 
 def other_values(f: dataclasses.Field, value: Any, hint: Any) -> list[Any]:

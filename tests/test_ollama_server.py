@@ -312,3 +312,144 @@ def test_model_load_latency_and_keep_alive(ollama_server):
     times = run(go())
     assert [t > 0.25 for t, _ in times] == [True, False, False, True]
     assert times[0][1] >= 0.3e9 and times[1][1] < 1e6
+
+
+# ---- blobs and create ---------------------------------------------------------------------------------------------
+
+def safetensors_bytes(dtype: str = "BF16") -> bytes:
+    """A one-tensor safetensors file, written by hand (the double is tested without prefloop's exporter)."""
+    import struct
+
+    header = json.dumps({"model.embed_tokens.weight": {"dtype": dtype, "shape": [2, 2], "data_offsets": [0, 8]}})
+    return struct.pack("<Q", len(header)) + header.encode() + bytes(8)
+
+
+def model_files(**config_changes) -> dict[str, bytes]:
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+              "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"}, "rope_theta": 100000.0,
+              "rope_scaling": None}
+    config.update(config_changes)
+    return {"config.json": json.dumps(config).encode(), "model.safetensors": safetensors_bytes(),
+            "tokenizer.json": b'{"model": {"type": "BPE"}}', "tokenizer_config.json": json.dumps(
+                {"chat_template": "{% for m in messages %}<|im_start|>{{ m.role }}...{% endfor %}"}).encode()}
+
+
+def upload(server: OllamaServer, files: dict[str, bytes]) -> dict[str, str]:
+    import hashlib
+
+    digests = {}
+    with httpx.Client(base_url=server.url, trust_env=False) as h:
+        for name, data in files.items():
+            digest = "sha256:" + hashlib.sha256(data).hexdigest()
+            assert h.head(f"/api/blobs/{digest}").status_code == 404
+            assert h.post(f"/api/blobs/{digest}", content=data).status_code == 201
+            assert h.head(f"/api/blobs/{digest}").status_code == 200
+            assert h.post(f"/api/blobs/{digest}", content=data).status_code == 200  # already there
+            digests[name] = digest
+    return digests
+
+
+def test_blob_digest_is_checked(ollama_server):
+    with httpx.Client(base_url=ollama_server.url, trust_env=False) as h:
+        wrong = "sha256:" + "0" * 64
+        r = h.post(f"/api/blobs/{wrong}", content=b"weights")
+        assert r.status_code == 400 and r.json()["error"].startswith(f'digest mismatch, expected "{wrong}"')
+        assert h.head(f"/api/blobs/{wrong}").status_code == 404
+        assert h.post("/api/blobs/md5:abc", content=b"x").status_code == 400
+    assert ollama_server.blobs == {}
+
+
+def test_create_streams_statuses_then_lists_and_serves_the_model(ollama_server):
+    digests = upload(ollama_server, model_files())
+
+    async def go():
+        c = client(ollama_server)
+        statuses = [p.status async for p in await c.create("mine", files=digests, quantize="q4_K_M",
+                                                           parameters={"stop": ["<|im_end|>"]}, stream=True)]
+        listed = [m.model for m in (await c.list()).models]
+        show = await c.show("mine")
+        reply = await c.chat(model="mine", messages=USER)
+        await c.close()
+        return statuses, listed, show, reply
+
+    statuses, listed, show, reply = run(go())
+    assert statuses[0] == "converting model" and statuses[-1] == "success"
+    assert any(s.startswith("quantizing") for s in statuses)
+    assert "mine:latest" in listed and show.details.quantization_level == "Q4_K_M"
+    assert "<|im_start|>" in show.template and 'stop "<|im_end|>"' in show.parameters  # template detected
+    assert reply.message.content
+
+
+@pytest.mark.parametrize("change,error", [
+    ({"architectures": ["MistralForCausalLM"]}, 'unsupported architecture "MistralForCausalLM"'),
+    ({"rope_theta": None}, "reads only the top-level rope_theta"),
+    ({"rope_theta": 10000.0}, "reads only the top-level rope_theta"),
+])
+def test_create_reads_config_with_ollamas_field_names(ollama_server, change, error):
+    digests = upload(ollama_server, model_files(**change))
+    with httpx.Client(base_url=ollama_server.url, trust_env=False) as h:
+        r = h.post("/api/create", json={"model": "broken", "files": digests})
+    assert r.status_code == 500 and error in r.json()["error"]
+    assert "broken:latest" not in ollama_server.models
+
+
+def test_create_refuses_missing_template_blobs_and_absolute_names(ollama_server):
+    files = model_files()
+    files["tokenizer_config.json"] = b"{}"  # transformers 5 wrote the template to chat_template.jinja
+    digests = upload(ollama_server, files)
+    with httpx.Client(base_url=ollama_server.url, trust_env=False) as h:
+        no_template = h.post("/api/create", json={"model": "m", "files": digests})
+        with_template = h.post("/api/create", json={"model": "m", "files": digests, "template": "{{ .Prompt }}",
+                                                    "stream": False})
+        absolute = h.post("/api/create", json={"model": "m2", "files": {"/etc/config.json": digests["config.json"]}})
+        missing = h.post("/api/create", json={"model": "m3", "files": {**digests, "extra.json": "sha256:" + "1" * 64}})
+    assert no_template.status_code == 500 and "no chat template" in no_template.json()["error"]
+    assert with_template.json() == {"status": "success"} and "m:latest" in ollama_server.models
+    assert absolute.status_code == 400 and absolute.json()["error"] == "file path must be relative"
+    assert missing.status_code == 500 and "no such file" in missing.json()["error"]
+
+
+def test_create_failing_midway_registers_nothing(ollama_server):
+    digests = upload(ollama_server, model_files())
+    ollama_server.fail("error_mid_stream", endpoint="/api/create", after_chunks=2, message="disk full")
+
+    async def go():
+        c = client(ollama_server)
+        got = []
+        with pytest.raises(ollama.ResponseError) as err:
+            async for part in await c.create("half", files=digests, stream=True):
+                got.append(part.status)
+        names = [m.model for m in (await c.list()).models]
+        await c.close()
+        return got, err.value, names
+
+    got, err, names = run(go())
+    assert len(got) == 2 and err.error == "disk full" and "half:latest" not in names
+
+
+def test_adapter_over_a_base(ollama_server):
+    base = upload(ollama_server, model_files())
+    adapter = upload(ollama_server, {"adapter_model.safetensors": safetensors_bytes("F32"),
+                                     "adapter_config.json": json.dumps({"r": 8, "lora_alpha": 16}).encode()})
+    with httpx.Client(base_url=ollama_server.url, trust_env=False) as h:
+        h.post("/api/create", json={"model": "base", "files": base, "stream": False})
+        ok = h.post("/api/create", json={"model": "tuned", "from": "base", "adapters": adapter, "stream": False})
+        ollama_server.add_model("qwen-base", family="qwen2")
+        qwen = h.post("/api/create", json={"model": "t2", "from": "qwen-base", "adapters": adapter})
+    assert ok.json() == {"status": "success"} and "tuned:latest" in ollama_server.models
+    assert qwen.status_code == 400 and qwen.json()["error"] == "unsupported architecture"
+
+
+def test_several_servers_at_once_and_raw_generate():
+    with OllamaServer(num_parallel=1) as a, OllamaServer(num_parallel=3) as b:
+        assert a.port != b.port
+        for server in (a, b):
+            with httpx.Client(base_url=server.url, trust_env=False) as h:
+                raw = h.post("/api/generate", json={"model": "llama3.1:70b", "prompt": "Hi", "raw": True,
+                                                    "stream": False})
+                bad = h.post("/api/generate", json={"model": "llama3.1:70b", "prompt": "Hi", "raw": True,
+                                                    "system": "be kind", "stream": False})
+                text = h.post("/v1/completions", json={"model": "llama3.1:70b", "prompt": "Hi", "max_tokens": 2})
+            assert raw.json()["response"] and bad.status_code == 400
+            assert text.json()["choices"][0]["finish_reason"] == "length"
+        assert a.count() == b.count() == 3

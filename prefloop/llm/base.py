@@ -55,7 +55,8 @@ class ReplyInvalid(LLMError):
 
 @dataclass(frozen=True)
 class ClientSpec:
-    """``backend:model[@base_url]``, parsed."""
+    """``backend:model[@base_url]``, parsed. For Ollama ``base_url`` may list several hosts, comma-separated
+    (``prefloop.llm.hosts``)."""
 
     backend: str
     model: str
@@ -70,6 +71,8 @@ def parse_spec(spec: str) -> ClientSpec:
 
     >>> parse_spec("openai:gpt-4o-mini@http://127.0.0.1:8000/v1")
     ClientSpec(backend='openai', model='gpt-4o-mini', base_url='http://127.0.0.1:8000/v1')
+    >>> parse_spec("ollama:llama3.1:70b@http://a:11434,http://b:11434").base_url
+    'http://a:11434,http://b:11434'
     """
     spec = spec.strip()
     if not spec:
@@ -78,7 +81,7 @@ def parse_spec(spec: str) -> ClientSpec:
     if not sep or backend not in BACKENDS:
         backend, rest = "ollama", spec
     base_url = None
-    if backend == "openai":
+    if backend in ("openai", "ollama"):  # Ollama names have no "@"; what follows one is where the model is
         rest, at, base_url = rest.partition("@")
         base_url = base_url or None
         if not at:
@@ -88,6 +91,28 @@ def parse_spec(spec: str) -> ClientSpec:
     if not rest:
         raise ValueError(f"model spec '{spec}' names no model")
     return ClientSpec(backend=backend, model=rest, base_url=base_url)
+
+
+def spec_identity(spec: str) -> str:
+    """A spec as the content it names: an Ollama model is the same model on whichever hosts serve it (preflight
+    checks they serve the same digest), so ``ollama:M@http://a,http://b`` is ``ollama:M``. Other specs are
+    returned as written, so ids made from them before hosts existed stay the same."""
+    parsed = parse_spec(spec)
+    if parsed.backend == "ollama" and parsed.base_url:
+        return spec.strip()[: spec.strip().rindex("@" + parsed.base_url)]
+    return spec
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What serves a model's answers, recorded beside them: the runtime (``transformers``, ``ollama``,
+    ``openai-compatible``), the served weights' digest and quantization (Ollama's), and the digest of the chat
+    template it applies to message prompts (``""`` when unknown)."""
+
+    runtime: str
+    digest: str = ""
+    quantization: str = ""
+    template: str = ""
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,11 @@ import os
 import random
 from typing import Any
 
-from prefloop.llm.base import ChatReply, ClientSpec, ContextCheck, GenOptions, ServerFatal, Transient, is_loopback
+from prefloop.llm.base import (ChatReply, ClientSpec, ContextCheck, GenOptions, ModelFacts, ServerFatal, Transient,
+                               is_loopback)
 from prefloop.llm.pool import ClientPool
 from prefloop.llm.retry import ClientStats, RawReply, RetryPolicy, send_once, with_retries
+from prefloop.records import Prompt
 
 log = logging.getLogger("prefloop.llm")
 
@@ -117,10 +119,41 @@ class OpenAIClient:
                                policy=self.retry, stats=self.stats, model=f"openai:{self.spec.model}",
                                rng=self._rng, what=f"openai:{self.spec.model}")
 
-    def request_body(self, messages: list[dict[str, str]], schema: dict[str, Any] | None,
+    async def complete(self, prompt: Prompt, options: GenOptions | None = None) -> str:
+        """A text prompt exactly as written (``/completions``: no chat template, as a trained model saw it); a
+        message list through the server's chat template."""
+        if not isinstance(prompt, str):
+            return (await self.chat(prompt, options=options)).text
+        options = options or GenOptions()
+        body = self.request_body(None, None, options)
+        body["prompt"] = prompt
+
+        async def send() -> RawReply:
+            response = await self._request("POST", "/completions", json=body)
+            self._raise_for_status(response)
+            try:
+                choice = response.json()["choices"][0]
+                usage = response.json().get("usage") or {}
+                return RawReply(text=choice.get("text") or "", prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                                completion_tokens=int(usage.get("completion_tokens") or 0),
+                                finish_reason=str(choice.get("finish_reason") or ""))
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
+                raise Transient(f"{self.base_url}: unreadable completion: {response.text[:200]!r}") from err
+
+        reply = await send_once(send, schema=None, seed=options.seed, policy=self.retry, stats=self.stats,
+                                model=f"openai:{self.spec.model}", rng=self._rng, what=f"openai:{self.spec.model}")
+        return reply.text
+
+    async def facts(self) -> ModelFacts:
+        """What the API says of the model: nothing of its weights or chat template (both stay the server's)."""
+        return ModelFacts(runtime="openai-compatible")
+
+    def request_body(self, messages: list[dict[str, str]] | None, schema: dict[str, Any] | None,
                      options: GenOptions) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.spec.model, "messages": messages,
-                                "temperature": options.temperature, "max_tokens": options.max_tokens}
+        body: dict[str, Any] = {"model": self.spec.model, "temperature": options.temperature,
+                                "max_tokens": options.max_tokens}
+        if messages is not None:
+            body["messages"] = messages
         if options.seed is not None:
             body["seed"] = options.seed
         if options.top_p is not None:
