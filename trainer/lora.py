@@ -106,9 +106,16 @@ def add_adapter(model: Any, cfg: TrainConfig) -> Any:
     alpha = cfg.lora_alpha if cfg.lora_alpha is not None else 2.0 * cfg.lora_r
     config = LoraConfig(r=cfg.lora_r, lora_alpha=alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
                         bias="none", task_type="CAUSAL_LM")
-    with warnings.catch_warnings():  # peft 0.21 asks transformers 5 a deprecated question on every wrap
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+    with _quiet_peft():
         return get_peft_model(model, config)
+
+
+@contextlib.contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """peft 0.21 asks transformers 5 a deprecated question each time it wraps a model: not the user's concern."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        yield
 
 
 def is_adapted(model: Any) -> bool:
@@ -139,6 +146,7 @@ def save_final(lm_state: dict[str, torch.Tensor], lm: Any, cfg: TrainConfig, fol
     lm.save_pretrained(adapter, state_dict=lm_state, safe_serialization=True)
     dtype = torch.bfloat16 if cfg.qlora else torch.float32
     plain = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, use_safetensors=not cfg.allow_pickle or None)
-    merged = PeftModel.from_pretrained(plain, str(adapter)).merge_and_unload()
+    with _quiet_peft():
+        merged = PeftModel.from_pretrained(plain, str(adapter)).merge_and_unload()
     merged.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
