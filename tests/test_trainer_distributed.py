@@ -226,3 +226,34 @@ def test_prefloop_train_nproc_2_gives_the_one_process_losses(tiny_model_dir: Pat
     single, _ = one_proc(tiny_model_dir, pairs_path, tmp_path, "ddp", max_steps=3, lr=1e-3, schedule="constant",
                          warmup_steps=0, rpo_alpha=0.0, eval_split=0.0, save_every=0)
     assert losses(out / "metrics.jsonl") == pytest.approx(losses(single.metrics_path), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_two_machines_through_the_rendezvous_each_write_their_own_cache(tiny_model_dir: Path,  # noqa: F811
+                                                                         pairs_path: Path, tmp_path: Path) -> None:
+    """Two "machines" (torchrun --nnodes 2 on localhost, each with its own cache folder): both caches are
+    written, by each machine's LOCAL_RANK 0, and the run gives the one-process losses."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    procs = []
+    for node in (0, 1):
+        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+                   PREFLOOP_CACHE=str(tmp_path / f"cache{node}"))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+               "--node_rank", str(node), "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+               "--rdzv-id", "prefloop-test", "-m", "prefloop", "train", "--model", str(tiny_model_dir), "--data",
+               str(pairs_path), "--output", str(out), "--max-steps", "3", "--batch-size", "3", "--lr", "1e-3",
+               "--max-length", "64", "--seed", "3", "--schedule", "constant", "--no-live", "--dist-timeout", "60"]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                      env=env))
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    assert [len(list((tmp_path / f"cache{n}" / "refcache").iterdir())) for n in (0, 1)] == [1, 1]
+    single, _ = one_proc(tiny_model_dir, pairs_path, tmp_path, "ddp", max_steps=3, lr=1e-3, schedule="constant",
+                         warmup_steps=0, rpo_alpha=0.0, eval_split=0.0, save_every=0, grad_accum=1)
+    assert losses(out / "metrics.jsonl") == pytest.approx(losses(single.metrics_path), abs=1e-5)

@@ -178,3 +178,21 @@ def test_smollm2_lora_16_on_the_seed_pairs(seed_prefs_path: Path, tmp_path: Path
     with torch.no_grad():
         a, b = merged(ids).logits, adapted(ids).logits
     assert float((a - b).abs().max()) <= 1e-4 * float(b.abs().max())  # fp32 rounding over 30 layers
+
+
+def test_lora_in_bf16_holds_the_frozen_base_in_bf16_and_the_adapter_in_fp32(tiny_model_dir: Path,
+                                                                           pairs_path: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Half the memory for the base (an 8 B model: 16 GB instead of 32), full precision for what trains."""
+    from transformers import AutoModelForCausalLM
+
+    from trainer.config import TrainConfig
+    from trainer.load import load_model
+
+    cfg = lora_cfg(tiny_model_dir, pairs_path, tmp_path / "b", dtype="bf16", max_steps=2)
+    model = load_model(cfg, str(tiny_model_dir), torch.device("cpu"))
+    result = train(cfg, quiet(), model=model)
+    assert result.complete and len(losses(result.metrics_path)) == 2
+    dtypes = {(p.requires_grad, p.dtype) for p in model.parameters()}
+    assert dtypes == {(False, torch.bfloat16), (True, torch.float32)}
+    assert AutoModelForCausalLM.from_pretrained(result.final_model_dir).dtype == torch.bfloat16
+    assert load_model(TrainConfig(dtype="bf16"), str(tiny_model_dir), torch.device("cpu")).dtype == torch.float32

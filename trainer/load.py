@@ -72,14 +72,20 @@ def load_tokenizer(cfg: TrainConfig, where: str) -> Any:
     return tokenizer
 
 
+def base_dtype(cfg: TrainConfig) -> torch.dtype:
+    """What the starting weights are held in. A full fine-tune keeps fp32 weights (bf16 is autocast: updates
+    smaller than bf16's step would be lost); LoRA's base is frozen, so with ``--dtype bf16`` it is held in bf16, half
+    the memory (8 B: 16 GB instead of 32), while the adapter stays fp32."""
+    return torch.bfloat16 if cfg.lora_r and cfg.dtype == "bf16" else torch.float32
+
+
 def load_model(cfg: TrainConfig, where: str, device: torch.device) -> Any:
-    """The starting model in fp32 (bf16 is autocast), or with ``--qlora`` 4-bit on ``device``."""
+    """The starting model (``base_dtype``), or with ``--qlora`` 4-bit on ``device``."""
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"dtype": torch.float32, "use_safetensors": not cfg.allow_pickle or None}
+    kwargs: dict[str, Any] = {"dtype": base_dtype(cfg), "use_safetensors": not cfg.allow_pickle or None}
     if cfg.qlora:
-        kwargs.update(quantization_config=quantization(cfg), device_map={"": device},
-                      dtype=torch.bfloat16 if cfg.dtype == "bf16" else torch.float32)
+        kwargs.update(quantization_config=quantization(cfg), device_map={"": device})
     try:
         return AutoModelForCausalLM.from_pretrained(where, **kwargs)
     except OSError as exc:

@@ -11,8 +11,9 @@ the cache key names the quantization.
 
 Outputs: checkpoints hold the adapter weights and optimizer state only. The final folder is the merged model
 (``merge_and_unload``: plain transformers loads it) with the adapter beside it in ``adapter/`` (PEFT's format:
-``PeftModel.from_pretrained(base, "final/adapter")``). A QLoRA adapter is merged into the base in bf16, not into the
-4-bit weights it was trained against, so the merged model's outputs shift slightly.
+``PeftModel.from_pretrained(base, "final/adapter")``). With ``--dtype bf16`` the frozen base is held, and the merged
+model written, in bf16. A QLoRA adapter is merged into the bf16 base, not into the 4-bit weights it was trained
+against, so the merged model's outputs shift slightly.
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ def save_final(lm_state: dict[str, torch.Tensor], lm: Any, cfg: TrainConfig, fol
 
     adapter = folder / ADAPTER_DIR
     lm.save_pretrained(adapter, state_dict=lm_state, safe_serialization=True)
-    dtype = torch.bfloat16 if cfg.qlora else torch.float32
+    dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32  # as the base computed in training
     plain = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, use_safetensors=not cfg.allow_pickle or None)
     with _quiet_peft():
         merged = PeftModel.from_pretrained(plain, str(adapter)).merge_and_unload()
