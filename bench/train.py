@@ -283,6 +283,8 @@ def main() -> None:
     ap.add_argument("--qlora", action="store_true", help="with --lora: also ours with QLoRA (CUDA only)")
     ap.add_argument("--nproc", type=int, default=1, help="also ours in this many processes (torchrun)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda (both sides)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads of each of our processes (0: torch's "
+                                                           "default; torchrun's processes get 1 unless set)")
     ap.add_argument("--pairs", help="preference pairs to train on (default: the seed pairs beside the checkout)")
     ap.add_argument("--cpu-reference", action="store_true",
                     help="also ours on the CPU in fp32 for 3 steps: the device's losses must agree (bf16 tolerance)")
@@ -317,6 +319,8 @@ def main() -> None:
     steps = args.steps or (100 if args.model == "tiny" else 10)
     extra = {"dtype": "bf16"} if args.bf16 else {}
     extra["device"] = args.device
+    if args.threads:
+        extra["threads"] = args.threads
     model_dir = bench_model_dir(args.model)
     print(f"model {args.model} ({model_dir}), {steps} steps, batch 8, max length 256, beta 0.1, lr 5e-6 constant, "
           f"{'bf16' if args.bf16 else 'fp32'}")

@@ -236,7 +236,7 @@ def _run(cfg: TrainConfig, objective: Objective, console: Any, out: Path, dist: 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     if model is None:
-        model = load.load_model(cfg, where, device)  # weights stay fp32; bf16 is autocast
+        model = load.load_model(cfg, where, device)  # fp32, or a frozen LoRA base in bf16 (load.base_dtype)
     if cfg.dtype == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
         console.print("[yellow]warning:[/] dtype bf16 on a CPU without bf16 instructions (AVX512-BF16/AMX) is "
                       "many times slower than fp32 here; use --dtype fp32", highlight=False)
