@@ -2,9 +2,10 @@
 
 One torchrun launch runs every scenario below in both processes (imports are most of the cost), writing each run's
 folder and one ``rank<N>.json`` per process; the tests compare those with one-process runs of the same settings.
-The settings include gradient accumulation, an odd last batch (40 pairs, batches of 3: the last has 1 row, so one
-process's share is empty) and an uneven held-out set, so an unequal number of forwards would hang: the process
-group timeout is short and the launch has a hard time limit, so a hang fails the tests instead of blocking them.
+The settings include gradient accumulation and an odd last batch (36 training pairs in batches of 5: step 4's
+second micro-batch has 1 row, so one process's share is empty), so an unequal number of forwards would hang: the
+process group timeout is short and the launch has a hard time limit, so a hang fails the tests instead of
+blocking them.
 
 Run as a script, this file is the worker: ``torchrun --nproc_per_node 2 tests/test_trainer_distributed.py SPEC``.
 """
@@ -25,7 +26,7 @@ import torch
 from test_trainer import cfg_for, losses, pairs_path, quiet  # noqa: F401 - pairs_path is a fixture
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMON = dict(max_steps=7, batch_size=3, grad_accum=2, eval_split=0.1, eval_every=3, lr=3e-4, schedule="linear",
+COMMON = dict(max_steps=7, batch_size=5, grad_accum=2, eval_split=0.1, eval_every=3, lr=3e-4, schedule="linear",
               warmup_steps=2, save_every=3, dist_timeout=60.0)
 SCENARIOS: dict[str, dict] = {
     "ddp": dict(rpo_alpha=0.2),                   # the RPO term is pooled over tokens: another normalisation
@@ -224,7 +225,7 @@ def test_prefloop_train_nproc_2_gives_the_one_process_losses(tiny_model_dir: Pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 processes (ddp)" in proc.stderr
     single, _ = one_proc(tiny_model_dir, pairs_path, tmp_path, "ddp", max_steps=3, lr=1e-3, schedule="constant",
-                         warmup_steps=0, rpo_alpha=0.0, eval_split=0.0, save_every=0)
+                         warmup_steps=0, rpo_alpha=0.0, eval_split=0.0, save_every=0, batch_size=3)
     assert losses(out / "metrics.jsonl") == pytest.approx(losses(single.metrics_path), abs=1e-5)
 
 
@@ -255,5 +256,5 @@ def test_two_machines_through_the_rendezvous_each_write_their_own_cache(tiny_mod
         assert p.returncode == 0, err[-3000:]
     assert [len(list((tmp_path / f"cache{n}" / "refcache").iterdir())) for n in (0, 1)] == [1, 1]
     single, _ = one_proc(tiny_model_dir, pairs_path, tmp_path, "ddp", max_steps=3, lr=1e-3, schedule="constant",
-                         warmup_steps=0, rpo_alpha=0.0, eval_split=0.0, save_every=0, grad_accum=1)
+                         warmup_steps=0, rpo_alpha=0.0, eval_split=0.0, save_every=0, grad_accum=1, batch_size=3)
     assert losses(out / "metrics.jsonl") == pytest.approx(losses(single.metrics_path), abs=1e-5)

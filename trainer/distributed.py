@@ -239,4 +239,11 @@ def launch(cfg: TrainConfig, command: str, *, quiet: bool = False) -> int:
             if f.name != "nproc" and getattr(cfg, f.name) != getattr(default, f.name)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}",
            "-m", "prefloop", command] + [a for s in sets for a in ("--set", s)] + (["--quiet"] if quiet else [])
-    return subprocess.call(cmd)
+    proc = subprocess.Popen(cmd)
+    interrupted = False
+    while True:
+        try:
+            code = proc.wait()
+            return 130 if interrupted and code else code
+        except KeyboardInterrupt:  # the terminal sent it to torchrun and the processes too: wait while they save
+            interrupted = True
