@@ -12,6 +12,13 @@ should agree step by step; the first ones are printed side by side.
     .venv/bin/python bench/train.py                 # tiny Llama, ours vs TRL (when trl is installed)
     .venv/bin/python bench/train.py --levers        # also time each speed lever on the same batches
     .venv/bin/python bench/train.py --model smollm2 --steps 10
+    .venv/bin/python bench/train.py --model smollm2 --lora    # full vs LoRA r=16, and TRL + PEFT with LoRA
+    .venv/bin/python bench/train.py --nproc 2       # one process vs two (torchrun, gloo), same global batches
+
+With ``--lora`` the LoRA adapters of both sides start from the same seed (so the same A matrices) and adapt the
+same layers (every decoder linear layer); TRL's reference is then its adapter switched off, ours the cache.
+With ``--nproc N`` the N-process run is ours under torchrun (one thread each, as torchrun sets it), against
+ours in one process with the machine's threads; the loss sequences must agree.
 """
 
 from __future__ import annotations
@@ -28,12 +35,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SEED_PAIRS = ROOT.parent / "shared" / "seed-data" / "instruction-data-with-preference.json"
+SEED_PAIRS = Path(os.environ.get("PREFLOOP_BENCH_PAIRS")  # --pairs (set for the child processes too)
+                  or ROOT.parent / "shared" / "seed-data" / "instruction-data-with-preference.json")
 SETTINGS = dict(beta=0.1, lr=5e-6, batch_size=8, max_length=256, seed=42)
 
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def peak_gpu_mib() -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 
 
 def bench_model_dir(name: str) -> str:
@@ -81,22 +95,23 @@ def batch_order(model_dir: str, steps: int) -> list[list[str]]:
 
 # ------------------------------------------------------------------------------------------------ sides
 
-def side_ours(model_dir: str, steps: int, extra: dict) -> dict:
+def side_ours(model_dir: str, steps: int, extra: dict, workdir: str) -> dict:
+    """One run of ours in ``workdir`` (shared by the processes of a torchrun launch), cold reference cache."""
     from rich.console import Console
 
     from prefloop.jsonl import read_jsonl
     from trainer.dpo import train
 
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ["PREFLOOP_CACHE"] = str(Path(tmp) / "cache")  # cold reference cache: its cost is reported
-        t0 = time.perf_counter()
-        result = train(our_config(model_dir, str(Path(tmp) / "run"), steps, **extra), Console(stderr=True))
-        wall = time.perf_counter() - t0
-        rows = [r for r in read_jsonl(result.metrics_path) if r["split"] == "train"]
+    os.environ["PREFLOOP_CACHE"] = str(Path(workdir) / "cache")  # cold reference cache: its cost is reported
+    t0 = time.perf_counter()
+    result = train(our_config(model_dir, str(Path(workdir) / "run"), steps, **extra), Console(stderr=True))
+    wall = time.perf_counter() - t0
+    rows = [r for r in read_jsonl(result.metrics_path) if r["split"] == "train"]
     return {"tokens_per_s": result.tokens_per_second, "s_per_step": result.loop_seconds / result.steps,
             "tokens": result.train_tokens, "loop_s": result.loop_seconds, "prepare_s": result.prepare_seconds,
             "cpu_tokens_per_s": result.train_tokens / result.loop_cpu_seconds,
-            "wall_s": wall, "losses": [r["loss"] for r in rows], "peak_rss_mib": peak_rss_mib()}
+            "wall_s": wall, "losses": [r["loss"] for r in rows], "peak_rss_mib": peak_rss_mib(),
+            "peak_gpu_mib": peak_gpu_mib()}
 
 
 def side_trl(model_dir: str, steps: int, order_file: str, extra: dict) -> dict:
@@ -126,7 +141,15 @@ def side_trl(model_dir: str, steps: int, order_file: str, extra: dict) -> dict:
 
     timer = StepTimer()
     tok = AutoTokenizer.from_pretrained(model_dir)
+    torch.manual_seed(SETTINGS["seed"])  # as our loop seeds before it loads the model and adds the adapter
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if extra.get("lora_r"):
+        from peft import LoraConfig, get_peft_model
+
+        from trainer.lora import linear_names
+
+        model = get_peft_model(model, LoraConfig(r=extra["lora_r"], lora_alpha=2 * extra["lora_r"], lora_dropout=0.0,
+                                                 target_modules=linear_names(model), task_type="CAUSAL_LM"))
     bf16 = extra.get("dtype") == "bf16"
     with tempfile.TemporaryDirectory() as tmp:
         args = DPOConfig(output_dir=tmp, per_device_train_batch_size=SETTINGS["batch_size"],
@@ -134,7 +157,8 @@ def side_trl(model_dir: str, steps: int, order_file: str, extra: dict) -> dict:
                          max_length=SETTINGS["max_length"], max_steps=steps, seed=SETTINGS["seed"], bf16=bf16,
                          gradient_checkpointing=bool(extra.get("gradient_checkpointing", False)),
                          logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
-                         dataloader_num_workers=0, train_sampling_strategy="sequential", warmup_steps=0)
+                         dataloader_num_workers=0, train_sampling_strategy="sequential", warmup_steps=0,
+                         use_cpu=extra.get("device", "auto") == "cpu")
         trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[timer])
         t0 = time.perf_counter()
         trainer.train()
@@ -144,7 +168,7 @@ def side_trl(model_dir: str, steps: int, order_file: str, extra: dict) -> dict:
     return {"tokens_per_s": tokens / timer.total, "s_per_step": timer.total / steps, "tokens": tokens,
             "cpu_tokens_per_s": tokens / timer.cpu,
             "loop_s": timer.total, "wall_s": wall, "losses": [h["loss"] for h in logs],
-            "peak_rss_mib": peak_rss_mib()}
+            "peak_rss_mib": peak_rss_mib(), "peak_gpu_mib": peak_gpu_mib()}
 
 
 def side_levers(model_dir: str, steps: int) -> dict:
@@ -230,20 +254,22 @@ def side_levers(model_dir: str, steps: int) -> dict:
 
 # ------------------------------------------------------------------------------------------------- parent
 
-def child(side: str, model_dir: str, steps: int, extra: dict, order_file: str | None = None) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
-        out = fh.name
-    cmd = [sys.executable, __file__, "--side", side, "--model-dir", model_dir, "--steps", str(steps),
-           "--json-out", out, "--extra", json.dumps(extra)]
-    if order_file:
-        cmd += ["--order", order_file]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", TQDM_DISABLE="1")
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{side} side failed:\n{proc.stderr[-4000:]}")
-    result = json.loads(Path(out).read_text())
-    os.unlink(out)
-    return result
+def child(side: str, model_dir: str, steps: int, extra: dict, order_file: str | None = None,
+          nproc: int = 1) -> dict:
+    """Run one side in its own process (or ``nproc`` under torchrun); its peak RSS is its own (rank 0's)."""
+    with tempfile.TemporaryDirectory() as work:
+        out = str(Path(work) / "result.json")
+        launch = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                      f"--nproc_per_node={nproc}"]
+        cmd = launch + [__file__, "--side", side, "--model-dir", model_dir, "--steps", str(steps),
+                        "--json-out", out, "--extra", json.dumps(extra), "--workdir", work]
+        if order_file:
+            cmd += ["--order", order_file]
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", TQDM_DISABLE="1")
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"{side} side failed:\n{proc.stderr[-4000:]}")
+        return json.loads(Path(out).read_text())
 
 
 def main() -> None:
@@ -253,6 +279,17 @@ def main() -> None:
     ap.add_argument("--no-trl", action="store_true", help="skip TRL even when it is installed")
     ap.add_argument("--levers", action="store_true", help="also time each speed lever on the same batches")
     ap.add_argument("--bf16", action="store_true", help="both sides with bf16 autocast")
+    ap.add_argument("--lora", action="store_true", help="also ours with LoRA r=16, and TRL + PEFT with the same LoRA")
+    ap.add_argument("--qlora", action="store_true", help="with --lora: also ours with QLoRA (CUDA only)")
+    ap.add_argument("--nproc", type=int, default=1, help="also ours in this many processes (torchrun)")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda (both sides)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads of each of our processes (0: torch's "
+                                                           "default; torchrun's processes get 1 unless set)")
+    ap.add_argument("--pairs", help="preference pairs to train on (default: the seed pairs beside the checkout)")
+    ap.add_argument("--cpu-reference", action="store_true",
+                    help="also ours on the CPU in fp32 for 3 steps: the device's losses must agree (bf16 tolerance)")
+    ap.add_argument("--json", help="also write every figure to this JSON file")
+    ap.add_argument("--workdir", help=argparse.SUPPRESS)
     ap.add_argument("--side", help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     ap.add_argument("--json-out", help=argparse.SUPPRESS)
@@ -263,7 +300,9 @@ def main() -> None:
     if args.side:  # child process
         extra = json.loads(args.extra)
         if args.side == "ours":
-            res = side_ours(args.model_dir, args.steps, extra)
+            res = side_ours(args.model_dir, args.steps, extra, args.workdir)
+            if os.environ.get("RANK", "0") != "0":
+                return
         elif args.side == "trl":
             res = side_trl(args.model_dir, args.steps, args.order, extra)
         else:
@@ -271,10 +310,17 @@ def main() -> None:
         Path(args.json_out).write_text(json.dumps(res))
         return
 
+    global SEED_PAIRS
+    if args.pairs:
+        SEED_PAIRS = Path(args.pairs).resolve()
+        os.environ["PREFLOOP_BENCH_PAIRS"] = str(SEED_PAIRS)
     if not SEED_PAIRS.exists():
-        raise SystemExit(f"{SEED_PAIRS}: the seed pairs are not beside this checkout")
+        raise SystemExit(f"{SEED_PAIRS}: the seed pairs are not beside this checkout (pass --pairs FILE)")
     steps = args.steps or (100 if args.model == "tiny" else 10)
     extra = {"dtype": "bf16"} if args.bf16 else {}
+    extra["device"] = args.device
+    if args.threads:
+        extra["threads"] = args.threads
     model_dir = bench_model_dir(args.model)
     print(f"model {args.model} ({model_dir}), {steps} steps, batch 8, max length 256, beta 0.1, lr 5e-6 constant, "
           f"{'bf16' if args.bf16 else 'fp32'}")
@@ -284,34 +330,71 @@ def main() -> None:
         has_trl = importlib.util.find_spec("trl") is not None
     except ValueError:
         has_trl = False
-    theirs = None
-    if has_trl and not args.no_trl:
+    use_trl = has_trl and not args.no_trl
+    order_file = None
+    if use_trl:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
             json.dump(batch_order(model_dir, steps), fh)
-        theirs = child("trl", model_dir, steps, extra, fh.name)
-        os.unlink(fh.name)
+        order_file = fh.name
+    theirs = child("trl", model_dir, steps, extra, order_file) if use_trl else None
+    lora = {**extra, "lora_r": 16}
+    ours_lora = child("ours", model_dir, steps, lora) if args.lora else None
+    theirs_lora = child("trl", model_dir, steps, lora, order_file) if args.lora and use_trl else None
+    ours_q = child("ours", model_dir, steps, {**lora, "qlora": True}) if args.lora and args.qlora else None
+    ours_n = child("ours", model_dir, steps, extra, nproc=args.nproc) if args.nproc > 1 else None
+    on_cpu = (child("ours", model_dir, min(steps, 3), {"device": "cpu"}) if args.cpu_reference else None)
+    if order_file:
+        os.unlink(order_file)
 
     def line(name: str, r: dict) -> str:
-        return (f"{name:<9} {r['tokens_per_s']:>10,.0f} tok/s  {r['s_per_step']:.3f} s/step  "
+        gpu = f"peak GPU {r['peak_gpu_mib']:,.0f} MiB  " if r.get("peak_gpu_mib") else ""
+        return (f"{name:<13} {r['tokens_per_s']:>8,.0f} tok/s  {r['s_per_step']:.3f} s/step  {gpu}"
                 f"peak RSS {r['peak_rss_mib']:,.0f} MiB  ({r['tokens']:,.0f} tokens in {r['loop_s']:.1f} s of steps, "
                 f"{r['wall_s']:.1f} s wall; per CPU-second {r['cpu_tokens_per_s']:,.0f} tok)")
 
+    def compare(label: str, a: dict, b: dict, names: tuple[str, str]) -> None:
+        print(f"ratio {label:<8}{a['tokens_per_s'] / b['tokens_per_s']:.2f}x tokens/s "
+              f"({a['cpu_tokens_per_s'] / b['cpu_tokens_per_s']:.2f}x per CPU-second), "
+              f"{a['peak_rss_mib'] / b['peak_rss_mib']:.2f}x peak RSS")
+        n = min(len(a["losses"]), len(b["losses"]))
+        diffs = [abs(x - y) for x, y in zip(a["losses"][:n], b["losses"][:n])]
+        for name, r in zip(names, (a, b)):
+            print(f"      first losses {name:<10} " + " ".join(f"{x:.5f}" for x in r["losses"][:5]))
+        print(f"      max |loss difference| over {n} steps: {max(diffs):.2e} (first 10: {max(diffs[:10]):.2e})")
+
     print(line("prefloop", ours))
-    print(f"          reference log-probs computed once before the loop: {ours['prepare_s']:.1f} s "
+    print(f"              reference log-probs computed once before the loop: {ours['prepare_s']:.1f} s "
           "(cached on disk for later runs)")
     if theirs:
         print(line("TRL", theirs))
-        print(f"ratio     {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x tokens/s "
-              f"({ours['cpu_tokens_per_s'] / theirs['cpu_tokens_per_s']:.2f}x per CPU-second), "
-              f"{ours['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}x peak RSS; including our reference pass: "
-              f"{ours['tokens'] / (ours['loop_s'] + ours['prepare_s']) / theirs['tokens_per_s']:.2f}x")
-        n = min(len(ours["losses"]), len(theirs["losses"]))
-        diffs = [abs(a - b) for a, b in zip(ours["losses"][:n], theirs["losses"][:n])]
-        print("first losses  prefloop: " + " ".join(f"{x:.5f}" for x in ours["losses"][:5]))
-        print("              TRL:      " + " ".join(f"{x:.5f}" for x in theirs["losses"][:5]))
-        print(f"max |loss difference| over {n} steps: {max(diffs):.2e} (first 10: {max(diffs[:10]):.2e})")
+        compare("", ours, theirs, ("prefloop", "TRL"))
+        print(f"      including our reference pass: "
+              f"{ours['tokens'] / (ours['loop_s'] + ours['prepare_s']) / theirs['tokens_per_s']:.2f}x tokens/s")
     elif not has_trl:
         print("TRL not installed (pip install '.[bench]' to compare)")
+    if ours_lora:
+        print(line("prefloop LoRA", ours_lora))
+        print(f"ratio LoRA/full: {ours['s_per_step'] and ours_lora['s_per_step'] / ours['s_per_step']:.2f}x s/step, "
+              f"{ours_lora['peak_rss_mib'] / ours['peak_rss_mib']:.2f}x peak RSS")
+    if theirs_lora:
+        print(line("TRL+PEFT LoRA", theirs_lora))
+        compare("LoRA", ours_lora, theirs_lora, ("prefloop", "TRL+PEFT"))
+    if ours_q:
+        print(line("prefloop QLoRA", ours_q))
+    if ours_n:
+        print(line(f"prefloop x{args.nproc}", ours_n))
+        compare(f"{args.nproc}p/1p", ours_n, ours, (f"{args.nproc} procs", "1 proc"))
+    if on_cpu:
+        n = len(on_cpu["losses"])
+        worst = max(abs(a - b) for a, b in zip(on_cpu["losses"], ours["losses"][:n]))
+        tol = 2e-2 if args.bf16 else 1e-4
+        print(f"{args.device} vs CPU fp32, first {n} losses: max |difference| {worst:.2e} "
+              f"({'within' if worst <= tol else 'OUTSIDE'} the {'bf16' if args.bf16 else 'fp32'} tolerance {tol:g})")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": args.model, "steps": steps, "bf16": args.bf16,
+                                               "device": args.device, "ours": ours, "trl": theirs,
+                                               "ours_lora": ours_lora, "trl_lora": theirs_lora, "ours_qlora": ours_q,
+                                               f"ours_x{args.nproc}": ours_n, "ours_cpu": on_cpu}, indent=1))
     if args.levers:
         print("levers (policy forward+backward+AdamW per step, same batches; tokens counted as TRL does):")
         for name, r in child("levers", model_dir, min(steps, 30), extra).items():

@@ -13,7 +13,7 @@ import fcntl
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -28,8 +28,9 @@ def atomic_path(target: str | Path, *, folder: bool = False) -> Iterator[Path]:
     when the block ends without an error. An existing folder ``target`` is replaced."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    if folder:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    if folder:  # made by mkdir, not mkdtemp (0700): a model folder must stay readable by e.g. an Ollama server
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp.mkdir()
     else:  # a plain name (not mkstemp's 0600 file): the result gets the usual permissions
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:

@@ -73,6 +73,19 @@ def resolve(name: str | os.PathLike[str]) -> str:
     return text  # a Hub name; from_pretrained says whether it is reachable
 
 
+def pending_conversion(name: str | os.PathLike[str]) -> Path | None:
+    """The GGUF file that ``resolve(name)`` would convert first (a slow step worth a sign of life), or None when
+    there is none or it is converted already."""
+    text = str(name).strip()
+    if text.lower() in EMBEDDED_ALIASES or text == EMBEDDED_NAME:
+        path = embedded_gguf()
+    else:
+        path = Path(text).expanduser()
+        if path.suffix.lower() != ".gguf" or not path.is_file():
+            return None
+    return None if (cache_dir() / "models" / _gguf_key(path) / "config.json").exists() else path
+
+
 def _gguf_key(path: Path) -> str:
     st = path.stat()
     blob = f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}"

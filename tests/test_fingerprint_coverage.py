@@ -67,6 +67,9 @@ def test_a_setting_changes_its_stage_fingerprint_unless_marked_runtime(attr: str
     section = getattr(cfg, attr)
     f = next(f for f in dataclasses.fields(section) if f.name == name)
     stage = SECTION_OF[attr]
+    if attr == "train" and (name.startswith("lora_") or name == "qlora") and name != "lora_r":
+        section = dataclasses.replace(section, lora_r=16)  # LoRA settings only mean something with LoRA on
+        cfg = dataclasses.replace(cfg, train=section)
     before = fingerprint(stage_settings(cfg)[stage])
     variants = changed(section, name)
     if attr == "generate" and name != "strategy":  # what shapes a pair depends on the strategy: try them all

@@ -18,6 +18,7 @@ from prefloop.jsonl import read_jsonl
 from trainer.config import TrainConfig, load_train_config
 from trainer.dpo import DPOObjective, train
 from trainer.data import TrainError, TrainItem
+from trainer.logps import PackedLM
 from trainer.loop import run
 from trainer.refcache import load_or_compute, model_digest
 from trainer.sft import train_sft
@@ -84,8 +85,14 @@ def test_reference_cache_hit_miss_and_key(tiny_model_dir: Path, pairs_path: Path
     items = [TrainItem(r["id"], r["prompt"], [r["chosen"], r["rejected"]]) for r in rows]
     examples, _ = tokenize_records(tok, items, prompt_format="auto", max_length=64, max_prompt_length=None)
     root = tmp_path / "rc"
-    ref1, n1, path1 = load_or_compute(model, examples, tok.pad_token_id, batch_size=4, dtype="fp32", root=root)
-    ref2, n2, path2 = load_or_compute(model, examples, tok.pad_token_id, batch_size=4, dtype="fp32", root=root)
+    lm = PackedLM(model)
+
+    def cached(examples, dtype="fp32"):
+        return load_or_compute(lm, examples, tok.pad_token_id, batch_size=4, dtype=dtype, root=root,
+                               model_hash=model_digest(model), device=torch.device("cpu"))
+
+    ref1, n1, path1 = cached(examples)
+    ref2, n2, path2 = cached(examples)
     assert (n1, n2) == (6, 0) and path1 == path2  # miss, then hit
     assert ref1.sums == ref2.sums
     # the cached values are the model's log-probs
@@ -95,19 +102,19 @@ def test_reference_cache_hit_miss_and_key(tiny_model_dir: Path, pairs_path: Path
     # new data: only the new example is computed; changed tokens change the key
     more = [TrainItem(r["id"], r["prompt"], [r["chosen"], r["rejected"]]) for r in read_jsonl(pairs_path)[6:7]]
     extra, _ = tokenize_records(tok, more, prompt_format="auto", max_length=64, max_prompt_length=None)
-    _, n, _ = load_or_compute(model, examples + extra, tok.pad_token_id, batch_size=4, dtype="fp32", root=root)
+    _, n, _ = cached(examples + extra)
     assert n == 1
     examples[0].completions[0] = examples[0].completions[0][:-2] + examples[0].completions[0][-1:]
-    _, n, _ = load_or_compute(model, examples, tok.pad_token_id, batch_size=4, dtype="fp32", root=root)
+    _, n, _ = cached(examples)
     assert n == 1
     # other dtype, other weights: another cache file, everything computed
-    _, n, p = load_or_compute(model, examples, tok.pad_token_id, batch_size=4, dtype="bf16", root=root)
+    _, n, p = cached(examples, "bf16")
     assert n == 6 and p != path1
     before = model_digest(model)
     with torch.no_grad():
         model.get_output_embeddings().weight[0, 0] += 1e-3
     assert model_digest(model) != before
-    _, n, p = load_or_compute(model, examples, tok.pad_token_id, batch_size=4, dtype="fp32", root=root)
+    _, n, p = cached(examples)
     assert n == 6 and p != path1
 
 
@@ -132,11 +139,11 @@ class CrashingDPO(DPOObjective):
         super().__init__(cfg)
         self.calls, self.at = 0, at
 
-    def loss(self, model, batch):
+    def loss(self, policy, batch):
         self.calls += 1
         if self.calls == self.at:
             raise Crash()
-        return super().loss(model, batch)
+        return super().loss(policy, batch)
 
 
 def test_resume_reproduces_the_uninterrupted_loss_sequence(tiny_model_dir: Path, pairs_path: Path,
@@ -167,12 +174,12 @@ class PoisonAfter(DPOObjective):
         super().__init__(cfg)
         self.calls, self.after = 0, after
 
-    def loss(self, model, batch):
+    def loss(self, policy, batch):
         self.calls += 1
         if self.calls == self.after + 1:
             with torch.no_grad():
-                model.get_output_embeddings().weight[0, 0] = float("nan")
-        return super().loss(model, batch)
+                policy.lm.get_output_embeddings().weight[0, 0] = float("nan")
+        return super().loss(policy, batch)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_model_dir: Path, pairs_path: Path,

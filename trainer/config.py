@@ -18,6 +18,7 @@ LOSS_TYPES = ("sigmoid", "cdpo", "ipo", "hinge", "robust")
 SCHEDULES = ("constant", "linear", "cosine")
 REFERENCES = ("cached", "model")
 PROMPT_FORMATS = ("auto", "text", "chat", "alpaca")
+DISTRIBUTED = ("ddp", "fsdp")
 
 
 @dataclass
@@ -57,6 +58,23 @@ class TrainConfig:
                           runtime=True)
     gradient_checkpointing: bool = setting(False, "recompute activations in backward (less memory, same "
                                                   "losses)", runtime=True)
+    # LoRA / QLoRA (the peft library: pip install 'prefloop[lora]')
+    lora_r: int = setting(0, "LoRA rank: train low-rank adapters instead of every weight (0: full fine-tune; "
+                             "16 is a common choice)")
+    lora_alpha: float | None = setting(None, "LoRA scale numerator: updates are scaled by alpha / r "
+                                             "(default 2 × lora_r)")
+    lora_dropout: float = setting(0.0, "dropout on the LoRA input (0 keeps runs exactly reproducible)")
+    lora_targets: list[str] = setting(help="module names to adapt, e.g. q_proj,v_proj (default: every linear "
+                                           "layer of the decoder, not the LM head)", factory=list)
+    qlora: bool = setting(False, "QLoRA: the frozen base in 4-bit NF4 (bitsandbytes, CUDA only); needs lora_r")
+    # several processes (torchrun)
+    distributed: str = setting("ddp", "with several processes: ddp (a full copy per process) or fsdp (weights, "
+                                      "gradients and optimizer state sharded with FSDP2)", choices=DISTRIBUTED,
+                               runtime=True)
+    nproc: int = setting(0, "start this many processes on this machine through torchrun (0 or 1: one; or run "
+                            "'torchrun --nproc_per_node N -m prefloop train ...' yourself)", runtime=True)
+    dist_timeout: float = setting(1800.0, "seconds a process waits for the others in a collective before it "
+                                          "fails", runtime=True)
     # data
     max_length: int = setting(1024, "prompt + completion tokens per sequence")
     max_prompt_length: int | None = setting(None, "skip pairs whose prompt is longer (default: only max_length "
@@ -67,10 +85,16 @@ class TrainConfig:
     # bookkeeping
     eval_every: int = setting(0, "optimizer steps between evaluations (0: only at the end, when there is "
                                  "eval data)")
-    save_every: int = setting(0, "optimizer steps between checkpoints (0: none until the end)", runtime=True)
+    save_every: int = setting(0, "optimizer steps between checkpoints (0: by time only)", runtime=True)
+    save_minutes: float = setting(10.0, "minutes between checkpoints (0: by steps only); one is also written on "
+                                        "Ctrl-C or SIGTERM", runtime=True)
     keep_checkpoints: int = setting(2, "checkpoints kept (the newest)", runtime=True)
     log_every: int = setting(1, "optimizer steps between metric lines", runtime=True)
     resume: bool = setting(False, "continue from the newest checkpoint in --output", runtime=True)
+    resume_changed: bool = setting(False, "with --resume: continue although settings or data differ from the "
+                                          "checkpoint's (the new ones apply from the resumed step)", runtime=True)
+    allow_pickle: bool = setting(False, "load pickle (.bin) model weights, which can run code: only for a model "
+                                        "you trust (default: safetensors only)", runtime=True)
     stuck_steps: int = setting(20, "warn when the loss sits at its zero-margin value this many steps",
                                runtime=True)
     threads: int = setting(0, "torch CPU threads (0: torch's default)", runtime=True)
@@ -103,7 +127,8 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "max_length", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
                 bad(name, f"must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "max_steps", "eval_every", "save_every", "stuck_steps", "threads"):
+        for name in ("warmup_steps", "max_steps", "eval_every", "save_every", "stuck_steps", "threads", "lora_r",
+                     "nproc"):
             if getattr(self, name) < 0:
                 bad(name, f"must be >= 0, got {getattr(self, name)}")
         if not (self.device in ("auto", "cpu", "mps") or self.device.split(":")[0] == "cuda"):
@@ -114,6 +139,18 @@ class TrainConfig:
             bad("epochs", "set epochs > 0 or max_steps > 0")
         if self.max_prompt_length is not None and not 1 <= self.max_prompt_length < self.max_length:
             bad("max_prompt_length", f"must be in [1, max_length={self.max_length}), got {self.max_prompt_length}")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            bad("lora_alpha", f"must be > 0, got {self.lora_alpha}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            bad("lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
+        if (self.lora_targets or self.lora_alpha is not None) and not self.lora_r:
+            bad("lora_r", "is 0 (full fine-tune) but LoRA settings are given; set lora_r, e.g. 16")
+        if self.qlora and not self.lora_r:
+            bad("qlora", "trains LoRA adapters on a 4-bit base: set lora_r too, e.g. --lora-r 16")
+        if self.save_minutes < 0:
+            bad("save_minutes", f"must be >= 0, got {self.save_minutes}")
+        if self.dist_timeout <= 0:
+            bad("dist_timeout", f"must be > 0, got {self.dist_timeout}")
 
 
 def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None,

@@ -4,6 +4,10 @@ Fast path: run the backbone (``model.base_model``) on packed rows, take the hidd
 predict completion tokens, and apply the LM head and log-softmax there only. A completion of 20 tokens after a
 60-token prompt costs 20 LM-head rows instead of 80, and the prompt's layers run once for both completions.
 
+The trainer calls it through ``PackedLM``, the one module that DDP or FSDP2 wrap: DDP arms its gradient all-reduce
+only inside its own ``forward``, so calling the backbone from outside the wrapper would train each process on its
+own gradients without an error (and FSDP2 would fail on unsharded weights).
+
 ``naive_logps`` runs the whole model on ``prompt + completion`` for each sequence separately, exactly as TRL scores
 it; tests check both give the same numbers.
 """
@@ -50,11 +54,19 @@ def _head_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def causal_lm(model: Any) -> Any:
+    """The transformers causal LM inside a PEFT model (its LoRA layers injected in place), or ``model`` itself.
+    ``PeftModel.base_model`` is PEFT's tuner, not the backbone, so the fast path must unwrap first."""
+    get = getattr(model, "get_base_model", None)
+    return get() if callable(get) else model
+
+
 def packed_logps(model: Any, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence sums of completion token log-probs and token counts, each of shape ``(n_seqs,)``.
 
     Sequences are ordered completion-major: all first completions (chosen), then all second ones (rejected).
     """
+    model = causal_lm(model)
     out = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                            position_ids=batch.position_ids, use_cache=False)
     hidden = out.last_hidden_state
@@ -64,6 +76,17 @@ def packed_logps(model: Any, batch: PackedBatch) -> tuple[torch.Tensor, torch.Te
     sums = token_logps.new_zeros(batch.n_seqs).index_add(0, batch.seq, token_logps)
     counts = torch.bincount(batch.seq, minlength=batch.n_seqs).to(sums.dtype)
     return sums, counts
+
+
+class PackedLM(torch.nn.Module):
+    """``forward(batch)`` is ``packed_logps(lm, batch)``: the module the trainer wraps (DDP, FSDP2) and calls."""
+
+    def __init__(self, lm: Any) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        return packed_logps(self.lm, batch)
 
 
 @torch.no_grad()

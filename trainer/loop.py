@@ -1,48 +1,95 @@
 """The training loop shared by DPO and SFT, as plain code in one place.
 
-Order of work: read and tokenise the data (a set with nothing usable fails here, before any model is loaded),
-load the model, let the objective prepare (DPO: reference log-probs), then step: pack micro-batches, forward under
-the chosen dtype, backward, clip, AdamW step, schedule step, log, evaluate, checkpoint. The objective supplies only
-the data it reads and the loss of one packed batch.
+Order of work: claim the output folder (one run at a time), read and tokenise the data (a set with nothing usable
+fails here, before any model is loaded), load the model (digest it for the reference cache, then add LoRA and
+wrap it for several processes), let the objective prepare (DPO: reference log-probs), then step: pack
+micro-batches, forward under the chosen dtype, backward, clip, AdamW step, schedule step, log, evaluate,
+checkpoint. The objective supplies only the data it reads and the loss of one packed batch.
+
+With several processes (``trainer.distributed``) every process runs this same code on its share of each
+micro-batch; decisions to stop or save are taken together at the end of a step, and only rank 0 writes the log,
+the live view and the final model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 
+from prefloop.files import Busy, Lock, atomic_path, atomic_write_json
 from prefloop.stage import StageResult
-from trainer.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from trainer import distributed, load, lora
+from trainer.checkpoint import (check_resumable, list_checkpoints, load_checkpoint, run_fingerprint,
+                                save_checkpoint, step_folders)
 from trainer.config import TrainConfig
 from trainer.data import TrainError, TrainItem, split_items
-from trainer.logps import autocast, cpu_has_fast_bf16, resolve_device
+from trainer.distributed import Dist
+from trainer.interrupt import StopFlag
+from trainer.logps import PackedLM, autocast, cpu_has_fast_bf16, resolve_device
 from trainer.metrics import Averager, LiveView, open_metrics
-from trainer.optim import make_optimizer, make_scheduler
+from trainer.optim import make_optimizer, make_scheduler, retarget
 from trainer.packing import PackedBatch, epoch_batches, pack
+from trainer.progress import Ticker
+from trainer.refcache import PassStopped
 from trainer.tokenize import Example, TokenizeReport, tokenize_records
 
 
+@dataclass
+class Policy:
+    """The model being trained, as an objective uses it. ``policy(batch)`` gives per-sequence log-prob sums and
+    counts through the DDP/FSDP wrapper, so gradients sync across processes; ``lm`` is the language model inside
+    (a PEFT model with LoRA). Inside ``with policy.base():`` the calls compute the frozen starting model: LoRA's
+    adapter switched off (equal to the base, since B = 0 at the start); a full fine-tune is its base only until
+    its first step."""
+
+    module: torch.nn.Module
+    lm: Any
+    dist: Dist
+
+    def __call__(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.module(batch)
+
+    @property
+    def adapted(self) -> bool:
+        return lora.is_adapted(self.lm)
+
+    def base(self) -> Any:
+        return lora.adapter_off(self.lm) if self.adapted else contextlib.nullcontext()
+
+
 class Objective:
-    """What an objective gives the loop: its data, an optional preparation (DPO: reference log-probs), and the
-    loss of one packed batch. The defaults are what an objective without these needs (SFT)."""
+    """What an objective gives the loop: its data, a look at the starting model, an optional preparation (DPO:
+    reference log-probs), and the loss of one packed batch. The defaults are what an objective without these
+    needs (SFT).
+
+    ``loss`` gets one process's share of a micro-batch and returns that share's part of the whole micro-batch's
+    loss and metrics (normalised by ``batch.total_rows`` or ``batch.total_tokens``), so that they add up over the
+    processes to the one-process values."""
 
     name = "objective"
 
     def load(self, cfg: TrainConfig) -> tuple[list[TrainItem], list[TrainItem] | None, list[str]]:
         raise NotImplementedError
 
-    def prepare(self, model: Any, tokenizer: Any, train: list[Example], held_out: list[Example]) -> list[str]:
-        """Work before the first step; returns lines to print."""
+    def start(self, model: Any, dist: Dist) -> None:
+        """The loaded model, before LoRA or sharding change it (DPO: the digest that keys the reference cache, or
+        a frozen copy)."""
+
+    def prepare(self, policy: Policy, tokenizer: Any, train: list[Example], held_out: list[Example], *,
+                console: Any, should_stop: Callable[[], bool]) -> list[str]:
+        """Work before the first step; returns lines to print. ``should_stop`` (asked on every process together)
+        says Ctrl-C was pressed: stop, keeping what is done, by raising ``PassStopped``."""
         return []
 
-    def loss(self, model: Any, batch: PackedBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, policy: Policy, batch: PackedBatch) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
     def is_stuck(self, row: dict[str, float]) -> bool:
@@ -55,7 +102,11 @@ class Objective:
 
 @dataclass
 class TrainResult(StageResult):
-    """A training run: ``status`` complete, or failed with the ``reason`` (non-finite values at step N)."""
+    """A training run: ``status`` complete; failed with the ``reason`` (non-finite values at step N); or
+    interrupted (Ctrl-C or SIGTERM). An interrupted run does not raise: it finishes the step it is in, writes a
+    checkpoint (``last_checkpoint``) and returns, and ``resume=True`` continues it. A second Ctrl-C raises
+    ``KeyboardInterrupt`` at once, leaving the last checkpoint written before. Interrupted during the reference
+    pass, what was computed is cached and the same call starts with it."""
 
     output_dir: Path
     final_model_dir: Path | None
@@ -66,10 +117,33 @@ class TrainResult(StageResult):
     loop_cpu_seconds: float = 0.0  # CPU time of this process in those steps (less noisy on a shared machine)
     prepare_seconds: float = 0.0   # reference log-probs etc.
     last_checkpoint: Path | None = None
+    adapter_dir: Path | None = None  # LoRA: the adapter in PEFT's format (final_model_dir is the merged model)
 
     @property
     def tokens_per_second(self) -> float:
         return self.train_tokens / self.loop_seconds if self.loop_seconds else 0.0
+
+
+@contextlib.contextmanager
+def claim(out: Path, dist: Dist) -> Iterator[None]:
+    """The output folder for this run alone (a lock on its resolved path, held by rank 0), and writable: two
+    runs on one folder would interleave their metrics and checkpoints."""
+    error, lock = None, None
+    if dist.is_main:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            lock = Lock(out, folder=True).__enter__()
+        except Busy as exc:
+            error = str(exc)
+        except OSError as exc:
+            error = (f"{out}: cannot write there ({exc.strerror or exc}); choose another --output or make it "
+                     "writable")
+    dist.check(error)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
 
 
 def _tokenize(tokenizer: Any, items: list[TrainItem], cfg: TrainConfig) -> tuple[list[Example], TokenizeReport]:
@@ -80,33 +154,61 @@ def _tokenize(tokenizer: Any, items: list[TrainItem], cfg: TrainConfig) -> tuple
         raise TrainError(str(exc)) from None
 
 
-def eval_metrics(objective: Objective, model: Any, examples: list[Example], cfg: TrainConfig, pad_id: int) -> dict:
-    """Mean metrics over the held-out examples, without gradients."""
-    was_training = model.training
-    model.eval()
+def eval_metrics(objective: Objective, policy: Policy, examples: list[Example], cfg: TrainConfig, pad_id: int,
+                 ticker: Ticker | None = None) -> dict:
+    """Mean metrics over the held-out examples, without gradients (each process scores its share)."""
+    dist, device = policy.dist, policy.dist.device
+    was_training = policy.module.training
+    policy.module.eval()
     avg = Averager()
-    device = next(model.parameters()).device
-    with torch.no_grad(), autocast(cfg.dtype, device):
+    with contextlib.ExitStack() as stack, torch.no_grad(), autocast(cfg.dtype, device):
+        if ticker is not None:
+            stack.enter_context(ticker).start(len(examples))
         for idx in epoch_batches(examples, cfg.batch_size, seed=0, epoch=0, shuffle=False):
-            batch = pack([examples[i] for i in idx], pad_id).to(device)
-            _, metrics = objective.loss(model, batch)
-            avg.add(metrics, batch.n_rows)
-    model.train(was_training)
-    return avg.means()
+            rows, weight = dist.share(idx)
+            batch = pack([examples[i] for i in rows], pad_id, share_of=[examples[i] for i in idx]).to(device)
+            _, metrics = objective.loss(policy, batch)
+            avg.add({k: v * weight for k, v in metrics.items()}, len(idx))
+            if ticker is not None:
+                ticker.advance(len(idx))
+    policy.module.train(was_training)
+    return dist.sum(avg.means())
 
 
 def run(cfg: TrainConfig, objective: Objective, console: Any = None, *, model: Any = None,
         tokenizer: Any = None) -> TrainResult:
-    """Train ``model`` (loaded from ``cfg.model`` when not given) with ``objective``; see the module docstring."""
+    """Train ``model`` (loaded from ``cfg.model`` when not given; LoRA adapters are injected into it in place)
+    with ``objective``; see the module docstring."""
     from rich.console import Console
-
-    from prefloop.models import load_model, load_tokenizer
 
     console = console or Console(stderr=True)
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    lora.check_available(cfg, device)  # peft, and CUDA for QLoRA, before any data or weights are read
+    dist = distributed.start(cfg, device)
+    device = dist.device
+    if not dist.is_main:
+        console = Console(quiet=True)
+    with claim(out, dist), StopFlag(announce=dist.is_main) as stop:
+        return _run(cfg, objective, console, out, dist, stop, model, tokenizer)
+
+
+def _run(cfg: TrainConfig, objective: Objective, console: Any, out: Path, dist: Dist, stop: StopFlag,
+         model: Any, tokenizer: Any) -> TrainResult:
+    device = dist.device
+    metrics_path = out / "metrics.jsonl"
+    result = TrainResult(output_dir=out, final_model_dir=None, metrics_path=metrics_path)
+
+    # 0. the folder: a fresh run never overwrites one that --resume can continue (its metrics log, its steps)
+    if step_folders(out) and not cfg.resume:
+        newest = step_folders(out)[-1]
+        raise TrainError(f"{out} holds checkpoints of an earlier run (newest: {newest.name}); add --resume to "
+                         f"continue it, or remove {newest.parent} (or choose another --output) to start afresh")
+    if cfg.resume and step_folders(out) and not list_checkpoints(out):
+        raise TrainError(f"--resume: the checkpoints in {out / 'checkpoints'} are incomplete or from an older "
+                         "prefloop (no run.json); remove them to start afresh")
 
     # 1. data and tokens, before any model weights are read
     train_items, eval_items, notes = objective.load(cfg)
@@ -114,7 +216,8 @@ def run(cfg: TrainConfig, objective: Objective, console: Any = None, *, model: A
         console.print(line)
     if eval_items is None:
         train_items, eval_items = split_items(train_items, cfg.eval_split, cfg.seed)
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
+    where = dist.node_first(lambda: load.resolve_model(cfg, console))
+    tokenizer = tokenizer if tokenizer is not None else load.load_tokenizer(cfg, where)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     pad_id = tokenizer.pad_token_id
@@ -126,25 +229,30 @@ def run(cfg: TrainConfig, objective: Objective, console: Any = None, *, model: A
         raise TrainError(f"{cfg.data}: no usable {objective.name} examples ({why}); nothing to train on "
                          f"(max_length={cfg.max_length})")
     eval_ex, _ = _tokenize(tokenizer, eval_items, cfg) if eval_items else ([], None)
-    console.print(f"{objective.name}: {len(train_ex)} training and {len(eval_ex)} held-out examples")
+    console.print(f"{objective.name}: {len(train_ex)} training and {len(eval_ex)} held-out examples"
+                  + (f", {dist.world} processes ({dist.mode})" if dist.enabled else ""))
 
-    # 2. model
+    # 2. model: digested for the reference cache before LoRA and sharding change it, then wrapped once
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     if model is None:
-        model, _ = load_model(cfg.model, dtype="fp32")  # weights stay fp32; bf16 is autocast
-    device = resolve_device(cfg.device)
+        model = load.load_model(cfg, where, device)  # fp32, or a frozen LoRA base in bf16 (load.base_dtype)
     if cfg.dtype == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
         console.print("[yellow]warning:[/] dtype bf16 on a CPU without bf16 instructions (AVX512-BF16/AMX) is "
                       "many times slower than fp32 here; use --dtype fp32", highlight=False)
-    model.to(device)
+    if not cfg.qlora:  # a 4-bit model is placed while it loads
+        model.to(device)
     if cfg.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
             model.activation_checkpointing_enable({"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+    objective.start(model, dist)
+    if cfg.lora_r:
+        model = lora.add_adapter(model, cfg)
     model.train()
+    policy = Policy(distributed.wrap(PackedLM(model), dist), model, dist)
 
     # 3. plan: an epoch is its batches grouped into optimizer steps of `grad_accum` micro-batches
     def step_groups(epoch: int) -> list[list[list[int]]]:
@@ -163,48 +271,64 @@ def run(cfg: TrainConfig, objective: Objective, console: Any = None, *, model: A
             planned += 1
         e += 1
 
+    # 4. prepare (DPO: reference log-probs); Ctrl-C here keeps what was computed
     t_prep = time.perf_counter()
-    for line in objective.prepare(model, tokenizer, [train_ex[i] for i in sorted(used)], eval_ex):
+    try:
+        lines = objective.prepare(policy, tokenizer, [train_ex[i] for i in sorted(used)], eval_ex, console=console,
+                                  should_stop=lambda: dist.any(stop.requested is not None))
+    except PassStopped as exc:
+        result.status, result.reason = "interrupted", (f"interrupted in the reference pass ({exc}); run the same "
+                                                       "command again: it starts with what is cached")
+        return _finish(cfg, objective, console, result, dist, 0, len(train_ex), len(eval_ex))
+    for line in lines:
         console.print(line)
-    prepare_seconds = time.perf_counter() - t_prep
+    result.prepare_seconds = time.perf_counter() - t_prep
     warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total)
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    optimizer = make_optimizer(distributed.unwrap(policy.module), cfg.lr, cfg.weight_decay)
     scheduler = make_scheduler(optimizer, warmup=warmup, total=total, schedule=cfg.schedule)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in policy.module.parameters() if p.requires_grad]
 
-    # 4. resume
+    # 5. resume: only a checkpoint of this run (same settings and data), unless --resume-changed says otherwise
     step, epoch, pos, stuck, total_tokens = 0, 0, 0, 0, 0
-    resumed_from = None
-    if cfg.resume:
-        found = list_checkpoints(out)
-        if found:
-            resumed_from = found[-1]
-            state = load_checkpoint(resumed_from, model, optimizer, scheduler)
-            step, epoch, pos, stuck = state["step"], state["epoch"], state["pos"], state["stuck"]
-            total_tokens = state["tokens"]
-            groups = step_groups(epoch)
-            console.print(f"resumed from {resumed_from} (step {step} of {total})")
-        else:
-            console.print(f"--resume: no checkpoint in {out / 'checkpoints'}; starting from the beginning")
-    metrics_path = out / "metrics.jsonl"
-    log = open_metrics(metrics_path, keep_until_step=step if resumed_from else None)
-
-    result = TrainResult(output_dir=out, final_model_dir=None, metrics_path=metrics_path,
-                         prepare_seconds=prepare_seconds,
-                         last_checkpoint=resumed_from)
-    last_eval = -1
+    fingerprint = run_fingerprint(cfg)
+    if cfg.resume and list_checkpoints(out):
+        found = list_checkpoints(out)[-1]
+        changed = check_resumable(found, cfg, dist)
+        state = load_checkpoint(found, policy.module, optimizer, scheduler, dist=dist,
+                                trainable_only=bool(cfg.lora_r))
+        if changed:
+            retarget(optimizer, scheduler, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            console.print(f"[yellow]--resume-changed:[/] continuing {found} with: {'; '.join(changed)}")
+        step, epoch, pos, stuck = state["step"], state["epoch"], state["pos"], state["stuck"]
+        total_tokens = state["tokens"]
+        groups = step_groups(epoch)
+        result.last_checkpoint = found
+        console.print(f"resumed from {found} (step {step} of {total})")
+    elif cfg.resume:
+        console.print(f"--resume: no checkpoint in {out / 'checkpoints'}; starting from the beginning")
+    log = open_metrics(metrics_path, keep_until_step=step if result.last_checkpoint else None, enabled=dist.is_main)
+    last_eval, last_save = -1, time.monotonic()
 
     def do_eval() -> None:
         nonlocal last_eval
+        ticker = Ticker(console, "eval", "pairs", enabled=dist.is_main, live=view.progress)
         row = {"step": step, "epoch": round(epoch + pos / len(groups), 4), "split": "eval",
-               **eval_metrics(objective, model, eval_ex, cfg, pad_id)}
+               **eval_metrics(objective, policy, eval_ex, cfg, pad_id, ticker)}
         log.append(row)
         last_eval = step
         view.note(f"eval @ step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()
                                                      if isinstance(v, float) and k != "epoch"))
 
-    # 5. steps
-    view = LiveView(console, total, cfg.live, start=step)
+    def save() -> None:
+        nonlocal last_save
+        result.last_checkpoint = save_checkpoint(
+            out, step, policy.module, optimizer, scheduler,
+            {"epoch": epoch, "pos": pos, "stuck": stuck, "tokens": total_tokens}, cfg.keep_checkpoints,
+            dist=dist, fingerprint=fingerprint, trainable_only=bool(cfg.lora_r))
+        last_save = time.monotonic()
+
+    # 6. steps
+    view = LiveView(console, total, cfg.live and dist.is_main, start=step)
     with log, view:
         while step < total:
             if pos >= len(groups):
@@ -212,29 +336,29 @@ def run(cfg: TrainConfig, objective: Objective, console: Any = None, *, model: A
                 groups = step_groups(epoch)
             t0, c0 = time.perf_counter(), time.process_time()
             avg = Averager()
-            tokens = 0
-            bad = None
-            for idx in groups[pos]:
-                batch = pack([train_ex[i] for i in idx], pad_id).to(device)
-                with autocast(cfg.dtype, device):
-                    loss, metrics = objective.loss(model, batch)
-                value = loss.item()
-                if not math.isfinite(value):
-                    bad = f"loss is {value}"
-                    break
-                (loss / len(groups[pos])).backward()
-                avg.add(metrics, batch.n_rows)
-                tokens += batch.counted_tokens
-            grad_norm = None
-            if bad is None:
-                max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-                if not math.isfinite(grad_norm):
-                    bad = f"gradient norm is {grad_norm}"
+            tokens = 0.0
+            for j, idx in enumerate(groups[pos]):
+                rows, weight = dist.share(idx)
+                batch = pack([train_ex[i] for i in rows], pad_id, share_of=[train_ex[i] for i in idx]).to(device)
+                with distributed.grad_sync(policy.module, dist, sync=j == len(groups[pos]) - 1):
+                    with autocast(cfg.dtype, device):
+                        loss, metrics = objective.loss(policy, batch)
+                    # x world: DDP/FSDP average the processes' gradients, and each loss is a share of the whole
+                    (loss * (weight * dist.world / len(groups[pos]))).backward()
+                avg.add({k: v * weight for k, v in metrics.items()}, len(idx))
+                tokens += batch.counted_tokens * weight
+            max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+            grad_norm = distributed.clip_grad_norm(params, max_norm)
+            due = bool(cfg.save_minutes) and time.monotonic() - last_save >= 60 * cfg.save_minutes
+            shared = dist.sum({**{f"m/{k}": v for k, v in avg.means().items()}, "tokens": tokens,
+                               "stop": stop.requested is not None, "due": due, "bad_norm": not math.isfinite(grad_norm)})
+            means = {k[2:]: v for k, v in shared.items() if k.startswith("m/")}
+            bad = (f"loss is {means['loss']}" if not math.isfinite(means["loss"])
+                   else f"gradient norm is {grad_norm}" if shared["bad_norm"] else None)
             if bad is not None:
                 optimizer.zero_grad(set_to_none=True)
                 where = (f"the last good checkpoint is {result.last_checkpoint}" if result.last_checkpoint
-                         else "no checkpoint was saved yet (set save_every to keep one)")
+                         else "no checkpoint was saved yet")
                 result.status, result.reason = "failed", f"non-finite values at step {step + 1}: {bad}"
                 view.note(f"[red]stopped: {bad} at step {step + 1}; the model was not saved over it, {where}. "
                           "Lower the learning rate, use fp32, or check the data.[/red]")
@@ -245,12 +369,13 @@ def run(cfg: TrainConfig, objective: Objective, console: Any = None, *, model: A
             optimizer.zero_grad(set_to_none=True)
             dt = time.perf_counter() - t0
             result.loop_cpu_seconds += time.process_time() - c0
+            tokens = int(round(shared["tokens"]))
             step, pos = step + 1, pos + 1
             result.steps += 1
             result.train_tokens += tokens
             result.loop_seconds += dt
             total_tokens += tokens
-            row = {"step": step, "epoch": round(epoch + pos / len(groups), 4), "split": "train", **avg.means(),
+            row = {"step": step, "epoch": round(epoch + pos / len(groups), 4), "split": "train", **means,
                    "grad_norm": grad_norm, "learning_rate": lr, "tokens/s": tokens / dt, "tokens": total_tokens}
             if step % cfg.log_every == 0 or step == total:
                 log.append(row)
@@ -260,27 +385,57 @@ def run(cfg: TrainConfig, objective: Objective, console: Any = None, *, model: A
                 view.note(f"[yellow]warning: {objective.stuck_message(stuck)}[/yellow]")
             if eval_ex and cfg.eval_every and step % cfg.eval_every == 0:
                 do_eval()
-            if cfg.save_every and step % cfg.save_every == 0 and step < total:
-                result.last_checkpoint = save_checkpoint(
-                    out, step, model, optimizer, scheduler,
-                    {"epoch": epoch, "pos": pos, "stuck": stuck, "tokens": total_tokens}, cfg.keep_checkpoints)
+            if step < total and (shared["stop"] or shared["due"] or (cfg.save_every and step % cfg.save_every == 0)):
+                save()
+            if shared["stop"] and step < total:
+                result.status = "interrupted"
+                result.reason = (f"interrupted at step {step} of {total}; checkpoint {result.last_checkpoint}; run "
+                                 "the same command with --resume to continue from there")
+                break
         if result.complete and eval_ex and last_eval != step:
             do_eval()
 
-    # 6. final model
+    # 7. final model: one folder plain transformers loads (LoRA: merged, with the adapter beside it)
     if result.complete:
-        final = out / "final"
-        model.save_pretrained(final, safe_serialization=True)
-        tokenizer.save_pretrained(final)
-        result.final_model_dir = final
-        result.outputs["model"] = str(final)
-    result.outputs["metrics"] = str(metrics_path)
-    summary = {"objective": objective.name, "status": result.status, "reason": result.reason, "steps": step,
-               "final_model_dir": str(result.final_model_dir) if result.final_model_dir else None,
-               "tokens_per_second": result.tokens_per_second, "loop_seconds": result.loop_seconds,
-               "prepare_seconds": prepare_seconds, "train_examples": len(train_ex), "eval_examples": len(eval_ex),
-               "config": {k: v for k, v in vars(cfg).items()}}
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        _save_final(cfg, policy, tokenizer, out / "final", where, dist)
+        result.final_model_dir = out / "final"
+        result.outputs["model"] = str(result.final_model_dir)
+        if policy.adapted:
+            result.adapter_dir = result.final_model_dir / lora.ADAPTER_DIR
+            result.outputs["adapter"] = str(result.adapter_dir)
+    return _finish(cfg, objective, console, result, dist, step, len(train_ex), len(eval_ex))
+
+
+def _save_final(cfg: TrainConfig, policy: Policy, tokenizer: Any, final: Path, where: str, dist: Dist) -> None:
+    """Write ``final`` atomically from rank 0 (under FSDP2 the weights are gathered there first)."""
+    state = distributed.lm_state_dict(policy.module, dist)
+    error = None
+    if dist.is_main:
+        try:
+            with atomic_path(final, folder=True) as tmp:
+                if policy.adapted:
+                    lora.save_final(state, policy.lm, cfg, tmp, tokenizer, base=where)
+                else:
+                    policy.lm.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+                    tokenizer.save_pretrained(tmp)
+        except OSError as exc:
+            error = (f"could not write the final model to {final} ({exc.strerror or exc}); free space (or fix the "
+                     "folder) and run the same command with --resume: it continues from the newest checkpoint")
+    dist.check(error)
+
+
+def _finish(cfg: TrainConfig, objective: Objective, console: Any, result: TrainResult, dist: Dist, step: int,
+            n_train: int, n_eval: int) -> TrainResult:
+    """The run's summary file (rank 0) and its last line."""
+    result.outputs["metrics"] = str(result.metrics_path)
+    if dist.is_main:
+        summary = {"objective": objective.name, "status": result.status, "reason": result.reason, "steps": step,
+                   "final_model_dir": str(result.final_model_dir) if result.final_model_dir else None,
+                   "adapter_dir": str(result.adapter_dir) if result.adapter_dir else None,
+                   "tokens_per_second": result.tokens_per_second, "loop_seconds": result.loop_seconds,
+                   "prepare_seconds": result.prepare_seconds, "train_examples": n_train, "eval_examples": n_eval,
+                   "processes": dist.world, "config": {k: v for k, v in vars(cfg).items()}}
+        atomic_write_json(result.output_dir / "train_summary.json", json.loads(json.dumps(summary, default=str)))
     console.print(f"{objective.name}: {result.reason or result.status} after {step} steps, "
                   f"{result.tokens_per_second:,.0f} tokens/s; model: {result.final_model_dir or 'not saved'}")
     return result

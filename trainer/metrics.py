@@ -30,9 +30,24 @@ class Averager:
         return {k: self.total[k] / self.weight[k] for k in self.total if self.weight[k] > 0}
 
 
-def open_metrics(path: Path, *, keep_until_step: int | None) -> JsonlAppender:
+class NoLog:
+    """What the processes other than rank 0 log to: nothing (rank 0 writes the reduced metrics)."""
+
+    def append(self, obj: Any) -> None:
+        pass
+
+    def __enter__(self) -> "NoLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def open_metrics(path: Path, *, keep_until_step: int | None, enabled: bool = True) -> JsonlAppender | NoLog:
     """Open ``metrics.jsonl`` for appending; on resume, rows after the checkpoint's step are dropped first so the
-    log reads like one uninterrupted run."""
+    log reads like one uninterrupted run. ``enabled`` False: a log that writes nothing."""
+    if not enabled:
+        return NoLog()
     if keep_until_step is not None and path.exists():
         rows = [r for r in read_jsonl(path) if r.get("step", 0) <= keep_until_step]
         write_jsonl(path, rows)

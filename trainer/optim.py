@@ -37,3 +37,15 @@ def make_scheduler(optimizer: torch.optim.Optimizer, *, warmup: int, total: int,
                    schedule: str) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, warmup=warmup, total=total, schedule=schedule))
+
+
+def retarget(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, *, lr: float,
+             weight_decay: float) -> None:
+    """After loading the state of a run with other settings (``--resume-changed``): the new peak learning rate,
+    schedule and weight decay apply from the resumed step on (the loaded state would keep the old ones)."""
+    scheduler.base_lrs = [lr for _ in optimizer.param_groups]
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = lr
+        group["lr"] = lr * factor(scheduler.last_epoch)
+    optimizer.param_groups[0]["weight_decay"] = weight_decay  # make_optimizer's first group is the decayed one
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]

@@ -9,6 +9,9 @@ Only positions that predict a completion token are scored: ``src`` indexes the h
 target token (the last prompt token predicts a completion's first token), so the LM head and log-softmax run on
 completion positions only.
 
+With several processes each packs its share of a micro-batch's rows; ``total_rows`` and ``total_tokens`` describe
+the whole micro-batch, so a loss normalised by them adds up, over the processes, to the one-process loss.
+
 Batches are drawn in a seeded random order; with ``group_by_length`` examples are first sorted by length inside
 large random chunks so a batch needs little padding (the batch order stays random).
 """
@@ -36,6 +39,8 @@ class PackedBatch:
     n_completions: int
     counted_tokens: int           # prompt+completion tokens per sequence, the prompt counted per completion (TRL)
     ids: list[str]
+    total_rows: int               # rows of the whole micro-batch (all processes' shares)
+    total_tokens: tuple[int, ...]  # completion k's scored tokens over the whole micro-batch
 
     @property
     def n_seqs(self) -> int:
@@ -45,12 +50,15 @@ class PackedBatch:
         move = {name: getattr(self, name).to(device) for name in
                 ("input_ids", "position_ids", "attention_mask", "src", "targets", "seq")}
         return PackedBatch(**move, n_rows=self.n_rows, n_completions=self.n_completions,
-                           counted_tokens=self.counted_tokens, ids=self.ids)
+                           counted_tokens=self.counted_tokens, ids=self.ids, total_rows=self.total_rows,
+                           total_tokens=self.total_tokens)
 
 
-def pack(examples: list[Example], pad_id: int) -> PackedBatch:
-    """Build one packed batch; every example must have the same number of completions."""
+def pack(examples: list[Example], pad_id: int, *, share_of: list[Example] | None = None) -> PackedBatch:
+    """Build one packed batch; every example must have the same number of completions. ``share_of``: the whole
+    micro-batch these examples are one process's share of (default: they are all of it)."""
     k = len(examples[0].completions)
+    whole = examples if share_of is None else share_of
     length = max(ex.packed_length() for ex in examples)
     rows = len(examples)
     input_ids = torch.full((rows, length), pad_id, dtype=torch.long)
@@ -88,6 +96,7 @@ def pack(examples: list[Example], pad_id: int) -> PackedBatch:
         src=torch.tensor(src, dtype=torch.long), targets=torch.tensor(targets, dtype=torch.long),
         seq=torch.tensor(seq, dtype=torch.long), n_rows=rows, n_completions=k,
         counted_tokens=sum(ex.counted_tokens() for ex in examples), ids=[ex.id for ex in examples],
+        total_rows=len(whole), total_tokens=tuple(sum(len(ex.completions[j]) for ex in whole) for j in range(k)),
     )
 
 

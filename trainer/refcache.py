@@ -6,6 +6,11 @@ the run will use and the file lacks are computed, then added. Files live under `
 (``~/.cache/prefloop``), so a second run on the same model and data, e.g. with another β or learning rate, starts
 training at once; change the weights, the dtype, the data or the tokenisation and the affected entries are
 computed afresh.
+
+With several processes each computes a share of the missing entries (rows ``[rank::world]`` of every batch, so all
+run the same number of forwards), the shares are gathered, and one process per machine (LOCAL_RANK 0) writes that
+machine's file. The pass runs under ``no_grad``, not ``inference_mode``: inference tensors would break FSDP2's
+later forwards. The digest that keys the file is taken before LoRA or sharding change the model.
 """
 
 from __future__ import annotations
@@ -14,15 +19,19 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from prefloop.files import atomic_path
 from prefloop.models import cache_dir
-from trainer.logps import autocast, packed_logps
+from trainer.logps import autocast
 from trainer.packing import epoch_batches, pack
 from trainer.tokenize import Example
+
+if TYPE_CHECKING:
+    from trainer.distributed import Dist
+    from trainer.progress import Ticker
 
 FORMAT_VERSION = 1
 
@@ -42,9 +51,14 @@ class RefLogps:
         return sums, counts
 
 
-def model_digest(model: Any) -> str:
-    """A digest of every weight (bytes, shape, dtype) and the config: two models hash equal only if identical."""
-    h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+class PassStopped(Exception):
+    """The reference pass stopped early (Ctrl-C); what it computed is in the cache file already."""
+
+
+def model_digest(model: Any, extra: str = "") -> str:
+    """A digest of every weight (bytes, shape, dtype), the config and ``extra`` (a quantization): two models hash
+    equal only if identical."""
+    h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode() + extra.encode())
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().contiguous().cpu()
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
@@ -68,45 +82,73 @@ def default_cache_root() -> Path:
 
 
 def compute_ref_logps(model: Any, examples: list[Example], pad_id: int, *, batch_size: int, dtype: str,
-                      progress: Callable[[int], None] | None = None) -> RefLogps:
-    """Reference log-probs for ``examples`` with the packed path, under the training dtype, without grad."""
+                      device: torch.device, dist: "Dist | None" = None,
+                      progress: Callable[[int], None] | None = None,
+                      should_stop: Callable[[], bool] | None = None) -> tuple[RefLogps, bool]:
+    """``(ref, complete)``: log-probs of ``examples`` from ``model(batch) -> (sums, counts)`` under the training
+    dtype, without grad, this process's share of each batch gathered from all; ``complete`` is False when
+    ``should_stop`` (asked after each batch, on every process) ended the pass early."""
     sums: dict[str, list[float]] = {}
     counts: dict[str, list[float]] = {}
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    with torch.inference_mode(), autocast(dtype, device):
+    complete = True
+    with torch.no_grad(), autocast(dtype, device):
         for idx in epoch_batches(examples, batch_size, seed=0, epoch=0, shuffle=False):
-            batch = pack([examples[i] for i in idx], pad_id).to(device)
-            s, c = packed_logps(model, batch)
-            k, rows = batch.n_completions, batch.n_rows
-            for r, rid in enumerate(batch.ids):
-                sums[rid] = [float(s[j * rows + r]) for j in range(k)]
-                counts[rid] = [float(c[j * rows + r]) for j in range(k)]
+            rows, weight = dist.share(idx) if dist else (idx, 1.0)
+            batch = pack([examples[i] for i in rows], pad_id).to(device)
+            s, c = model(batch)
+            k, n = batch.n_completions, batch.n_rows
+            for r, rid in enumerate(batch.ids if weight else []):
+                sums[rid] = [float(s[j * n + r]) for j in range(k)]
+                counts[rid] = [float(c[j * n + r]) for j in range(k)]
             if progress:
-                progress(rows)
+                progress(len(idx))
+            if should_stop and should_stop():
+                complete = False
+                break
     model.train(was_training)
-    return RefLogps(sums, counts)
+    for part in (dist.gather((sums, counts)) if dist and dist.enabled else []):
+        sums.update(part[0])
+        counts.update(part[1])
+    return RefLogps(sums, counts), complete
 
 
 def load_or_compute(model: Any, examples: list[Example], pad_id: int, *, batch_size: int, dtype: str,
-                    root: Path | None = None, model_hash: str | None = None,
-                    progress: Callable[[int], None] | None = None) -> tuple[RefLogps, int, Path]:
+                    model_hash: str, device: torch.device, root: Path | None = None, dist: "Dist | None" = None,
+                    progress: "Ticker | None" = None,
+                    should_stop: Callable[[], bool] | None = None) -> tuple[RefLogps, int, Path]:
     """``(ref, computed, path)``: reference log-probs for ``examples``, computing (and adding to the cache file)
-    only those whose tokens are not cached yet for this model and dtype; ``computed`` counts them."""
+    only those whose tokens are not cached yet for this model and dtype; ``computed`` counts them, and
+    ``progress`` is started with their number. Raises ``PassStopped`` after caching what was computed when
+    ``should_stop`` ended the pass."""
     root = root or default_cache_root()
-    path = cache_path(root, model_hash or model_digest(model), dtype)
+    path = cache_path(root, model_hash, dtype)
     entries: dict[str, tuple[list[float], list[float]]] = {}
     if path.exists():
         entries = torch.load(path, weights_only=True)["entries"]
     keys = {ex.id: example_key(ex) for ex in examples}
-    missing = [ex for ex in examples if keys[ex.id] not in entries]
+    have = set(keys.values()) & set(entries)
+    if dist and dist.enabled:  # machines may hold different caches: compute what any of them lacks
+        for other in dist.gather(have):
+            have &= other
+    missing = [ex for ex in examples if keys[ex.id] not in have]
     if missing:
-        new = compute_ref_logps(model, missing, pad_id, batch_size=batch_size, dtype=dtype, progress=progress)
-        for ex in missing:
+        if progress is not None:
+            progress.start(len(missing))
+        new, complete = compute_ref_logps(model, missing, pad_id, batch_size=batch_size, dtype=dtype, device=device,
+                                          dist=dist, progress=progress.advance if progress else None,
+                                          should_stop=should_stop)
+        done = [ex for ex in missing if ex.id in new.sums]
+        for ex in done:
             entries[keys[ex.id]] = (new.sums[ex.id], new.counts[ex.id])
-        with atomic_path(path) as tmp:
-            torch.save({"entries": entries}, tmp)
+        if dist is None or dist.is_node_writer:
+            with atomic_path(path) as tmp:
+                torch.save({"entries": entries}, tmp)
+        if dist:
+            dist.barrier()
+        if not complete:
+            raise PassStopped(f"{len(done)} of {len(missing)} reference log-probs computed and cached ({path})")
     ref = RefLogps({ex.id: list(entries[keys[ex.id]][0]) for ex in examples},
                    {ex.id: list(entries[keys[ex.id]][1]) for ex in examples})
     return ref, len(missing), path

@@ -13,8 +13,7 @@ import torch
 
 from trainer.config import TrainConfig
 from trainer.data import TrainItem, load_data, load_sft_items
-from trainer.logps import packed_logps
-from trainer.loop import Objective, TrainResult, run
+from trainer.loop import Objective, Policy, TrainResult, run
 from trainer.packing import PackedBatch
 
 
@@ -27,10 +26,11 @@ class SFTObjective(Objective):
     def load(self, cfg: TrainConfig) -> tuple[list[TrainItem], list[TrainItem] | None, list[str]]:
         return load_data(cfg, load_sft_items, "SFT data (Alpaca JSON, prompt/response JSONL, or pairs)")
 
-    def loss(self, model: Any, batch: PackedBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        sums, counts = packed_logps(model, batch)
-        nll = -sums.float().sum() / counts.sum().clamp(min=1)  # mean over response tokens in the batch
-        return nll, {"loss": nll.item(), "nll": nll.item(), "logps/response": (sums / counts).mean().item()}
+    def loss(self, policy: Policy, batch: PackedBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        sums, counts = policy(batch)
+        nll = -sums.float().sum() / max(1, batch.total_tokens[0])  # mean over the micro-batch's response tokens
+        return nll, {"loss": nll.item(), "nll": nll.item(),
+                     "logps/response": (sums / counts).sum().item() / batch.total_rows}
 
 
 def train_sft(cfg: TrainConfig, console: Any = None, *, model: Any = None, tokenizer: Any = None) -> TrainResult:
