@@ -202,7 +202,7 @@ def readonly(folder: Path) -> bool:
 
 def test_expected_failures_are_one_line_from_the_command(tiny_model_dir: Path, pairs_path: Path,  # noqa: F811
                                                          tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from prefloop.cli import main
+    from loop.cli import main
 
     def train_cli(*args: str) -> tuple[int, str]:
         code = main(["train", "--data", str(pairs_path), "--max-steps", "1", "--no-live", "-q", *args])
