@@ -17,7 +17,7 @@ def test_plain_lines_with_counts_rate_and_time_left_when_there_is_no_terminal() 
             bar.advance()
     lines = [line for line in buf.getvalue().splitlines() if line]
     assert len(lines) == 10                                     # one line a tenth, not one per item
-    assert lines[0].startswith("reference log-probs: 4/40 pairs (") and "left" in lines[0]
+    assert lines[0].startswith("reference log-probs: 4/40 pairs (10%, ") and "left" in lines[0]
     assert lines[-1].startswith("reference log-probs: 40/40 pairs") and "left" not in lines[-1]
 
 

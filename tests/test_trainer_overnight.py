@@ -234,8 +234,8 @@ def test_the_reference_pass_shows_progress_with_an_eta(tiny_model_dir: Path, pai
     console = Console(file=io.StringIO(), width=200)  # not a terminal: plain lines
     train(cfg_for(tiny_model_dir, pairs_path, tmp_path / "p", max_steps=10, batch_size=4), console)
     lines = [line for line in console.file.getvalue().splitlines() if line.startswith("reference log-probs: ")]
-    assert lines[0].startswith("reference log-probs: 16/40 pairs (40%)") and "left" in lines[0]
-    assert lines[-2].startswith("reference log-probs: 40/40 pairs (100%)")
+    assert lines[0].startswith("reference log-probs: 16/40 pairs (40%, ") and "left" in lines[0]
+    assert lines[-2].startswith("reference log-probs: 40/40 pairs (100%")
 
 
 def test_a_reference_pass_stopped_by_ctrl_c_keeps_what_it_computed(tiny_model_dir: Path, pairs_path: Path,  # noqa: F811

@@ -21,7 +21,7 @@ from trainer.lora import quantization_key
 from trainer.loop import Objective, Policy, TrainResult, run
 from trainer.losses import chosen_nll, logratio_margin, preference_loss
 from trainer.packing import PackedBatch
-from trainer.progress import Ticker
+from prefloop.progress import Progress
 from trainer.refcache import RefLogps, load_or_compute, model_digest
 from trainer.tokenize import Example
 
@@ -95,7 +95,7 @@ class DPOObjective(Objective):
             return [f"reference: {what}"]
         examples = train + held_out
         dist = policy.dist
-        with Ticker(console, "reference log-probs", "pairs", enabled=dist.is_main) as ticker, policy.base():
+        with Progress(console, None, "reference log-probs", unit="pairs", enabled=dist.is_main) as ticker, policy.base():
             ref, computed, path = load_or_compute(
                 policy.module, examples, tokenizer.pad_token_id, batch_size=max(16, 2 * self.cfg.batch_size),
                 dtype=self.cfg.dtype, model_hash=self.digest, device=dist.device, dist=dist, progress=ticker,

@@ -21,7 +21,7 @@ from prefloop.models import ModelNotFound, pending_conversion, resolve
 from trainer.config import TrainConfig
 from trainer.data import TrainError
 from trainer.lora import quantization
-from trainer.progress import note
+from prefloop.progress import note
 
 
 def resolve_model(cfg: TrainConfig, console: Any) -> str:

@@ -37,7 +37,7 @@ from trainer.logps import PackedLM, autocast, cpu_has_fast_bf16, resolve_device
 from trainer.metrics import Averager, LiveView, open_metrics
 from trainer.optim import make_optimizer, make_scheduler, retarget
 from trainer.packing import PackedBatch, epoch_batches, pack
-from trainer.progress import Ticker
+from prefloop.progress import Progress
 from trainer.refcache import PassStopped
 from trainer.tokenize import Example, TokenizeReport, tokenize_records
 
@@ -155,7 +155,7 @@ def _tokenize(tokenizer: Any, items: list[TrainItem], cfg: TrainConfig) -> tuple
 
 
 def eval_metrics(objective: Objective, policy: Policy, examples: list[Example], cfg: TrainConfig, pad_id: int,
-                 ticker: Ticker | None = None) -> dict:
+                 ticker: Progress | None = None) -> dict:
     """Mean metrics over the held-out examples, without gradients (each process scores its share)."""
     dist, device = policy.dist, policy.dist.device
     was_training = policy.module.training
@@ -311,7 +311,7 @@ def _run(cfg: TrainConfig, objective: Objective, console: Any, out: Path, dist: 
 
     def do_eval() -> None:
         nonlocal last_eval
-        ticker = Ticker(console, "eval", "pairs", enabled=dist.is_main, live=view.progress)
+        ticker = Progress(console, None, "eval", unit="pairs", enabled=dist.is_main, live=view.progress)
         row = {"step": step, "epoch": round(epoch + pos / len(groups), 4), "split": "eval",
                **eval_metrics(objective, policy, eval_ex, cfg, pad_id, ticker)}
         log.append(row)

@@ -31,7 +31,7 @@ from trainer.tokenize import Example
 
 if TYPE_CHECKING:
     from trainer.distributed import Dist
-    from trainer.progress import Ticker
+    from prefloop.progress import Progress
 
 FORMAT_VERSION = 1
 
@@ -116,7 +116,7 @@ def compute_ref_logps(model: Any, examples: list[Example], pad_id: int, *, batch
 
 def load_or_compute(model: Any, examples: list[Example], pad_id: int, *, batch_size: int, dtype: str,
                     model_hash: str, device: torch.device, root: Path | None = None, dist: "Dist | None" = None,
-                    progress: "Ticker | None" = None,
+                    progress: "Progress | None" = None,
                     should_stop: Callable[[], bool] | None = None) -> tuple[RefLogps, int, Path]:
     """``(ref, computed, path)``: reference log-probs for ``examples``, computing (and adding to the cache file)
     only those whose tokens are not cached yet for this model and dtype; ``computed`` counts them, and
