@@ -28,8 +28,10 @@ def main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from judge.evaluate import evaluate
+    from judge.label import NeedsTerminal
     from judge.prompts import TemplateError
     from prefloop.config import ConfigError
+    from prefloop.files import Busy
     from prefloop.llm.base import LLMError, ServerFatal
     from prefloop.records import RecordError
     from prefloop.report import pct
@@ -41,7 +43,8 @@ def main(args: argparse.Namespace) -> int:
             raise ConfigError("judge: no policy model (--policy MODEL)")
         console = Console(stderr=True, quiet=cfg.quiet)
         result = evaluate(cfg, console=console)
-    except (ConfigError, DataError, RecordError, TemplateError, ServerFatal, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, DataError, RecordError, TemplateError, ServerFatal, FileNotFoundError, ValueError, Busy,
+            NeedsTerminal) as exc:
         return fail(exc)
     except LLMError as exc:
         return fail(f"{exc}\nfinished judgments are cached; run the same command again to resume", 1)

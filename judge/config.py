@@ -25,8 +25,9 @@ class JudgeConfig:
     reference: str = setting("smollm2", "its starting point, the SFT model (the reference model)")
     prompts: str = setting("", "held-out prompts: Alpaca JSON/JSONL, JSONL with 'prompt', .txt, or a pairs file",
                            runtime=True)
-    judges: list[str] = setting(help="judge spec: ollama:NAME, openai:NAME@URL, local:NAME; repeat for several "
-                                     "judges (the first is the headline)", factory=lambda: ["ollama:llama3"],
+    judges: list[str] = setting(help="judge spec: ollama:NAME, openai:NAME@URL, local:NAME, or human (you, on the "
+                                     "labelling screen; human:NAME names the rater); repeat for several judges (the "
+                                     "first is the headline)", factory=lambda: ["ollama:llama3"],
                                 flag="--judge")
     output_dir: str = setting("runs/judge", "output folder", runtime=True, flag="--output", short="-o",
                               aliases=("--out",), was=("out_dir",))
