@@ -32,11 +32,6 @@ def main(args: argparse.Namespace) -> int:
         cfg = settings(args, LabelConfig, "label", source=args.source)
         if not cfg.output or not (cfg.source or cfg.import_labels):
             return fail("give what to compare (SOURCE) or --import FILE, and --output PAIRS.jsonl")
-        try:
-            import textual  # noqa: F401  (only the screen needs it; an import does not)
-        except ImportError:
-            if not cfg.import_labels:
-                return fail("the labelling screen needs textual: pip install 'prefloop[label]'")
         result = label(cfg, console=Console(stderr=True))
     except (ConfigError, DataError, RecordError, Busy, NeedsTerminal, ValueError, OSError) as exc:
         return fail(exc)

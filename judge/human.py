@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from judge.config import JudgeConfig, login_name
-from judge.label import Play, Session, Slot, play_in_terminal
+from judge.label import Play, Session, Slot, play_in_terminal, screen_for
 from judge.labels import Item, Label, LabelLog, LabelWriter
 from judge.results import AnswerRow, Calibration, Game, JudgmentRow, iter_judgments
 from judge.stats import GameRecord, against_person
@@ -72,12 +72,10 @@ async def judge_human(cfg: JudgeConfig, judge: str, answers: list[AnswerRow], co
         with LabelWriter(path, log) as writer:
             session = Session([Slot(item) for item in items], log, writer, rater, cfg.judge_seed,
                               heading="held-out prompt {n} of {total}")
-            if session.current() is not None:
-                from prefloop.screen import CompareApp
-
+            if not session.finished:
                 if console is not None:
                     console.print(f"judging as {rater}: {session.counts()[1] - session.counts()[0]} prompts to go")
-                await (play or play_in_terminal)(CompareApp(session, title=f"prefloop judge ({judge})"))
+                await (play or play_in_terminal)(screen_for(session, f"prefloop judge ({judge})"))
             done, total = session.counts()
         mine = LabelLog.read(path).first_labels().get(rater, {})
     rows.update({asked[iid].id: judgment_of(asked[iid], judge, label) for iid, label in mine.items() if iid in asked})

@@ -40,6 +40,15 @@ class NeedsTerminal(RuntimeError):
     """Asking a person needs an interactive terminal."""
 
 
+def screen_for(session: "Session", title: str) -> Any:
+    """The labelling screen over ``session`` (textual is imported here, and only here)."""
+    try:
+        from prefloop.screen import CompareApp
+    except ImportError:
+        raise NeedsTerminal("the labelling screen needs textual: pip install 'prefloop[label]'") from None
+    return CompareApp(session, title=title)
+
+
 async def play_in_terminal(app: Any) -> Any:
     """Run the screen in this terminal."""
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
@@ -100,6 +109,10 @@ class Session:
 
     def _next(self) -> int | None:
         return next((i for i, slot in enumerate(self.slots) if slot.key not in self.done), None)
+
+    @property
+    def finished(self) -> bool:
+        return self._next() is None
 
     def _sides(self, slot: Slot) -> tuple[str, str]:
         left = left_side(self.seed, slot.item.id, self.rater, slot.repeat)
@@ -251,19 +264,16 @@ def label(cfg: Any, console: Any = None, play: Play | None = None) -> LabelResul
         with LabelWriter(path, log) as writer:
             session = Session(plan(items, cfg.seed, cfg.repeats), log, writer, cfg.who, cfg.seed,
                               on_label=lambda: write_pairs(LabelLog.read(path), cfg.output))
-            if session.current() is not None:
-                from prefloop.screen import CompareApp
-
-                asyncio.run((play or play_in_terminal)(CompareApp(session, title="prefloop label")))
+            if not session.finished:
+                asyncio.run((play or play_in_terminal)(screen_for(session, "prefloop label")))
             done, total = session.counts()
         log = LabelLog.read(path)
         write_pairs(log, cfg.output)
     status, reason = ("complete", "") if done == total else \
         ("interrupted", f"{total - done} of {total} left; run the same command again to resume")
-    result = summarize(log, cfg.output, cfg.who, items, status, reason)
-    if report.dropped:
-        result.reason = "; ".join([result.reason] * bool(result.reason) +
-                                  [f"input: {n} dropped ({why})" for why, n in report.dropped.items()])
+    notes = [reason] if reason else []
+    notes += [f"input: {n} dropped ({why})" for why, n in report.dropped.items()]
+    result = summarize(log, cfg.output, cfg.who, items, status, "; ".join(notes))
     save(result)
     return result
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from judge.human import is_human
 from judge.prompts import judge_prompt_text
 from judge.results import AnswerRow, JudgeResults, JudgeSummary, JudgmentRow, current_judgments, read_answers
 from prefloop.report import Report, fmt, is_number, pct, pyplot, save_png
@@ -67,6 +68,11 @@ def build_report(out_dir: Path, results: JudgeResults, answers: list[AnswerRow],
     if plot is not None:
         rep.image(plot, caption="win rate of the trained model over its SFT reference per judge, with its 95% "
                                 "interval; the dashed line is 50% (no better than the reference)")
+    people = [s for s in results.judges.values() if is_human(s.judge)]
+    if people:
+        rep.paragraph(" ".join(f"`{s.judge}` is a person: each prompt judged once, the answers unnamed and their "
+                               f"sides in a seeded random order; {s.diagnostics.get('skipped') or 0} skipped "
+                               "prompts are left out of n." for s in people))
     rep.paragraph("LC win rate: AlpacaEval's length-controlled win rate (a logistic fit of the outcome on the "
                   "normalised length difference, read at equal lengths), fitted on this set. *Picks first* near "
                   "50% means no position bias; *picks longer* far above 50% means the judge rewards length.")

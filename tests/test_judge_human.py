@@ -120,3 +120,14 @@ def test_against_person_counts_agreement_by_where_the_persons_pick_was_shown() -
     assert got.position_bias == pytest.approx(2 / 3)
     assert got.longer_judge == pytest.approx(2 / 3) and got.longer_person == 0.5
     assert got.length_bias == pytest.approx(2 / 3 - 1 / 2)
+
+
+def test_a_loop_config_takes_a_person_as_a_judge() -> None:
+    from loop.config import load_loop_config
+    from loop.stages import preflight_judge
+
+    quickstart = Path(__file__).resolve().parents[1] / "data" / "quickstart.toml"
+    both = load_loop_config(quickstart, ['judge.judges=["human", "local:smollm2"]'])
+    assert both.judges == ["human", "local:smollm2"]
+    assert preflight_judge(both) == "local:smollm2"            # a person judges pairs, not 0-100 scores
+    assert preflight_judge(load_loop_config(quickstart, ['judge.judges=["human:ana"]'])) is None
