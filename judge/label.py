@@ -128,14 +128,9 @@ class Session:
             self._shown = (i, self.clock())
         slot = self.slots[i]
         left, right = self._sides(slot)
-        first = sum(not s.repeat for s in self.slots[:i]) + 1    # a repeat is not announced as one
-        heading = self.heading.format(n=min(first, self.firsts), total=self.firsts)
+        heading = self.heading.format(n=i + 1, total=len(self.slots))   # repeats count as items: not announced
         return Shown(heading=heading, prompt=judge_prompt_text(slot.item.prompt), left=slot.item.text(left),
                      right=slot.item.text(right))
-
-    @property
-    def firsts(self) -> int:
-        return sum(not s.repeat for s in self.slots)
 
     def choose(self, choice: str) -> None:
         i = self._next()
