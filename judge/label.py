@@ -2,8 +2,9 @@
 
 The plain path: load the items to compare (``judge.comparisons``) -> lock the output -> read its label log
 (``judge.labels``) -> show the first item this rater has not labelled (``prefloop.screen``) -> every key is one
-line appended and flushed to the log, and the pairs file is rebuilt from the log at once -> a summary (pairs,
-ties, skips, agreement between raters, self-consistency) printed and saved beside the output.
+line appended and flushed to the log, and a decided label one pair appended to the pairs file (an undo rebuilds
+it from the log) -> a summary (pairs, ties, skips, agreement between raters, self-consistency) printed and saved
+beside the output.
 
 Durable like the generator: ``kill -9`` or a closed terminal loses at most the item on screen; the same command
 resumes at the first unlabelled item, and ``u`` undoes the last label also after a restart. Left and right are
@@ -23,11 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from judge.labels import Consistency, Item, Label, LabelLog, LabelWriter, RaterAgreement, rater_agreement, \
-    self_consistency
+from judge.labels import (Consistency, Item, Label, LabelLog, LabelWriter, RaterAgreement, pair_of, rater_agreement,
+                          self_consistency)
 from judge.prompts import judge_prompt_text
 from prefloop.files import Lock
-from prefloop.jsonl import write_jsonl
+from prefloop.jsonl import JsonlAppender, write_jsonl
 from prefloop.records import stable_id
 from prefloop.stage import StageResult
 
@@ -96,7 +97,7 @@ class Session:
     """The deck behind the screen: which item is next, what a key means, and writing it down at once."""
 
     def __init__(self, slots: list[Slot], log: LabelLog, writer: LabelWriter, rater: str, seed: int, *,
-                 heading: str = "item {n} of {total}", on_label: Callable[[], None] | None = None,
+                 heading: str = "item {n} of {total}", on_label: Callable[[Item | None, Label, bool], None] | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.slots, self.writer, self.rater, self.seed = slots, writer, rater, seed
         self.heading, self.on_label, self.clock = heading, on_label, clock
@@ -150,7 +151,7 @@ class Session:
         self.given += 1
         self._shown = None
         if self.on_label is not None:
-            self.on_label()
+            self.on_label(slot.item, label, False)
 
     def undo(self) -> bool:
         if not self.history:
@@ -161,7 +162,7 @@ class Session:
         self.undone += 1
         self._shown = None
         if self.on_label is not None:
-            self.on_label()
+            self.on_label(None, label, True)
         return True
 
     def counts(self) -> tuple[int, int]:
@@ -222,6 +223,20 @@ def write_pairs(log: LabelLog, output: str | Path) -> int:
     return len(pairs)
 
 
+def keep_pairs(path: Path, output: str | Path, item: Item | None, label: Label, undone: bool) -> None:
+    """Keep the pairs file in step with the log after one event: a new decided label is one appended pair (a
+    flushed line, like the log's); taking one back rebuilds the file from the log. Ties, skips and repeats change
+    no pair. (Rebuilding after every label took 0.25 s per key at 2,000 labels of 1 kB answers; an append takes
+    well under a millisecond.)"""
+    if not (label.decided and not label.repeat):
+        return
+    if undone or item is None:
+        write_pairs(LabelLog.read(path), output)
+        return
+    with JsonlAppender(output) as out:
+        out.append(pair_of(item, label).to_json())
+
+
 def summarize(log: LabelLog, output: str | Path, rater: str, items: list[Item], status: str, reason: str = ""
               ) -> LabelResult:
     firsts = log.first_labels()
@@ -258,7 +273,7 @@ def label(cfg: Any, console: Any = None, play: Play | None = None) -> LabelResul
         write_pairs(log, cfg.output)   # a run killed between its last label and the rebuild is caught up here
         with LabelWriter(path, log) as writer:
             session = Session(plan(items, cfg.seed, cfg.repeats), log, writer, cfg.who, cfg.seed,
-                              on_label=lambda: write_pairs(LabelLog.read(path), cfg.output))
+                              on_label=lambda item, label, undone: keep_pairs(path, cfg.output, item, label, undone))
             if not session.finished:
                 asyncio.run((play or play_in_terminal)(screen_for(session, "prefloop label")))
             done, total = session.counts()

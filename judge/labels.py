@@ -127,22 +127,20 @@ class LabelLog:
         return out
 
     def pairs(self) -> list[PreferenceRecord]:
-        """Every decided first label as a training pair, ``meta`` saying who chose, when, how fast, and where the
-        chosen answer was shown. Ties, skips and repeats are no pairs."""
-        out = []
-        for rater, by_item in self.first_labels().items():
-            for label in by_item.values():
-                item = self.items.get(label.item)
-                if item is None or not label.decided:
-                    continue
-                other = "b" if label.verdict == "a" else "a"
-                meta = {**item.meta, "item": item.id, "labelled_by": "human", "rater": rater, "time": label.time,
-                        "seconds": label.seconds, "label_source": label.source,
-                        "chosen_position": None if label.left is None else
-                        ("left" if label.left == label.verdict else "right")}
-                out.append(PreferenceRecord(id=stable_id("label", item.id, rater), prompt=item.prompt,
-                                            chosen=item.text(label.verdict), rejected=item.text(other), meta=meta))
-        return out
+        """Every decided first label as a training pair (``pair_of``). Ties, skips and repeats are no pairs."""
+        return [pair_of(self.items[label.item], label) for by_item in self.first_labels().values()
+                for label in by_item.values() if label.decided and label.item in self.items]
+
+
+def pair_of(item: Item, label: Label) -> PreferenceRecord:
+    """A decided label as a training pair, ``meta`` saying who chose, when, how fast, and where the chosen answer
+    was shown (``chosen_position``: left or right; None when the source did not say)."""
+    other = "b" if label.verdict == "a" else "a"
+    meta = {**item.meta, "item": item.id, "labelled_by": "human", "rater": label.rater, "time": label.time,
+            "seconds": label.seconds, "label_source": label.source,
+            "chosen_position": None if label.left is None else ("left" if label.left == label.verdict else "right")}
+    return PreferenceRecord(id=stable_id("label", item.id, label.rater), prompt=item.prompt,
+                            chosen=item.text(label.verdict), rejected=item.text(other), meta=meta)
 
 
 class LabelWriter(JsonlAppender):

@@ -76,6 +76,7 @@ def test_undo_works_across_a_restart(tmp_path: Path) -> None:
     assert seen[0].heading == "item 3 of 8" and seen[1].heading == "item 2 of 8"   # undo went back one item
     assert log.undone == 1 and [lab.verdict for lab in log.labels][-1] == "tie"
     assert result.pairs == 1 and result.ties == 1
+    assert [p.to_json() for p in load_preferences(cfg.output)[0]] == [p.to_json() for p in log.pairs()]
 
 
 def test_ties_and_skips_are_recorded_but_never_become_pairs(tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ def test_kill_9_while_labelling_then_resume_in_a_real_terminal(tmp_path: Path) -
         child.kill(signal.SIGKILL)   # the terminal goes away mid-session: no chance to clean up
         child.close(force=True)
     assert labels() == 3
-    assert len(load_preferences(out)[0]) == 2            # the pairs were rebuilt at every label, not at exit
+    assert len(load_preferences(out)[0]) == 2            # each pair was written with its label, not at exit
 
     child = spawn(items, out)
     try:
