@@ -28,6 +28,7 @@ import csv
 from pathlib import Path
 from typing import Any, Iterator
 
+from judge.config import LabelConfig
 from judge.labels import Item, Label
 from prefloop.records import RecordError, stable_id
 from prefloop.sources import DataError, iter_rows
@@ -78,7 +79,7 @@ def label_id(path: Path, line: int, rater: str, *extra: Any) -> str:
 Pairs = list[tuple[Item, Label]]
 
 
-def ab_row(path: Path, cfg: Any, src: str, line: int, row: Any) -> Pairs:
+def ab_row(path: Path, cfg: LabelConfig, src: str, line: int, row: Any) -> Pairs:
     p, a, b = cfg.prompt_column or "prompt", cfg.a_column or "answer_a", cfg.b_column or "answer_b"
     lab = cfg.label_column or "label"
     prompt, x, y = (text_field(src, line, row, k) for k in (p, a, b))
@@ -102,7 +103,7 @@ def _rater(who: Any) -> str:
     return "?" if who is None else str(who)
 
 
-def labelstudio_row(path: Path, cfg: Any, src: str, line: int, task: Any) -> Pairs:
+def labelstudio_row(path: Path, cfg: LabelConfig, src: str, line: int, task: Any) -> Pairs:
     p, a, b = cfg.prompt_column or "prompt", cfg.a_column or "text1", cfg.b_column or "text2"
     data = task.get("data") if isinstance(task, dict) else None
     if not isinstance(data, dict):
@@ -167,7 +168,7 @@ def option_text(src: str, line: int, where: str, fields: dict, option: str) -> s
     raise RecordError(src, line, where, f"option {option!r} names no text field (fields: {', '.join(fields)})")
 
 
-def argilla_row(path: Path, cfg: Any, src: str, line: int, row: Any) -> Pairs:
+def argilla_row(path: Path, cfg: LabelConfig, src: str, line: int, row: Any) -> Pairs:
     q, p = cfg.label_column or "ranking", cfg.prompt_column or "prompt"
     if not isinstance(row, dict):
         raise RecordError(src, line, None, "expected an Argilla record (an object)")
@@ -192,7 +193,7 @@ def argilla_row(path: Path, cfg: Any, src: str, line: int, row: Any) -> Pairs:
 READERS = {"ab": ab_row, "labelstudio": labelstudio_row, "argilla": argilla_row}
 
 
-def read_import(cfg: Any) -> Pairs:
+def read_import(cfg: LabelConfig) -> Pairs:
     """Every (item, label) of ``cfg.import_labels``; every bad row is collected into one ``DataError``."""
     path = Path(cfg.import_labels)
     if not path.exists():

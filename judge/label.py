@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+from judge.config import LabelConfig
 from judge.labels import (Consistency, Item, Label, LabelLog, LabelWriter, RaterAgreement, pair_of, rater_agreement,
                           self_consistency)
 from judge.prompts import judge_prompt_text
@@ -259,7 +260,7 @@ def summarize(log: LabelLog, output: str | Path, rater: str, items: list[Item], 
                        agreement=rater_agreement(log), consistency=self_consistency(log), input_agreement=checked)
 
 
-def label(cfg: Any, console: Any = None, play: Play | None = None) -> LabelResult:
+def label(cfg: LabelConfig, console: Any = None, play: Play | None = None) -> LabelResult:
     """Label ``cfg.source`` into ``cfg.output`` (``cfg.import_labels``: import instead); see the module docstring.
     ``play`` runs the screen (default: this terminal; tests drive it headless)."""
     from judge.comparisons import load_items
@@ -270,7 +271,7 @@ def label(cfg: Any, console: Any = None, play: Play | None = None) -> LabelResul
     path = log_path(cfg.output)
     with Lock(cfg.output):
         log = LabelLog.read(path)
-        write_pairs(log, cfg.output)   # a run killed between its last label and the rebuild is caught up here
+        write_pairs(log, cfg.output)   # a run killed between a label and its pair is caught up here
         with LabelWriter(path, log) as writer:
             session = Session(plan(items, cfg.seed, cfg.repeats), log, writer, cfg.who, cfg.seed,
                               on_label=lambda item, label, undone: keep_pairs(path, cfg.output, item, label, undone))
@@ -288,7 +289,7 @@ def label(cfg: Any, console: Any = None, play: Play | None = None) -> LabelResul
     return result
 
 
-def import_into(cfg: Any) -> LabelResult:
+def import_into(cfg: LabelConfig) -> LabelResult:
     """``--import``: append the file's labels to the output's log (those not imported before), rebuild the pairs."""
     from judge.imports import read_import
 
