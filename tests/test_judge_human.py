@@ -14,6 +14,7 @@ pytest.importorskip("textual")
 
 from judge.config import JudgeConfig  # noqa: E402
 from judge.evaluate import evaluate, gen_options, local_spec  # noqa: E402
+from judge.labels import LabelLog  # noqa: E402
 from judge.results import JudgeResults  # noqa: E402
 from judge.stats import GameRecord, against_person  # noqa: E402
 from ollama_server import pairwise_answers  # noqa: E402
@@ -131,3 +132,15 @@ def test_a_loop_config_takes_a_person_as_a_judge() -> None:
     assert both.judges == ["human", "local:smollm2"]
     assert preflight_judge(both) == "local:smollm2"            # a person judges pairs, not 0-100 scores
     assert preflight_judge(load_loop_config(quickstart, ['judge.judges=["human:ana"]'])) is None
+
+
+def test_a_human_judge_without_a_terminal_says_so_before_asking_anything(tmp_path: Path, monkeypatch: Any) -> None:
+    from judge.label import NeedsTerminal
+
+    monkeypatch.setattr("sys.stdin", open("/dev/null"))   # as in CI and `prefloop run` under nohup
+    cfg = JudgeConfig(policy="/models/policy", reference="/models/ref", prompts=str(prompts_file(tmp_path)),
+                      judges=["human"], output_dir=str(tmp_path / "out"), n_boot=50)
+    answers_on_disk(cfg)
+    with pytest.raises(NeedsTerminal, match="interactive terminal"):
+        evaluate(cfg)
+    assert LabelLog.read(tmp_path / "out" / "human-labels.jsonl").labels == []
