@@ -90,6 +90,14 @@ def left_side(seed: int, item: str, rater: str, repeat: bool) -> str:
     return ("b" if first == "a" else "a") if repeat else first
 
 
+def shown_prompt(item: Item) -> str:
+    """The task as a person reads it: an Alpaca prompt as its instruction and input, without the template's
+    preamble; anything else as a judge reads it."""
+    if item.meta.get("prompt_format") == "alpaca" and item.meta.get("instruction"):
+        return "\n\n".join(t for t in (item.meta["instruction"], item.meta.get("input") or "") if t.strip())
+    return judge_prompt_text(item.prompt)
+
+
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -131,7 +139,7 @@ class Session:
         slot = self.slots[i]
         left, right = self._sides(slot)
         heading = self.heading.format(n=i + 1, total=len(self.slots))   # repeats count as items: not announced
-        return Shown(heading=heading, prompt=judge_prompt_text(slot.item.prompt), left=slot.item.text(left),
+        return Shown(heading=heading, prompt=shown_prompt(slot.item), left=slot.item.text(left),
                      right=slot.item.text(right))
 
     def choose(self, choice: str) -> None:

@@ -214,3 +214,13 @@ def test_without_a_terminal_the_screen_says_so(tmp_path: Path, monkeypatch: Any)
     monkeypatch.setattr("sys.stdin", open("/dev/null"))
     with pytest.raises(NeedsTerminal, match="interactive terminal"):
         asyncio.run(play_in_terminal(object()))
+
+
+def test_an_alpaca_prompt_is_shown_as_its_instruction_and_trains_in_its_template(tmp_path: Path) -> None:
+    rows = [{"instruction": "Convert 5 kilograms to grams.", "input": "", "answers": ["5000 grams.", "5000."]}]
+    cfg = cfg_for(tmp_path, source=write_items(tmp_path / "alpaca.jsonl", rows))
+    seen: list[Any] = []
+    label(cfg, play=pressing("1", seen=seen))
+    assert seen[0].prompt == "Convert 5 kilograms to grams."
+    [pair], _ = load_preferences(cfg.output)
+    assert pair.prompt_format == "alpaca" and pair.prompt.endswith("### Response:\n")
