@@ -53,9 +53,11 @@ def screen_for(session: "Session", title: str) -> Any:
 
 async def play_in_terminal(app: Any) -> Any:
     """Run the screen in this terminal."""
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        raise NeedsTerminal("a person labels in an interactive terminal, and stdin/stdout are not one; run the "
-                            "command in a terminal (a labelled log can also be imported: prefloop label --import)")
+    # textual draws on stderr and reads the terminal's size from stdout: all three must be the terminal
+    if not all(stream.isatty() for stream in (sys.stdin, sys.stdout, sys.stderr)):
+        raise NeedsTerminal("a person labels in an interactive terminal, and stdin, stdout or stderr is not one; "
+                            "run the command in a terminal without redirecting it (labels given elsewhere can be "
+                            "imported: prefloop label --import)")
     return await app.run_async()
 
 
