@@ -28,6 +28,7 @@ def main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from judge.evaluate import evaluate
+    from judge.label import NeedsTerminal
     from judge.prompts import TemplateError
     from prefloop.config import ConfigError
     from prefloop.files import Busy
@@ -42,7 +43,8 @@ def main(args: argparse.Namespace) -> int:
             raise ConfigError("judge: no policy model (--policy MODEL)")
         console = Console(stderr=True, quiet=cfg.quiet)
         result = evaluate(cfg, console=console)
-    except (ConfigError, DataError, RecordError, TemplateError, ServerFatal, Busy, OSError, ValueError) as exc:
+    except (ConfigError, DataError, RecordError, TemplateError, ServerFatal, Busy, NeedsTerminal, OSError,
+            ValueError) as exc:
         return fail(exc)
     except LLMError as exc:
         return fail(f"{exc}\nfinished judgments are cached; run the same command again to resume", 1)

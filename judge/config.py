@@ -27,8 +27,9 @@ class JudgeConfig:
     reference: str = setting("smollm2", "its starting point, the SFT model (the reference model); local or served")
     prompts: str = setting("", "held-out prompts: Alpaca JSON/JSONL, JSONL with 'prompt', .txt, or a pairs file",
                            runtime=True)
-    judges: list[str] = setting(help="judge spec: ollama:NAME, openai:NAME@URL, local:NAME; repeat for several "
-                                     "judges (the first is the headline)", factory=lambda: ["ollama:llama3"],
+    judges: list[str] = setting(help="judge spec: ollama:NAME, openai:NAME@URL, local:NAME, or human (you, on the "
+                                     "labelling screen; human:NAME names the rater); repeat for several judges (the "
+                                     "first is the headline)", factory=lambda: ["ollama:llama3"],
                                 flag="--judge")
     output_dir: str = setting("runs/judge", "output folder", runtime=True, flag="--output", short="-o",
                               aliases=("--out",), was=("out_dir",))
@@ -102,3 +103,57 @@ class JudgeConfig:
     @property
     def cache_path(self) -> Path:
         return Path(self.cache) if self.cache else Path(self.output_dir) / "judge-cache.sqlite"
+
+
+IMPORT_FORMATS = ("auto", "ab", "labelstudio", "argilla")
+
+
+@dataclass
+class LabelConfig:
+    """``prefloop label``: a person picks the better of two answers in the terminal (or labels they already have
+    are imported); the output is preference pairs ready for ``prefloop train``. See ``judge.label``."""
+
+    source: str = setting("", "what to compare: JSONL of {id?, prompt, answers: [...]}, the rank strategy's pairs "
+                              "(every candidate), or a pairs file to re-label or check", runtime=True, flag=False)
+    output: str = setting("", "preference pairs JSONL (its label log, OUTPUT.labels.jsonl, is appended; the same "
+                              "command resumes)", runtime=True, flag="--output", short="-o", metavar="PAIRS.jsonl")
+    rater: str = setting("", "who is labelling, kept with every label (default: your login name)")
+    seed: int = setting(0, "shuffles left and right per item, and picks the hidden repeats")
+    repeats: float = setting(0.0, "share of items shown once more, later and the other way round, to measure "
+                                  "your self-consistency (0.1: one in ten)")
+    max_pairs: int = setting(6, "more than two answers to a prompt: compare at most this many of their pairs")
+    limit: int = setting(0, "first N input rows only (0: all)")
+    import_labels: str = setting("", "labels people already gave, instead of the screen: a CSV/JSONL of prompt, "
+                                     "answer_a, answer_b, label (A, B or tie), a Label Studio pairwise export or an "
+                                     "Argilla ranking export", runtime=True, flag="--import", metavar="FILE")
+    import_format: str = setting("auto", "the --import file's format (auto: from its content)",
+                                 choices=IMPORT_FORMATS, flag="--format")
+    prompt_column: str = setting("", "--import: the prompt's column (default prompt)")
+    a_column: str = setting("", "--import: answer A's column (default answer_a; Label Studio: text1, the left one)")
+    b_column: str = setting("", "--import: answer B's column (default answer_b; Label Studio: text2)")
+    label_column: str = setting("", "--import: the label's column (default label; Argilla: the ranking question, "
+                                    "default ranking)")
+    rater_column: str = setting("rater", "--import: the rater's column, when the file has one (A/B files)")
+    quiet: bool = setting(False, "no summary", runtime=True)
+
+    def __post_init__(self) -> None:
+        check_choices(self, "label.")
+        if not 0.0 <= self.repeats < 1.0:
+            raise ConfigError(f"label.repeats: a share in [0, 1), got {self.repeats}")
+        if self.max_pairs < 1:
+            raise ConfigError(f"label.max_pairs: must be at least 1, got {self.max_pairs}")
+        if self.limit < 0:
+            raise ConfigError(f"label.limit: must be 0 (all) or more, got {self.limit}")
+
+    @property
+    def who(self) -> str:
+        return self.rater or login_name()
+
+
+def login_name() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name in a bare container
+        return "rater"

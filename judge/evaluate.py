@@ -27,6 +27,7 @@ from typing import Any
 
 from judge.cache import JudgeCache
 from judge.config import JudgeConfig
+from judge.human import calibrations, is_human, judge_human
 from judge.pairwise import PairVerdict, judge_pair
 from judge.prompts import check_fields, judge_prompt_text, load_template
 from judge.results import (Agreement, AnswerRow, AnswerSettings, Game, JudgeResults, JudgeSummary, JudgmentRow,
@@ -265,14 +266,12 @@ def generate_answers(cfg: JudgeConfig, records: list[PromptRecord], console: Any
 
 def judgment_row(row: AnswerRow, judge: str, verdict: PairVerdict | None) -> JudgmentRow:
     """One judgments.jsonl line: the verdict from the policy's side plus both games by content."""
-    base = dict(judge=judge, prompt_id=row.id, len_policy=len(row.policy_answer),
-                len_reference=len(row.reference_answer), answers=row.key)
     if verdict is None:  # identical answers, not sent to the judge
-        return JudgmentRow(outcome="tie", winner="tie", identical=True, **base)
+        return JudgmentRow.of(row, judge, outcome="tie", winner="tie", identical=True)
     games = [Game(first=WINNER[g.first], pick=WINNER[g.pick], shown=g.shown, reason=g.reason, raw=g.raw,
                      attempts=g.attempts, cached=g.cached) for g in verdict.games]
-    return JudgmentRow(outcome=OUTCOME[verdict.winner], winner=WINNER[verdict.winner], consistent=verdict.consistent,
-                       unparsed=verdict.unparsed, games=games, **base)
+    return JudgmentRow.of(row, judge, outcome=OUTCOME[verdict.winner], winner=WINNER[verdict.winner],
+                          consistent=verdict.consistent, unparsed=verdict.unparsed, games=games)
 
 
 def verdict_client(cfg: JudgeConfig, judge: str, client: Any) -> Any:
@@ -351,21 +350,32 @@ async def judge_phase(cfg: JudgeConfig, answers: list[AnswerRow], clients: dict[
     summaries: dict[str, RunSummary] = {}
     with JudgeCache(cfg.cache_path) as cache:
         for judge in cfg.judges:
-            rows[judge], summaries[judge] = await judge_all(cfg, judge, answers, cache, console, clients.get(judge))
+            if is_human(judge):  # a person on the labelling screen (``clients`` may hold how to run it)
+                rows[judge], summaries[judge] = await judge_human(cfg, judge, answers, console, clients.get(judge))
+            else:
+                rows[judge], summaries[judge] = await judge_all(cfg, judge, answers, cache, console,
+                                                                clients.get(judge))
             if summaries[judge].interrupted:
                 return rows, summaries, None
     robustness = None
-    if cfg.adversarial and answers:
-        robustness = await adversarial_check(cfg, answers[: cfg.adversarial], clients.get(cfg.judges[0]))
+    models = model_judges(cfg)
+    if cfg.adversarial and answers and models:
+        robustness = await adversarial_check(cfg, answers[: cfg.adversarial], clients.get(models[0]))
     return rows, summaries, robustness
 
 
+def model_judges(cfg: JudgeConfig) -> list[str]:
+    """The judges that are models (not a person), in their order."""
+    return [j for j in cfg.judges if not is_human(j)]
+
+
 async def adversarial_check(cfg: JudgeConfig, rows: list[AnswerRow], client: Any = None) -> dict[str, Any]:
-    """Flip rates of the headline judge when the reference answer is edited adversarially (judge.robustness)."""
+    """Flip rates of the first model judge when the reference answer is edited adversarially (judge.robustness)."""
     from judge.robustness import flip_rates
 
+    judge = model_judges(cfg)[0]
     own = client is None
-    client = make_judge(cfg, cfg.judges[0]) if own else verdict_client(cfg, cfg.judges[0], client)
+    client = make_judge(cfg, judge) if own else verdict_client(cfg, judge, client)
     items = [(r.prompt, r.policy_answer, r.reference_answer) for r in rows]
     known = [r.known_good if cfg.show_known_good else None for r in rows]
     try:
@@ -375,16 +385,19 @@ async def adversarial_check(cfg: JudgeConfig, rows: list[AnswerRow], client: Any
     finally:
         if own:
             await client.aclose()
-    out["judge"] = cfg.judges[0]
+    out["judge"] = judge
     return out
 
 
 # -------------------------------------------------------------------------------------------- statistics
 
 def judge_summary(judge: str, rows: list[JudgmentRow], cfg: JudgeConfig) -> JudgeSummary:
-    """Win rate, interval, LC win rate and diagnostics of one judge's rows (one per prompt)."""
+    """Win rate, interval, LC win rate and diagnostics of one judge's rows (one per prompt; prompts a person
+    skipped are left out and counted)."""
+    skipped = sum(r.skipped for r in rows)
+    rows = [r for r in rows if not r.skipped]
     if not rows:
-        return JudgeSummary(judge=judge)
+        return JudgeSummary(judge=judge, diagnostics={"skipped": skipped} if skipped else {})
     outcomes = [r.outcome for r in rows]
     s = summarize(outcomes, n_boot=cfg.n_boot, seed=cfg.bootstrap_seed)
     lc = lc_win_rate(outcome_values(outcomes), [r.len_policy for r in rows], [r.len_reference for r in rows])
@@ -401,6 +414,7 @@ def judge_summary(judge: str, rows: list[JudgmentRow], cfg: JudgeConfig) -> Judg
         cached_games=sum(g.cached for r in rows for g in r.games),
         mean_len_policy=sum(r.len_policy for r in rows) / len(rows),
         mean_len_reference=sum(r.len_reference for r in rows) / len(rows),
+        skipped=skipped,
     )
     return JudgeSummary(judge=judge, n=s.n, win_rate=s.rate, ci_low=s.ci_low, ci_high=s.ci_high, wins=s.wins,
                         ties=s.ties, losses=s.losses, lc_win_rate=lc.rate, lc_slope=lc.slope, lc_warning=lc.warning,
@@ -408,12 +422,14 @@ def judge_summary(judge: str, rows: list[JudgmentRow], cfg: JudgeConfig) -> Judg
 
 
 def kappas(per_judge: dict[str, dict[str, JudgmentRow]]) -> list[Agreement]:
-    """Cohen's κ for every pair of judges over the prompts both judged (labels: win/tie/loss/unparsed)."""
+    """Cohen's κ for every pair of judges over the prompts both judged (labels: win/tie/loss/unparsed; a
+    person's skipped prompts are not judged)."""
     names = list(per_judge)
     out = []
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            common = sorted(set(per_judge[a]) & set(per_judge[b]))
+            common = sorted(k for k in set(per_judge[a]) & set(per_judge[b])
+                            if not per_judge[a][k].skipped and not per_judge[b][k].skipped)
             la = [per_judge[a][k].label for k in common]
             lb = [per_judge[b][k].label for k in common]
             agree = sum(x == y for x, y in zip(la, lb)) / len(common) if common else None
@@ -453,12 +469,12 @@ def evaluate(cfg: JudgeConfig, console: Any = None, *, clients: dict[str, Any] |
     judge clients by spec (tests, the loop); otherwise each judge is built from its spec."""
     out = Path(cfg.output_dir)
     writable(out / "results.json", "--output")
-    for judge in cfg.judges:  # refuse a bad judge setting before spending time on answers
+    for judge in model_judges(cfg):  # refuse a bad judge setting before spending time on answers
         verdict_client(cfg, judge, None)
     records, pair_gens = load_eval_prompts(cfg)
     train_gens, warnings = training_checks(cfg, records)
-    warnings += self_preference_warnings(cfg.judges, pair_gens | train_gens)
-    warnings += self_preference_warnings(cfg.judges, {cfg.policy, cfg.reference},
+    warnings += self_preference_warnings(model_judges(cfg), pair_gens | train_gens)
+    warnings += self_preference_warnings(model_judges(cfg), {cfg.policy, cfg.reference},
                                          role="one of the models being compared")
     for w in warnings:
         note(console, f"[yellow]warning:[/] {w}")
@@ -495,13 +511,14 @@ def evaluate(cfg: JudgeConfig, console: Any = None, *, clients: dict[str, Any] |
     if robustness is not None:
         for name in ATTACKS:
             if robustness[name]["attacked_wins"] > 0.2:
-                warnings.append(f"{cfg.judges[0]}: an answer edited by '{name}' won "
+                warnings.append(f"{robustness['judge']}: an answer edited by '{name}' won "
                                 f"{robustness[name]['attacked_wins']:.0%} of {robustness['n']} pairs; "
                                 "this judge is easy to game")
 
+    agreement = kappas(per_judge_rows) if len(cfg.judges) > 1 else []
     results = JudgeResults(
         status="failed" if reason else "complete", reason=reason, outputs=outputs, judge=cfg.judges[0],
-        judges=per_judge, kappa=kappas(per_judge_rows) if len(cfg.judges) > 1 else [], warnings=warnings,
+        judges=per_judge, kappa=agreement, calibration=calibrations(per_judge_rows, agreement), warnings=warnings,
         policy=cfg.policy, reference=cfg.reference, prompts=cfg.prompts, n_prompts=len(answers), n_boot=cfg.n_boot,
         robustness=robustness, template=cfg.template, template_hash=load_template(cfg.template).hash,
         policy_answers=policy_answers, reference_answers=reference_answers,

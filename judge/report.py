@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from judge.human import is_human
 from judge.prompts import judge_prompt_text
 from judge.robustness import ATTACKS
 from judge.results import AnswerRow, JudgeResults, JudgeSummary, JudgmentRow, current_judgments, read_answers
@@ -68,6 +69,11 @@ def build_report(out_dir: Path, results: JudgeResults, answers: list[AnswerRow],
     if plot is not None:
         rep.image(plot, caption="win rate of the trained model over its SFT reference per judge, with its 95% "
                                 "interval; the dashed line is 50% (no better than the reference)")
+    people = [s for s in results.judges.values() if is_human(s.judge)]
+    if people:
+        rep.paragraph(" ".join(f"`{s.judge}` is a person: each prompt judged once, the answers unnamed and their "
+                               f"sides in a seeded random order; {s.diagnostics.get('skipped') or 0} skipped "
+                               "prompts are left out of n." for s in people))
     rep.paragraph("LC win rate: AlpacaEval's length-controlled win rate (a logistic fit of the outcome on the "
                   "normalised length difference, read at equal lengths), fitted on this set. *Picks first* near "
                   "50% means no position bias; *picks longer* far above 50% means the judge rewards length.")
@@ -95,6 +101,8 @@ def build_report(out_dir: Path, results: JudgeResults, answers: list[AnswerRow],
         rep.heading("Agreement between judges", 3)
         rep.table([[k.a, k.b, fmt(k.kappa), pct(k.agreement), k.n] for k in results.kappa],
                   headers=["judge", "judge", "Cohen's κ", "agreement", "prompts"])
+    if results.calibration:
+        add_calibration(rep, results)
     rob = results.robustness
     if rob:
         rep.heading("Robustness to adversarial answers", 3)
@@ -106,6 +114,27 @@ def build_report(out_dir: Path, results: JudgeResults, answers: list[AnswerRow],
     if n_examples:
         add_examples(rep, answers, rows, results.judge, n_examples)
     return rep
+
+
+def add_calibration(rep: Report, results: JudgeResults) -> None:
+    """A model judge measured against the person who judged the same prompts: how far to trust the cheap judge."""
+    rep.heading("Model judges against the person", 3)
+    rep.paragraph("On the prompts the person decided: how often each model judge agrees with them when the "
+                  "person's answer was shown to the judge first and when it was shown second (the difference is "
+                  "the judge's position bias beyond the person's), and how often the judge and the person prefer "
+                  "the longer answer (the difference is the judge's length bias beyond the person's taste). A "
+                  "judge with a κ near 1 and both biases near 0 can stand in for this person.")
+    rep.table([[c.judge, c.person, c.n, fmt(c.kappa), pct(c.agreement), pct(c.agree_first), pct(c.agree_second),
+                signed_points(c.position_bias), pct(c.longer_judge), pct(c.longer_person),
+                signed_points(c.length_bias)] for c in results.calibration],
+              headers=["judge", "person", "prompts", "Cohen's κ", "agreement", "agrees, person's pick first",
+                       "agrees, person's pick second", "position bias", "judge picks longer",
+                       "person picks longer", "length bias"])
+
+
+def signed_points(value: float | None) -> str:
+    """A difference of two rates in percentage points ('+12 pts')."""
+    return "—" if value is None else f"{100 * value:+.0f} pts"
 
 
 def add_examples(rep: Report, answers: list[AnswerRow], rows: dict[str, dict[str, JudgmentRow]], headline: str,

@@ -123,9 +123,16 @@ class JudgmentRow:
     consistent: bool | None = None   # the two orders agreed (None: not both parsed, or not judged)
     identical: bool = False          # the answers were identical: a tie without asking the judge
     unparsed: bool = False
+    skipped: bool = False            # a person skipped this prompt: no verdict, left out of the win rate
     games: list[Game] = field(default_factory=list)
     answers: str = ""                # AnswerRow.key of the answers judged
     id: str = ""                     # the runner's job id (judge, template, answers, options)
+
+    @classmethod
+    def of(cls, row: AnswerRow, judge: str, **verdict: Any) -> "JudgmentRow":
+        """A verdict on ``row``'s answers (their lengths and digest filled in)."""
+        return cls(judge=judge, prompt_id=row.id, len_policy=len(row.policy_answer),
+                   len_reference=len(row.reference_answer), answers=row.key, **verdict)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "JudgmentRow":
@@ -143,6 +150,8 @@ class JudgmentRow:
             return "identical answers (tie)"
         if self.unparsed:
             return "unparsed (counted as a tie)"
+        if self.skipped:
+            return "skipped by the rater (not counted)"
         text = {"policy": "trained model wins", "reference": "reference wins", "tie": "tie"}[self.winner or "tie"]
         return text + (" (the two orders disagreed)" if self.consistent is False else "")
 
@@ -188,12 +197,31 @@ class Agreement:
 
 
 @dataclass
+class Calibration:
+    """A model judge measured against a person (a ``human`` judge) on the prompts both judged:
+    ``judge.stats.against_person`` plus their κ."""
+
+    person: str
+    judge: str
+    n: int
+    kappa: float | None
+    agreement: float | None
+    agree_first: float | None = None
+    agree_second: float | None = None
+    position_bias: float | None = None
+    longer_judge: float | None = None
+    longer_person: float | None = None
+    length_bias: float | None = None
+
+
+@dataclass
 class JudgeResults(StageResult):
     """``results.json``: what one ``prefloop judge`` run found (``judge`` names the headline judge)."""
 
     judge: str = ""
     judges: dict[str, JudgeSummary] = field(default_factory=dict)
     kappa: list[Agreement] = field(default_factory=list)
+    calibration: list[Calibration] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     policy: str = ""
     reference: str = ""
@@ -222,6 +250,7 @@ class JudgeResults(StageResult):
         res.kappa = [from_fields(Agreement, k) for k in data.get("kappa") or []]
         res.policy_answers = AnswerSettings.from_json(data.get("policy_answers"))
         res.reference_answers = AnswerSettings.from_json(data.get("reference_answers"))
+        res.calibration = [from_fields(Calibration, c) for c in data.get("calibration") or []]
         return res
 
 

@@ -227,6 +227,52 @@ def diagnostics(games: Sequence[GameRecord]) -> dict[str, float | int | None]:
     }
 
 
+@dataclass(frozen=True)
+class AgainstPerson:
+    """A model judge's biases measured against a person's verdicts on the same prompts (see ``against_person``)."""
+
+    n: int
+    agree_first: float | None
+    agree_second: float | None
+    position_bias: float | None
+    longer_judge: float | None
+    longer_person: float | None
+    length_bias: float | None
+
+
+def against_person(person: dict[str, str], games: Sequence[GameRecord]) -> AgainstPerson:
+    """How a judge departs from a person who decided the same prompts: calibrating a cheap judge on one's own taste.
+
+    ``person`` maps a prompt id to the answer the person preferred (``"A"`` or ``"B"``, decided prompts only);
+    ``games`` are the judge's calls (both orders) on those and other prompts.
+
+    - ``agree_first``/``agree_second``: of the judge's decisive games on the person's prompts, the share that
+      picked the person's answer when it was shown first, and when it was shown second;
+      ``position_bias`` = first − second: above 0, the judge sides with the first position beyond the person's
+      taste (0 for a judge whose agreement does not depend on the order);
+    - ``longer_judge``: of those games on prompts whose answers differ in length, the share won by the longer
+      answer; ``longer_person``: of those prompts, the share where the person preferred the longer answer;
+      ``length_bias`` = judge − person: the judge's taste for length beyond the person's.
+    Rates are ``None`` when nothing qualifies; ``n`` counts the person's prompts the judge decided at least once.
+    """
+    def ratio(num: int, den: int) -> float | None:
+        return num / den if den else None
+
+    mine = [g for g in games if g.prompt_id in person and g.pick in ("A", "B")]
+    first = [g for g in mine if g.first == person[g.prompt_id]]
+    second = [g for g in mine if g.first != person[g.prompt_id]]
+    a_first = ratio(sum(g.pick == person[g.prompt_id] for g in first), len(first))
+    a_second = ratio(sum(g.pick == person[g.prompt_id] for g in second), len(second))
+    unequal = [g for g in mine if g.len_a != g.len_b]
+    longer = ratio(sum((g.pick == "A") == (g.len_a > g.len_b) for g in unequal), len(unequal))
+    prompts = {g.prompt_id: g for g in unequal}
+    person_longer = ratio(sum((person[p] == "A") == (g.len_a > g.len_b) for p, g in prompts.items()), len(prompts))
+    return AgainstPerson(n=len({g.prompt_id for g in mine}), agree_first=a_first, agree_second=a_second,
+                         position_bias=None if a_first is None or a_second is None else a_first - a_second,
+                         longer_judge=longer, longer_person=person_longer,
+                         length_bias=None if longer is None or person_longer is None else longer - person_longer)
+
+
 def flip_rate(before: Sequence[str], after: Sequence[str]) -> float:
     """Share of items whose verdict changed between two runs (e.g. before and after an adversarial edit)."""
     if len(before) != len(after):

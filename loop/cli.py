@@ -12,6 +12,7 @@ from types import ModuleType
 
 from generator import cli as generate_cli
 from judge import cli as judge_cli
+from judge import cli_label as label_cli
 from loop import export as export_cli
 from loop import run as run_cli
 from trainer import cli as train_cli
@@ -23,6 +24,7 @@ COMMANDS: dict[str, tuple[ModuleType, str]] = {
     "train": (train_cli, "DPO training of an SFT model on preference pairs"),
     "judge": (judge_cli, "held-out win rate of a trained model against its reference"),
     "export": (export_cli, "a trained model into Ollama: an export folder, created on the server, verified"),
+    "label": (label_cli, "a person picks the better answer in the terminal, or imports labels: preference pairs"),
     "run": (run_cli, "the whole loop from one TOML config: generate, split, train, judge, report"),
 }
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from generator.config import GenerateConfig
 from judge.config import JudgeConfig
+from judge.human import is_human
 from judge.preflight import PreflightConfig
 from prefloop.config import (ConfigError, apply_overrides, at_least, build, check_choices, check_sections, load_toml,
                              setting)
@@ -193,7 +194,7 @@ def load_loop_config(path: str | Path, overrides: list[str] | None = None) -> Lo
     # the judgment cache outlives a changed judge setting (its keys hold everything that decides a verdict)
     judge_raw.setdefault("cache", str(paths["cache"]))
     judge = build(JudgeConfig, judge_raw, f"{path} [judge]")
-    for spec in list(judge.judges) + ([preflight.judge] if preflight.judge else []):
+    for spec in [j for j in judge.judges if not is_human(j)] + ([preflight.judge] if preflight.judge else []):
         try:
             parse_spec(spec)
         except ValueError as exc:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from judge.human import is_human
 from judge.preflight import RULES as PREFLIGHT_RULES
 from loop.config import LoopConfig, judge_owned, stage_paths
 from prefloop.config import fingerprinted
@@ -50,7 +51,7 @@ def stage_settings(cfg: LoopConfig) -> dict[str, dict[str, Any]]:
     return {
         "generate": {"identity": cfg.generate.identity()},
         "split": {"split": fingerprinted(cfg.split), "data": fingerprinted(cfg.data)},
-        "preflight": {"preflight": fingerprinted(cfg.preflight), "judge": cfg.preflight.judge or cfg.judges[0],
+        "preflight": {"preflight": fingerprinted(cfg.preflight), "judge": preflight_judge(cfg),
                       "sft": cfg.train.model, "rules": PREFLIGHT_RULES,
                       "judging": {k: getattr(cfg.judge, k) for k in ("judge_temperature", "judge_seed",
                                                                       "judge_max_tokens", "judge_num_ctx")}},
@@ -58,6 +59,12 @@ def stage_settings(cfg: LoopConfig) -> dict[str, dict[str, Any]]:
         "export": fingerprinted(cfg.export),
         "judge": fingerprinted(cfg.judge),
     }
+
+
+def preflight_judge(cfg: LoopConfig) -> str | None:
+    """Who scores the SFT model's answers before training: ``[preflight] judge``, else the first model judge (a
+    person judges pairs, not 0-100 scores); None when every judge is a person."""
+    return cfg.preflight.judge or next((j for j in cfg.judges if not is_human(j)), None)
 
 
 class Loop:
@@ -192,9 +199,12 @@ class Loop:
     # -- preflight
     def preflight(self) -> StageOutcome | None:
         p = self.cfg.preflight
+        judge_spec = preflight_judge(self.cfg)
         if not p.enabled:
             return None
-        judge_spec = p.judge or self.cfg.judges[0]
+        if judge_spec is None:
+            self.say("  preflight: skipped (every judge is a person; set [preflight] judge to run it)")
+            return None
 
         def work(decision: str) -> StageResult:
             from judge.preflight import run_preflight
