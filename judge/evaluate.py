@@ -3,10 +3,16 @@
 The recipe, in order:
 1. load held-out prompts (a prompts file, or a pairs file whose chosen answers become the known-good answers);
 2. generate an answer from each model with the same settings (greedy by default), in batches, each batch
-   appended to ``gen-policy.jsonl`` / ``gen-reference.jsonl`` so a killed run keeps what it generated;
-3. judge every prompt in both orders with each judge through the durable runner (``judgments.jsonl``) and the
-   judgment cache, so a rerun asks the judge nothing it already answered;
-4. statistics (``judge.stats``) into ``results.json``; ``report.md``/``report.html`` with a plot and examples.
+   appended to ``gen-policy.jsonl`` / ``gen-reference.jsonl`` so a killed run keeps what it generated; prompts
+   reach the models as the trainer renders them (``prompt_format``; a chat model gets Alpaca rows as one turn of
+   its chat template), i.e. the way the model is used;
+3. skill retention from the answers alone (``judge.retention``: content kept of the known-good answers, stock
+   openings, loops, length), no judge needed;
+4. with each judge: first its validation on pairs whose better side is known (``validate``, ``judge.validation``;
+   ``validation.jsonl``), then every prompt in both orders through the durable runner (``judgments.jsonl``) and
+   the judgment cache, so a rerun asks the judge nothing it already answered; the headline judge also scores both
+   answers 0-100 against the known-good answer (score mode);
+5. statistics (``judge.stats``) into ``results.json``; ``report.md``/``report.html`` with a plot and examples.
    The files and their types are in ``judge.results``.
 
 A judgment that never parsed counts as a tie and is reported (``unparsed``), never dropped from n. A judge call
@@ -18,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +33,20 @@ from judge.cache import JudgeCache
 from judge.config import JudgeConfig
 from judge.pairwise import PairVerdict, judge_pair
 from judge.prompts import check_fields, judge_prompt_text, load_template
-from judge.results import (Agreement, AnswerRow, Game, JudgeResults, JudgeSummary, JudgmentRow, iter_judgments,
-                           write_answers)
-from judge.retention import answer_warnings
+from judge.results import (Agreement, AnswerRow, Game, JudgeResults, JudgeSummary, JudgeValidation, JudgmentRow,
+                           Retention, iter_judgments, write_answers)
+from judge.retention import retention, retention_warnings
+from judge.scoring import Score, score_many
 from judge.selfpref import generator_models, self_preference_warnings
-from judge.stats import GameRecord, cohen_kappa, diagnostics, lc_win_rate, outcome_values, summarize
+from judge.stats import (GameRecord, cohen_kappa, diagnostics, lc_win_rate, outcome_values, position_and_content,
+                         summarize)
+from judge.validation import summarize_validation, validation_rows
 from prefloop.jsonl import JsonlAppender, iter_jsonl
-from prefloop.llm.base import GenOptions, parse_spec
-from prefloop.records import PromptRecord, stable_id
+from prefloop.llm.base import GenOptions, LLMError, parse_spec
+from prefloop.records import Prompt, PromptRecord, stable_id
 from prefloop.runner import Job, RunSummary, Runner
 from prefloop.sources import iter_rows, load_preferences, load_prompts, preference_to_prompt
+from prefloop.templates import choose_format, render_prompt
 
 OUTCOME = {"A": "win", "B": "loss", "tie": "tie", None: "tie"}      # A = the policy's answer
 WINNER = {"A": "policy", "B": "reference", "tie": "tie", None: None}
@@ -84,16 +96,31 @@ def gen_options(cfg: JudgeConfig, seed_offset: int = 0) -> GenOptions:
     return GenOptions(temperature=cfg.temperature, seed=cfg.gen_seed + seed_offset, max_tokens=cfg.max_tokens)
 
 
+def answer_settings(spec: str, options: GenOptions, cfg: JudgeConfig) -> str:
+    """What decides an answer besides its prompt: the key of ``gen-*.jsonl`` rows a rerun may reuse."""
+    return stable_id(spec, options.temperature, options.seed, options.max_tokens, cfg.dtype, cfg.prompt_format)
+
+
+def answer_prompt(rec: PromptRecord, forced: str, has_chat_template: bool) -> tuple[Prompt, str]:
+    """The prompt as the model gets it (the trainer's rendering, ``prefloop.templates``) and its format's name."""
+    fmt = choose_format(rec.prompt_format, forced, has_chat_template)
+    return render_prompt(rec.prompt, rec.meta, rec.prompt_format, fmt), fmt
+
+
 def generate_side(spec: str, records: list[PromptRecord], path: Path, cfg: JudgeConfig, console: Any,
-                  seed_offset: int = 0) -> dict[str, str]:
-    """Answers of one model for every record, resuming from ``path`` (rows keyed by prompt id + settings)."""
+                  seed_offset: int = 0, formats: dict[str, str] | None = None) -> dict[str, str]:
+    """Answers of one model for every record, resuming from ``path`` (rows keyed by prompt id + settings);
+    ``formats`` gets each prompt's format as the model saw it."""
     options = gen_options(cfg, seed_offset)
-    settings = stable_id(spec, options.temperature, options.seed, options.max_tokens, cfg.dtype)
+    settings = answer_settings(spec, options, cfg)
     done: dict[str, str] = {}
+    formats = {} if formats is None else formats
     if path.exists():
         for _, row in iter_jsonl(path):
             if isinstance(row, dict) and row.get("settings") == settings:
                 done[str(row["id"])] = row["answer"]
+                if row.get("format"):
+                    formats[str(row["id"])] = row["format"]
     todo = [r for r in records if r.id not in done]
     if not todo:
         return done
@@ -106,21 +133,26 @@ def generate_side(spec: str, records: list[PromptRecord], path: Path, cfg: Judge
     client = make_client(spec, dtype=cfg.dtype, batch_size=cfg.batch_size)
     t0 = time.perf_counter()
     try:
+        chat = bool(getattr(client.load()[1], "chat_template", None))
         with JsonlAppender(path) as out:
             for i in range(0, len(todo), cfg.batch_size):
                 batch = todo[i: i + cfg.batch_size]
-                answers = client.generate_batch([r.prompt for r in batch], options)
-                for rec, answer in zip(batch, answers):
-                    out.append({"id": rec.id, "answer": answer, "settings": settings, "model": spec})
+                rendered = [answer_prompt(r, cfg.prompt_format, chat) for r in batch]
+                answers = client.generate_batch([prompt for prompt, _ in rendered], options)
+                for rec, answer, (_, fmt) in zip(batch, answers, rendered):
+                    out.append({"id": rec.id, "answer": answer, "settings": settings, "model": spec, "format": fmt})
                     done[rec.id] = answer
+                    formats[rec.id] = fmt
     finally:
         asyncio.run(client.aclose())
     note(console, f"  {len(todo)} answers in {time.perf_counter() - t0:.1f}s")
     return done
 
 
-def generate_answers(cfg: JudgeConfig, records: list[PromptRecord], console: Any = None) -> list[AnswerRow]:
-    """Both models' answers (one model at a time in memory), written to ``answers.jsonl``.
+def generate_answers(cfg: JudgeConfig, records: list[PromptRecord], console: Any = None,
+                     formats: dict[str, str] | None = None) -> list[AnswerRow]:
+    """Both models' answers (one model at a time in memory), written to ``answers.jsonl``; ``formats`` gets the
+    format each prompt reached the policy in.
 
     The same model twice is an A/A test: greedy, its answers are generated once and every prompt is a tie;
     sampled, the reference side gets the next seed, so the two sides are independent samples of one model and
@@ -128,7 +160,7 @@ def generate_answers(cfg: JudgeConfig, records: list[PromptRecord], console: Any
     """
     out = Path(cfg.output_dir)
     policy, reference = local_spec(cfg.policy), local_spec(cfg.reference)
-    pol = generate_side(policy, records, out / "gen-policy.jsonl", cfg, console)
+    pol = generate_side(policy, records, out / "gen-policy.jsonl", cfg, console, formats=formats)
     if reference == policy and cfg.temperature == 0:
         ref = pol
     else:
@@ -150,9 +182,13 @@ def judgment_row(row: AnswerRow, judge: str, verdict: PairVerdict | None) -> Jud
     if verdict is None:  # identical answers, not sent to the judge
         return JudgmentRow(outcome="tie", winner="tie", identical=True, **base)
     games = [Game(first=WINNER[g.first], pick=WINNER[g.pick], shown=g.shown, reason=g.reason, raw=g.raw,
-                     attempts=g.attempts, cached=g.cached) for g in verdict.games]
+                  attempts=g.attempts, cached=g.cached, logodds=g.logodds) for g in verdict.games]
+    odds = {g.first: g.logodds for g in verdict.games}
+    position = content = None
+    if odds.get("A") is not None and odds.get("B") is not None:  # L1: the policy shown first; L2: shown second
+        position, content = position_and_content(odds["A"], odds["B"])
     return JudgmentRow(outcome=OUTCOME[verdict.winner], winner=WINNER[verdict.winner], consistent=verdict.consistent,
-                       unparsed=verdict.unparsed, games=games, **base)
+                       unparsed=verdict.unparsed, games=games, position=position, content=content, **base)
 
 
 def verdict_client(cfg: JudgeConfig, judge: str, client: Any) -> Any:
@@ -169,13 +205,18 @@ def verdict_client(cfg: JudgeConfig, judge: str, client: Any) -> Any:
     return client
 
 
-def make_judge(cfg: JudgeConfig, judge: str) -> Any:
-    """A judge client from its spec: a served one with ``concurrency`` slots and the judge's timeout."""
+def judge_client(cfg: JudgeConfig, judge: str) -> Any:
+    """A judge client from its spec as it replies (a served one with ``concurrency`` slots and the judge's
+    timeout), before ``verdict_client`` decides how its verdicts are read."""
     from prefloop.llm import make_client
 
     served = parse_spec(judge).backend != "local"
-    client = make_client(judge, slots=cfg.concurrency, timeout=cfg.timeout_s) if served else make_client(judge)
-    return verdict_client(cfg, judge, client)
+    return make_client(judge, slots=cfg.concurrency, timeout=cfg.timeout_s) if served else make_client(judge)
+
+
+def make_judge(cfg: JudgeConfig, judge: str) -> Any:
+    """A judge client from its spec, reading verdicts as ``cfg.verdict`` says."""
+    return verdict_client(cfg, judge, judge_client(cfg, judge))
 
 
 def judge_options(cfg: JudgeConfig) -> GenOptions:
@@ -184,8 +225,10 @@ def judge_options(cfg: JudgeConfig) -> GenOptions:
 
 
 async def judge_all(cfg: JudgeConfig, judge: str, answers: list[AnswerRow], cache: JudgeCache,
-                    console: Any = None, client: Any = None) -> tuple[dict[str, JudgmentRow], RunSummary]:
-    """Judge every answer pair with one judge through the runner; returns rows by prompt id and the summary."""
+                    console: Any = None, client: Any = None, *, file: str = "judgments.jsonl",
+                    what: str = "judging") -> tuple[dict[str, JudgmentRow], RunSummary]:
+    """Judge every answer pair with one judge through the runner into ``file`` (the validation pairs go through
+    the same path into ``validation.jsonl``); returns rows by prompt id and the summary."""
     template = load_template(cfg.template)
     check_fields(template, ("prompt", "answer_a", "answer_b"))
     options = judge_options(cfg)
@@ -207,11 +250,11 @@ async def judge_all(cfg: JudgeConfig, judge: str, answers: list[AnswerRow], cach
                                    attempts=cfg.attempts)
         return judgment_row(row, judge, verdict).to_json()
 
-    path = Path(cfg.output_dir) / "judgments.jsonl"
+    path = Path(cfg.output_dir) / file
     try:
         if own:
             await client.preflight()
-        runner = Runner(path, concurrency=cfg.concurrency, console=console, description=f"judging ({judge})",
+        runner = Runner(path, concurrency=cfg.concurrency, console=console, description=f"{what} ({judge})",
                         backoff_s=0.2, progress=False if cfg.quiet else None)
         summary = await runner.run(jobs, work)
     finally:
@@ -222,21 +265,69 @@ async def judge_all(cfg: JudgeConfig, judge: str, answers: list[AnswerRow], cach
     return rows, summary
 
 
-async def judge_phase(cfg: JudgeConfig, answers: list[AnswerRow], clients: dict[str, Any], console: Any
-                      ) -> tuple[dict[str, dict[str, JudgmentRow]], dict[str, RunSummary], dict[str, Any] | None]:
-    """Every judge, then the optional adversarial check, in one event loop (clients are bound to the loop that
-    first used them)."""
-    rows: dict[str, dict[str, JudgmentRow]] = {}
-    summaries: dict[str, RunSummary] = {}
+@dataclass
+class Judged:
+    """What the judges said: per judge its rows by prompt id and the runner's summary, for the held-out answers
+    and for the validation pairs; the headline judge's 0-100 scores; the adversarial check."""
+
+    rows: dict[str, dict[str, JudgmentRow]] = field(default_factory=dict)
+    summaries: dict[str, RunSummary] = field(default_factory=dict)
+    validation: dict[str, dict[str, JudgmentRow]] = field(default_factory=dict)
+    validation_summaries: dict[str, RunSummary] = field(default_factory=dict)
+    scores: tuple[list[Score], list[Score]] | None = None
+    score_error: str = ""
+    robustness: dict[str, Any] | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        return any(s.interrupted for s in [*self.summaries.values(), *self.validation_summaries.values()])
+
+
+async def judge_phase(cfg: JudgeConfig, answers: list[AnswerRow], clients: dict[str, Any], console: Any,
+                      validation: list[AnswerRow] | None = None) -> Judged:
+    """Every judge (its validation pairs first), then the headline judge's scores and the optional adversarial
+    check, in one event loop (clients are bound to the loop that first used them)."""
+    out = Judged()
     with JudgeCache(cfg.cache_path) as cache:
         for judge in cfg.judges:
-            rows[judge], summaries[judge] = await judge_all(cfg, judge, answers, cache, console, clients.get(judge))
-            if summaries[judge].interrupted:
-                return rows, summaries, None
-    robustness = None
+            if validation:
+                out.validation[judge], out.validation_summaries[judge] = await judge_all(
+                    cfg, judge, validation, cache, console, clients.get(judge), file="validation.jsonl",
+                    what="validating")
+                if out.interrupted:
+                    return out
+            out.rows[judge], out.summaries[judge] = await judge_all(cfg, judge, answers, cache, console,
+                                                                    clients.get(judge))
+            if out.interrupted:
+                return out
+        complete = all(s.done for s in out.summaries.values())
+        if cfg.score_known_good and complete and any(a.known_good for a in answers):
+            try:
+                out.scores = await score_both(cfg, answers, cache, clients.get(cfg.judges[0]))
+            except LLMError as exc:  # the verdicts stand without the scores; finished scores are cached
+                out.score_error = f"{cfg.judges[0]}: no 0-100 scores this run ({exc}); a rerun asks again"
     if cfg.adversarial and answers:
-        robustness = await adversarial_check(cfg, answers[: cfg.adversarial], clients.get(cfg.judges[0]))
-    return rows, summaries, robustness
+        out.robustness = await adversarial_check(cfg, answers[: cfg.adversarial], clients.get(cfg.judges[0]))
+    return out
+
+
+async def score_both(cfg: JudgeConfig, answers: list[AnswerRow], cache: JudgeCache, client: Any = None
+                     ) -> tuple[list[Score], list[Score]]:
+    """The seed's 0-100 correctness score of both models' answers against the known-good answer, by the headline
+    judge generating its reply (a local judge too: a score is not one of its verdict tokens)."""
+    own = client is None
+    client = judge_client(cfg, cfg.judges[0]) if own else client
+    items = [a for a in answers if a.known_good]
+    try:
+        if own:
+            await client.preflight()
+        kw = dict(cache=cache, options=cfg.score_options(), attempts=cfg.attempts)
+        policy = await score_many(client, [(a.prompt, a.policy_answer, a.known_good) for a in items], **kw)
+        reference = await score_many(client, [(a.prompt, a.reference_answer, a.known_good) for a in items], **kw)
+    finally:
+        if own:
+            await client.aclose()
+    return policy, reference
 
 
 async def adversarial_check(cfg: JudgeConfig, rows: list[AnswerRow], client: Any = None) -> dict[str, Any]:
@@ -260,11 +351,14 @@ async def adversarial_check(cfg: JudgeConfig, rows: list[AnswerRow], client: Any
 
 # -------------------------------------------------------------------------------------------- statistics
 
-def judge_summary(judge: str, rows: list[JudgmentRow], cfg: JudgeConfig) -> JudgeSummary:
-    """Win rate, interval, LC win rate and diagnostics of one judge's rows (one per prompt)."""
+def judge_summary(judge: str, rows: list[JudgmentRow], cfg: JudgeConfig,
+                  validation: JudgeValidation | None = None) -> JudgeSummary:
+    """Win rate, interval, LC win rate and diagnostics of one judge's rows (one per prompt), its verdicts decided
+    by the rule its validation chose (``orders`` without one)."""
+    rule = validation.rule if validation is not None else "orders"
     if not rows:
-        return JudgeSummary(judge=judge)
-    outcomes = [r.outcome for r in rows]
+        return JudgeSummary(judge=judge, rule=rule, validation=validation)
+    outcomes = [r.decided(rule) for r in rows]
     s = summarize(outcomes, n_boot=cfg.n_boot, seed=cfg.bootstrap_seed)
     lc = lc_win_rate(outcome_values(outcomes), [r.len_policy for r in rows], [r.len_reference for r in rows])
     letter = {"policy": "A", "reference": "B", "tie": "tie", None: None}
@@ -281,9 +375,12 @@ def judge_summary(judge: str, rows: list[JudgmentRow], cfg: JudgeConfig) -> Judg
         mean_len_policy=sum(r.len_policy for r in rows) / len(rows),
         mean_len_reference=sum(r.len_reference for r in rows) / len(rows),
     )
+    positions = [r.position for r in rows if r.position is not None]
+    if positions:
+        diag["mean_position"] = sum(positions) / len(positions)
     return JudgeSummary(judge=judge, n=s.n, win_rate=s.rate, ci_low=s.ci_low, ci_high=s.ci_high, wins=s.wins,
                         ties=s.ties, losses=s.losses, lc_win_rate=lc.rate, lc_slope=lc.slope, lc_warning=lc.warning,
-                        diagnostics=diag)
+                        diagnostics=diag, rule=rule, validation=validation)
 
 
 def kappas(per_judge: dict[str, dict[str, JudgmentRow]]) -> list[Agreement]:
@@ -322,6 +419,14 @@ def judge_warnings(s: JudgeSummary) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------- main
 
+def add_scores(skill: Retention, judge: str, policy: list[Score], reference: list[Score]) -> None:
+    """The mean 0-100 scores of both sides into the retention record (unparsed scores left out, as counted)."""
+    for side, scores in ((skill.policy, policy), (skill.reference, reference)):
+        values = [s.value for s in scores if s.value is not None]
+        side.score = sum(values) / len(values) if values else None
+    skill.scored_by = judge
+
+
 def note(console: Any, text: str) -> None:
     if console is not None:
         console.print(text)
@@ -341,24 +446,43 @@ def evaluate(cfg: JudgeConfig, console: Any = None, *, clients: dict[str, Any] |
                                          role="one of the models being compared")
     for w in warnings:
         note(console, f"[yellow]warning:[/] {w}")
-    answers = generate_answers(cfg, records, console)
-    warnings += answer_warnings(answers)
+    validation = validation_rows(cfg.validate) if cfg.validate else []
+    formats: dict[str, str] = {}
+    answers = generate_answers(cfg, records, console, formats)
+    skill = retention(answers, n_boot=cfg.n_boot, seed=cfg.bootstrap_seed)
+    warnings += retention_warnings(skill)
 
-    per_judge_rows, summaries, robustness = asyncio.run(judge_phase(cfg, answers, clients or {}, console))
+    judged = asyncio.run(judge_phase(cfg, answers, clients or {}, console, validation))
+    per_judge_rows, summaries, robustness = judged.rows, judged.summaries, judged.robustness
     outputs = {"answers": str(out / "answers.jsonl"), "judgments": str(out / "judgments.jsonl")}
-    if any(s.interrupted for s in summaries.values()):
+    if validation:
+        outputs["validation"] = str(out / "validation.jsonl")
+    if judged.interrupted:
         return JudgeResults(status="interrupted", reason="interrupted; run the same command again to resume",
                             outputs=outputs, judge=cfg.judges[0], policy=cfg.policy, reference=cfg.reference)
 
     per_judge = {}
     for judge in cfg.judges:
+        checked = None
+        if validation:
+            done = judged.validation[judge]
+            checked = summarize_validation(judge, str(cfg.validate),
+                                           [done[v.id] for v in validation if v.id in done], n_boot=cfg.n_boot,
+                                           seed=cfg.bootstrap_seed)
         ordered = [per_judge_rows[judge][a.id] for a in answers if a.id in per_judge_rows[judge]]
-        per_judge[judge] = judge_summary(judge, ordered, cfg)
+        per_judge[judge] = judge_summary(judge, ordered, cfg, checked)
         per_judge[judge].run = summaries[judge].to_json()
         warnings += judge_warnings(per_judge[judge])
+    if judged.scores is not None:
+        add_scores(skill, cfg.judges[0], *judged.scores)
+    if judged.score_error:
+        warnings.append(judged.score_error)
     missing = {j: len(answers) - len(per_judge_rows[j]) for j in cfg.judges}
+    missing.update({f"{j} (validation)": len(validation) - len(judged.validation.get(j, {}))
+                    for j in cfg.judges if validation})
     reason = ""
-    if any(missing.values()) or not all(s.done for s in summaries.values()):
+    runs = [*summaries.values(), *judged.validation_summaries.values()]
+    if any(missing.values()) or not all(s.done for s in runs):
         reason = ("incomplete: " + ", ".join(f"{j} lacks {n} judgments" for j, n in missing.items() if n)
                   + f" (reasons in {out / 'judgments.jsonl.failures.jsonl'}); run the same command again to resume "
                     "from the cache")
@@ -375,7 +499,8 @@ def evaluate(cfg: JudgeConfig, console: Any = None, *, clients: dict[str, Any] |
         judges=per_judge, kappa=kappas(per_judge_rows) if len(cfg.judges) > 1 else [], warnings=warnings,
         policy=cfg.policy, reference=cfg.reference, prompts=cfg.prompts, n_prompts=len(answers), n_boot=cfg.n_boot,
         robustness=robustness, template=cfg.template, template_hash=load_template(cfg.template).hash,
-        time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), retention=skill,
+        validated_on=str(cfg.validate or ""), answer_formats=dict(Counter(formats.values())))
     results.outputs.update(results=str(out / "results.json"), report=str(out / "report.html"))
     results.write(out / "results.json")
     from judge.report import write_report

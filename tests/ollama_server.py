@@ -135,6 +135,17 @@ def pairwise_answers(messages: list[dict[str, Any]]) -> tuple[str, str]:
     return found.get("A", ""), found.get("B", "")
 
 
+SCORED_ANSWER = re.compile(r"score the model response `(.*)` on a scale from 0 to 100", re.DOTALL)
+
+
+def scored_answer(messages: list[dict[str, Any]]) -> str | None:
+    """The answer a rendered score-mode prompt asks about (None for any other prompt), so scripted judges can
+    give scores too."""
+    text = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    match = SCORED_ANSWER.search(text)
+    return match.group(1) if match else None
+
+
 @dataclass
 class Fault:
     """One injected fault; ``times`` requests on ``endpoint`` (``"*"`` = any path) get it, -1 = forever."""
