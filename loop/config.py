@@ -139,6 +139,7 @@ def load_loop_config(path: str | Path, overrides: list[str] | None = None) -> Lo
 
     judge_raw = _owned(JudgeConfig, dict(doc.get("judge", {})), judge_owned(paths, train), f"{path} [judge]", in_run)
     judge_raw.setdefault("generator_model", generate.model)   # the judge checks for self-preference
+    judge_raw.setdefault("prompt_format", train.prompt_format)  # answers come the way the model was trained
     # the judgment cache outlives a changed judge setting (its keys hold everything that decides a verdict)
     judge_raw.setdefault("cache", str(paths["cache"]))
     judge = build(JudgeConfig, judge_raw, f"{path} [judge]")
@@ -153,6 +154,7 @@ def load_loop_config(path: str | Path, overrides: list[str] | None = None) -> Lo
 
 def judge_owned(paths: dict[str, Path], train: TrainConfig, final_model: str | Path | None = None) -> dict[str, Any]:
     """The judge settings that live in the run folder: the trained model against the SFT model it started from,
-    on the held-out prompts."""
+    on the held-out prompts; each judge validated on the held-out pairs."""
     return {"prompts": str(paths["heldout_prompts"]), "policy": str(final_model or paths["final"]),
-            "reference": str(train.model), "pairs": str(paths["train_pairs"]), "output_dir": str(paths["judge"])}
+            "reference": str(train.model), "pairs": str(paths["train_pairs"]), "output_dir": str(paths["judge"]),
+            "validate": str(paths["heldout_pairs"])}
