@@ -50,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
     from judge.report import headline
 
     head = result.headline
-    if head.n:
+    if head.n and not head.at_chance:  # a judge at chance gets no win rate, here as in the report's headline
         print(f"win rate {pct(head.win_rate)}  95% CI [{pct(head.ci_low)}, {pct(head.ci_high)}]  "
               f"LC {pct(head.lc_win_rate)}  (wins {head.wins}, ties {head.ties}, losses {head.losses}, "
               f"n {head.n}; judge {head.judge})")

@@ -107,7 +107,7 @@ def headline(results: JudgeResults, reward_accuracy: float | None = None) -> Hea
     """
     head, v, ret = results.headline, results.headline.validation, results.retention
     out = Headline()
-    at_chance = v is not None and v.n > 0 and not v.above_chance
+    at_chance = head.at_chance
     if v is not None and v.n:
         out.lines.append(validation_line(v))
     elif head.n:

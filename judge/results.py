@@ -193,6 +193,11 @@ class JudgeSummary:
     rule: str = "orders"
     validation: JudgeValidation | None = None
 
+    @property
+    def at_chance(self) -> bool:
+        """Validated, and no better than chance: this judge's win rate would mean nothing."""
+        return self.validation is not None and self.validation.n > 0 and not self.validation.above_chance
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "JudgeSummary":
         summary = from_fields(cls, data)
