@@ -198,7 +198,7 @@ def preflight_verdict(rows: list[PreflightRow], p: PreflightConfig, judge_spec: 
                         f"deliberately wrong ones (another prompt's answer) on only {accuracy:.0%} of {tested} "
                         f"prompts (dataset answers {_num(mean_ref)}/100, wrong ones {_num(mean_broken)}/100, the "
                         f"SFT model's {_num(mean)}/100), so its scores cannot tell whether the model can do the "
-                        f"task; {judge_advice(judge_spec, 'preflight')}")
+                        f"task; for a judge that can, {judge_advice(judge_spec, 'preflight')}")
     if not scores and rows:
         warnings.append(f"preflight: the judge {judge_spec} gave no usable score for {len(rows)} answers; "
                         f"the check could not run")

@@ -100,4 +100,4 @@ def judge_advice(spec: str, section: str = "judge") -> str:
         return (f"{spec} is already the largest judge suggested here: check its context window (judge_num_ctx) "
                 "and template, try a judge from another family, or validate on human labels")
     key = 'judges = ["' + better + '"]' if section == "judge" else f'judge = "{better}"'
-    return f"set a stronger judge: [{section}] {key} (after `ollama pull {better.split(':', 1)[1]}`)"
+    return f"set [{section}] {key} (after `ollama pull {better.split(':', 1)[1]}`)"
