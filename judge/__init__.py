@@ -10,10 +10,15 @@ Public API:
 - ``judge.cache.JudgeCache(path)``: sqlite cache of parsed judgments (failures are never cached);
 - ``judge.evaluate.evaluate(cfg: judge.config.JudgeConfig, console=None) -> JudgeResults`` (``prefloop judge``),
   whose files and their types are in ``judge.results``;
+- ``judge.validation``: each judge measured on pairs whose better side is known before its win rate counts
+  (accuracy with its interval, position and length bias, the position-debiased verdict from log-odds);
+- ``judge.retention``: skill retention from the answers alone (content-word recall and ROUGE-L against the
+  known-good answer, stock openings, loops, empty answers, length, per prompt), no judge needed;
 - ``judge.preflight``: can the SFT model already do the task (``prefloop run``'s preflight stage);
 - ``judge.stats``: win rate, prompt-clustered bootstrap CI, length-controlled win rate, Cohen's kappa,
   diagnostics; ``judge.robustness.flip_rates``; ``judge.selfpref.self_preference_warnings``;
-- ``judge.report``: the judge's report, which ``prefloop run`` embeds in its run report.
+- ``judge.report``: the judge's report (``headline``: the one function that decides what the headline says),
+  which ``prefloop run`` embeds in its run report.
 
 Templates ship in ``judge/templates/`` (``pairwise.txt``, ``score.txt``); pass a path to use your own.
 """

@@ -50,13 +50,18 @@ def main(args: argparse.Namespace) -> int:
         return fail(f"{exc}\nfinished judgments are cached; run the same command again to resume", 1)
     if result.interrupted:
         return fail(result.reason, result.exit_code)
+    from judge.report import headline
+
     head = result.headline
-    if not result.complete:
+    if not result.complete:  # no headline from an incomplete run: its figures would read as a result
         fail(f"no complete result: {result.reason}", result.exit_code)
-    elif head.n:
-        print(f"win rate {pct(head.win_rate)}  95% CI [{pct(head.ci_low)}, {pct(head.ci_high)}]  "
-              f"LC {pct(head.lc_win_rate)}  (wins {head.wins}, ties {head.ties}, losses {head.losses}, "
-              f"n {head.n}; judge {head.judge})")
+    else:
+        if head.n and not head.at_chance:  # a judge at chance gets no win rate, here as in the headline
+            print(f"win rate {pct(head.win_rate)}  95% CI [{pct(head.ci_low)}, {pct(head.ci_high)}]  "
+                  f"LC {pct(head.lc_win_rate)}  (wins {head.wins}, ties {head.ties}, losses {head.losses}, "
+                  f"n {head.n}; judge {head.judge})")
+        for line in headline(result).plain():
+            print(line)
     for w in result.warnings:
         console.print(f"[yellow]warning:[/] {w}")
     console.print(f"report: {result.outputs.get('report')}")

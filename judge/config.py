@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefloop.config import ConfigError, check_choices, setting
+from prefloop.llm.base import GenOptions
 from prefloop.models import DTYPES, normalize_dtype
+from prefloop.templates import PROMPT_FORMATS
 
 VERDICTS = ("auto", "generate", "logprob")
 
@@ -41,7 +43,13 @@ class JudgeConfig:
     gen_seed: int = setting(123, "answer sampling seed")
     batch_size: int = setting(8, "answers generated per batch", runtime=True)
     dtype: str = setting("fp32", "dtype the models answer in", choices=DTYPES)
+    prompt_format: str = setting("auto", "how held-out prompts reach both models, as the trainer renders them "
+                                         "(auto: Alpaca rows as one chat turn for a model with a chat template) | "
+                                         "text | chat | alpaca", choices=PROMPT_FORMATS)
     # judging
+    validate: str | None = setting(None, "pairs whose better side is known (chosen/rejected): every judge is "
+                                         "measured on them, both orders, before its win rate is shown",
+                                   runtime=True, metavar="PAIRS")
     template: str = setting("pairwise", "judge prompt template: 'pairwise' or a path to your own file")
     show_known_good: bool = setting(True, "show the prompt's known-good answer to the judge when there is one",
                                     was=("use_reference",))
@@ -51,6 +59,8 @@ class JudgeConfig:
     judge_num_ctx: int = setting(4096, "the judge's context window (Ollama num_ctx)")
     verdict: str = setting("auto", "how a verdict is read: generated JSON, or a local judge's token "
                                    "probabilities (auto: logprob for local: judges)", choices=VERDICTS)
+    score_known_good: bool = setting(True, "also score both models' answers 0-100 against the known-good answer "
+                                           "with the headline judge (the seed's score mode)")
     attempts: int = setting(3, "asks per order before a reply counts as unparsed")
     min_parse_rate: float = setting(0.8, "below this share of parsed judge replies the run is not complete: a judge "
                                          "that answers nothing usable gives no win rate")
@@ -99,6 +109,12 @@ class JudgeConfig:
         for name in ("timeout_s", "job_timeout_s", "stall_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"judge.{name}: must be > 0 seconds, got {getattr(self, name)}")
+
+    def score_options(self) -> GenOptions:
+        """Options for a 0-100 score: the judge's own, with a short reply budget (a score is a number; a rambling
+        small judge left at its verdict budget writes an essay)."""
+        return GenOptions(temperature=self.judge_temperature, seed=self.judge_seed,
+                          max_tokens=min(64, self.judge_max_tokens), num_ctx=self.judge_num_ctx)
 
     @property
     def cache_path(self) -> Path:

@@ -5,12 +5,17 @@ The recipe, in order:
 2. generate an answer from each model with the same settings (greedy by default), each appended to
    ``gen-policy.jsonl`` / ``gen-reference.jsonl`` as it comes so a killed run keeps what it generated: a local
    model in batches in this process, a served one (``ollama:NAME``, ``openai:NAME@URL``, e.g. the trained model
-   after ``prefloop export``) through the durable runner with the server's slots in flight. A text prompt is
-   answered exactly as written on both sides (no chat template: how the SFT model was trained on it); the
-   settings of each side are recorded (``AnswerSettings``) and two sides made differently are refused;
-3. judge every prompt in both orders with each judge through the durable runner (``judgments.jsonl``) and the
-   judgment cache, so a rerun asks the judge nothing it already answered;
-4. statistics (``judge.stats``) into ``results.json``; ``report.md``/``report.html`` with a plot and examples.
+   after ``prefloop export``) through the durable runner with the server's slots in flight. Prompts reach the
+   models as the trainer renders them (``prompt_format``; a chat model gets Alpaca rows as one turn of its chat
+   template): the way the model is used. The settings of each side are recorded (``AnswerSettings``) and two
+   sides made differently are refused;
+3. skill retention from the answers alone (``judge.retention``: content kept of the known-good answers, stock
+   openings, loops, length), no judge needed;
+4. with each judge: first its validation on pairs whose better side is known (``validate``, ``judge.validation``;
+   ``validation.jsonl``), then every prompt in both orders through the durable runner (``judgments.jsonl``) and
+   the judgment cache, so a rerun asks the judge nothing it already answered; the headline judge also scores both
+   answers 0-100 against the known-good answer (score mode); a person judges on the labelling screen;
+5. statistics (``judge.stats``) into ``results.json``; ``report.md``/``report.html`` with a plot and examples.
    The files and their types are in ``judge.results``.
 
 A judgment that never parsed counts as a tie and is reported (``unparsed``), never dropped from n. A judge call
@@ -22,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +37,23 @@ from judge.config import JudgeConfig
 from judge.human import calibrations, is_human, judge_human
 from judge.pairwise import PairVerdict, judge_pair
 from judge.prompts import check_fields, judge_prompt_text, load_template
-from judge.results import (Agreement, AnswerRow, AnswerSettings, Game, JudgeResults, JudgeSummary, JudgmentRow,
-                           iter_judgments, write_answers)
-from judge.retention import answer_warnings
+from judge.results import (Agreement, AnswerRow, AnswerSettings, Game, JudgeResults, JudgeSummary, JudgeValidation,
+                           JudgmentRow, Retention, iter_judgments, write_answers)
+from judge.retention import retention, retention_warnings
 from judge.robustness import ATTACKS
+from judge.scoring import Score, score_many
 from judge.selfpref import generator_models, self_preference_warnings
-from judge.stats import GameRecord, cohen_kappa, diagnostics, lc_win_rate, outcome_values, summarize
+from judge.stats import (GameRecord, cohen_kappa, diagnostics, lc_win_rate, outcome_values, position_and_content,
+                         summarize)
+from judge.validation import summarize_validation, validation_rows
 from prefloop.files import writable
 from prefloop.jsonl import JsonlAppender, iter_jsonl
 from prefloop.llm.base import GenOptions, LLMError, ModelFacts, parse_spec, spec_identity
 from prefloop.progress import Progress
-from prefloop.records import PromptRecord, stable_id
+from prefloop.records import Prompt, PromptRecord, stable_id
 from prefloop.runner import Job, RunSummary, Runner
 from prefloop.sources import iter_rows, load_preferences, load_prompts, preference_to_prompt
+from prefloop.templates import choose_format, render_prompt
 
 OUTCOME = {"A": "win", "B": "loss", "tie": "tie", None: "tie"}      # A = the policy's answer
 WINNER = {"A": "policy", "B": "reference", "tie": "tie", None: None}
@@ -92,20 +103,15 @@ def gen_options(cfg: JudgeConfig, seed_offset: int = 0) -> GenOptions:
     return GenOptions(temperature=cfg.temperature, seed=cfg.gen_seed + seed_offset, max_tokens=cfg.max_tokens)
 
 
-def prompt_format(records: list[PromptRecord]) -> str:
-    """``text`` when every prompt is text (answered exactly as written), else ``chat`` (message lists go through
-    each model's chat template)."""
-    return "text" if all(isinstance(r.prompt, str) for r in records) else "chat"
-
-
-def local_facts(spec: str, cfg: JudgeConfig, fmt: str) -> ModelFacts:
-    """A local model's facts; its chat template's digest only when chat prompts will use it."""
+def local_facts(spec: str, cfg: JudgeConfig, needs_template: bool) -> ModelFacts:
+    """A local model's facts; its chat template's digest (empty without one) only when a prompt could render
+    through it (otherwise the tokenizer is not even loaded)."""
     import hashlib
 
     from prefloop.fingerprint import model_identity
 
     template = ""
-    if fmt != "text":
+    if needs_template:
         from prefloop.models import load_tokenizer
 
         jinja = getattr(load_tokenizer(parse_spec(spec).model), "chat_template", None) or ""
@@ -120,50 +126,74 @@ def served_client(spec: str, cfg: JudgeConfig) -> Any:
     return make_client(spec, slots=cfg.concurrency, timeout=cfg.timeout_s)
 
 
-def side_settings(spec: str, cfg: JudgeConfig, fmt: str, seed_offset: int, client: Any = None) -> AnswerSettings:
-    """How ``spec`` will answer: the shared sampling settings plus what serves it (a served model is asked)."""
+def answer_prompt(rec: PromptRecord, forced: str, has_chat_template: bool) -> tuple[Prompt, str]:
+    """The prompt as the model gets it (the trainer's rendering, ``prefloop.templates``) and its format's name."""
+    fmt = choose_format(rec.prompt_format, forced, has_chat_template)
+    return render_prompt(rec.prompt, rec.meta, rec.prompt_format, fmt), fmt
+
+
+def side_settings(spec: str, cfg: JudgeConfig, records: list[PromptRecord], seed_offset: int,
+                  client: Any = None) -> AnswerSettings:
+    """How ``spec`` will answer: the shared sampling settings, the formats its prompts are rendered in (a model
+    with a chat template gets Alpaca rows as a chat turn) and what serves it (a served model is asked)."""
     if client is None:
-        facts = local_facts(spec, cfg, fmt)
+        facts = local_facts(spec, cfg, any(answer_prompt(r, cfg.prompt_format, True)[1] == "chat" for r in records))
     else:
         async def ask() -> ModelFacts:
             await client.preflight()
             return await client.facts()
 
         facts = asyncio.run(ask())
+    chat = bool(facts.template)
+    formats = sorted({answer_prompt(r, cfg.prompt_format, chat)[1] for r in records})
     options = gen_options(cfg, seed_offset)
     return AnswerSettings(model=spec_identity(spec), temperature=options.temperature, seed=options.seed,
-                          max_tokens=options.max_tokens, prompt_format=fmt, runtime=facts.runtime,
-                          template="" if fmt == "text" else facts.template, quantization=facts.quantization,
-                          digest=facts.digest)
+                          max_tokens=options.max_tokens, prompt_format="+".join(formats) or "text",
+                          runtime=facts.runtime, template=facts.template if "chat" in formats else "",
+                          quantization=facts.quantization, digest=facts.digest)
+
+
+def answer_settings(spec: str, options: GenOptions, cfg: JudgeConfig) -> str:
+    """What decides a local model's answer besides its prompt: the key of its ``gen-*.jsonl`` rows."""
+    return stable_id(spec, options.temperature, options.seed, options.max_tokens, cfg.dtype, cfg.prompt_format)
 
 
 def answers_key(spec: str, settings: AnswerSettings, cfg: JudgeConfig) -> str:
     """What a row of ``gen-*.jsonl`` is reused under: every answer setting, and for a served model what serves
-    it (a model re-exported under the same name has a new digest, so new answers). A local model's rows keep
-    the key they always had (spec, sampling, dtype), so answer files written before stay valid."""
+    it (a model re-exported under the same name has a new digest, so new answers)."""
     if settings.runtime == "transformers":
-        return stable_id(spec, settings.temperature, settings.seed, settings.max_tokens, cfg.dtype)
+        return answer_settings(spec, GenOptions(temperature=settings.temperature, seed=settings.seed,
+                                                max_tokens=settings.max_tokens), cfg)
     return settings.key()
 
 
 def generate_side(spec: str, records: list[PromptRecord], path: Path, cfg: JudgeConfig, console: Any,
-                  settings: AnswerSettings, client: Any = None) -> dict[str, str]:
-    """Answers of one model for every record, resuming from ``path`` (rows keyed by prompt id + settings)."""
+                  settings: AnswerSettings, client: Any = None, formats: dict[str, str] | None = None
+                  ) -> dict[str, str]:
+    """Answers of one model for every record, resuming from ``path`` (rows keyed by prompt id + settings);
+    ``formats`` gets each prompt's format as the model saw it."""
     options = GenOptions(temperature=settings.temperature, seed=settings.seed, max_tokens=settings.max_tokens)
     key = answers_key(spec, settings, cfg)
+    chat = bool(settings.template)  # set exactly when some prompt renders as chat (side_settings)
     done: dict[str, str] = {}
+    formats = {} if formats is None else formats
     if path.exists():
         for _, row in iter_jsonl(path):
             if isinstance(row, dict) and row.get("settings") == key:
-                done[str(row.get("prompt_id") or row["id"])] = row["answer"]
+                pid = str(row.get("prompt_id") or row["id"])
+                done[pid] = row["answer"]
+                if row.get("format"):
+                    formats[pid] = row["format"]
     todo = [r for r in records if r.id not in done]
     if not todo:
         return done
     how = "greedy" if options.temperature == 0 else f"temperature {options.temperature}"
     t0 = time.perf_counter()
+    rendered = {r.id: answer_prompt(r, cfg.prompt_format, chat) for r in todo}
+    formats.update({rid: fmt for rid, (_, fmt) in rendered.items()})
     if client is not None:
         note(console, f"generating {len(todo)} answers with {spec} ({settings.runtime}, {how})")
-        done.update(asyncio.run(answer_served(spec, client, todo, path, cfg, options, key, console)))
+        done.update(asyncio.run(answer_served(spec, client, todo, rendered, path, cfg, options, key, console)))
     else:
         from prefloop.llm import make_client
 
@@ -174,10 +204,10 @@ def generate_side(spec: str, records: list[PromptRecord], path: Path, cfg: Judge
                                                       enabled=not cfg.quiet) as bar:
                 for i in range(0, len(todo), cfg.batch_size):
                     batch = todo[i: i + cfg.batch_size]
-                    answers = local.generate_batch([r.prompt for r in batch], options)
+                    answers = local.generate_batch([rendered[r.id][0] for r in batch], options)
                     for rec, answer in zip(batch, answers):
                         out.append({"id": rec.id, "prompt_id": rec.id, "answer": answer, "settings": key,
-                                    "model": spec})
+                                    "model": spec, "format": rendered[rec.id][1]})
                         done[rec.id] = answer
                     bar.advance(len(batch))
         finally:
@@ -186,8 +216,9 @@ def generate_side(spec: str, records: list[PromptRecord], path: Path, cfg: Judge
     return done
 
 
-async def answer_served(spec: str, client: Any, todo: list[PromptRecord], path: Path, cfg: JudgeConfig,
-                        options: GenOptions, key: str, console: Any) -> dict[str, str]:
+async def answer_served(spec: str, client: Any, todo: list[PromptRecord], rendered: dict[str, tuple[Prompt, str]],
+                        path: Path, cfg: JudgeConfig, options: GenOptions, key: str, console: Any
+                        ) -> dict[str, str]:
     """A served model's answers through the durable runner (``path`` is its output): as many in flight as the
     server has slots (all hosts together), each written as it comes. Answers that still fail after the
     client's and the runner's retries stop the judge before judging: a rerun retries only those."""
@@ -197,8 +228,9 @@ async def answer_served(spec: str, client: Any, todo: list[PromptRecord], path: 
 
     async def work(job: Job) -> dict[str, Any]:
         rec = job.data
-        text = await client.complete(rec.prompt, options)
-        return {"prompt_id": rec.id, "answer": text.strip(), "settings": key, "model": spec}
+        prompt, fmt = rendered[rec.id]
+        text = await client.complete(prompt, options)
+        return {"prompt_id": rec.id, "answer": text.strip(), "settings": key, "model": spec, "format": fmt}
 
     try:
         summary = await runner.run([Job(id=stable_id(r.id, key), data=r) for r in todo], work)
@@ -224,10 +256,11 @@ def answer_warnings_between(policy: AnswerSettings, reference: AnswerSettings) -
             "NAME) so both sides are served alike"]
 
 
-def generate_answers(cfg: JudgeConfig, records: list[PromptRecord], console: Any = None
-                     ) -> tuple[list[AnswerRow], AnswerSettings, AnswerSettings]:
+def generate_answers(cfg: JudgeConfig, records: list[PromptRecord], console: Any = None,
+                     formats: dict[str, str] | None = None) -> tuple[list[AnswerRow], AnswerSettings, AnswerSettings]:
     """Both models' answers (one model at a time in memory), written to ``answers.jsonl``, and how each side's
-    were made. Refuses, before generating anything, two sides that would be answered differently.
+    were made; ``formats`` gets the format each prompt reached the policy in. Refuses, before generating anything,
+    two sides that would be answered differently.
 
     The same model twice is an A/A test: greedy, its answers are generated once and every prompt is a tie;
     sampled, the reference side gets the next seed, so the two sides are independent samples of one model and
@@ -236,17 +269,18 @@ def generate_answers(cfg: JudgeConfig, records: list[PromptRecord], console: Any
     out = Path(cfg.output_dir)
     policy, reference = local_spec(cfg.policy), local_spec(cfg.reference)
     same = spec_identity(reference) == spec_identity(policy)
-    fmt = prompt_format(records)
     clients = {s: served_client(s, cfg) for s in {policy, reference} if parse_spec(s).backend != "local"}
     try:
-        pol_set = side_settings(policy, cfg, fmt, 0, clients.get(policy))
-        ref_set = side_settings(reference, cfg, fmt, 1 if same else 0, clients.get(reference))
+        pol_set = side_settings(policy, cfg, records, 0, clients.get(policy))
+        ref_set = side_settings(reference, cfg, records, 1 if same else 0,
+                                clients.get(reference))
         problem = pol_set.mismatch(ref_set, same_model=same)
         if problem:
             raise ValueError(f"judge: the policy and the reference would be answered differently ({problem}); "
                              "a win rate between them would measure that difference. Serve both models alike "
                              "(the same chat template: e.g. export both with prefloop export to the same Ollama)")
-        pol = generate_side(policy, records, out / "gen-policy.jsonl", cfg, console, pol_set, clients.get(policy))
+        pol = generate_side(policy, records, out / "gen-policy.jsonl", cfg, console, pol_set, clients.get(policy),
+                            formats)
         if same and cfg.temperature == 0:
             ref = pol
         else:
@@ -269,9 +303,14 @@ def judgment_row(row: AnswerRow, judge: str, verdict: PairVerdict | None) -> Jud
     if verdict is None:  # identical answers, not sent to the judge
         return JudgmentRow.of(row, judge, outcome="tie", winner="tie", identical=True)
     games = [Game(first=WINNER[g.first], pick=WINNER[g.pick], shown=g.shown, reason=g.reason, raw=g.raw,
-                     attempts=g.attempts, cached=g.cached) for g in verdict.games]
+                     attempts=g.attempts, cached=g.cached, logodds=g.logodds) for g in verdict.games]
+    odds = {g.first: g.logodds for g in verdict.games}
+    position = content = None
+    if odds.get("A") is not None and odds.get("B") is not None:  # L1: the policy shown first; L2: shown second
+        position, content = position_and_content(odds["A"], odds["B"])
     return JudgmentRow.of(row, judge, outcome=OUTCOME[verdict.winner], winner=WINNER[verdict.winner],
-                          consistent=verdict.consistent, unparsed=verdict.unparsed, games=games)
+                          consistent=verdict.consistent, unparsed=verdict.unparsed, games=games, position=position,
+                          content=content)
 
 
 def verdict_client(cfg: JudgeConfig, judge: str, client: Any) -> Any:
@@ -288,13 +327,18 @@ def verdict_client(cfg: JudgeConfig, judge: str, client: Any) -> Any:
     return client
 
 
-def make_judge(cfg: JudgeConfig, judge: str) -> Any:
-    """A judge client from its spec: a served one with ``concurrency`` slots and the judge's timeout."""
+def judge_client(cfg: JudgeConfig, judge: str) -> Any:
+    """A judge client from its spec as it replies (a served one with ``concurrency`` slots and the judge's
+    timeout), before ``verdict_client`` decides how its verdicts are read."""
     from prefloop.llm import make_client
 
     served = parse_spec(judge).backend != "local"
-    client = make_client(judge, slots=cfg.concurrency, timeout=cfg.timeout_s) if served else make_client(judge)
-    return verdict_client(cfg, judge, client)
+    return make_client(judge, slots=cfg.concurrency, timeout=cfg.timeout_s) if served else make_client(judge)
+
+
+def make_judge(cfg: JudgeConfig, judge: str) -> Any:
+    """A judge client from its spec, reading verdicts as ``cfg.verdict`` says."""
+    return verdict_client(cfg, judge, judge_client(cfg, judge))
 
 
 def judge_options(cfg: JudgeConfig) -> GenOptions:
@@ -303,8 +347,10 @@ def judge_options(cfg: JudgeConfig) -> GenOptions:
 
 
 async def judge_all(cfg: JudgeConfig, judge: str, answers: list[AnswerRow], cache: JudgeCache,
-                    console: Any = None, client: Any = None) -> tuple[dict[str, JudgmentRow], RunSummary]:
-    """Judge every answer pair with one judge through the runner; returns rows by prompt id and the summary."""
+                    console: Any = None, client: Any = None, *, file: str = "judgments.jsonl",
+                    what: str = "judging") -> tuple[dict[str, JudgmentRow], RunSummary]:
+    """Judge every answer pair with one judge through the runner into ``file`` (the validation pairs go through
+    the same path into ``validation.jsonl``); returns rows by prompt id and the summary."""
     template = load_template(cfg.template)
     check_fields(template, ("prompt", "answer_a", "answer_b"))
     options = judge_options(cfg)
@@ -326,11 +372,11 @@ async def judge_all(cfg: JudgeConfig, judge: str, answers: list[AnswerRow], cach
                                    attempts=cfg.attempts)
         return judgment_row(row, judge, verdict).to_json()
 
-    path = Path(cfg.output_dir) / "judgments.jsonl"
+    path = Path(cfg.output_dir) / file
     try:
         if own:
             await client.preflight()
-        runner = Runner(path, concurrency=cfg.concurrency, console=console, description=f"judging ({judge})",
+        runner = Runner(path, concurrency=cfg.concurrency, console=console, description=f"{what} ({judge})",
                         backoff_s=0.2, job_timeout_s=cfg.job_timeout_s, stall_s=cfg.stall_s,
                         progress=False if cfg.quiet else None)
         summary = await runner.run(jobs, work)
@@ -342,26 +388,76 @@ async def judge_all(cfg: JudgeConfig, judge: str, answers: list[AnswerRow], cach
     return rows, summary
 
 
-async def judge_phase(cfg: JudgeConfig, answers: list[AnswerRow], clients: dict[str, Any], console: Any
-                      ) -> tuple[dict[str, dict[str, JudgmentRow]], dict[str, RunSummary], dict[str, Any] | None]:
-    """Every judge, then the optional adversarial check, in one event loop (clients are bound to the loop that
-    first used them)."""
-    rows: dict[str, dict[str, JudgmentRow]] = {}
-    summaries: dict[str, RunSummary] = {}
+@dataclass
+class Judged:
+    """What the judges said: per judge its rows by prompt id and the runner's summary, for the held-out answers
+    and for the validation pairs; the headline judge's 0-100 scores; the adversarial check."""
+
+    rows: dict[str, dict[str, JudgmentRow]] = field(default_factory=dict)
+    summaries: dict[str, RunSummary] = field(default_factory=dict)
+    validation: dict[str, dict[str, JudgmentRow]] = field(default_factory=dict)
+    validation_summaries: dict[str, RunSummary] = field(default_factory=dict)
+    scores: tuple[list[Score], list[Score]] | None = None
+    score_error: str = ""
+    robustness: dict[str, Any] | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        return any(s.interrupted for s in [*self.summaries.values(), *self.validation_summaries.values()])
+
+
+async def judge_phase(cfg: JudgeConfig, answers: list[AnswerRow], clients: dict[str, Any], console: Any,
+                      validation: list[AnswerRow] | None = None) -> Judged:
+    """Every judge (its validation pairs first), then the headline judge's scores and the optional adversarial
+    check, in one event loop (clients are bound to the loop that first used them)."""
+    out = Judged()
     with JudgeCache(cfg.cache_path) as cache:
         for judge in cfg.judges:
             if is_human(judge):  # a person on the labelling screen (``clients`` may hold how to run it)
-                rows[judge], summaries[judge] = await judge_human(cfg, judge, answers, console, clients.get(judge))
-            else:
-                rows[judge], summaries[judge] = await judge_all(cfg, judge, answers, cache, console,
-                                                                clients.get(judge))
-            if summaries[judge].interrupted:
-                return rows, summaries, None
-    robustness = None
-    models = model_judges(cfg)
+                out.rows[judge], out.summaries[judge] = await judge_human(cfg, judge, answers, console,
+                                                                          clients.get(judge))
+                if out.interrupted:
+                    return out
+                continue
+            if validation:
+                out.validation[judge], out.validation_summaries[judge] = await judge_all(
+                    cfg, judge, validation, cache, console, clients.get(judge), file="validation.jsonl",
+                    what="validating")
+                if out.interrupted:
+                    return out
+            out.rows[judge], out.summaries[judge] = await judge_all(cfg, judge, answers, cache, console,
+                                                                    clients.get(judge))
+            if out.interrupted:
+                return out
+        models = model_judges(cfg)
+        complete = all(s.done for s in out.summaries.values())
+        if cfg.score_known_good and complete and models and any(a.known_good for a in answers):
+            try:
+                out.scores = await score_both(cfg, models[0], answers, cache, clients.get(models[0]))
+            except LLMError as exc:  # the verdicts stand without the scores; finished scores are cached
+                out.score_error = f"{models[0]}: no 0-100 scores this run ({exc}); a rerun asks again"
     if cfg.adversarial and answers and models:
-        robustness = await adversarial_check(cfg, answers[: cfg.adversarial], clients.get(models[0]))
-    return rows, summaries, robustness
+        out.robustness = await adversarial_check(cfg, answers[: cfg.adversarial], clients.get(models[0]))
+    return out
+
+
+async def score_both(cfg: JudgeConfig, judge: str, answers: list[AnswerRow], cache: JudgeCache, client: Any = None
+                     ) -> tuple[list[Score], list[Score]]:
+    """The seed's 0-100 correctness score of both models' answers against the known-good answer, by the first
+    model judge generating its reply (a local judge too: a score is not one of its verdict tokens)."""
+    own = client is None
+    client = judge_client(cfg, judge) if own else client
+    items = [a for a in answers if a.known_good]
+    try:
+        if own:
+            await client.preflight()
+        kw = dict(cache=cache, options=cfg.score_options(), attempts=cfg.attempts)
+        policy = await score_many(client, [(a.prompt, a.policy_answer, a.known_good) for a in items], **kw)
+        reference = await score_many(client, [(a.prompt, a.reference_answer, a.known_good) for a in items], **kw)
+    finally:
+        if own:
+            await client.aclose()
+    return policy, reference
 
 
 def model_judges(cfg: JudgeConfig) -> list[str]:
@@ -391,14 +487,18 @@ async def adversarial_check(cfg: JudgeConfig, rows: list[AnswerRow], client: Any
 
 # -------------------------------------------------------------------------------------------- statistics
 
-def judge_summary(judge: str, rows: list[JudgmentRow], cfg: JudgeConfig) -> JudgeSummary:
+def judge_summary(judge: str, rows: list[JudgmentRow], cfg: JudgeConfig,
+                  validation: JudgeValidation | None = None) -> JudgeSummary:
     """Win rate, interval, LC win rate and diagnostics of one judge's rows (one per prompt; prompts a person
-    skipped are left out and counted)."""
+    skipped are left out and counted), its verdicts decided by the rule its validation chose (``orders``
+    without one)."""
+    rule = validation.rule if validation is not None else "orders"
     skipped = sum(r.skipped for r in rows)
     rows = [r for r in rows if not r.skipped]
     if not rows:
-        return JudgeSummary(judge=judge, diagnostics={"skipped": skipped} if skipped else {})
-    outcomes = [r.outcome for r in rows]
+        return JudgeSummary(judge=judge, rule=rule, validation=validation,
+                            diagnostics={"skipped": skipped} if skipped else {})
+    outcomes = [r.decided(rule) for r in rows]
     s = summarize(outcomes, n_boot=cfg.n_boot, seed=cfg.bootstrap_seed)
     lc = lc_win_rate(outcome_values(outcomes), [r.len_policy for r in rows], [r.len_reference for r in rows])
     letter = {"policy": "A", "reference": "B", "tie": "tie", None: None}
@@ -416,9 +516,12 @@ def judge_summary(judge: str, rows: list[JudgmentRow], cfg: JudgeConfig) -> Judg
         mean_len_reference=sum(r.len_reference for r in rows) / len(rows),
         skipped=skipped,
     )
+    positions = [r.position for r in rows if r.position is not None]
+    if positions:
+        diag["mean_position"] = sum(positions) / len(positions)
     return JudgeSummary(judge=judge, n=s.n, win_rate=s.rate, ci_low=s.ci_low, ci_high=s.ci_high, wins=s.wins,
                         ties=s.ties, losses=s.losses, lc_win_rate=lc.rate, lc_slope=lc.slope, lc_warning=lc.warning,
-                        diagnostics=diag)
+                        diagnostics=diag, rule=rule, validation=validation)
 
 
 def kappas(per_judge: dict[str, dict[str, JudgmentRow]]) -> list[Agreement]:
@@ -459,6 +562,14 @@ def judge_warnings(s: JudgeSummary) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------- main
 
+def add_scores(skill: Retention, judge: str, policy: list[Score], reference: list[Score]) -> None:
+    """The mean 0-100 scores of both sides into the retention record (unparsed scores left out, as counted)."""
+    for side, scores in ((skill.policy, policy), (skill.reference, reference)):
+        values = [s.value for s in scores if s.value is not None]
+        side.score = sum(values) / len(values) if values else None
+    skill.scored_by = judge
+
+
 def note(console: Any, text: str) -> None:
     if console is not None:
         console.print(text)
@@ -478,25 +589,44 @@ def evaluate(cfg: JudgeConfig, console: Any = None, *, clients: dict[str, Any] |
                                          role="one of the models being compared")
     for w in warnings:
         note(console, f"[yellow]warning:[/] {w}")
-    answers, policy_answers, reference_answers = generate_answers(cfg, records, console)
+    validation = validation_rows(cfg.validate) if cfg.validate else []
+    formats: dict[str, str] = {}
+    answers, policy_answers, reference_answers = generate_answers(cfg, records, console, formats)
     warnings += answer_warnings_between(policy_answers, reference_answers)
-    warnings += answer_warnings(answers)
+    skill = retention(answers, n_boot=cfg.n_boot, seed=cfg.bootstrap_seed)
+    warnings += retention_warnings(skill)
 
-    per_judge_rows, summaries, robustness = asyncio.run(judge_phase(cfg, answers, clients or {}, console))
+    judged = asyncio.run(judge_phase(cfg, answers, clients or {}, console, validation))
+    per_judge_rows, summaries, robustness = judged.rows, judged.summaries, judged.robustness
     outputs = {"answers": str(out / "answers.jsonl"), "judgments": str(out / "judgments.jsonl")}
-    if any(s.interrupted for s in summaries.values()):
+    if validation:
+        outputs["validation"] = str(out / "validation.jsonl")
+    if judged.interrupted:
         return JudgeResults(status="interrupted", reason="interrupted; run the same command again to resume",
                             outputs=outputs, judge=cfg.judges[0], policy=cfg.policy, reference=cfg.reference)
 
     per_judge = {}
     for judge in cfg.judges:
+        checked = None
+        if validation and not is_human(judge):  # a person is the taste being measured, not measured here
+            done = judged.validation[judge]
+            checked = summarize_validation(judge, str(cfg.validate),
+                                           [done[v.id] for v in validation if v.id in done], n_boot=cfg.n_boot,
+                                           seed=cfg.bootstrap_seed)
         ordered = [per_judge_rows[judge][a.id] for a in answers if a.id in per_judge_rows[judge]]
-        per_judge[judge] = judge_summary(judge, ordered, cfg)
+        per_judge[judge] = judge_summary(judge, ordered, cfg, checked)
         per_judge[judge].run = summaries[judge].to_json()
         warnings += judge_warnings(per_judge[judge])
+    if judged.scores is not None:
+        add_scores(skill, model_judges(cfg)[0], *judged.scores)
+    if judged.score_error:
+        warnings.append(judged.score_error)
     missing = {j: len(answers) - len(per_judge_rows[j]) for j in cfg.judges}
+    missing.update({f"{j} (validation)": len(validation) - len(judged.validation.get(j, {}))
+                    for j in model_judges(cfg) if validation})
     reasons = []
-    if any(missing.values()) or not all(s.done for s in summaries.values()):
+    runs = [*summaries.values(), *judged.validation_summaries.values()]
+    if any(missing.values()) or not all(s.done for s in runs):
         reasons.append("incomplete: " + ", ".join(f"{j} lacks {n} judgments" for j, n in missing.items() if n)
                        + f" (reasons in {out / 'judgments.jsonl.failures.jsonl'}); run the same command again to "
                          "resume from the cache")
@@ -522,7 +652,8 @@ def evaluate(cfg: JudgeConfig, console: Any = None, *, clients: dict[str, Any] |
         policy=cfg.policy, reference=cfg.reference, prompts=cfg.prompts, n_prompts=len(answers), n_boot=cfg.n_boot,
         robustness=robustness, template=cfg.template, template_hash=load_template(cfg.template).hash,
         policy_answers=policy_answers, reference_answers=reference_answers,
-        time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), retention=skill,
+        validated_on=str(cfg.validate or ""), answer_formats=dict(Counter(formats.values())))
     results.outputs.update(results=str(out / "results.json"), report=str(out / "report.html"))
     results.write(out / "results.json")
     from judge.report import write_report

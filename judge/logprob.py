@@ -9,8 +9,10 @@ costs three forward passes instead of a generation, and is still judged in both 
 likes position A ends up with inconsistent ties, not with a preference.
 
 ``LogprobJudge`` wraps a ``LocalClient`` and speaks the client interface (``chat`` returns the verdict JSON), so
-the cache, both orders, retries and the runner work unchanged. Its spec is ``<spec>+logprob`` so its judgments
-are cached apart from generated ones.
+the cache, both orders, retries and the runner work unchanged. The reply also carries ``logodds``, log P(A) −
+log P(B) (the answer shown first against the second), from which ``judge.stats.position_and_content`` takes the
+judge's position bias out. Its spec is ``<spec>+logodds`` so its judgments are cached apart from generated ones
+(and from those of earlier versions, which carried no log-odds).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class LogprobJudge:
 
     def __init__(self, client: Any):
         self.client = client
-        self.spec = f"{client.spec}+logprob"
+        self.spec = f"{client.spec}+logodds"
         self._lock: asyncio.Lock | None = None
 
     async def preflight(self) -> None:
@@ -52,7 +54,7 @@ class LogprobJudge:
         total = sum(math.exp(v - top) for v in scores.values())
         probs = {k: math.exp(v - top) / total for k, v in scores.items()}
         reason = "token probabilities " + ", ".join(f"{k} {p:.2f}" for k, p in probs.items())
-        data = {"reason": reason, "winner": winner, "probs": probs}
+        data = {"reason": reason, "winner": winner, "probs": probs, "logodds": scores["A"] - scores["B"]}
         return ChatReply(text=json.dumps(data), data=data, model=str(self.client.spec))
 
     def scores(self, messages: list[dict[str, str]]) -> dict[str, float]:

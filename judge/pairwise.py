@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -76,8 +77,9 @@ def normalize_winner(value: Any) -> str | None:
     return None
 
 
-def parse_verdict(data: Any, text: str) -> dict[str, str] | None:
-    """``{"winner": A|B|tie, "reason": str}`` (positions as shown) from the parsed JSON or the raw text."""
+def parse_verdict(data: Any, text: str) -> dict[str, Any] | None:
+    """``{"winner": A|B|tie, "reason": str}`` (positions as shown) from the parsed JSON or the raw text, plus
+    ``logodds`` (for the answer shown first) when the judge's reply carries its token log-probabilities."""
     if not isinstance(data, dict):
         data = None
         match = re.search(r"\{.*\}", text or "", re.DOTALL)
@@ -91,7 +93,11 @@ def parse_verdict(data: Any, text: str) -> dict[str, str] | None:
         winner = normalize_winner(data.get("winner"))
         if winner is not None:
             reason = data.get("reason")
-            return {"winner": winner, "reason": reason if isinstance(reason, str) else ""}
+            out: dict[str, Any] = {"winner": winner, "reason": reason if isinstance(reason, str) else ""}
+            logodds = data.get("logodds")
+            if isinstance(logodds, (int, float)) and not isinstance(logodds, bool) and math.isfinite(logodds):
+                out["logodds"] = float(logodds)  # a judge that reads its verdict from token probabilities
+            return out
     text = text or ""
     field_match = _WINNER_FIELD.search(text)
     if field_match and normalize_winner(field_match.group(1)):
@@ -112,7 +118,7 @@ def _to_content(shown: str, first: str) -> str:
 
 async def judge_order(client: Any, template: JudgeTemplate, prompt: str, first_answer: str, second_answer: str,
                       *, known_good: str | None, cache: JudgeCache | None, options: GenOptions,
-                      attempts: int) -> tuple[dict[str, str] | None, str, int, bool]:
+                      attempts: int) -> tuple[dict[str, Any] | None, str, int, bool]:
     """One call with ``first_answer`` in position A; returns (verdict by position, raw, attempts, cached)."""
     messages = template.render(prompt=prompt, answer_a=first_answer, answer_b=second_answer, known_good=known_good)
     key = judgment_key(judge=judge_name(client), template_hash=template.hash, mode="pairwise", prompt=prompt,
@@ -140,7 +146,8 @@ async def judge_pair(client: Any, prompt: Prompt, answer_a: str, answer_b: str, 
     for first, (verdict, raw, n, cached) in zip(("A", "B"), results):
         shown = verdict["winner"] if verdict else None
         games.append(Game(first=first, pick=_to_content(shown, first) if shown else None, shown=shown,
-                          reason=verdict["reason"] if verdict else "", raw=raw, attempts=n, cached=cached))
+                          reason=verdict["reason"] if verdict else "", raw=raw, attempts=n, cached=cached,
+                          logodds=verdict.get("logodds") if verdict else None))
     return fold(games)
 
 

@@ -1,5 +1,7 @@
-"""The judge's report: the headline and what it means, the per-judge table, a win-rate plot, the judge's
-diagnostics, agreement between judges, robustness, and side-by-side examples with the verdicts.
+"""The judge's report: the headline and what it means (``headline``: the judge's validated accuracy first, then
+the preference, the skill kept and the verdict), the judges' validation, skill retention, the per-judge table, a
+win-rate plot, the judge's diagnostics, agreement between judges, robustness, and side-by-side examples with the
+verdicts.
 
 Built only from the judge's own files through ``judge.results`` (``load_report(folder)``), with
 ``prefloop.report.Report``, so the Markdown and HTML say the same thing and ``prefloop run`` embeds the very same
@@ -8,19 +10,27 @@ blocks in its run report (``Report.extend``): every judge number on either page 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from judge.human import is_human
 from judge.prompts import judge_prompt_text
 from judge.robustness import ATTACKS
-from judge.results import AnswerRow, JudgeResults, JudgeSummary, JudgmentRow, current_judgments, read_answers
+from judge.results import (AnswerRow, JudgeResults, JudgeSummary, JudgeValidation, JudgmentRow, Retention,
+                           current_judgments, read_answers)
+from judge.retention import LEVERS, STOCK_WORDS
+from judge.validation import judge_advice
 from prefloop.report import Report, fmt, is_number, pct, pyplot, save_png
 
 PRINCIPLE = ("The headline is the win rate on **held-out prompts** that never reached training, judged in both "
-             "orders (orders that disagree count as a tie; ties count half). The training curves are diagnostics "
-             "only: a falling loss does not mean people prefer the answers.")
+             "orders (orders that disagree count as a tie; ties count half), shown only from a judge that first "
+             "picked the known-better answer of held-out pairs more often than chance; beside it, how much of the "
+             "task the trained model kept, read from the answers without any judge. The training curves are "
+             "diagnostics only: a falling loss does not mean people prefer the answers.")
+FORMATS = {"chat": "through the model's chat template (an Alpaca row as one user turn)",
+           "alpaca": "as raw Alpaca text", "text": "as plain text"}
 
 
 def verdict_words(s: JudgeSummary) -> str:
@@ -35,19 +45,127 @@ def verdict_words(s: JudgeSummary) -> str:
             f"prompts or a stronger judge narrow it)")
 
 
+@dataclass
+class Headline:
+    """The report's first lines, in order: what the judge was measured to be worth, the preference (a win rate
+    only from a judge that validated above chance; the held-out reward accuracy, which needs no judge), the skill
+    kept, and the verdict. ``success``: preferred with the skill kept (True), the skill lost (False), or no
+    verdict (None)."""
+
+    lines: list[str] = field(default_factory=list)
+    success: bool | None = None
+
+    def plain(self) -> list[str]:
+        """The lines without Markdown emphasis, for a console."""
+        return [re.sub(r"\*\*|`", "", line) for line in self.lines]
+
+
+def validation_line(v: JudgeValidation) -> str:
+    """One judge's validation in words."""
+    low, high = v.ci
+    text = (f"Judge `{v.judge}` picks the known-better answer of {v.n} held-out pairs **{pct(v.rule_accuracy)}** "
+            f"of the time (95% CI {pct(low)}–{pct(high)}, both orders; the answer shown first wins "
+            f"{pct(v.first_position_rate)} of its decisive calls, the longer one {pct(v.longer_pick_rate)})")
+    if v.rule == "debiased":
+        text += (f", deciding on the content term of its log-odds with the position term taken out (both orders "
+                 f"agreeing gave {pct(v.accuracy)})")
+    elif v.debiased_accuracy is not None:
+        text += (f"; taking its position bias out of its log-odds gave {pct(v.debiased_accuracy)} "
+                 f"({pct(v.debiased_ci_low)}–{pct(v.debiased_ci_high)}), no measurable help, so it is not used")
+    return text + "."
+
+
+def skill_line(ret: Retention) -> str:
+    """Skill retention in words (content kept, openings, length, loops, scores)."""
+    pol, ref = ret.policy, ret.reference
+    parts = []
+    if ret.kept is not None:
+        parts.append(f"the trained model keeps **{pct(ret.kept)}** of the reference's answer content (content-word "
+                     f"recall of the known-good answers {fmt(pol.content_recall)} vs {fmt(ref.content_recall)}; "
+                     f"ROUGE-L F1 {fmt(pol.rouge_l)} vs {fmt(ref.rouge_l)}); it kept more on {ret.better} prompts, "
+                     f"less on {ret.worse}, as much on {ret.same}")
+    opening = f" (\"{pol.stock_opening} …\")" if pol.stock_opening else ""
+    parts.append(f"{pct(pol.stock_share)} of its answers open with one stock phrase{opening} (reference "
+                 f"{pct(ref.stock_share)})")
+    if ret.length_ratio is not None:
+        parts.append(f"its answers are {ret.length_ratio:.2f}x as long")
+    parts.append(f"{pol.loops} loop on a phrase (reference {ref.loops}), {pol.empty} are empty (reference "
+                 f"{ref.empty})")
+    if pol.score is not None or ref.score is not None:
+        parts.append(f"judge `{ret.scored_by}` scores them {fmt(pol.score, 1)} vs {fmt(ref.score, 1)}/100 against "
+                     "the known-good answers")
+    return "Skill: " + "; ".join(parts) + "."
+
+
+def headline(results: JudgeResults, reward_accuracy: float | None = None) -> Headline:
+    """The one place that decides what the headline says (the judge's report, the run report and the console
+    all show these lines).
+
+    - The headline judge's validation leads. A judge whose accuracy interval contains 50 % cannot give a
+      meaningful win rate: no win rate is printed, the figures that need no judge are, with the one change that
+      gets a real judge. An unvalidated judge's win rate is shown and called unchecked.
+    - The skill kept (``judge.retention``) stands beside the preference; a trained model that won the preference
+      but lost the skill is not a success, and the levers are named.
+    """
+    head, v, ret = results.headline, results.headline.validation, results.retention
+    out = Headline()
+    at_chance = head.at_chance
+    if v is not None and v.n:
+        out.lines.append(validation_line(v))
+    elif head.n:
+        out.lines.append(f"Judge `{head.judge}` was not validated (no pairs whose better side is known: give "
+                         "`--validate PAIRS`; `prefloop run` uses its held-out pairs), so its win rate is unchecked.")
+    if head.n and not at_chance:
+        rule = " (debiased verdicts)" if head.rule == "debiased" else ""
+        out.lines.append(f"**{pct(head.win_rate)}** win rate{rule} (95% CI {pct(head.ci_low)}–{pct(head.ci_high)}, "
+                         f"prompt-level bootstrap) by judge `{head.judge}`: {verdict_words(head)}.")
+    elif at_chance:
+        out.lines.append(f"No win rate: judge `{head.judge}` cannot tell the better answer from the worse on this "
+                         f"data (its accuracy interval contains 50%), so its win rate would say nothing. To get a real "
+                         f"judge, {judge_advice(head.judge)}.")
+    if reward_accuracy is not None:
+        out.lines.append(f"Held-out reward accuracy **{pct(reward_accuracy)}**: on that share of the held-out pairs "
+                         "training raised the chosen answer's likelihood more than the rejected one's, relative to "
+                         "the reference (no judge needed).")
+    if ret is not None and ret.n:
+        out.lines.append(skill_line(ret))
+    preferred = head.n > 0 and not at_chance and is_number(head.ci_low) and head.ci_low > 0.5
+    if ret is not None and ret.lost:
+        out.success = False
+        first = ("**Not a success**: the trained model won the preference but lost the skill" if preferred else
+                 "**The skill was lost**: the trained model keeps clearly less of the task than its reference")
+        out.lines.append(f"{first}. DPO should shape the style on top of the skill; {LEVERS}.")
+    elif preferred and ret is not None and ret.kept is not None:
+        out.success = True
+        out.lines.append("The trained model is preferred and kept its skill.")
+    return out
+
+
+def answers_line(results: JudgeResults) -> str:
+    """How the held-out prompts reached the models."""
+    if not results.answer_formats:
+        return ""
+    ways = ", ".join(f"{FORMATS.get(k, k)} ({n})" for k, n in sorted(results.answer_formats.items()))
+    return f"Both models answered {ways}: the way the trained model is used."
+
+
 def build_report(out_dir: Path, results: JudgeResults, answers: list[AnswerRow],
-                 rows: dict[str, dict[str, JudgmentRow]], n_examples: int = 6) -> Report:
-    """The whole judge report; ``n_examples=0`` leaves the examples out (the run report puts them last)."""
+                 rows: dict[str, dict[str, JudgmentRow]], n_examples: int = 6,
+                 reward_accuracy: float | None = None) -> Report:
+    """The whole judge report; ``n_examples=0`` leaves the examples out (the run report puts them last);
+    ``reward_accuracy`` is the trainer's held-out reward accuracy when the caller has it (the run report)."""
     rep = Report(title="Held-out win rate",
                  subtitle=f"policy `{results.policy}` against reference `{results.reference}` on "
                           f"{results.n_prompts} held-out prompts from `{results.prompts}`")
+    head = results.headline
+    for line in headline(results, reward_accuracy).lines:
+        rep.paragraph(line)
     rep.paragraph(PRINCIPLE)
+    if answers_line(results):
+        rep.paragraph(answers_line(results))
     for w in results.warnings:
         rep.warning(w)
-    head = results.headline
     if head.n:
-        rep.paragraph(f"**{pct(head.win_rate)}** win rate (95% CI {pct(head.ci_low)}–{pct(head.ci_high)}, "
-                      f"prompt-level bootstrap) by judge `{head.judge}`: {verdict_words(head)}.")
         same = head.diagnostics.get("identical_answers")
         if same:
             rep.paragraph(f"{same} of {head.n} trained answers are word for word the reference's (ties, no judge "
@@ -55,15 +173,19 @@ def build_report(out_dir: Path, results: JudgeResults, answers: list[AnswerRow],
                           "larger learning rate move it further; a larger beta keeps it closer.")
     else:
         rep.paragraph("No judgments yet.")
+    add_validation(rep, results)
+    add_retention(rep, results.retention, answers)
     table = []
     for s in results.judges.values():
         d = s.diagnostics
+        v = s.validation
+        checked = "—" if v is None or not v.n else "yes" if v.above_chance else "no (at chance)"
         table.append([s.judge, pct(s.win_rate), f"{pct(s.ci_low)}–{pct(s.ci_high)}", pct(s.lc_win_rate), s.wins,
                       s.ties, s.losses, s.n, pct(d.get("parse_rate")), pct(d.get("position_consistency")),
-                      pct(d.get("first_position_rate")), pct(d.get("longer_pick_rate"))])
+                      pct(d.get("first_position_rate")), pct(d.get("longer_pick_rate")), checked])
     rep.heading("Results", 3)
     rep.table(table, headers=["judge", "win rate", "95% CI", "LC win rate", "wins", "ties", "losses", "n",
-                              "parsed", "position-consistent", "picks first", "picks longer"])
+                              "parsed", "position-consistent", "picks first", "picks longer", "validated"])
     plot = plot_win_rates([{"name": s.judge, "win_rate": s.win_rate, "ci_low": s.ci_low, "ci_high": s.ci_high,
                             "n": s.n} for s in results.judges.values()], out_dir / "win_rate.png")
     if plot is not None:
@@ -137,6 +259,67 @@ def signed_points(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:+.0f} pts"
 
 
+def add_validation(rep: Report, results: JudgeResults) -> None:
+    """Each judge on the pairs whose better side is known: what its verdicts are worth on this data."""
+    checked = [s.validation for s in results.judges.values() if s.validation is not None and s.validation.n]
+    if not checked:
+        return
+    rep.heading("The judges, measured on pairs whose better side is known", 3)
+    rep.paragraph(f"Before its verdicts count, every judge judged {checked[0].n} pairs from `{results.validated_on}` "
+                  "(the chosen side is the better one), in both orders and under the same prompt as the held-out "
+                  "answers. Accuracy counts a pair as 1 when both orders picked the better side, ½ for a tie or "
+                  "disagreeing orders, 0 otherwise, so a judge that always picks the first answer scores 50%. The "
+                  "debiased accuracy decides on the content term (L1 − L2)/2 of the judge's log-odds over the two "
+                  "orders, with the position term (L1 + L2)/2 taken out; it is used only where it measurably beat "
+                  "the both-orders rule here.")
+    rep.table([[v.judge, v.n, pct(v.accuracy), f"{pct(v.ci_low)}–{pct(v.ci_high)}", pct(v.debiased_accuracy),
+                f"{pct(v.debiased_ci_low)}–{pct(v.debiased_ci_high)}" if v.debiased_accuracy is not None else "—",
+                fmt(v.mean_position, 2), pct(v.position_consistency), pct(v.first_position_rate),
+                pct(v.longer_pick_rate), v.rule, "yes" if v.above_chance else "no"] for v in checked],
+              headers=["judge", "pairs", "accuracy", "95% CI", "debiased", "95% CI", "position term",
+                       "position-consistent", "picks first", "picks longer", "verdicts by", "above chance"])
+
+
+def add_retention(rep: Report, ret: Retention | None, answers: list[AnswerRow], n_worst: int = 3) -> None:
+    """What the trained model kept of the task, both models side by side, and the prompts where it lost most."""
+    if ret is None or not ret.n:
+        return
+    rep.heading("Skill retention (no judge)", 3)
+    rep.paragraph("Read from the answers themselves against the prompts' known-good answers: **content-word "
+                  "recall** is the share of the known-good answer's content words (not function words; numbers "
+                  "count) found in the answer, the headline measure because a politer or longer wording keeps it "
+                  "while an answer that never gives the fact loses it; **ROUGE-L F1** (longest common word "
+                  "subsequence) also falls when the content is buried in filler. A stock phrase is the commonest "
+                  f"opening ({STOCK_WORDS} words) shared by several answers.")
+    pol, ref = ret.policy, ret.reference
+    rows = [["content-word recall", fmt(ref.content_recall), fmt(pol.content_recall)],
+            ["ROUGE-L F1", fmt(ref.rouge_l), fmt(pol.rouge_l)],
+            ["open with one stock phrase", f"{pct(ref.stock_share)} {_quoted(ref.stock_opening)}",
+             f"{pct(pol.stock_share)} {_quoted(pol.stock_opening)}"],
+            ["loop on a phrase", ref.loops, pol.loops], ["empty answers", ref.empty, pol.empty],
+            ["mean length (chars)", fmt(ref.mean_chars, 1), fmt(pol.mean_chars, 1)]]
+    if ret.scored_by:
+        rows.append([f"0-100 score by {ret.scored_by}", fmt(ref.score, 1), fmt(pol.score, 1)])
+    rep.table(rows, headers=["measure", "reference (SFT)", "trained (DPO)"])
+    low, high = ret.diff_ci
+    rep.paragraph(f"Per prompt ({ret.n_known_good} with a known-good answer): the trained model kept more of it on "
+                  f"{ret.better}, less on {ret.worse}, as much on {ret.same}; the mean difference in recall has a "
+                  f"95% interval of {fmt(low)} to {fmt(high)}.")
+    by_id = {a.id: a for a in answers}
+    worst = sorted((p for p in ret.per_prompt if p.policy < p.reference), key=lambda p: p.policy - p.reference)
+    for p in worst[:n_worst]:
+        a = by_id.get(p.id)
+        if a is not None:
+            rep.example(f"lost content: prompt {p.id} (recall {fmt(p.reference, 2)} → {fmt(p.policy, 2)})",
+                        judge_prompt_text(a.prompt), [("reference (SFT)", a.reference_answer),
+                                                      ("trained (DPO)", a.policy_answer),
+                                                      ("known-good answer", a.known_good or "")])
+
+
+def _quoted(text: str | None) -> str:
+    return f'("{text} …")' if text else ""
+
+
 def add_examples(rep: Report, answers: list[AnswerRow], rows: dict[str, dict[str, JudgmentRow]], headline: str,
                  n: int, level: int = 3) -> None:
     """A few held-out answers of each outcome side by side, with every judge's verdict and reasons."""
@@ -152,7 +335,9 @@ def add_examples(rep: Report, answers: list[AnswerRow], rows: dict[str, dict[str
             if r is None:
                 continue
             reasons = "; ".join(f"{g.first} first: {g.pick or 'unparsed'} ({g.reason[:200]})" for g in r.games)
-            notes.append(f"{judge}: {r.verdict}" + (f" — {reasons}" if reasons else ""))
+            terms = (f" (log-odds: content term {r.content:+.2f}, position term {r.position:+.2f})"
+                     if r.content is not None and r.position is not None else "")
+            notes.append(f"{judge}: {r.verdict}{terms}" + (f" — {reasons}" if reasons else ""))
         cols = [("reference (SFT)", a.reference_answer), ("trained (DPO)", a.policy_answer)]
         if a.known_good:
             cols.append(("known-good answer", a.known_good))
@@ -192,11 +377,11 @@ class JudgeFolder:
         return cls(folder, JudgeResults.read(folder / "results.json"), answers,
                    current_judgments(answers, folder / "judgments.jsonl"))
 
-    def report(self, n_examples: int = 6) -> Report | None:
+    def report(self, n_examples: int = 6, reward_accuracy: float | None = None) -> Report | None:
         """The judge's report (None before ``results.json`` exists)."""
         if self.results is None:
             return None
-        return build_report(self.folder, self.results, self.answers, self.rows, n_examples)
+        return build_report(self.folder, self.results, self.answers, self.rows, n_examples, reward_accuracy)
 
 
 def write_report(out_dir: Path, results: JudgeResults, answers: list[AnswerRow],

@@ -3,8 +3,11 @@
 - ``answers.jsonl``: one ``AnswerRow`` per held-out prompt (both models' answers and the known-good answer);
   how each side's answers were made is an ``AnswerSettings`` in ``results.json``;
 - ``judgments.jsonl``: one ``JudgmentRow`` per (judge, prompt), written by the durable runner as it goes;
-- ``results.json``: one ``JudgeResults`` (a ``StageResult``): per-judge ``JudgeSummary`` (win rate, interval,
-  diagnostics), agreement between judges, warnings, and the settings the numbers came from.
+- ``validation.jsonl``: the same rows for the validation pairs (pairs whose better side is known), with the
+  chosen answer in the policy's place and the rejected one in the reference's: a ``win`` is a correct verdict;
+- ``results.json``: one ``JudgeResults`` (a ``StageResult``): per-judge ``JudgeSummary`` (its validation, win
+  rate, interval, diagnostics), the skill ``Retention`` measured without any judge, agreement between judges,
+  warnings, and the settings the numbers came from.
 
 Nothing reads these files by guessing field names: the writer and every reader go through ``from_json`` /
 ``to_json`` here, so a renamed field fails a test instead of showing the wrong cell in a report.
@@ -108,6 +111,7 @@ class Game:
     raw: str = ""
     attempts: int = 0
     cached: bool = False
+    logodds: float | None = None     # log P(first shown is better) - log P(second is), when the judge gives them
 
 
 @dataclass
@@ -127,6 +131,8 @@ class JudgmentRow:
     games: list[Game] = field(default_factory=list)
     answers: str = ""                # AnswerRow.key of the answers judged
     id: str = ""                     # the runner's job id (judge, template, answers, options)
+    position: float | None = None    # the judge's pull toward the first position, in log-odds (judge.stats)
+    content: float | None = None     # its preference for the policy's answer with position taken out
 
     @classmethod
     def of(cls, row: AnswerRow, judge: str, **verdict: Any) -> "JudgmentRow":
@@ -160,11 +166,68 @@ class JudgmentRow:
         """For agreement between judges: ``win``/``tie``/``loss``, or ``unparsed``."""
         return "unparsed" if self.unparsed else self.outcome
 
+    def decided(self, rule: str) -> Outcome:
+        """The outcome under a verdict rule: ``orders`` (both orders must agree) or ``debiased`` (the sign of the
+        content term of the judge's log-odds; rows without log-odds keep their ``orders`` outcome)."""
+        if rule != "debiased" or self.content is None or self.identical:
+            return self.outcome
+        return "win" if self.content > 0 else "loss" if self.content < 0 else "tie"
+
+
+@dataclass
+class JudgeValidation:
+    """One judge measured on pairs whose better side is known (``judge.validation``), both orders per pair.
+
+    ``accuracy`` counts a pair as 1 when both orders picked the better answer, ½ for a tie or orders that
+    disagree, 0 when both picked the worse one (the win rate's own rule, so a judge that always picks the first
+    answer scores exactly 50 %); its interval is a pair-level bootstrap. ``debiased_*`` is the same accuracy from
+    the sign of the content term of the judge's log-odds (``judge.stats.position_and_content``), for judges that
+    return log-probabilities. ``rule`` is the verdict rule this judge's win rate uses: ``debiased`` only where it
+    measurably beat ``orders`` here (higher accuracy, interval above 50 %).
+    """
+
+    judge: str
+    source: str = ""
+    n: int = 0
+    accuracy: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    correct: int = 0
+    ties: int = 0
+    wrong: int = 0
+    unparsed: int = 0
+    position_consistency: float | None = None
+    first_position_rate: float | None = None
+    longer_pick_rate: float | None = None
+    debiased_accuracy: float | None = None
+    debiased_ci_low: float | None = None
+    debiased_ci_high: float | None = None
+    mean_position: float | None = None
+    rule: str = "orders"
+
+    @property
+    def ci(self) -> tuple[float | None, float | None]:
+        """The interval of the rule in use."""
+        if self.rule == "debiased":
+            return self.debiased_ci_low, self.debiased_ci_high
+        return self.ci_low, self.ci_high
+
+    @property
+    def rule_accuracy(self) -> float | None:
+        return self.debiased_accuracy if self.rule == "debiased" else self.accuracy
+
+    @property
+    def above_chance(self) -> bool:
+        """The whole interval of the rule in use lies above 50 %: this judge can tell better from worse here."""
+        low = self.ci[0]
+        return low is not None and low > 0.5
+
 
 @dataclass
 class JudgeSummary:
     """One judge's numbers over the held-out prompts. ``diagnostics`` holds ``judge.stats.diagnostics`` plus
-    counts (unparsed, inconsistent, identical answers, calls, cached games, mean lengths)."""
+    counts (unparsed, inconsistent, identical answers, calls, cached games, mean lengths). ``rule`` is how its
+    verdicts were decided (``JudgmentRow.decided``); ``validation`` what it scored on the validation pairs."""
 
     judge: str
     n: int = 0
@@ -179,10 +242,79 @@ class JudgeSummary:
     lc_warning: str | None = None
     diagnostics: dict[str, Any] = field(default_factory=dict)
     run: dict[str, Any] = field(default_factory=dict)   # the runner's account (failed, interrupted, retries)
+    rule: str = "orders"
+    validation: JudgeValidation | None = None
+
+    @property
+    def at_chance(self) -> bool:
+        """Validated, and no better than chance: this judge's win rate would mean nothing."""
+        return self.validation is not None and self.validation.n > 0 and not self.validation.above_chance
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "JudgeSummary":
-        return from_fields(cls, data)
+        summary = from_fields(cls, data)
+        if isinstance(data.get("validation"), dict):
+            summary.validation = from_fields(JudgeValidation, data["validation"])
+        return summary
+
+
+@dataclass
+class SideSkill:
+    """What one model's held-out answers keep of the task, read from the answers alone (``judge.retention``).
+
+    ``content_recall`` and ``rouge_l`` are means over the prompts with a known-good answer; the rest over all
+    held-out prompts. ``stock_opening`` is the opening (first words) most answers share, ``stock_share`` the share
+    of answers that open with it; ``score`` the mean 0-100 correctness score a model judge gave (score mode)."""
+
+    content_recall: float | None = None
+    rouge_l: float | None = None
+    stock_opening: str | None = None
+    stock_share: float = 0.0
+    loops: int = 0
+    empty: int = 0
+    mean_chars: float = 0.0
+    score: float | None = None
+
+
+@dataclass
+class PromptSkill:
+    """Content-word recall of the known-good answer for one prompt, for both models."""
+
+    id: str
+    policy: float
+    reference: float
+
+
+@dataclass
+class Retention:
+    """Skill retention of the trained model against its reference on the held-out prompts, without any judge.
+
+    ``kept`` = the policy's mean content-word recall / the reference's; ``diff_ci`` the paired bootstrap interval
+    of the per-prompt difference (policy - reference); ``better``/``worse``/``same`` count the prompts on which the
+    policy kept more, less or as much of the known-good answer's content. ``lost`` is the verdict
+    (``judge.retention.lost_skill``): clearly less than the reference."""
+
+    n: int = 0                       # held-out prompts
+    n_known_good: int = 0            # of which with a known-good answer
+    policy: SideSkill = field(default_factory=SideSkill)
+    reference: SideSkill = field(default_factory=SideSkill)
+    kept: float | None = None
+    diff_ci: list[float | None] = field(default_factory=lambda: [None, None])
+    better: int = 0
+    worse: int = 0
+    same: int = 0
+    length_ratio: float | None = None
+    lost: bool = False
+    scored_by: str | None = None     # the judge that gave the 0-100 scores, if any
+    per_prompt: list[PromptSkill] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Retention":
+        ret = from_fields(cls, data)
+        ret.policy = from_fields(SideSkill, data.get("policy") or {})
+        ret.reference = from_fields(SideSkill, data.get("reference") or {})
+        ret.per_prompt = [from_fields(PromptSkill, p) for p in data.get("per_prompt") or []]
+        return ret
 
 
 @dataclass
@@ -235,6 +367,9 @@ class JudgeResults(StageResult):
     policy_answers: AnswerSettings | None = None
     reference_answers: AnswerSettings | None = None
     time: str = ""
+    retention: Retention | None = None
+    validated_on: str = ""                                   # the validation pairs file, if any
+    answer_formats: dict[str, int] = field(default_factory=dict)  # how the prompts reached the models: format -> n
 
     @property
     def headline(self) -> JudgeSummary:
@@ -251,6 +386,8 @@ class JudgeResults(StageResult):
         res.policy_answers = AnswerSettings.from_json(data.get("policy_answers"))
         res.reference_answers = AnswerSettings.from_json(data.get("reference_answers"))
         res.calibration = [from_fields(Calibration, c) for c in data.get("calibration") or []]
+        if isinstance(data.get("retention"), dict):
+            res.retention = Retention.from_json(data["retention"])
         return res
 
 

@@ -280,3 +280,20 @@ def flip_rate(before: Sequence[str], after: Sequence[str]) -> float:
     if not before:
         return math.nan
     return sum(a != b for a, b in zip(before, after)) / len(before)
+
+
+# ------------------------------------------------------------------------------------- position debiasing
+
+def position_and_content(l1: float, l2: float) -> tuple[float, float]:
+    """Split a judge's log-odds over the two orders of one pair into a position term and a content term.
+
+    L1 is the judge's log-odds that the answer shown first is the better one when the policy's answer is shown
+    first, L2 the same log-odds when the policy's answer is shown second (log P(first) − log P(second) from its
+    token probabilities). Read them as L1 = p + c and L2 = p − c, where p is the judge's pull toward whatever
+    stands first and c its preference for the policy's content; then
+
+        p = (L1 + L2) / 2      c = (L1 − L2) / 2
+
+    A judge that only likes position one has c = 0 whatever it is shown; the sign of c is the debiased verdict.
+    """
+    return (l1 + l2) / 2.0, (l1 - l2) / 2.0

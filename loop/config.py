@@ -191,6 +191,7 @@ def load_loop_config(path: str | Path, overrides: list[str] | None = None) -> Lo
     judge_raw = _owned(JudgeConfig, dict(doc.get("judge", {})), judge_owned(paths, train, export=export),
                        f"{path} [judge]", in_run)
     judge_raw.setdefault("generator_model", generate.model)   # the judge checks for self-preference
+    judge_raw.setdefault("prompt_format", train.prompt_format)  # answers come the way the model was trained
     # the judgment cache outlives a changed judge setting (its keys hold everything that decides a verdict)
     judge_raw.setdefault("cache", str(paths["cache"]))
     judge = build(JudgeConfig, judge_raw, f"{path} [judge]")
@@ -206,9 +207,10 @@ def load_loop_config(path: str | Path, overrides: list[str] | None = None) -> Lo
 def judge_owned(paths: dict[str, Path], train: TrainConfig, final_model: str | Path | None = None,
                 export: ExportConfig | None = None) -> dict[str, Any]:
     """The judge settings that live in the run folder: the trained model against the SFT model it started from,
-    on the held-out prompts; both served by Ollama when ``[export]`` created them there."""
+    on the held-out prompts; both served by Ollama when ``[export]`` created them there; each judge validated on the held-out pairs."""
     policy, reference = str(final_model or paths["final"]), str(train.model)
     if export is not None and export.ollama:
         policy, reference = export.served(export.ollama), export.served(export.reference_name)
     return {"prompts": str(paths["heldout_prompts"]), "policy": policy, "reference": reference,
-            "pairs": str(paths["train_pairs"]), "output_dir": str(paths["judge"])}
+            "pairs": str(paths["train_pairs"]), "output_dir": str(paths["judge"]),
+            "validate": str(paths["heldout_pairs"])}

@@ -4,8 +4,9 @@ be rewritten at any time (``prefloop run CONFIG --report-only``) and shows a hal
 It is made of the stages' own report sections: the judge's report (``judge.report``, embedded whole through
 ``Report.extend``), the preflight check (``judge.preflight``), the generation summary (``generator.report``) and
 the training curves (``trainer.report``); this module adds only what is the loop's: the warnings of the run, the
-split, the stage table and what to do next. Order follows what a reader needs: the held-out win rate and what
-could make it meaningless first, then how the data and the training went, then the answers themselves.
+split, the stage table and what to do next. Order follows what a reader needs: the headline (the judge's validated
+accuracy, the win rate it may give, the held-out reward accuracy and the skill kept) and what could make it
+meaningless first, then the run's own warnings, how the data and the training went, then the answers themselves.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from judge.report import JudgeFolder, add_examples
 from loop.config import LoopConfig, stage_paths
 from prefloop.llm.base import parse_spec
 from prefloop.report import Report, load_json
-from trainer.report import add_training_section
+from trainer.report import add_training_section, read_metrics
 
 HOW_TO_SCALE_UP = (
     "To use Ollama and a stronger judge, edit the config: [generate] model = \"ollama:llama3.1:70b\" (or any "
@@ -43,19 +44,18 @@ def write_run_report(run_dir: str | Path, cfg: LoopConfig | None = None, *, warn
     if failed:
         report.warning(f"The run stopped early: {failed}")
     judge = JudgeFolder.read(paths["judge"])
+    judge_report = judge.report(n_examples=0, reward_accuracy=held_out_reward_accuracy(paths["train"]))
+    if judge_report is not None:
+        report.extend(judge_report)
+    else:
+        report.heading("Held-out win rate")
+        report.paragraph("No judge results yet: the judge stage has not finished (see the stage table below).")
     shown = set(judge.results.warnings if judge.results else [])
     loop_warnings = [w for w in dict.fromkeys(warnings or []) if w not in shown]
     if loop_warnings:
         report.heading("Warnings from the run")
         for text in loop_warnings:
             report.warning(text)
-
-    judge_report = judge.report(n_examples=0)
-    if judge_report is not None:
-        report.extend(judge_report)
-    else:
-        report.heading("Held-out win rate")
-        report.paragraph("No judge results yet: the judge stage has not finished (see the stage table below).")
     add_preflight_section(report, paths["preflight"])
     add_generation_section(report, paths["pairs"])
     _split_section(report, paths["split"])
@@ -67,15 +67,25 @@ def write_run_report(run_dir: str | Path, cfg: LoopConfig | None = None, *, warn
     return report.write(run_dir, "report")
 
 
+def held_out_reward_accuracy(train_dir: Path) -> float | None:
+    """The trainer's last held-out reward accuracy (its final eval on the held-out pairs), for the headline: the
+    preference figure that needs no judge."""
+    path = train_dir / "metrics.jsonl"
+    rows = [r for r in read_metrics(path) if r["split"] == "eval"] if path.exists() else []
+    value = rows[-1].get("rewards/accuracies") if rows else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 def _split_section(report: Report, split_dir: Path) -> None:
     s = load_json(split_dir / "summary.json")
     if not s:
         return
     report.heading("Held-out split")
     report.paragraph("Whole prompts are held out, chosen by a hash of the prompt text: no held-out prompt reaches "
-                     "training. Pairs of held-out prompts feed only the eval curves.")
+                     "training. Pairs of held-out prompts feed only the eval curves and the judge's validation "
+                     "(their chosen side is the better one by construction).")
     report.key_values({"training pairs": s.get("train_pairs"), "held-out prompts (judged)": s.get("heldout_prompts"),
-                       "held-out pairs (eval curves only)": s.get("heldout_pairs"),
+                       "held-out pairs (eval curves, judge validation)": s.get("heldout_pairs"),
                        "prompts without a pair": s.get("prompts_without_pairs")})
 
 

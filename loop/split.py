@@ -42,7 +42,8 @@ class SplitResult(StageResult):
 
 def split_pairs(pairs_path: Path, prompts: list[PromptRecord], cfg: SplitSection, out_dir: Path) -> SplitResult:
     """Write ``train.jsonl`` (pairs of training prompts), ``heldout_pairs.jsonl`` (pairs of held-out prompts,
-    for the trainer's eval curves only) and ``heldout_prompts.jsonl`` (what the judge answers). Pairs whose
+    for the trainer's eval curves and the judge's validation: their chosen side is known to be the better) and
+    ``heldout_prompts.jsonl`` (what the judge answers). Pairs whose
     prompt is no longer among ``prompts`` are left out."""
     pairs, _ = load_preferences(pairs_path, skip_bad=True)
     keys = {split_key(p.prompt) for p in prompts}

@@ -190,7 +190,7 @@ class Loop:
             if result.heldout_prompts == 0:
                 raise StageFailed("no held-out prompts: add prompts (the judge needs prompts training never saw)")
             self.say(f"  {result.train_pairs} training pairs, {result.heldout_prompts} held-out prompts "
-                     f"({result.heldout_pairs} held-out pairs for eval curves only)")
+                     f"({result.heldout_pairs} held-out pairs for eval curves and judge validation)")
             return result
 
         inputs = {"pairs": file_hash(self.paths["pairs"]), "prompts": self.source_identity()}
@@ -279,6 +279,7 @@ class Loop:
 
         inputs = {"trained": self.fps.get("train") or (train_rec.fingerprint if train_rec else ""),
                   "heldout": file_hash(self.paths["heldout_prompts"]),
+                  "validation": file_hash(self.paths["heldout_pairs"]),
                   "reference": model_identity(self.cfg.train.model)}
         if self.cfg.export.ollama:  # the answers come from the exported models: a new export, new answers
             inputs["export"] = self.fps.get("export", "")
@@ -342,14 +343,16 @@ class Loop:
     def _closing(self, paths: tuple[Path, Path], seconds: float) -> None:
         from rich.markup import escape
 
+        from judge.report import headline
         from judge.results import JudgeResults
-        from loop.report import HOW_TO_SCALE_UP, uses_local_models
-        from prefloop.report import pct
+        from loop.report import HOW_TO_SCALE_UP, held_out_reward_accuracy, uses_local_models
 
         results = JudgeResults.read(self.paths["judge"] / "results.json")
-        for s in (results.judges.values() if results else []):
-            self.say(f"[bold]held-out win rate[/bold] ({escape(s.judge)}): {pct(s.win_rate)} "
-                     f"[95% CI {pct(s.ci_low)} – {pct(s.ci_high)}] over n={s.n} prompts the model never trained on")
+        if results is not None:
+            self.say(f"[bold]held-out win rate and skill[/bold] ({results.n_prompts} prompts the model never "
+                     "trained on):")
+            for line in headline(results, held_out_reward_accuracy(self.paths["train"])).plain():
+                self.say(f"  {escape(line)}")
         self.say(f"report: {paths[0]}  (and {paths[1].name})   total {seconds / 60:.1f} min")
         if uses_local_models(self.cfg):
             self.say(f"[bold]next:[/bold] {escape(HOW_TO_SCALE_UP)}")

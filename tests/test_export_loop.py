@@ -34,8 +34,11 @@ def test_train_export_then_judge_and_generate_through_the_server(tmp_path: Path,
     assert results.complete and results.headline.n == 4
     assert results.policy_answers.runtime == results.reference_answers.runtime == "ollama"
     assert results.policy_answers.model == "ollama:tiny-run"
-    answered = {b["model"] for b in ollama_server.bodies("/api/generate")}
-    assert answered == {"tiny-run", "tiny-run-reference"}   # both sides' held-out answers came from the server
+    # both sides' held-out answers came from the server, the Alpaca rows as one chat turn (as the trainer rendered
+    # them for a model with a chat template), so through /api/chat and its template
+    assert results.policy_answers.prompt_format == results.reference_answers.prompt_format == "chat"
+    answered = {b["model"] for b in ollama_server.bodies("/api/chat") + ollama_server.bodies("/api/generate")}
+    assert {"tiny-run", "tiny-run-reference"} <= answered
 
     # a rerun skips every stage, the export included: nothing is uploaded or created again
     creates, fps = ollama_server.count("/api/create"), stage_fps(run_dir)

@@ -11,13 +11,12 @@ from pathlib import Path
 import pytest
 
 from judge.config import JudgeConfig
-from judge.evaluate import evaluate, gen_options, local_spec
+from judge.evaluate import answer_settings, evaluate, gen_options, local_spec
 from judge.results import JudgeResults
 from judge.selfpref import self_preference_warnings
 from prefloop.llm import make_client
 from prefloop.llm.retry import RetryPolicy
-from prefloop.records import stable_id
-from ollama_server import pairwise_answers
+from ollama_server import pairwise_answers, scored_answer
 
 QUESTIONS = ["Name the capital of France.", "Give a synonym for 'happy'.", "What is 7 times 6?",
              "Rewrite politely: give me the report.", "Name a primary color.", "Spell 'necessary'.",
@@ -36,7 +35,11 @@ def rank(text: str) -> str:
 
 
 def hash_judge(messages, fmt, options):
-    """A consistent judge with an arbitrary but checkable taste: the answer with the larger sha256 wins."""
+    """A consistent judge with an arbitrary but checkable taste: the answer with the larger sha256 wins (and a
+    score-mode prompt gets a score from the same hash)."""
+    scored = scored_answer(messages)
+    if scored is not None:
+        return str(int(rank(scored)[:4], 16) % 101)
     a, b = pairwise_answers(messages)
     return json.dumps({"reason": "hash", "winner": "A" if rank(a) > rank(b) else "B"})
 
@@ -122,7 +125,7 @@ def pregenerate(cfg: JudgeConfig, n: int = 8) -> None:
     out.mkdir(parents=True, exist_ok=True)
     o = gen_options(cfg)
     for side, spec in (("policy", local_spec(cfg.policy)), ("reference", local_spec(cfg.reference))):
-        settings = stable_id(spec, o.temperature, o.seed, o.max_tokens, cfg.dtype)
+        settings = answer_settings(spec, o, cfg)
         rows = [{"id": f"p{i}", "answer": f"{side} answer number {i}", "settings": settings} for i in range(n)]
         (out / f"gen-{side}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
@@ -156,7 +159,9 @@ def test_judge_server_failing_mid_run_resumes_with_no_repeated_calls(ollama_serv
     ok_after = [json.dumps(e.body["messages"]) for e in ollama_server.requests("/api/chat") if e.status == 200]
     new = ok_after[len(ok_before):]
     assert not set(new) & set(ok_before), "a finished judgment was asked again"
-    assert len(new) == 16 - 5  # 8 prompts x 2 orders, minus the 5 answered before the failure
+    verdicts = [m for m in new if "Assistant A's Answer" in m]   # the 0-100 scores follow a complete judging
+    assert len(verdicts) == 16 - 5  # 8 prompts x 2 orders, minus the 5 answered before the failure
+    assert len(new) - len(verdicts) == 16  # both answers of 8 prompts scored once, after the judging finished
     # and the result is the one an uninterrupted run gives
     wins = sum(rank(f"policy answer number {i}") > rank(f"reference answer number {i}") for i in range(8))
     assert second.headline.wins == wins and second.headline.losses == 8 - wins
@@ -232,3 +237,19 @@ def test_training_pairs_overlap_and_generator_are_reported(ollama_server, tmp_pa
     res = evaluate(cfg, clients={"ollama:judge": fast_client(ollama_server)})
     assert any("1 of 4 evaluation prompts also appear in the training pairs" in w for w in res.warnings)
     assert any("generated the training pairs (judge)" in w for w in res.warnings)
+
+
+def test_answers_come_the_way_the_model_is_used_and_the_report_says_which(ollama_server, tmp_path: Path,
+                                                                         tiny_model_dir: Path) -> None:
+    prompts = tmp_path / "heldout.json"
+    prompts.write_text(json.dumps([{"instruction": q, "input": "", "output": "Known."} for q in QUESTIONS[:3]]))
+    ollama_server.reply = hash_judge
+    for fmt, want in (("auto", "chat"), ("alpaca", "alpaca")):
+        cfg = JudgeConfig(policy=str(tiny_model_dir), reference=str(tiny_model_dir), prompts=str(prompts),
+                          judges=["ollama:judge"], output_dir=str(tmp_path / fmt), max_tokens=6, n_boot=100,
+                          prompt_format=fmt)
+        res = evaluate(cfg, clients={"ollama:judge": fast_client(ollama_server)})
+        rows = [json.loads(x) for x in (tmp_path / fmt / "gen-policy.jsonl").read_text().splitlines()]
+        assert {r["format"] for r in rows} == {want} and res.answer_formats == {want: 3}
+    report = (tmp_path / "auto" / "report.md").read_text()
+    assert "Both models answered through the model's chat template (an Alpaca row as one user turn) (3)" in report

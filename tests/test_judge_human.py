@@ -13,14 +13,13 @@ import pytest
 pytest.importorskip("textual")
 
 from judge.config import JudgeConfig  # noqa: E402
-from judge.evaluate import evaluate, gen_options, local_spec  # noqa: E402
+from judge.evaluate import answer_settings, evaluate, gen_options, local_spec  # noqa: E402
 from judge.labels import LabelLog  # noqa: E402
 from judge.results import JudgeResults  # noqa: E402
 from judge.stats import GameRecord, against_person  # noqa: E402
 from ollama_server import pairwise_answers  # noqa: E402
 from prefloop.llm import make_client  # noqa: E402
 from prefloop.llm.retry import RetryPolicy  # noqa: E402
-from prefloop.records import stable_id  # noqa: E402
 
 N = 8
 
@@ -33,7 +32,7 @@ def answers_on_disk(cfg: JudgeConfig) -> dict[str, tuple[str, str]]:
     texts = {f"p{i}": (f"Policy answer {i}" + (" with many more words" if i % 2 == 0 else ""),
                        f"Reference answer {i}" + ("" if i % 2 == 0 else " that goes on and on")) for i in range(N)}
     for k, (side, spec) in enumerate((("policy", local_spec(cfg.policy)), ("reference", local_spec(cfg.reference)))):
-        settings = stable_id(spec, o.temperature, o.seed, o.max_tokens, cfg.dtype)
+        settings = answer_settings(spec, o, cfg)
         rows = [{"id": pid, "answer": pair[k], "settings": settings} for pid, pair in texts.items()]
         (out / f"gen-{side}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return texts

@@ -5,6 +5,7 @@ and that a changed training setting reruns training and judging but not generati
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from loop.config import SplitSection, load_loop_config
 from loop.run import main
 from loop.split import choose_heldout, split_key
 from prefloop.config import ConfigError
-from ollama_server import pairwise_answers, scored_answer
+from ollama_server import judged_blocks, pairwise_answers, scored_answer
 
 PROMPTS = [
     {"instruction": f"Task {i}: name a colour that rhymes with {w}.", "input": "", "output": f"The answer is {w}."}
@@ -27,12 +28,20 @@ PROMPTS = [
 
 
 def scripted_reply(messages, format, options):  # noqa: A002 - the server's callback signature
-    """A consistent fake judge and writer: rewrites by direction, scores 72, prefers the shorter answer."""
+    """A consistent fake judge and writer: rewrites by direction; prefers the polite answer, else the shorter (so
+    it tells the held-out pairs' chosen side from the rejected one); scores 72, and 5 for another prompt's
+    answer (the preflight's deliberately wrong one)."""
     text = messages[-1]["content"]
-    if scored_answer(messages) is not None:
-        return "72"
+    scored = scored_answer(messages)
+    if scored is not None:
+        known = judged_blocks(messages).get("Correct Output")
+        wrong = known is not None and scored.startswith("The answer is") and scored != known
+        return "5" if wrong else "72"
     if isinstance(format, dict):
         a_text, b_text = pairwise_answers(messages)
+        polite_a, polite_b = a_text.startswith("Thank you"), b_text.startswith("Thank you")
+        if polite_a != polite_b:
+            return json.dumps({"reason": "the polite one", "winner": "A" if polite_a else "B"})
         winner = "tie" if len(a_text) == len(b_text) else ("A" if len(a_text) < len(b_text) else "B")
         return json.dumps({"reason": "the shorter answer is clearer", "winner": winner})
     answer = text.split("Correct answer:\n", 1)[-1].split("\n\n", 1)[0] if "Correct answer:" in text else "Okay."
@@ -126,8 +135,13 @@ def test_loop_end_to_end_then_skip_then_rerun_only_what_changed(tmp_path, tiny_m
         assert text in html and text in md
     assert "data:image/png;base64," in html and (run / "plots" / "training.png").exists()
     assert (run / "judge" / "win_rate.png").exists()
+    # the headline leads: the judge validated on the held-out pairs, its win rate, the reward accuracy, the skill
+    head = md.index("picks the known-better answer of")
+    assert head < md.index("win rate (95% CI") < md.index("Held-out reward accuracy") < md.index("Skill:")
+    assert results.headline.validation.n == len(read_jsonl(run / "split" / "heldout_pairs.jsonl"))
+    assert results.retention.n == 4 and results.answer_formats == {"chat": 4}
     out = capsys.readouterr().out
-    assert "held-out win rate" in out and "report.html" in out
+    assert "held-out win rate" in out and "report.html" in out and "Skill:" in out
     assert "[judge] judges" not in out  # served models only: no advice to switch to them
 
     first = stage_fps(run)

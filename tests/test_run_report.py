@@ -9,12 +9,11 @@ import re
 from pathlib import Path
 
 from judge.config import JudgeConfig
-from judge.evaluate import evaluate, gen_options, local_spec
+from judge.evaluate import answer_settings, evaluate, gen_options, local_spec
 from loop.report import write_run_report
 from ollama_server import pairwise_answers
 from prefloop.llm import make_client
 from prefloop.llm.retry import RetryPolicy
-from prefloop.records import stable_id
 
 PROMPTS = {"p-empty": "Name a planet.", "p-garbled": "Name a river.", "p-win": "Name a mountain."}
 POLICY = {"p-empty": "", "p-garbled": "The Nile.", "p-win": "GOOD: Mount Everest."}
@@ -40,7 +39,7 @@ def folder_with_judgments(tmp_path: Path, server) -> Path:  # noqa: ANN001
     out.mkdir(parents=True)
     o = gen_options(cfg)
     for side, answers, model in (("policy", POLICY, cfg.policy), ("reference", REFERENCE, cfg.reference)):
-        key = stable_id(local_spec(model), o.temperature, o.seed, o.max_tokens, cfg.dtype)
+        key = answer_settings(local_spec(model), o, cfg)
         (out / f"gen-{side}.jsonl").write_text("".join(json.dumps({"id": k, "answer": a, "settings": key}) + "\n"
                                                        for k, a in answers.items()))
     server.reply = judge_reply

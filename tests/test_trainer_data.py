@@ -79,6 +79,23 @@ def test_formats_auto_and_forced(tok) -> None:
     assert "prompt format" in forced.lines()[0]
 
 
+def test_alpaca_rows_train_as_one_chat_turn_for_a_model_with_a_chat_template(tok) -> None:
+    from transformers import AutoTokenizer
+
+    meta = {"instruction": "Add 2 and 2.", "input": "", "prompt_format": "alpaca"}
+    alpaca = "Below is an instruction that describes a task.\n\n### Instruction:\nAdd 2 and 2.\n\n### Response:\n"
+    items = [TrainItem("a", alpaca, ["4.", "5."], "alpaca", meta)]
+    examples, report = tokenize_records(tok, items, prompt_format="auto", max_length=64, max_prompt_length=None)
+    assert dict(report.formats) == {"chat": 1}
+    assert tok.decode(examples[0].prompt_ids) == "<|im_start|>user\nAdd 2 and 2.<|im_end|>\n<|im_start|>assistant\n"
+    _, raw = tokenize_records(tok, items, prompt_format="alpaca", max_length=64, max_prompt_length=None)
+    assert dict(raw.formats) == {"alpaca": 1}                     # forcing the recipe's raw text still works
+    plain = AutoTokenizer.from_pretrained(tok.name_or_path)
+    plain.chat_template = None                                    # a model without a chat template keeps Alpaca
+    _, kept = tokenize_records(plain, items, prompt_format="auto", max_length=64, max_prompt_length=None)
+    assert dict(kept.formats) == {"alpaca": 1}
+
+
 def test_truncation_rule(tok) -> None:
     long_prompt = "word " * 80
     ex, report = one(tok, long_prompt, ["a", "b"], max_length=32)

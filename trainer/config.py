@@ -13,11 +13,11 @@ from typing import Any
 
 from prefloop.config import ConfigError, check_choices, load_section, setting
 from prefloop.models import DTYPES, normalize_dtype
+from prefloop.templates import PROMPT_FORMATS
 
 LOSS_TYPES = ("sigmoid", "cdpo", "ipo", "hinge", "robust")
 SCHEDULES = ("constant", "linear", "cosine")
 REFERENCES = ("cached", "model")
-PROMPT_FORMATS = ("auto", "text", "chat", "alpaca")
 DISTRIBUTED = ("ddp", "fsdp")
 
 
@@ -79,7 +79,8 @@ class TrainConfig:
     max_length: int = setting(1024, "prompt + completion tokens per sequence")
     max_prompt_length: int | None = setting(None, "skip pairs whose prompt is longer (default: only max_length "
                                                   "applies)")
-    prompt_format: str = setting("auto", "auto (follow the data) | text | chat | alpaca", choices=PROMPT_FORMATS)
+    prompt_format: str = setting("auto", "auto (follow the data; Alpaca rows as one chat turn for a model with a "
+                                         "chat template) | text | chat | alpaca", choices=PROMPT_FORMATS)
     group_by_length: bool = setting(True, "batch pairs of similar length (less padding); order stays random")
     shuffle: bool = setting(True, "shuffle the data each epoch")
     # bookkeeping

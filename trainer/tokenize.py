@@ -1,11 +1,14 @@
 """Prompt formatting and tokenisation, the way TRL 1.16 does it, so a model trained here sees the same tokens.
 
-Prompt format (``prompt_format = "auto"`` follows the data, as TRL does):
+Prompt format (``prefloop.templates.choose_format`` / ``render_prompt``, shared with the judge so a model is
+measured the way it was trained):
 - ``text``: a string prompt is used as it is;
 - ``chat``: a message list goes through the tokenizer's chat template (``add_generation_prompt=True``);
 - ``alpaca``: Alpaca rows (instruction/input) are rendered with the Alpaca template (``prefloop.templates``).
-Forcing a format converts: text/Alpaca prompts become one user turn for ``chat``; a string becomes an Alpaca
-instruction for ``alpaca``; messages become ``role: content`` lines for ``text``.
+``auto`` follows the data, except that Alpaca rows become one user turn of the chat template when the tokenizer
+has one (how a chat model is used). Forcing a format converts: text/Alpaca prompts become one user turn for
+``chat``; a string becomes an Alpaca instruction for ``alpaca``; messages become ``role: content`` lines for
+``text``.
 
 Boundary rule (TRL 1.16): tokenise the prompt alone and prompt+completion; the completion is the suffix after
 their common prefix (taken over both completions), so a token merged across the boundary is scored as part of the
@@ -26,8 +29,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from prefloop.models import common_prefix_length
-from prefloop.records import Prompt, prompt_text, user_message
-from prefloop.templates import alpaca_prompt, alpaca_user_turn
+from prefloop.records import Prompt
+from prefloop.templates import choose_format, render_prompt
 
 if TYPE_CHECKING:
     from trainer.data import TrainItem
@@ -74,26 +77,6 @@ class TokenizeReport:
                        f"prompt differently); the completion starts where they diverge and this prompt tail is "
                        f"left out: {self.boundary_example!r}")
         return out
-
-
-def choose_format(record_format: str, forced: str) -> str:
-    return record_format if forced == "auto" else forced
-
-
-def render_prompt(prompt: Prompt, meta: dict[str, Any], record_format: str, fmt: str) -> Prompt:
-    """The prompt as the chosen format wants it: a string (text/alpaca) or a message list (chat)."""
-    if fmt == "chat":
-        if isinstance(prompt, list):
-            return prompt
-        if record_format == "alpaca" and "instruction" in meta:
-            return user_message(alpaca_user_turn(meta["instruction"], meta.get("input", "")))
-        return user_message(prompt)
-    if fmt == "alpaca":
-        if record_format == "alpaca" and isinstance(prompt, str):
-            return prompt
-        text = prompt if isinstance(prompt, str) else "\n\n".join(m["content"] for m in prompt if m["role"] == "user")
-        return alpaca_prompt(text)
-    return prompt if isinstance(prompt, str) else prompt_text(prompt)
 
 
 def _ids(tokenizer: Any, prompt: Prompt, completion: str | None) -> list[int]:
@@ -145,7 +128,7 @@ def tokenize_records(tokenizer: Any, items: "list[TrainItem]", *, prompt_format:
     report = TokenizeReport()
     examples: list[Example] = []
     for item in items:
-        fmt = choose_format(item.prompt_format, prompt_format)
+        fmt = choose_format(item.prompt_format, prompt_format, bool(getattr(tokenizer, "chat_template", None)))
         if fmt == "chat" and not getattr(tokenizer, "chat_template", None):
             raise ValueError(f"record {item.id}: prompt format 'chat' needs a tokenizer with a chat template; this "
                              "tokenizer has none (set prompt_format = 'text' or 'alpaca')")

@@ -1,0 +1,103 @@
+"""The judge measured before its verdict is shown: how often it picks the better answer when that is known.
+
+A win rate from a judge that cannot tell better from worse on this data is noise dressed as a number (the
+quickstart's 135M judge picks the first answer every time). So every judge is first run on pairs whose better
+side is known: the held-out pairs the generator made (``prefloop run`` passes ``split/heldout_pairs.jsonl``;
+the chosen side is the better one by construction), or a pairs file the user gives (``prefloop judge
+--validate PAIRS``); human labels will be one more such file, validated the same way. Each pair is judged
+exactly like a held-out answer pair (same template, the same known-good answer shown when the pair carries its
+dataset ``output``, both orders, the same cache and runner), with the chosen answer in the policy's place, so a
+``win`` is a correct verdict and the judge's accuracy is its win rate of chosen over rejected.
+
+Reported (``JudgeValidation``): accuracy with its pair-level bootstrap interval, position consistency, how often
+the first-shown answer wins and how often the longer one does; for judges that return log-probabilities the
+same accuracy from the content term of their log-odds (position taken out, ``judge.stats.position_and_content``)
+and the verdict rule the win rate then uses. A judge whose interval contains 50 % gets no win rate in the
+headline (``judge.report.headline``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from judge.results import AnswerRow, JudgeValidation, JudgmentRow
+from judge.selfpref import model_name
+from judge.stats import GameRecord, bootstrap_ci, diagnostics, outcome_values, summarize
+from prefloop.sources import load_preferences
+
+# judges to suggest, weakest first: the next one after the judge in use (advice must never name the judge in use)
+STRONGER = ("ollama:llama3.1:8b", "ollama:llama3.1:70b")
+
+
+def validation_rows(path: str | Path, limit: int | None = None) -> list[AnswerRow]:
+    """Pairs with a known better side as answer rows: chosen in the policy's place, rejected in the reference's,
+    the pair's dataset answer (``meta.output``) as the known-good answer when it has one."""
+    if not Path(path).exists():
+        raise ValueError(f"{path}: no such validation pairs file (pairs whose better side is known: chosen/rejected)")
+    pairs, _ = load_preferences(path, skip_bad=True)
+    rows = [AnswerRow(id=f"val-{p.id}", prompt=p.prompt, policy_answer=p.chosen, reference_answer=p.rejected,
+                      known_good=p.meta.get("output") if isinstance(p.meta.get("output"), str) else None,
+                      policy_model="chosen", reference_model="rejected") for p in pairs]
+    return rows[:limit] if limit else rows
+
+
+def debiased_values(rows: list[JudgmentRow]) -> list[float] | None:
+    """1 / ½ / 0 per pair from the sign of the content term; None unless every judged pair has log-odds."""
+    judged = [r for r in rows if not r.identical]
+    if not judged or any(r.content is None for r in judged):
+        return None
+    return [float(outcome_values([r.decided("debiased")])[0]) for r in rows]
+
+
+def summarize_validation(judge: str, source: str, rows: list[JudgmentRow], *, n_boot: int = 2000,
+                         seed: int = 0) -> JudgeValidation:
+    """Accuracy, interval, biases and the verdict rule of one judge from its validation rows (one per pair)."""
+    if not rows:
+        return JudgeValidation(judge=judge, source=source)
+    s = summarize([r.outcome for r in rows], n_boot=n_boot, seed=seed)
+    games = [GameRecord(r.prompt_id, first="A" if g.first == "policy" else "B",
+                        pick={"policy": "A", "reference": "B"}.get(g.pick or "", g.pick), len_a=r.len_policy,
+                        len_b=r.len_reference) for r in rows for g in r.games]
+    diag = diagnostics(games)
+    v = JudgeValidation(judge=judge, source=source, n=s.n, accuracy=s.rate, ci_low=s.ci_low, ci_high=s.ci_high,
+                        correct=s.wins, ties=s.ties, wrong=s.losses, unparsed=sum(r.unparsed for r in rows),
+                        position_consistency=diag["position_consistency"],
+                        first_position_rate=diag["first_position_rate"], longer_pick_rate=diag["longer_pick_rate"])
+    values = debiased_values(rows)
+    if values is not None:
+        v.debiased_accuracy = sum(values) / len(values)
+        v.debiased_ci_low, v.debiased_ci_high = bootstrap_ci(values, n_boot=n_boot, seed=seed)
+        positions = [r.position for r in rows if r.position is not None]
+        v.mean_position = sum(positions) / len(positions) if positions else None
+    v.rule = choose_rule(v)
+    return v
+
+
+def choose_rule(v: JudgeValidation) -> str:
+    """``debiased`` where it measurably helps on the validation pairs: its accuracy beats the both-orders rule's
+    and its whole interval is above 50 %; otherwise ``orders`` (FastChat's rule: disagreeing orders tie)."""
+    if (v.debiased_accuracy is not None and v.debiased_ci_low is not None and v.debiased_ci_low > 0.5
+            and (v.accuracy is None or v.debiased_accuracy > v.accuracy)):
+        return "debiased"
+    return "orders"
+
+
+def stronger_judge(spec: str) -> str | None:
+    """A judge to try instead of ``spec``: the one after it in ``STRONGER``, the first when it is not listed, None
+    when it is already the last (never ``spec`` itself)."""
+    names = [model_name(s, keep_tag=True) for s in STRONGER]
+    mine = model_name(spec, keep_tag=True)
+    if mine in names:
+        i = names.index(mine)
+        return STRONGER[i + 1] if i + 1 < len(STRONGER) else None
+    return STRONGER[0]
+
+
+def judge_advice(spec: str, section: str = "judge") -> str:
+    """One line on what to change to get a judge that can tell better from worse, fitted to the judge in use."""
+    better = stronger_judge(spec)
+    if better is None:
+        return (f"{spec} is already the largest judge suggested here: check its context window (judge_num_ctx) "
+                "and template, try a judge from another family, or validate on human labels")
+    key = 'judges = ["' + better + '"]' if section == "judge" else f'judge = "{better}"'
+    return f"set [{section}] {key} (after `ollama pull {better.split(':', 1)[1]}`)"
