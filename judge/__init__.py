@@ -9,7 +9,8 @@ Public API:
   recipe's 0–100 prompt, ``Score.value`` None when unparseable after bounded retries);
 - ``judge.cache.JudgeCache(path)``: sqlite cache of parsed judgments (failures are never cached);
 - ``judge.evaluate.evaluate(cfg: judge.config.JudgeConfig, console=None) -> JudgeResults`` (``prefloop judge``),
-  whose files and their types are in ``judge.results``;
+  whose files and their types are in ``judge.results``; both models' answers are made in ``judge.answers``;
+- ``judge.label`` and ``judge.human``: a person labels pairs on the terminal screen, or is the judge;
 - ``judge.validation``: each judge measured on pairs whose better side is known before its win rate counts
   (accuracy with its interval, position and length bias, the position-debiased verdict from log-odds);
 - ``judge.retention``: skill retention from the answers alone (content-word recall and ROUGE-L against the

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from judge.config import JudgeConfig
-from judge.evaluate import answer_settings, evaluate, gen_options, local_spec
+from judge.answers import answer_settings, gen_options, local_spec
+from judge.evaluate import evaluate
 from judge.results import JudgeResults
 from judge.selfpref import self_preference_warnings
 from prefloop.llm import make_client

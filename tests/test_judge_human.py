@@ -12,8 +12,9 @@ import pytest
 
 pytest.importorskip("textual")
 
+from judge.answers import answer_settings, gen_options, local_spec  # noqa: E402
 from judge.config import JudgeConfig  # noqa: E402
-from judge.evaluate import answer_settings, evaluate, gen_options, local_spec  # noqa: E402
+from judge.evaluate import evaluate  # noqa: E402
 from judge.labels import LabelLog  # noqa: E402
 from judge.results import JudgeResults  # noqa: E402
 from judge.stats import GameRecord, against_person  # noqa: E402

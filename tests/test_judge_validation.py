@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from judge.config import JudgeConfig
-from judge.evaluate import answer_settings, evaluate, gen_options, local_spec
+from judge.answers import answer_settings, gen_options, local_spec
+from judge.evaluate import evaluate
 from judge.report import headline
 from judge.results import Game, JudgmentRow
 from judge.stats import position_and_content

@@ -9,7 +9,8 @@ import re
 from pathlib import Path
 
 from judge.config import JudgeConfig
-from judge.evaluate import answer_settings, evaluate, gen_options, local_spec
+from judge.answers import answer_settings, gen_options, local_spec
+from judge.evaluate import evaluate
 from loop.report import write_run_report
 from ollama_server import pairwise_answers
 from prefloop.llm import make_client
