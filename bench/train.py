@@ -37,7 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SEED_PAIRS = Path(os.environ.get("PREFLOOP_BENCH_PAIRS")  # --pairs (set for the child processes too)
                   or ROOT.parent / "shared" / "seed-data" / "instruction-data-with-preference.json")
-SETTINGS = dict(beta=0.1, lr=5e-6, batch_size=8, max_length=256, seed=42)
+# TRL gets the Alpaca text as a plain prompt and trains plain DPO, so ours is held to the same: the Alpaca
+# rendering (not the chat turn a chat model gets by default) and no RPO term, whatever the defaults are.
+SETTINGS = dict(beta=0.1, lr=5e-6, batch_size=8, max_length=256, seed=42, prompt_format="alpaca", rpo_alpha=0.0)
 
 
 def peak_rss_mib() -> float:
@@ -81,7 +83,7 @@ def batch_order(model_dir: str, steps: int) -> list[list[str]]:
     cfg = our_config(model_dir, "unused", steps)
     items, _ = load_pairs(cfg.data)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    examples, _ = tokenize_records(tok, items, prompt_format="auto", max_length=cfg.max_length,
+    examples, _ = tokenize_records(tok, items, prompt_format=cfg.prompt_format, max_length=cfg.max_length,
                                    max_prompt_length=None)
     order: list[list[str]] = []
     epoch = 0
