@@ -46,8 +46,9 @@ def pairs_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def cfg_for(model_dir: Path, data: Path, out: Path, **kw) -> TrainConfig:
+    # plain DPO (rpo_alpha 0, not the default 1): these tests check DPO's own numbers, e.g. ln 2 at step 0
     base = dict(model=str(model_dir), data=str(data), output_dir=str(out), batch_size=4, max_length=64, lr=1e-3,
-                schedule="constant", max_steps=4, live=False, seed=3)
+                schedule="constant", max_steps=4, live=False, seed=3, rpo_alpha=0.0)
     base.update(kw)
     return TrainConfig(**base)
 

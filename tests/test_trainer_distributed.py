@@ -220,7 +220,7 @@ def test_prefloop_train_nproc_2_gives_the_one_process_losses(tiny_model_dir: Pat
     cmd = [sys.executable, "-m", "prefloop", "train", "--model", str(tiny_model_dir), "--data", str(pairs_path),
            "--output", str(out), "--max-steps", "3", "--batch-size", "3", "--grad-accum", "2", "--lr", "1e-3",
            "--max-length", "64", "--seed", "3", "--schedule", "constant", "--no-live", "--nproc", "2",
-           "--dist-timeout", "60"]
+           "--dist-timeout", "60", "--rpo-alpha", "0"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 processes (ddp)" in proc.stderr

@@ -258,7 +258,7 @@ def test_a_reference_pass_stopped_by_ctrl_c_keeps_what_it_computed(tiny_model_di
 def start_train(out: Path, tiny_model_dir: Path, data: Path, env: dict, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "prefloop", "train", "--model", str(tiny_model_dir), "--data", str(data),
            "--output", str(out), "--batch-size", "4", "--max-length", "64", "--lr", "1e-3", "--seed", "3",
-           "--schedule", "constant", "--no-live", "--save-minutes", "0", *extra]
+           "--schedule", "constant", "--rpo-alpha", "0", "--no-live", "--save-minutes", "0", *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
 
 

@@ -37,12 +37,14 @@ class TrainConfig:
     beta: float = setting(0.1, "DPO's β: strength of the KL anchor to the reference (> 0)")
     loss_type: str = setting("sigmoid", "preference loss", choices=LOSS_TYPES)
     label_smoothing: float = setting(0.0, "ε for cdpo and robust: assumed rate of flipped labels")
-    rpo_alpha: float = setting(0.0, "weight of an NLL term on the chosen answer (RPO); 0 = off")
+    # RPO's NLL term keeps the chosen answers likely, so the preference moves and the skill stays (plain DPO
+    # lowers both sides' likelihood); chosen with lr on the seed's validation rows by bench/alignment.py
+    rpo_alpha: float = setting(1.0, "weight of an NLL term on the chosen answer (RPO); 0 = plain DPO")
     logp_average: bool = setting(False, "mean of token log-probs (the seed recipe) instead of the sum (DPO paper)")
     reference: str = setting("cached", "the reference model: cached (log-probs computed once, on disk) or model "
                                        "(a frozen copy in memory)", choices=REFERENCES)
     # optimisation
-    lr: float = setting(1e-6, "peak learning rate")
+    lr: float = setting(5e-6, "peak learning rate")
     weight_decay: float = setting(0.0, "AdamW weight decay (not on biases and norms)")
     warmup_steps: int = setting(0, "linear warmup steps")
     warmup_ratio: float = setting(0.0, "warmup as a share of the steps (when warmup_steps is 0)")
