@@ -304,6 +304,13 @@ def main() -> None:
         print(f"\nchosen: {best.name} ({best.settings})")
     elif not args.final:
         print("\nno setting meets every goal: choose by the table (the README says what was chosen and why)")
+    if not args.final:
+        from trainer.config import TrainConfig
+
+        d = TrainConfig()
+        print(f"the trainer's defaults: lr {d.lr:g}, beta {d.beta:g}, rpo_alpha {d.rpo_alpha:g}, prompt_format "
+              f"{d.prompt_format} (Alpaca rows as a chat turn for a chat model), logp_average {d.logp_average}, "
+              f"schedule {d.schedule}, max_grad_norm {d.max_grad_norm:g}")
 
 
 if __name__ == "__main__":
