@@ -173,3 +173,13 @@ def login_name() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # no login name in a bare container
         return "rater"
+
+
+def is_human(spec: str) -> bool:
+    """A judge setting that names a person (``human`` or ``human:NAME``), not a model. Kept here, beside the
+    setting, so the loop's config can tell without importing the labelling screen."""
+    return spec == "human" or spec.startswith("human:")
+
+
+def rater_of(spec: str) -> str:
+    return spec.partition(":")[2] or login_name()

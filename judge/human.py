@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from judge.config import JudgeConfig, login_name
+from judge.config import JudgeConfig, is_human, rater_of  # noqa: F401 (is_human: read from here too)
 from judge.label import Play, Session, Slot, play_in_terminal, screen_for
 from judge.labels import Item, Label, LabelLog, LabelWriter
 from judge.results import AnswerRow, Calibration, Game, JudgmentRow, iter_judgments
@@ -30,14 +30,6 @@ from prefloop.runner import RunSummary
 SIDE = {"a": "policy", "b": "reference", "tie": "tie"}
 OUTCOME = {"a": "win", "b": "loss", "tie": "tie", "skip": "tie"}
 LETTER = {"policy": "A", "reference": "B", "tie": "tie", None: None}
-
-
-def is_human(spec: str) -> bool:
-    return spec == "human" or spec.startswith("human:")
-
-
-def rater_of(spec: str) -> str:
-    return spec.partition(":")[2] or login_name()
 
 
 def judgment_of(row: AnswerRow, judge: str, label: Label) -> JudgmentRow:

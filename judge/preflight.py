@@ -24,7 +24,6 @@ from typing import Any
 from judge.cache import JudgeCache
 from judge.config import JudgeConfig
 from judge.scoring import score_answer
-from judge.validation import judge_advice
 from prefloop.config import at_least, setting
 from prefloop.files import atomic_write_json
 from prefloop.jsonl import write_jsonl
@@ -197,6 +196,8 @@ def preflight_verdict(rows: list[PreflightRow], p: PreflightConfig, judge_spec: 
             f"teach the task. If this is a base model, fine-tune it first (`prefloop sft`), or check the prompt "
             f"format matches what it was tuned on.")
     if accuracy is not None and not judge_can_tell:
+        from judge.validation import judge_advice  # judge.stats pulls numpy: not on `prefloop --help`'s path
+
         tested = sum(r.broken is not None for r in rows)
         warnings.append(f"preflight inconclusive: the judge {judge_spec} scored the dataset's own answers above "
                         f"deliberately wrong ones (another prompt's answer) on only {accuracy:.0%} of {tested} "

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from judge.human import is_human
+from judge.config import is_human
 from judge.prompts import judge_prompt_text
 from judge.robustness import ATTACKS
 from judge.results import (AnswerRow, JudgeResults, JudgeSummary, JudgeValidation, JudgmentRow, Retention,

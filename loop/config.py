@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from generator.config import GenerateConfig
-from judge.config import JudgeConfig
-from judge.human import is_human
+from judge.config import JudgeConfig, is_human
 from judge.preflight import PreflightConfig
 from prefloop.config import (ConfigError, apply_overrides, at_least, build, check_choices, check_sections, load_toml,
                              setting)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from judge.human import is_human
+from judge.config import is_human
 from judge.preflight import RULES as PREFLIGHT_RULES
 from loop.config import LoopConfig, judge_owned, stage_paths
 from prefloop.config import fingerprinted
