@@ -148,17 +148,22 @@ def reward_accuracy(model_dir: Path, pairs: Path, fmt: str, logp_average: bool) 
     (per-token means when the setting averages). The reference's log-probs come from the trainer's disk cache."""
     from prefloop.models import load_model
     from trainer.dpo import load_pairs
-    from trainer.refcache import compute_ref_logps, load_or_compute
+    import torch
+
+    from trainer.logps import PackedLM
+    from trainer.refcache import compute_ref_logps, load_or_compute, model_digest
     from trainer.tokenize import tokenize_records
 
     items, _ = load_pairs(str(pairs))
     ref_model, tok = load_model("smollm2")
     examples, _ = tokenize_records(tok, items, prompt_format=fmt, max_length=COMMON["max_length"],
                                    max_prompt_length=None)
-    ref, _, _ = load_or_compute(ref_model, examples, tok.pad_token_id, batch_size=16, dtype="fp32")
+    cpu = torch.device("cpu")
+    ref, _, _ = load_or_compute(PackedLM(ref_model), examples, tok.pad_token_id, batch_size=16, dtype="fp32",
+                                model_hash=model_digest(ref_model), device=cpu)
     del ref_model
     model, _ = load_model(str(model_dir))
-    pol = compute_ref_logps(model, examples, tok.pad_token_id, batch_size=16, dtype="fp32")
+    pol, _ = compute_ref_logps(PackedLM(model), examples, tok.pad_token_id, batch_size=16, dtype="fp32", device=cpu)
     wins, chosen, chosen_ref = 0, 0.0, 0.0
     for ex in examples:
         (pw, pl), (rw, rl), (nw, nl) = pol.sums[ex.id], ref.sums[ex.id], pol.counts[ex.id]

@@ -23,13 +23,14 @@ def test_smollm2_against_itself_contains_half(tmp_path: Path) -> None:
     cfg = JudgeConfig(policy="smollm2", reference="smollm2", prompts=str(prompts), judges=["local:smollm2"],
                       output_dir=str(tmp_path / "out"), max_tokens=40, temperature=0.8, n_boot=1000)
     result = evaluate(cfg)
-    r = result.results
-    assert result.complete and r["n"] == 8
-    assert r["ci_low"] <= 0.5 <= r["ci_high"]
+    head = result.headline                      # the typed results (JudgeResults), not the old dict
+    assert result.complete and head.n == 8
+    assert head.ci_low <= 0.5 <= head.ci_high
     answers = [json.loads(x) for x in (tmp_path / "out" / "answers.jsonl").read_text().splitlines()]
     assert sum(a["policy_answer"] != a["reference_answer"] for a in answers) >= 6
     # a local judge's verdict comes from token probabilities: every game parses, both orders were asked
-    assert r["diagnostics"]["games"] == 2 * (8 - r["diagnostics"]["identical_answers"])
-    assert r["diagnostics"]["parse_rate"] == 1.0
-    assert any("models being compared" in w for w in r["warnings"])  # judge = the models it judges
+    diag = head.diagnostics
+    assert diag["games"] == 2 * (8 - diag["identical_answers"])
+    assert diag["parse_rate"] == 1.0
+    assert any("models being compared" in w for w in result.warnings)  # judge = the models it judges
     assert (tmp_path / "out" / "report.html").stat().st_size > 1000

@@ -305,7 +305,7 @@ def test_smollm2_two_steps(seed_prefs_path: Path, tmp_path: Path) -> None:
     data = tmp_path / "few.json"
     data.write_text(json.dumps(rows))
     cfg = TrainConfig(model="smollm2", data=str(data), output_dir=str(tmp_path / "smol"), batch_size=2,
-                      max_steps=2, lr=5e-6, max_length=256, live=False)
+                      max_steps=2, lr=5e-6, max_length=256, live=False, rpo_alpha=0.0)  # plain DPO: ln 2 at step 0
     result = train(cfg, quiet())
     assert result.complete
     rows_logged = [r for r in read_jsonl(result.metrics_path) if r["split"] == "train"]

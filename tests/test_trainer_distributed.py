@@ -248,7 +248,8 @@ def test_two_machines_through_the_rendezvous_each_write_their_own_cache(tiny_mod
                "--node_rank", str(node), "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
                "--rdzv-id", "prefloop-test", "-m", "prefloop", "train", "--model", str(tiny_model_dir), "--data",
                str(pairs_path), "--output", str(out), "--max-steps", "3", "--batch-size", "3", "--lr", "1e-3",
-               "--max-length", "64", "--seed", "3", "--schedule", "constant", "--no-live", "--dist-timeout", "60"]
+               "--max-length", "64", "--seed", "3", "--schedule", "constant", "--no-live", "--dist-timeout", "60",
+               "--rpo-alpha", "0"]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                                       env=env))
     for p in procs:
