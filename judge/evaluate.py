@@ -34,8 +34,8 @@ from typing import Any
 
 from judge.answers import answer_warnings_between, generate_answers, note
 from judge.cache import JudgeCache
-from judge.config import JudgeConfig
-from judge.human import calibrations, is_human, judge_human
+from judge.config import JudgeConfig, is_human
+from judge.human import calibrations, judge_human
 from judge.pairwise import PairVerdict, judge_pair
 from judge.prompts import check_fields, judge_prompt_text, load_template
 from judge.results import (Agreement, AnswerRow, Game, JudgeResults, JudgeSummary, JudgeValidation, JudgmentRow,

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from judge.config import JudgeConfig, is_human, rater_of  # noqa: F401 (is_human: read from here too)
+from judge.config import JudgeConfig, is_human, rater_of
 from judge.label import Play, Session, Slot, play_in_terminal, screen_for
 from judge.labels import Item, Label, LabelLog, LabelWriter
 from judge.results import AnswerRow, Calibration, Game, JudgmentRow, iter_judgments
