@@ -173,7 +173,8 @@ async def judge_all(cfg: JudgeConfig, judge: str, answers: list[AnswerRow], cach
             await client.preflight()
         runner = Runner(path, concurrency=cfg.concurrency, console=console, description=f"{what} ({judge})",
                         backoff_s=0.2, job_timeout_s=cfg.job_timeout_s, stall_s=cfg.stall_s,
-                        progress=False if cfg.quiet else None)
+                        progress=False if cfg.quiet else None,
+                        redo=lambda rec: bool(rec.get("unparsed")))  # an outage's verdicts are asked again
         summary = await runner.run(jobs, work)
     finally:
         if own:

@@ -1,6 +1,7 @@
 """``prefloop run CONFIG.toml``: the whole loop from one config, in one run folder (``loop.stages``).
 
-Exit codes: 0 every stage done, 1 a stage stopped (the message says why; finished work stays), 2 a bad config,
+Exit codes: 0 every stage done, 1 a stage stopped or finished with gaps (the message says why; finished work
+stays; a rerun retries the gaps), 2 a bad config,
 130 interrupted (the same command resumes).
 """
 

@@ -82,6 +82,7 @@ class Loop:
         self.outcomes: list[StageOutcome] = []
         self.fps: dict[str, str] = {}
         self.warnings: list[str] = []
+        self.gaps: list[str] = []   # stages that finished incomplete: the run is not done (exit 1)
         self._prompts: list[PromptRecord] | None = None
 
     # -- helpers
@@ -149,6 +150,7 @@ class Loop:
             rec = self.state.get(name)
             rec.info = info
             self.state.save()
+            self.gaps.append(name)
         outcome = StageOutcome(name, decision, seconds, info)
         self.outcomes.append(outcome)
         self.say(f"[green]✓[/green] {name}: done in {seconds:.0f} s" if result.complete else
@@ -338,7 +340,10 @@ class Loop:
         finally:
             paths = write_run_report(self.run_dir, self.cfg, warnings=self.warnings, failed=failed)
         self._closing(paths, time.monotonic() - started)
-        return 1 if failed else 0
+        if self.gaps and not failed:
+            self.say(f"[yellow]not complete:[/yellow] {', '.join(self.gaps)} finished with gaps; run the same "
+                     "command again to retry them (finished work is kept)")
+        return 1 if failed or self.gaps else 0
 
     def _closing(self, paths: tuple[Path, Path], seconds: float) -> None:
         from rich.markup import escape

