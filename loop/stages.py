@@ -232,7 +232,7 @@ class Loop:
         def work(decision: str) -> StageResult:
             from trainer.dpo import train
 
-            cfg = replace(t, resume=(decision == "resume"),
+            cfg = replace(t, resume=(decision == "resume"), overwrite=True,  # the run folder's state decides
                           eval_data=t.eval_data if count_lines(self.paths["heldout_pairs"]) else None)
             result = train(cfg, console=self.console)
             if result.complete and not (self.paths["final"] / "config.json").exists():

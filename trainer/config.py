@@ -96,6 +96,8 @@ class TrainConfig:
     resume: bool = setting(False, "continue from the newest checkpoint in --output", runtime=True)
     resume_changed: bool = setting(False, "with --resume: continue although settings or data differ from the "
                                           "checkpoint's (the new ones apply from the resumed step)", runtime=True)
+    overwrite: bool = setting(False, "train into an --output that holds a finished model, replacing it",
+                              runtime=True)
     allow_pickle: bool = setting(False, "load pickle (.bin) model weights, which can run code: only for a model "
                                         "you trust (default: safetensors only)", runtime=True)
     stuck_steps: int = setting(20, "warn when the loss sits at its zero-margin value this many steps",

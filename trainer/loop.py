@@ -206,6 +206,9 @@ def _run(cfg: TrainConfig, objective: Objective, console: Any, out: Path, dist: 
         newest = step_folders(out)[-1]
         raise TrainError(f"{out} holds checkpoints of an earlier run (newest: {newest.name}); add --resume to "
                          f"continue it, or remove {newest.parent} (or choose another --output) to start afresh")
+    if (out / "final").exists() and not step_folders(out) and not cfg.overwrite:
+        raise TrainError(f"{out} holds a finished model ({out / 'final'}); choose another --output, or add "
+                         "--overwrite to train again and replace it and its metrics.jsonl")
     if cfg.resume and step_folders(out) and not list_checkpoints(out):
         raise TrainError(f"--resume: the checkpoints in {out / 'checkpoints'} are incomplete or from an older "
                          "prefloop (no run.json); remove them to start afresh")
