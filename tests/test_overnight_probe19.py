@@ -51,3 +51,53 @@ def test_a_loop_whose_judge_has_gaps_does_not_exit_0_and_a_rerun_fills_them(tmp_
     assert run_main(Args(cfg, "preflight.enabled=false")) == 0
     results = json.loads((tmp_path / "run" / "judge" / "results.json").read_text())
     assert results["status"] == "complete"
+
+
+# 2. a new train does not silently replace a finished model ------------------------------------------------------
+def test_a_new_train_refuses_a_folder_holding_a_finished_model(tiny_model_dir: Path, tmp_path: Path,
+                                                               monkeypatch) -> None:
+    import pytest
+
+    from test_trainer import cfg_for, quiet
+    from trainer.data import TrainError
+    from trainer.dpo import train
+
+    monkeypatch.setenv("PREFLOOP_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Q{i}?", "chosen": f"Good answer {i}.",
+                                        "rejected": f"Bad {i}."}) + "\n" for i in range(8)))
+    out = tmp_path / "r"
+    assert train(cfg_for(tiny_model_dir, data, out, max_steps=2), quiet()).complete
+    assert not (out / "checkpoints").exists() or not any((out / "checkpoints").iterdir())
+    before = (out / "metrics.jsonl").read_bytes()
+    with pytest.raises(TrainError, match=r"holds a finished model .*--overwrite"):
+        train(cfg_for(tiny_model_dir, data, out, max_steps=1, lr=5e-4), quiet())
+    assert (out / "metrics.jsonl").read_bytes() == before
+    assert train(cfg_for(tiny_model_dir, data, out, max_steps=1, lr=5e-4, overwrite=True), quiet()).complete
+
+
+# 3. prompts whose id repeats ------------------------------------------------------------------------------------
+def test_a_repeated_id_with_other_text_is_an_error_naming_the_lines(tmp_path: Path) -> None:
+    import pytest
+
+    from prefloop.sources import DataError, load_prompts
+
+    src = tmp_path / "prompts.jsonl"
+    rows = [{"id": "math", "prompt": f"What is {i} + {i}?"} for i in range(6)]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError) as err:
+        load_prompts(src)
+    text = str(err.value)
+    assert f"{src}:2: field 'id'" in text and "line 1" in text and f"{src}:6:" in text
+
+
+def test_a_repeated_id_with_the_same_text_is_a_duplicate_named_in_the_report(tmp_path: Path) -> None:
+    from prefloop.sources import load_prompts
+
+    src = tmp_path / "prompts.jsonl"
+    rows = [{"id": "a", "prompt": "Hi?"}, {"id": "b", "prompt": "Bye?"}, {"id": "a", "prompt": "Hi?"}]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    records, report = load_prompts(src)
+    assert [r.id for r in records] == ["a", "b"]
+    assert sum(report.dropped.values()) == 1
+    assert "line 3" in report.summary() and "'a'" in report.summary()
