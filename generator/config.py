@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from prefloop.config import ConfigError, check_choices, setting
+from prefloop.config import ConfigError, check_choices, section, setting
 from prefloop.llm.base import parse_spec, spec_identity
 from prefloop.llm.hosts import Host, parse_hosts
 
@@ -20,6 +20,7 @@ STRATEGIES = ("rewrite", "rank", "contrast")
 RECIPE_PROMPTS = ("auto", "clean", "verbatim", "fewshot")
 
 
+@section("generate")
 @dataclass
 class GenerateConfig:
     """What to generate from where, with which models, and how hard to push the server."""

@@ -16,13 +16,14 @@ from generator.config import GenerateConfig
 from judge.config import JudgeConfig, is_human
 from judge.preflight import PreflightConfig
 from prefloop.config import (ConfigError, apply_overrides, at_least, build, check_choices, check_sections, load_toml,
-                             setting)
+                             section, setting)
 from prefloop.export import QUANTIZE
 from prefloop.llm.base import parse_spec
 from prefloop.models import DTYPES, normalize_dtype
 from trainer.config import TrainConfig
 
 
+@section("run")
 @dataclass
 class RunSection:
     name: str = setting("", "shown in the report; default: the config file's name")
@@ -34,6 +35,7 @@ class RunSection:
         at_least(self, "run.", 0, "threads")
 
 
+@section("data")
 @dataclass
 class DataSection:
     prompts: str = setting("data/prompts/quickstart.json", "Alpaca JSON/JSONL, JSONL with 'prompt', .txt or a "
@@ -45,6 +47,7 @@ class DataSection:
         at_least(self, "data.", 0, "limit")
 
 
+@section("split")
 @dataclass
 class SplitSection:
     heldout_fraction: float = setting(0.2, "share of prompts held out for judging; they never reach training")
@@ -58,6 +61,7 @@ class SplitSection:
             raise ConfigError(f"split.heldout_fraction: must be in (0, 1), got {self.heldout_fraction}")
 
 
+@section("export")
 @dataclass
 class ExportConfig:
     """``prefloop export`` and the loop's optional ``[export]`` stage: the model as a folder Ollama imports, created

@@ -101,3 +101,24 @@ def test_a_repeated_id_with_the_same_text_is_a_duplicate_named_in_the_report(tmp
     assert [r.id for r in records] == ["a", "b"]
     assert sum(report.dropped.values()) == 1
     assert "line 3" in report.summary() and "'a'" in report.summary()
+
+
+# 7. [label] is a section ---------------------------------------------------------------------------------------
+def test_the_sections_a_config_may_hold_are_the_declared_ones(tmp_path: Path, capsys) -> None:
+    import dataclasses
+
+    from loop.cli import main
+    from prefloop.config import SECTIONS
+
+    assert {"run", "data", "generate", "split", "preflight", "train", "export", "judge", "label"} <= set(SECTIONS)
+    assert all(dataclasses.is_dataclass(cls) for cls in dict(SECTIONS).values())
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text(json.dumps({"prompt": "Hi?", "answer_a": "Hello!", "answer_b": "Go.", "label": "A"}) + "\n")
+    cfg = tmp_path / "label.toml"
+    cfg.write_text(f'[label]\nimport_labels = "{labels.as_posix()}"\nrater = "ana"\n')
+    code = main(["label", "--config", str(cfg), "-o", str(tmp_path / "pairs.jsonl"), "-q"])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "pairs.jsonl").read_text())["chosen"] == "Hello!"
+    (tmp_path / "typo.toml").write_text("[lable]\nrater = 'ana'\n")
+    assert main(["label", "--config", str(tmp_path / "typo.toml"), "-o", str(tmp_path / "p2.jsonl")]) == 2
+    assert "unknown section(s) [lable]" in capsys.readouterr().err

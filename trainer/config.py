@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefloop.config import ConfigError, check_choices, load_section, setting
+from prefloop.config import ConfigError, check_choices, load_section, section, setting
 from prefloop.models import DTYPES, normalize_dtype
 from prefloop.templates import PROMPT_FORMATS
 
@@ -21,6 +21,7 @@ REFERENCES = ("cached", "model")
 DISTRIBUTED = ("ddp", "fsdp")
 
 
+@section("train")
 @dataclass
 class TrainConfig:
     """Everything a DPO (or SFT) run needs. Defaults follow TRL's DPOConfig where it has one."""
