@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prefloop.files import atomic_write_json, count_lines, writable
+from prefloop.files import atomic_write_json, count_lines, same_file, writable
 from prefloop.llm.base import ChatReply, GenOptions, parse_spec
 from prefloop.records import PromptRecord, stable_id, user_message
 from prefloop.runner import Job, Runner
@@ -171,7 +171,7 @@ async def generate_async(cfg: GenerateConfig, console: Any = None, clients: dict
     """The async core (``clients`` may be passed in by callers that already hold them)."""
     if not cfg.source or not cfg.output:
         raise ValueError("generate needs a source (prompts) and an output (pairs JSONL)")
-    if Path(cfg.source).exists() and Path(cfg.output).resolve() == Path(cfg.source).resolve():
+    if Path(cfg.source).exists() and same_file(cfg.output, cfg.source):
         raise ValueError(f"--output {cfg.output} is the prompts file {cfg.source}: pairs would be appended to "
                          "your prompts; write them to another file")
     writable(cfg.output, "--output")
