@@ -122,3 +122,38 @@ def test_the_sections_a_config_may_hold_are_the_declared_ones(tmp_path: Path, ca
     (tmp_path / "typo.toml").write_text("[lable]\nrater = 'ana'\n")
     assert main(["label", "--config", str(tmp_path / "typo.toml"), "-o", str(tmp_path / "p2.jsonl")]) == 2
     assert "unknown section(s) [lable]" in capsys.readouterr().err
+
+
+# 8. label --import F -o F ---------------------------------------------------------------------------------------
+def test_label_refuses_to_write_its_pairs_over_the_file_it_imports(tmp_path: Path, capsys) -> None:
+    import os
+
+    from loop.cli import main
+
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text(json.dumps({"prompt": "Hi?", "answer_a": "Hello!", "answer_b": "Go.", "label": "A"}) + "\n")
+    before = labels.read_bytes()
+    os.link(labels, tmp_path / "hard.jsonl")
+    for out in (labels, tmp_path / "hard.jsonl"):
+        assert main(["label", "--import", str(labels), "-o", str(out), "--rater", "ana", "-q"]) == 2
+        assert "is the --import file" in capsys.readouterr().err
+    assert labels.read_bytes() == before
+
+
+# 11. a hard link to an output is the same lock ------------------------------------------------------------------
+def test_a_hard_link_to_the_output_is_the_same_lock(tmp_path: Path) -> None:
+    import os
+
+    import pytest
+
+    from prefloop.files import Busy, Lock
+
+    real = tmp_path / "pairs.jsonl"
+    real.write_text('{"id": "a"}\n')
+    os.link(real, tmp_path / "other.jsonl")
+    with Lock(real):
+        with pytest.raises(Busy, match="another run"):
+            with Lock(tmp_path / "other.jsonl"):
+                pass
+    with Lock(tmp_path / "other.jsonl"):   # released: free again
+        pass
