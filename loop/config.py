@@ -18,6 +18,7 @@ from judge.preflight import PreflightConfig
 from prefloop.config import (ConfigError, apply_overrides, at_least, build, check_choices, check_sections, load_toml,
                              section, setting)
 from prefloop.export import QUANTIZE
+from prefloop.files import count_lines
 from prefloop.llm.base import parse_spec
 from prefloop.models import DTYPES, normalize_dtype
 from trainer.config import TrainConfig
@@ -216,4 +217,4 @@ def judge_owned(paths: dict[str, Path], train: TrainConfig, final_model: str | P
         policy, reference = export.served(export.ollama), export.served(export.reference_name)
     return {"prompts": str(paths["heldout_prompts"]), "policy": policy, "reference": reference,
             "pairs": str(paths["train_pairs"]), "output_dir": str(paths["judge"]),
-            "validate": str(paths["heldout_pairs"])}
+            "validate": str(paths["heldout_pairs"]) if count_lines(paths["heldout_pairs"]) else ""}

@@ -157,3 +157,28 @@ def test_a_hard_link_to_the_output_is_the_same_lock(tmp_path: Path) -> None:
                 pass
     with Lock(tmp_path / "other.jsonl"):   # released: free again
         pass
+
+
+# 10. judge --validate FILE is validated as every other input ---------------------------------------------------
+def test_judge_validate_refuses_a_bad_row_or_a_file_of_identical_pairs(ollama_server, tmp_path: Path,
+                                                                       monkeypatch, capsys) -> None:
+    from loop.cli import main
+
+    pairs = write_pairs(tmp_path / "heldout.jsonl", n=2)
+    cfg = JudgeConfig(policy="/m/p", reference="/m/r", prompts=str(pairs), judges=["ollama:judge"],
+                      output_dir=str(tmp_path / "out"), n_boot=100)
+    pregenerate(cfg, n=2)
+    monkeypatch.setenv("OLLAMA_HOST", ollama_server.url)
+    ollama_server.reply = hash_judge
+    bad = tmp_path / "val-bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "Q?", "chosen": "Yes.", "rejected": "No."}) + "\n"
+                   + json.dumps({"prompt": "Q2?", "chosen": "Yes."}) + "\n")
+    same = tmp_path / "val-same.jsonl"
+    same.write_text("".join(json.dumps({"prompt": f"Q{i}?", "chosen": "Same.", "rejected": "Same."}) + "\n"
+                            for i in range(3)))
+    for path, says in ((bad, f"{bad}:2: field 'rejected'"), (same, "chosen identical to rejected")):
+        code = main(["judge", "--policy", "/m/p", "--reference", "/m/r", "--prompts", str(pairs), "--judge",
+                     "ollama:judge", "-o", str(tmp_path / "out"), "--validate", str(path), "-q",
+                     "--set", "n_boot=100"])
+        err = capsys.readouterr().err
+        assert code == 2 and says in err and str(path) in err, err
