@@ -182,3 +182,31 @@ def test_judge_validate_refuses_a_bad_row_or_a_file_of_identical_pairs(ollama_se
                      "--set", "n_boot=100"])
         err = capsys.readouterr().err
         assert code == 2 and says in err and str(path) in err, err
+
+
+# 6. a corrupt or tampered reference cache is moved aside and recomputed -----------------------------------------
+def test_a_corrupt_reference_cache_is_named_moved_aside_and_recomputed(tiny_model_dir: Path, tmp_path: Path,
+                                                                       monkeypatch, capsys) -> None:
+    import torch
+
+    from test_trainer import cfg_for, losses, quiet
+    from trainer.dpo import train
+
+    monkeypatch.setenv("PREFLOOP_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Q{i}?", "chosen": f"Good answer {i}.",
+                                        "rejected": f"Bad {i}."}) + "\n" for i in range(8)))
+    first = train(cfg_for(tiny_model_dir, data, tmp_path / "a", max_steps=2), quiet())
+    [cache] = (tmp_path / "cache" / "refcache").glob("*.pt")
+    good = cache.read_bytes()
+    for n, broken in enumerate([good[: len(good) // 2], None]):
+        if broken is None:          # tampered: a well-formed file whose entries are not log-probs
+            torch.save({"entries": {"k": "not numbers"}}, cache)
+        else:
+            cache.write_bytes(broken)
+        capsys.readouterr()
+        again = train(cfg_for(tiny_model_dir, data, tmp_path / f"b{n}", max_steps=2), quiet())
+        err = capsys.readouterr().err
+        assert again.complete and str(cache) in err and "moved aside" in err
+        assert losses(again.metrics_path) == losses(first.metrics_path)
+        assert cache.read_bytes() != broken and len(list(cache.parent.glob(cache.name + ".bad*"))) == n + 1
