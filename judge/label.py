@@ -28,6 +28,7 @@ from judge.config import LabelConfig
 from judge.labels import (Consistency, Item, Label, LabelLog, LabelWriter, RaterAgreement, pair_of, rater_agreement,
                           self_consistency)
 from judge.prompts import judge_prompt_text
+from prefloop.errors import BadInput
 from prefloop.files import Lock, same_file
 from prefloop.jsonl import JsonlAppender, write_jsonl
 from prefloop.records import stable_id
@@ -38,7 +39,7 @@ REPEAT_GAP = 7  # a hidden repeat comes back this many items later: too far to r
 Play = Callable[[Any], Awaitable[Any]]   # runs the screen (a textual App) to its end and returns its exit value
 
 
-class NeedsTerminal(RuntimeError):
+class NeedsTerminal(BadInput, RuntimeError):
     """Asking a person needs an interactive terminal."""
 
 

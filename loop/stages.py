@@ -26,6 +26,7 @@ from judge.config import is_human
 from judge.preflight import RULES as PREFLIGHT_RULES
 from loop.config import LoopConfig, judge_owned, stage_paths
 from prefloop.config import fingerprinted
+from prefloop.errors import RunFailed
 from prefloop.files import count_lines
 from prefloop.fingerprint import RunState, file_hash, fingerprint, model_identity
 from prefloop.records import PromptRecord
@@ -34,7 +35,7 @@ from prefloop.stage import StageResult
 STAGE_NAMES = ("generate", "split", "preflight", "train", "export", "judge")
 
 
-class StageFailed(RuntimeError):
+class StageFailed(RunFailed, RuntimeError):
     """A stage could not finish; the message says why and what to do. Finished work stays on disk."""
 
 

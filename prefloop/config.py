@@ -21,6 +21,8 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from prefloop.errors import BadInput
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -43,7 +45,7 @@ def section(name: str) -> Any:
     return declare
 
 
-class ConfigError(ValueError):
+class ConfigError(BadInput, ValueError):
     """A bad setting, named by file and key."""
 
 
@@ -54,6 +56,11 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a folder, not a config file; give the TOML file (e.g. {path}/run.toml)") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); TOML files are UTF-8: save it as UTF-8") \
+            from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

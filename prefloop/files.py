@@ -17,8 +17,10 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+from prefloop.errors import PrefloopError
 
-class Busy(RuntimeError):
+
+class Busy(PrefloopError, RuntimeError):
     """Another process holds the lock on this output: two runs must never write one folder or file."""
 
 

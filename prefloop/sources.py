@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
+from prefloop.errors import BadInput
 from prefloop.jsonl import iter_jsonl
 from prefloop.records import PreferenceRecord, PromptRecord, RecordError, stable_id
 from prefloop.templates import alpaca_prompt
@@ -45,7 +46,7 @@ class LoadReport:
         return f"{self.source}: " + ", ".join(parts)
 
 
-class DataError(ValueError):
+class DataError(BadInput, ValueError):
     """One or more bad records; the message lists them (file:line: field 'x' problem)."""
 
     def __init__(self, errors: list[RecordError]):
@@ -66,6 +67,9 @@ def iter_rows(source: str | Path) -> Iterator[tuple[str, int, Any]]:
     path = Path(source)
     name = str(source)
     if path.is_dir():
+        if not any(f.is_file() for f in path.rglob("*")):
+            raise RecordError(name, None, None, "an empty folder; give a data file (.jsonl, .json, .csv, .parquet, "
+                                                ".txt) or a folder holding one")
         yield from _iter_hf(name, _load_hf_dir(path))
     elif path.is_file():
         suffix = path.suffix.lower()

@@ -105,6 +105,9 @@ def read_info(path: Path) -> dict[str, Any]:
             from None
 
 
+SHAPE = ("lora_r", "lora_targets")   # settings that decide which weights are trained (the checkpoint's shape)
+
+
 def check_resumable(path: Path, cfg: TrainConfig, dist: Dist) -> list[str]:
     """Refuse (``TrainError``) a checkpoint whose fingerprint differs from this run's unless
     ``cfg.resume_changed``; returns the differences accepted. A sharded checkpoint needs a run that can read it."""
@@ -114,6 +117,15 @@ def check_resumable(path: Path, cfg: TrainConfig, dist: Dist) -> list[str]:
         raise TrainError(f"--resume: {path} belongs to a run with other settings or data: {'; '.join(diffs)}. "
                          "Run with the checkpoint's settings, add --resume-changed to continue with the new ones "
                          "from its step, or choose another --output to start afresh")
+    saved = info.get("fingerprint", {}).get("settings", {})
+    now = run_fingerprint(cfg).get("settings", {})
+    shape = [k for k in SHAPE if k in saved and saved.get(k) != now.get(k)]
+    if diffs and shape:  # not a change --resume-changed can carry: the trained weights have another shape
+        kind = lambda r: f"LoRA rank {r}" if r else "a full fine-tune"  # noqa: E731
+        raise TrainError(f"--resume: {path} holds the weights of {kind(saved.get('lora_r'))}"
+                         f"{' on ' + _short(saved.get('lora_targets')) if saved.get('lora_targets') else ''}; "
+                         f"this run is {kind(cfg.lora_r)}: {', '.join(shape)} cannot change within a run. Resume "
+                         "with the checkpoint's " + ", ".join(shape) + ", or choose another --output to start afresh")
     if info.get("format") == "plain" and dist.mode == "fsdp" and dist.enabled:
         raise TrainError(f"--resume: {path} was written by a one-process or DDP run; resume it with "
                          "--distributed ddp (or in one process)")

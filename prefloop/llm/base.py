@@ -22,12 +22,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from prefloop.errors import RunFailed
+
 log = logging.getLogger("prefloop.llm")
 
 BACKENDS = ("ollama", "openai", "local")
 
 
-class LLMError(RuntimeError):
+class LLMError(RunFailed, RuntimeError):
     """Base class for client errors. ``requests``: how many requests the call made before giving up."""
 
     requests: int = 1
