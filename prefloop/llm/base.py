@@ -47,6 +47,12 @@ class ServerFatal(LLMError):
     """Not worth retrying: the request or the setup is wrong (the message says what to do)."""
 
 
+class ServerUnreachable(ServerFatal):
+    """The server was down or hung before anything was sent: start it or give the right host (exit 2)."""
+
+    exit_code = 2
+
+
 class ReplyInvalid(LLMError):
     """The reply did not parse or validate against the asked-for schema; ``raw`` is what the model said."""
 
