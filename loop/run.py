@@ -35,6 +35,11 @@ def main(args: argparse.Namespace) -> int:
         return fail(exc)
     if args.report_only:
         from loop.report import write_run_report
+        from prefloop.fingerprint import STATE_FILE
+
+        if not (cfg.run_dir / STATE_FILE).exists():  # a typo in -o would get an empty report of nothing
+            return fail(f"--report-only: {cfg.run_dir} is not a run folder (no {STATE_FILE}); give the folder of a "
+                        "run (-o RUN_DIR, or [run] output_dir)")
 
         html_path, _ = write_run_report(cfg.run_dir, cfg)
         print(html_path)

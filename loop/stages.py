@@ -133,13 +133,15 @@ class Loop:
         start = time.monotonic()
         try:
             result = work(decision)
-        except StageFailed:
+        except StageFailed as exc:
+            self._failed(name, str(exc))
             raise
         except Exception as exc:  # a stage's own error, said in one line; the traceback goes to a file
             import traceback
 
             log = self.run_dir / "error.log"
             log.write_text(traceback.format_exc())
+            self._failed(name, f"{type(exc).__name__}: {exc}")
             raise StageFailed(f"{name}: {type(exc).__name__}: {exc} (traceback in {log})") from exc
         if result.interrupted:
             raise KeyboardInterrupt
@@ -157,6 +159,13 @@ class Loop:
         self.say(f"[green]✓[/green] {name}: done in {seconds:.0f} s" if result.complete else
                  f"[yellow]![/yellow] {name}: finished with gaps in {seconds:.0f} s (rerun to retry them)")
         return outcome
+
+    def _failed(self, name: str, reason: str) -> None:
+        """``state.json`` says the stage failed (not ``running`` forever); a rerun resumes it as before."""
+        rec = self.state.get(name)
+        if rec is not None:
+            rec.status, rec.info = "failed", {**rec.info, "reason": reason[:500]}
+            self.state.save()
 
     # -- generate
     def generate(self) -> StageOutcome:
