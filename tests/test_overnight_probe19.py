@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from judge.config import JudgeConfig
 from judge.evaluate import evaluate
@@ -393,3 +394,46 @@ def test_standalone_judge_checks_its_template_and_judge_model_before_any_answer(
     template.write_text("Compare {prompt} and {answer_a}.\n")
     assert main([*base, "--judge", "ollama:judge", "--template", str(template)]) == 2
     assert str(template) in one_line_error(capsys)
+
+
+def test_csv_import_names_real_lines_and_refuses_binary_empty_and_identical(tmp_path: Path) -> None:
+    import pytest
+
+    from judge.config import LabelConfig
+    from judge.label import label
+    from prefloop.sources import DataError
+
+    def importing(path: Path) -> Any:
+        return label(LabelConfig(import_labels=str(path), output=str(tmp_path / "pairs.jsonl"), rater="me"))
+
+    csv_file = tmp_path / "labels.csv"
+    csv_file.write_text("prompt,answer_a,answer_b,label\nBye?,Ciao.,Later.,maybe\nHi?,Hello!,Go.,A\n")
+    with pytest.raises(DataError, match=rf"{csv_file}:2: field 'label'"):   # the file's line 2, not data row 1
+        importing(csv_file)
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"prompt,answer_a\n\xff\xfe\x00\x01garbage\n")
+    with pytest.raises(DataError, match=str(binary)):
+        importing(binary)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("prompt,answer_a,answer_b,label\n")
+    with pytest.raises(DataError, match=rf"{empty}.*no labels"):
+        importing(empty)
+    same = tmp_path / "same.csv"
+    same.write_text("prompt,answer_a,answer_b,label\nHi?,Hello!,Hello!,A\n")
+    with pytest.raises(DataError, match=rf"{same}:2: field 'answer_b'.*same"):
+        importing(same)
+
+
+def test_no_kept_share_from_a_reference_that_recalls_next_to_nothing() -> None:
+    from judge.results import AnswerRow
+    from judge.retention import retention
+
+    known = ("Photosynthesis converts sunlight water carbon dioxide into glucose oxygen inside chloroplasts of "
+             "green plants using chlorophyll pigments during daylight hours across leaves worldwide every season "
+             "reliably efficiently quietly")
+    rows = [AnswerRow(id=f"p{i}", prompt="Explain photosynthesis.", policy_answer="Sunlight, water, glucose, "
+                      "oxygen and chlorophyll.", reference_answer="Plants are nice.", known_good=known)
+            for i in range(4)]
+    ret = retention(rows, n_boot=50)
+    assert ret.reference.content_recall < 0.05 < ret.policy.content_recall
+    assert ret.kept is None             # not "kept 590 %"
