@@ -29,6 +29,8 @@ class GenerateConfig:
                           flag=False)
     output: str = setting("", "preference pairs JSONL (appended; a rerun resumes it)", runtime=True,
                           flag="--output", short="-o", metavar="PAIRS.jsonl")
+    mix_settings: bool = setting(False, "add pairs beside ones made with other settings (another model, "
+                                        "temperature, strategy) in --output; without it that is refused", runtime=True)
     strategy: str = setting("rewrite", "rewrite (the reference recipe), rank (judge-scored candidates) or "
                                        "contrast (on-policy rejected answers)", choices=STRATEGIES)
     model: str = setting("local:smollm2", "the writing model: ollama:NAME (or a bare NAME), openai:NAME@URL, "

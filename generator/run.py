@@ -181,11 +181,15 @@ async def generate_async(cfg: GenerateConfig, console: Any = None, clients: dict
         raise ValueError(f"{cfg.source}: the rewrite strategy needs known-good answers (an Alpaca 'output' or a "
                          f"'reference' field) and no prompt has one; use --strategy rank or contrast")
     before = other_settings(cfg.output, cfg.identity())
-    if before is not None and console is not None:
+    if before is not None:
         changed = {k: v for k, v in cfg.identity().items() if before.get(k) != v}
-        console.print(f"[yellow]warning:[/yellow] {cfg.output} holds pairs made with other settings "
-                      f"(now {changed}, before { {k: before.get(k) for k in changed} }); new pairs are added beside "
-                      f"them. Use another --output to keep sets apart.")
+        what = f"(now {changed}, before { {k: before.get(k) for k in changed} })"
+        if not cfg.mix_settings:  # one file of pairs from two recipes is rarely what anyone meant
+            raise ValueError(f"--output {cfg.output} holds pairs made with other settings {what}; use another "
+                             "--output to keep the sets apart, or --mix-settings to add these beside them")
+        if console is not None:
+            console.print(f"[yellow]warning:[/yellow] {cfg.output} holds pairs made with other settings {what}; "
+                          "new pairs are added beside them (--mix-settings)")
     owned = clients is None
     clients = _make_clients(cfg) if clients is None else clients
     try:

@@ -437,3 +437,21 @@ def test_no_kept_share_from_a_reference_that_recalls_next_to_nothing() -> None:
     ret = retention(rows, n_boot=50)
     assert ret.reference.content_recall < 0.05 < ret.policy.content_recall
     assert ret.kept is None             # not "kept 590 %"
+
+
+def test_the_same_output_with_another_writer_is_refused_unless_asked(ollama_server, tmp_path: Path, monkeypatch,
+                                                                     capsys) -> None:
+    from loop.cli import main
+
+    monkeypatch.setenv("OLLAMA_HOST", ollama_server.url)
+    ollama_server.add_model("llama3.2:1b")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Say {w}.", "known_good": f"{w.title()}!"}) + "\n"
+                               for w in ("hi", "bye")))
+    out = tmp_path / "pairs.jsonl"
+    base = ["generate", str(prompts), "-o", str(out), "-q"]
+    assert main([*base, "--model", "ollama:llama3.1:70b"]) == 0
+    before = out.read_bytes()
+    assert main([*base, "--model", "ollama:llama3.2:1b", "--temperature", "0.2"]) == 2
+    assert "other settings" in one_line_error(capsys) and out.read_bytes() == before
+    assert main([*base, "--model", "ollama:llama3.2:1b", "--mix-settings"]) == 0
