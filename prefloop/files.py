@@ -40,11 +40,13 @@ def atomic_path(target: str | Path, *, folder: bool = False) -> Iterator[Path]:
         if folder and target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # a failed write() names no file: say which
+            raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from exc
         raise
 
 

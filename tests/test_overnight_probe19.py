@@ -455,3 +455,29 @@ def test_the_same_output_with_another_writer_is_refused_unless_asked(ollama_serv
     assert main([*base, "--model", "ollama:llama3.2:1b", "--temperature", "0.2"]) == 2
     assert "other settings" in one_line_error(capsys) and out.read_bytes() == before
     assert main([*base, "--model", "ollama:llama3.2:1b", "--mix-settings"]) == 0
+
+
+def test_a_write_refused_by_the_disk_names_the_file(tmp_path: Path) -> None:
+    import resource
+    import signal
+
+    import pytest
+
+    from prefloop.errors import problem
+    from prefloop.files import atomic_write_text
+    from prefloop.jsonl import JsonlAppender
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # EFBIG, as a full disk gives ENOSPC: write() fails
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, hard))
+        with JsonlAppender(tmp_path / "pairs.jsonl") as out, pytest.raises(OSError) as err:
+            out.append({"text": "x" * 50_000})
+        assert err.value.filename == str(tmp_path / "pairs.jsonl")
+        assert problem(err.value).startswith(f"{tmp_path / 'pairs.jsonl'}: File too large")
+        with pytest.raises(OSError) as err:
+            atomic_write_text(tmp_path / "results.json", "y" * 50_000)
+        assert err.value.filename == str(tmp_path / "results.json")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)

@@ -176,7 +176,14 @@ def save_checkpoint(output_dir: Path, step: int, module: torch.nn.Module, optimi
                         "world": dist.world, "trainable_only": trainable_only, "fingerprint": fingerprint}
                 (tmp / INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         except (OSError, RuntimeError) as exc:  # a full disk: torch.save says "[enforce fail at inline_container…]"
-            error = f"could not write checkpoint {target}: {str(exc).strip().splitlines()[0]}"
+            said = (exc.strerror if isinstance(exc, OSError) and exc.strerror else
+                    str(exc).strip().splitlines()[0])
+            if "inline_container" in said or "write failed" in said:  # torch's words for a refused write
+                said = "the file system refused the write (a full disk or a file-size limit)"
+            with contextlib.suppress(OSError):
+                said += f"; {shutil.disk_usage(output_dir).free / 1e9:.1f} GB free there"
+            error = (f"could not write checkpoint {target}: {said}; free space (or choose another --output) and "
+                     "run the same command with --resume: it continues from the last checkpoint")
         dist.check(error)  # raises inside the block, so rank 0's temporary folder is removed
     if dist.is_main:
         for old in list_checkpoints(output_dir)[:-keep]:
