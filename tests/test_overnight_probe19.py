@@ -481,3 +481,29 @@ def test_a_write_refused_by_the_disk_names_the_file(tmp_path: Path) -> None:
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, old)
+
+
+def test_a_finite_divergence_stops_the_run_like_a_nan_does(tiny_model_dir: Path, tmp_path: Path,
+                                                           monkeypatch) -> None:
+    from test_trainer import cfg_for, quiet
+    from trainer.dpo import DPOObjective
+    from trainer.loop import run
+
+    class Diverges(DPOObjective):     # the loss a too-high learning rate gives: finite, and thousands of times up
+        calls = 0
+
+        def loss(self, policy, batch):
+            loss, metrics = super().loss(policy, batch)
+            self.calls += 1
+            if self.calls > 2:
+                loss, metrics = loss * 3000, {**metrics, "loss": metrics["loss"] * 3000}
+            return loss, metrics
+
+    monkeypatch.setenv("PREFLOOP_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Q{i}?", "chosen": f"Good answer {i}.",
+                                        "rejected": f"Bad {i}."}) + "\n" for i in range(8)))
+    cfg = cfg_for(tiny_model_dir, data, tmp_path / "r", max_steps=4, eval_split=0.0)
+    result = run(cfg, Diverges(cfg), quiet())
+    assert result.status == "failed" and result.exit_code == 1 and "diverged" in result.reason
+    assert not (tmp_path / "r" / "final").exists()
