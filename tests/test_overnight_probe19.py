@@ -507,3 +507,25 @@ def test_a_finite_divergence_stops_the_run_like_a_nan_does(tiny_model_dir: Path,
     result = run(cfg, Diverges(cfg), quiet())
     assert result.status == "failed" and result.exit_code == 1 and "diverged" in result.reason
     assert not (tmp_path / "r" / "final").exists()
+
+
+def test_a_crashed_process_under_nproc_ends_with_the_resume_hint(tmp_path: Path, monkeypatch, capsys) -> None:
+    import subprocess
+    import sys
+
+    import trainer.distributed as distributed
+    from trainer.config import TrainConfig
+
+    launched: list[list[str]] = []
+    popen = subprocess.Popen
+
+    def torchrun_whose_rank_crashed(cmd, *args, **kwargs):   # the real exit status torchrun gives then
+        launched.append(cmd)
+        return popen([sys.executable, "-c", "import sys; sys.exit(1)"])
+
+    monkeypatch.setattr(distributed.subprocess, "Popen", torchrun_whose_rank_crashed)
+    cfg = TrainConfig(model="m", data="d.jsonl", output_dir=str(tmp_path / "r"), nproc=2)
+    assert distributed.launch(cfg, "train") == 1
+    assert "torch.distributed.run" in launched[0]
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'r'}/checkpoints" in err and "--resume" in err
