@@ -529,3 +529,17 @@ def test_a_crashed_process_under_nproc_ends_with_the_resume_hint(tmp_path: Path,
     assert "torch.distributed.run" in launched[0]
     err = capsys.readouterr().err
     assert f"{tmp_path / 'r'}/checkpoints" in err and "--resume" in err
+
+
+def test_export_adapter_needs_are_checked_before_the_merged_folder_is_written(ollama_server, tiny_model_dir: Path,
+                                                                              tmp_path: Path, capsys) -> None:
+    from loop.cli import main
+    from test_export import lora_adapter
+
+    adapter = lora_adapter(tiny_model_dir, tmp_path / "adapter")
+    base = ["--ollama", "mine", "--host", ollama_server.url, "--adapter", "-q"]
+    assert main(["export", str(adapter), *base, "--base", "no-such-base", "-o", str(tmp_path / "a")]) == 2
+    assert "no-such-base" in one_line_error(capsys) and not (tmp_path / "a").exists()
+    ollama_server.add_model("tiny-base")
+    assert main(["export", str(tiny_model_dir), *base, "--base", "tiny-base", "-o", str(tmp_path / "b")]) == 2
+    assert "no LoRA adapter" in one_line_error(capsys) and not (tmp_path / "b").exists()   # a full model
