@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from prefloop.config import ConfigError, check_choices, setting
+from prefloop.config import ConfigError, check_choices, section, setting
 from prefloop.llm.base import parse_spec, spec_identity
 from prefloop.llm.hosts import Host, parse_hosts
 
@@ -20,6 +20,7 @@ STRATEGIES = ("rewrite", "rank", "contrast")
 RECIPE_PROMPTS = ("auto", "clean", "verbatim", "fewshot")
 
 
+@section("generate")
 @dataclass
 class GenerateConfig:
     """What to generate from where, with which models, and how hard to push the server."""
@@ -28,6 +29,8 @@ class GenerateConfig:
                           flag=False)
     output: str = setting("", "preference pairs JSONL (appended; a rerun resumes it)", runtime=True,
                           flag="--output", short="-o", metavar="PAIRS.jsonl")
+    mix_settings: bool = setting(False, "add pairs beside ones made with other settings (another model, "
+                                        "temperature, strategy) in --output; without it that is refused", runtime=True)
     strategy: str = setting("rewrite", "rewrite (the reference recipe), rank (judge-scored candidates) or "
                                        "contrast (on-policy rejected answers)", choices=STRATEGIES)
     model: str = setting("local:smollm2", "the writing model: ollama:NAME (or a bare NAME), openai:NAME@URL, "

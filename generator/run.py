@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prefloop.files import atomic_write_json, count_lines, writable
+from prefloop.files import atomic_write_json, count_lines, same_file, writable
 from prefloop.llm.base import ChatReply, GenOptions, parse_spec
 from prefloop.records import PromptRecord, stable_id, user_message
 from prefloop.runner import Job, Runner
@@ -171,7 +171,7 @@ async def generate_async(cfg: GenerateConfig, console: Any = None, clients: dict
     """The async core (``clients`` may be passed in by callers that already hold them)."""
     if not cfg.source or not cfg.output:
         raise ValueError("generate needs a source (prompts) and an output (pairs JSONL)")
-    if Path(cfg.source).exists() and Path(cfg.output).resolve() == Path(cfg.source).resolve():
+    if Path(cfg.source).exists() and same_file(cfg.output, cfg.source):
         raise ValueError(f"--output {cfg.output} is the prompts file {cfg.source}: pairs would be appended to "
                          "your prompts; write them to another file")
     writable(cfg.output, "--output")
@@ -181,11 +181,15 @@ async def generate_async(cfg: GenerateConfig, console: Any = None, clients: dict
         raise ValueError(f"{cfg.source}: the rewrite strategy needs known-good answers (an Alpaca 'output' or a "
                          f"'reference' field) and no prompt has one; use --strategy rank or contrast")
     before = other_settings(cfg.output, cfg.identity())
-    if before is not None and console is not None:
+    if before is not None:
         changed = {k: v for k, v in cfg.identity().items() if before.get(k) != v}
-        console.print(f"[yellow]warning:[/yellow] {cfg.output} holds pairs made with other settings "
-                      f"(now {changed}, before { {k: before.get(k) for k in changed} }); new pairs are added beside "
-                      f"them. Use another --output to keep sets apart.")
+        what = f"(now {changed}, before { {k: before.get(k) for k in changed} })"
+        if not cfg.mix_settings:  # one file of pairs from two recipes is rarely what anyone meant
+            raise ValueError(f"--output {cfg.output} holds pairs made with other settings {what}; use another "
+                             "--output to keep the sets apart, or --mix-settings to add these beside them")
+        if console is not None:
+            console.print(f"[yellow]warning:[/yellow] {cfg.output} holds pairs made with other settings {what}; "
+                          "new pairs are added beside them (--mix-settings)")
     owned = clients is None
     clients = _make_clients(cfg) if clients is None else clients
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefloop.config import ConfigError, check_choices, setting
+from prefloop.config import ConfigError, check_choices, section, setting
 from prefloop.llm.base import GenOptions
 from prefloop.models import DTYPES, normalize_dtype
 from prefloop.templates import PROMPT_FORMATS
@@ -13,6 +13,7 @@ from prefloop.templates import PROMPT_FORMATS
 VERDICTS = ("auto", "generate", "logprob")
 
 
+@section("judge")
 @dataclass
 class JudgeConfig:
     """Held-out evaluation: policy vs reference on prompts it never trained on, judged by one or more judges.
@@ -124,6 +125,7 @@ class JudgeConfig:
 IMPORT_FORMATS = ("auto", "ab", "labelstudio", "argilla")
 
 
+@section("label")
 @dataclass
 class LabelConfig:
     """``prefloop label``: a person picks the better of two answers in the terminal (or labels they already have

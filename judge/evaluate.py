@@ -136,6 +136,19 @@ def make_judge(cfg: JudgeConfig, judge: str) -> Any:
     return verdict_client(cfg, judge, judge_client(cfg, judge))
 
 
+async def check_served_judges(cfg: JudgeConfig, clients: dict[str, Any]) -> None:
+    """Each served judge answers and has its model (its client's preflight), before any answer is generated:
+    a judge model not pulled is said at the start, not after every answer."""
+    for judge in model_judges(cfg):
+        if judge in clients or parse_spec(judge).backend == "local":
+            continue
+        client = judge_client(cfg, judge)
+        try:
+            await client.preflight()
+        finally:
+            await client.aclose()
+
+
 def judge_options(cfg: JudgeConfig) -> GenOptions:
     return GenOptions(temperature=cfg.judge_temperature, seed=cfg.judge_seed, max_tokens=cfg.judge_max_tokens,
                       num_ctx=cfg.judge_num_ctx)
@@ -173,7 +186,8 @@ async def judge_all(cfg: JudgeConfig, judge: str, answers: list[AnswerRow], cach
             await client.preflight()
         runner = Runner(path, concurrency=cfg.concurrency, console=console, description=f"{what} ({judge})",
                         backoff_s=0.2, job_timeout_s=cfg.job_timeout_s, stall_s=cfg.stall_s,
-                        progress=False if cfg.quiet else None)
+                        progress=False if cfg.quiet else None,
+                        redo=lambda rec: bool(rec.get("unparsed")))  # an outage's verdicts are asked again
         summary = await runner.run(jobs, work)
     finally:
         if own:
@@ -380,6 +394,8 @@ def evaluate(cfg: JudgeConfig, console: Any = None, *, clients: dict[str, Any] |
     for w in warnings:
         note(console, f"[yellow]warning:[/] {w}")
     validation = validation_rows(cfg.validate) if cfg.validate else []
+    check_fields(load_template(cfg.template), ("prompt", "answer_a", "answer_b"))  # before minutes of answers
+    asyncio.run(check_served_judges(cfg, clients or {}))
     formats: dict[str, str] = {}
     answers, policy_answers, reference_answers = generate_answers(cfg, records, console, formats)
     warnings += answer_warnings_between(policy_answers, reference_answers)

@@ -43,12 +43,21 @@ def rows_of(path: Path) -> Iterator[Row]:
     if path.suffix.lower() != ".csv":
         yield from iter_rows(path)
         return
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        start = reader.line_num + 1
-        for row in reader:
-            yield str(path), start, row
+    start = 1
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames is None:  # reads the header, so line numbers count from the file's first line
+                return
             start = reader.line_num + 1
+            for row in reader:
+                yield str(path), start, row
+                start = reader.line_num + 1
+    except UnicodeDecodeError as exc:
+        raise DataError([RecordError(str(path), start, None, f"not UTF-8 text (byte {exc.start}); is it a CSV? "
+                                                             "save it as UTF-8 CSV")]) from None
+    except csv.Error as exc:
+        raise DataError([RecordError(str(path), start, None, f"not a readable CSV ({exc})")]) from None
 
 
 def detect(path: Path) -> str:
@@ -87,6 +96,8 @@ def ab_row(path: Path, cfg: LabelConfig, src: str, line: int, row: Any) -> Pairs
     verdict = AB_VERDICT.get(str(raw).strip().lower()) if raw is not None else None
     if verdict is None:
         raise RecordError(src, line, lab, f"{raw!r} is not A, B, tie or skip")
+    if verdict in ("a", "b") and x.strip() == y.strip():
+        raise RecordError(src, line, b, f"the same text as {a}: a pick between identical answers teaches nothing")
     rater = str(row.get(cfg.rater_column) or cfg.who)
     item, flipped = Item.of(prompt, x, y, {"source": f"{src}:{line}"})
     return [(item, Label(id=label_id(path, line, rater), item=item.id, rater=rater, left="b" if flipped else "a",
@@ -208,4 +219,7 @@ def read_import(cfg: LabelConfig) -> Pairs:
             errors.append(err)
     if errors:
         raise DataError(errors)
+    if not out:
+        raise DataError([RecordError(str(path), None, None, "no labels in it (no rows after the header); give the "
+                                                            "file with your labels")])
     return out

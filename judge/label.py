@@ -28,7 +28,8 @@ from judge.config import LabelConfig
 from judge.labels import (Consistency, Item, Label, LabelLog, LabelWriter, RaterAgreement, pair_of, rater_agreement,
                           self_consistency)
 from judge.prompts import judge_prompt_text
-from prefloop.files import Lock
+from prefloop.errors import BadInput
+from prefloop.files import Lock, same_file
 from prefloop.jsonl import JsonlAppender, write_jsonl
 from prefloop.records import stable_id
 from prefloop.stage import StageResult
@@ -38,7 +39,7 @@ REPEAT_GAP = 7  # a hidden repeat comes back this many items later: too far to r
 Play = Callable[[Any], Awaitable[Any]]   # runs the screen (a textual App) to its end and returns its exit value
 
 
-class NeedsTerminal(RuntimeError):
+class NeedsTerminal(BadInput, RuntimeError):
     """Asking a person needs an interactive terminal."""
 
 
@@ -303,6 +304,9 @@ def import_into(cfg: LabelConfig) -> LabelResult:
     """``--import``: append the file's labels to the output's log (those not imported before), rebuild the pairs."""
     from judge.imports import read_import
 
+    if same_file(cfg.import_labels, cfg.output):
+        raise ValueError(f"--output {cfg.output} is the --import file {cfg.import_labels}: the pairs would replace "
+                         "your labels; choose another --output")
     got = read_import(cfg)
     path = log_path(cfg.output)
     added = 0

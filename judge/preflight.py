@@ -24,7 +24,7 @@ from typing import Any
 from judge.cache import JudgeCache
 from judge.config import JudgeConfig
 from judge.scoring import score_answer
-from prefloop.config import at_least, setting
+from prefloop.config import at_least, section, setting
 from prefloop.files import atomic_write_json
 from prefloop.jsonl import write_jsonl
 from prefloop.llm.base import GenOptions
@@ -35,6 +35,7 @@ from prefloop.stage import StageResult
 RULES = 3  # bumped when the warning rules change, so a finished preflight is judged again by the new rules
 
 
+@section("preflight")
 @dataclass
 class PreflightConfig:
     """The ``[preflight]`` section of ``prefloop run``."""

@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from prefloop.errors import BadInput
 from prefloop.records import Prompt, prompt_text
 from prefloop.templates import ALPACA_RESPONSE
 
@@ -32,7 +33,7 @@ CONDITIONAL = re.compile(r"\{#if (?:known_good|reference)\}(.*?)\{#end\}", re.DO
 SECTION = re.compile(r"^=== (system|user) ===[ \t]*$", re.MULTILINE)
 
 
-class TemplateError(ValueError):
+class TemplateError(BadInput, ValueError):
     """A template file that cannot be used; the message names the file."""
 
 

@@ -32,6 +32,7 @@ STOCK_WORDS = 4          # "i d be happy": the opening that marks a stock phrase
 STOCK_SHARE = 0.10       # more answers than this opening alike is a stock phrase, not a topic
 SKILL_KEPT = 0.95        # a policy keeping less than this share of the reference's content has lost skill ...
                          # ... when the per-prompt loss is also clear of noise (diff_ci entirely below 0)
+MIN_RECALL = 0.05         # a reference recalling less of the known-good content gives no ratio ("kept 590 %")
 LONGER = 1.5             # answers this many times as long as the reference's: bought with length
 LEVERS = ("raise rpo_alpha (an NLL anchor on the chosen answers, e.g. 1.0), raise beta (stay closer to the "
           "reference), lower lr, or train fewer steps")
@@ -137,8 +138,8 @@ def retention(answers: Sequence[AnswerRow], *, n_boot: int = 2000, seed: int = 0
                 per_prompt.append(PromptSkill(id=a.id, policy=p, reference=r))
     diffs = [p.policy - p.reference for p in per_prompt]
     low, high = bootstrap_ci(diffs, n_boot=n_boot, seed=seed) if diffs else (None, None)
-    kept = (pol.content_recall / ref.content_recall
-            if pol.content_recall is not None and ref.content_recall else None)
+    kept = (pol.content_recall / ref.content_recall   # a share of next to nothing is noise, not a ratio
+            if pol.content_recall is not None and ref.content_recall and ref.content_recall >= MIN_RECALL else None)
     return Retention(n=len(answers), n_known_good=sum(bool(k) for k in kg), policy=pol, reference=ref, kept=kept,
                      diff_ci=[low, high], better=sum(d > 0 for d in diffs), worse=sum(d < 0 for d in diffs),
                      same=sum(d == 0 for d in diffs),

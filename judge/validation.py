@@ -34,7 +34,10 @@ def validation_rows(path: str | Path, limit: int | None = None) -> list[AnswerRo
     the pair's dataset answer (``meta.output``) as the known-good answer when it has one."""
     if not Path(path).exists():
         raise ValueError(f"{path}: no such validation pairs file (pairs whose better side is known: chosen/rejected)")
-    pairs, _ = load_preferences(path, skip_bad=True)
+    pairs, report = load_preferences(path)   # a bad row is an error naming file, line and field
+    if not pairs:
+        raise ValueError(f"{path}: no usable validation pairs ({report.summary()}); the judge is measured on "
+                         "pairs whose chosen and rejected answers differ")
     rows = [AnswerRow(id=f"val-{p.id}", prompt=p.prompt, policy_answer=p.chosen, reference_answer=p.rejected,
                       known_good=p.meta.get("output") if isinstance(p.meta.get("output"), str) else None,
                       policy_model="chosen", reference_model="rejected") for p in pairs]

@@ -14,10 +14,11 @@ import asyncio
 from typing import Any
 
 from loop.config import LoopConfig
+from prefloop.errors import BadInput
 from prefloop.fingerprint import RunState
 
 
-class SetupError(RuntimeError):
+class SetupError(BadInput, RuntimeError):
     """Something the run needs is missing or wrong; the message names the setting and what to do."""
 
 

@@ -57,11 +57,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"prefloop {name}", description=help_text)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
+    from prefloop.errors import PrefloopError, problem
+    from prefloop.flags import fail
+
     try:
         return int(module.main(args) or 0)
     except KeyboardInterrupt:
         print("\ninterrupted: finished work is on disk; run the same command again to resume", file=sys.stderr)
         return 130
+    except PrefloopError as exc:  # the one place every command's errors end: one line, the class's exit code
+        return fail(exc, exc.exit_code)
+    except OSError as exc:        # a read-only folder, a full disk, a folder where a file was meant
+        return fail(problem(exc), 2)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,15 @@ from generator.config import GenerateConfig
 from judge.config import JudgeConfig, is_human
 from judge.preflight import PreflightConfig
 from prefloop.config import (ConfigError, apply_overrides, at_least, build, check_choices, check_sections, load_toml,
-                             setting)
+                             section, setting)
 from prefloop.export import QUANTIZE
+from prefloop.files import count_lines
 from prefloop.llm.base import parse_spec
 from prefloop.models import DTYPES, normalize_dtype
 from trainer.config import TrainConfig
 
 
+@section("run")
 @dataclass
 class RunSection:
     name: str = setting("", "shown in the report; default: the config file's name")
@@ -34,6 +36,7 @@ class RunSection:
         at_least(self, "run.", 0, "threads")
 
 
+@section("data")
 @dataclass
 class DataSection:
     prompts: str = setting("data/prompts/quickstart.json", "Alpaca JSON/JSONL, JSONL with 'prompt', .txt or a "
@@ -45,6 +48,7 @@ class DataSection:
         at_least(self, "data.", 0, "limit")
 
 
+@section("split")
 @dataclass
 class SplitSection:
     heldout_fraction: float = setting(0.2, "share of prompts held out for judging; they never reach training")
@@ -58,6 +62,7 @@ class SplitSection:
             raise ConfigError(f"split.heldout_fraction: must be in (0, 1), got {self.heldout_fraction}")
 
 
+@section("export")
 @dataclass
 class ExportConfig:
     """``prefloop export`` and the loop's optional ``[export]`` stage: the model as a folder Ollama imports, created
@@ -212,4 +217,4 @@ def judge_owned(paths: dict[str, Path], train: TrainConfig, final_model: str | P
         policy, reference = export.served(export.ollama), export.served(export.reference_name)
     return {"prompts": str(paths["heldout_prompts"]), "policy": policy, "reference": reference,
             "pairs": str(paths["train_pairs"]), "output_dir": str(paths["judge"]),
-            "validate": str(paths["heldout_pairs"])}
+            "validate": str(paths["heldout_pairs"]) if count_lines(paths["heldout_pairs"]) else ""}

@@ -54,8 +54,9 @@ def default_output(cfg: ExportConfig) -> Path:
 
 def export_model(cfg: ExportConfig, say: Callable[[str], None] = print) -> ExportResult:
     """Write the export folder and, when ``cfg.ollama`` names a model, create it on the server and verify it."""
-    from prefloop.export import ExportError, check_adapter, write_export
-    from prefloop.llm.base import is_loopback
+    from prefloop.export import ExportError, check_adapter, find_adapter, write_export
+    from prefloop.files import writable
+    from prefloop.llm.base import ServerFatal, ServerUnreachable, is_loopback
     from prefloop.llm.ollama_create import OllamaModels
 
     if not cfg.model:
@@ -65,13 +66,24 @@ def export_model(cfg: ExportConfig, say: Callable[[str], None] = print) -> Expor
     if cfg.ollama and not NAME.fullmatch(cfg.ollama):
         raise ExportError(f"export: '{cfg.ollama}' is not a model name Ollama accepts ([namespace/]name[:tag])")
     out = Path(cfg.output_dir) if cfg.output_dir else default_output(cfg)
+    writable(out, "--output")  # a folder that cannot be written is said before the model is loaded
     server = None
     if cfg.ollama:
         server = OllamaModels(cfg.host or None, timeout=cfg.timeout_s)
-        server.listed(cfg.ollama)  # reachable before minutes of writing; nothing is sent yet
+        try:
+            server.listed(cfg.ollama)  # reachable before minutes of writing; nothing is sent yet
+        except ServerFatal as exc:     # down or hung at the start: a setup to fix (exit 2), nothing was sent
+            server.close()
+            raise ServerUnreachable(str(exc)) from None
         if not is_loopback(server.url):
             say(f"warning: the model's weights are about to be uploaded to {server.url}, which is not this machine")
     try:
+        if server is not None and cfg.adapter:  # what --adapter needs, checked before minutes of merging
+            if Path(cfg.model).is_dir() and find_adapter(Path(cfg.model)) is None:
+                raise ExportError(f"{cfg.model}: --adapter, but the folder holds no LoRA adapter")
+            if server.listed(cfg.base) is None:
+                raise ExportError(f"--base {cfg.base}: not on {server.url}; create the base there first "
+                                  f"(prefloop export BASE_MODEL --ollama {cfg.base})")
         folder = write_export(cfg.model, out, dtype=cfg.dtype, note=say)
         say(f"wrote {out} ({folder.architecture}, {folder.dtype}"
             + (f", chat format {folder.chat_format}" if folder.chat_format else "") + ")")
@@ -154,8 +166,8 @@ def main(args: argparse.Namespace) -> int:
         result = export_model(cfg, say)
     except (ConfigError, ExportError, ModelNotFound, FileNotFoundError) as exc:
         return fail(exc)
-    except ServerFatal as exc:
-        return fail(exc, 1)
+    except ServerFatal as exc:   # 2 when the server was unreachable before anything was sent
+        return fail(exc, exc.exit_code)
     except LLMError as exc:
         return fail(f"{exc}\nrun the same command again: blobs already uploaded are not sent again", 1)
     return result.exit_code

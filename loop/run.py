@@ -1,6 +1,7 @@
 """``prefloop run CONFIG.toml``: the whole loop from one config, in one run folder (``loop.stages``).
 
-Exit codes: 0 every stage done, 1 a stage stopped (the message says why; finished work stays), 2 a bad config,
+Exit codes: 0 every stage done, 1 a stage stopped or finished with gaps (the message says why; finished work
+stays; a rerun retries the gaps), 2 a bad config,
 130 interrupted (the same command resumes).
 """
 
@@ -34,6 +35,11 @@ def main(args: argparse.Namespace) -> int:
         return fail(exc)
     if args.report_only:
         from loop.report import write_run_report
+        from prefloop.fingerprint import STATE_FILE
+
+        if not (cfg.run_dir / STATE_FILE).exists():  # a typo in -o would get an empty report of nothing
+            return fail(f"--report-only: {cfg.run_dir} is not a run folder (no {STATE_FILE}); give the folder of a "
+                        "run (-o RUN_DIR, or [run] output_dir)")
 
         html_path, _ = write_run_report(cfg.run_dir, cfg)
         print(html_path)

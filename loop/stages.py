@@ -26,6 +26,7 @@ from judge.config import is_human
 from judge.preflight import RULES as PREFLIGHT_RULES
 from loop.config import LoopConfig, judge_owned, stage_paths
 from prefloop.config import fingerprinted
+from prefloop.errors import RunFailed
 from prefloop.files import count_lines
 from prefloop.fingerprint import RunState, file_hash, fingerprint, model_identity
 from prefloop.records import PromptRecord
@@ -34,7 +35,7 @@ from prefloop.stage import StageResult
 STAGE_NAMES = ("generate", "split", "preflight", "train", "export", "judge")
 
 
-class StageFailed(RuntimeError):
+class StageFailed(RunFailed, RuntimeError):
     """A stage could not finish; the message says why and what to do. Finished work stays on disk."""
 
 
@@ -82,6 +83,7 @@ class Loop:
         self.outcomes: list[StageOutcome] = []
         self.fps: dict[str, str] = {}
         self.warnings: list[str] = []
+        self.gaps: list[str] = []   # stages that finished incomplete: the run is not done (exit 1)
         self._prompts: list[PromptRecord] | None = None
 
     # -- helpers
@@ -131,13 +133,15 @@ class Loop:
         start = time.monotonic()
         try:
             result = work(decision)
-        except StageFailed:
+        except StageFailed as exc:
+            self._failed(name, str(exc))
             raise
         except Exception as exc:  # a stage's own error, said in one line; the traceback goes to a file
             import traceback
 
             log = self.run_dir / "error.log"
             log.write_text(traceback.format_exc())
+            self._failed(name, f"{type(exc).__name__}: {exc}")
             raise StageFailed(f"{name}: {type(exc).__name__}: {exc} (traceback in {log})") from exc
         if result.interrupted:
             raise KeyboardInterrupt
@@ -149,11 +153,19 @@ class Loop:
             rec = self.state.get(name)
             rec.info = info
             self.state.save()
+            self.gaps.append(name)
         outcome = StageOutcome(name, decision, seconds, info)
         self.outcomes.append(outcome)
         self.say(f"[green]✓[/green] {name}: done in {seconds:.0f} s" if result.complete else
                  f"[yellow]![/yellow] {name}: finished with gaps in {seconds:.0f} s (rerun to retry them)")
         return outcome
+
+    def _failed(self, name: str, reason: str) -> None:
+        """``state.json`` says the stage failed (not ``running`` forever); a rerun resumes it as before."""
+        rec = self.state.get(name)
+        if rec is not None:
+            rec.status, rec.info = "failed", {**rec.info, "reason": reason[:500]}
+            self.state.save()
 
     # -- generate
     def generate(self) -> StageOutcome:
@@ -230,7 +242,7 @@ class Loop:
         def work(decision: str) -> StageResult:
             from trainer.dpo import train
 
-            cfg = replace(t, resume=(decision == "resume"),
+            cfg = replace(t, resume=(decision == "resume"), overwrite=True,  # the run folder's state decides
                           eval_data=t.eval_data if count_lines(self.paths["heldout_pairs"]) else None)
             result = train(cfg, console=self.console)
             if result.complete and not (self.paths["final"] / "config.json").exists():
@@ -338,7 +350,10 @@ class Loop:
         finally:
             paths = write_run_report(self.run_dir, self.cfg, warnings=self.warnings, failed=failed)
         self._closing(paths, time.monotonic() - started)
-        return 1 if failed else 0
+        if self.gaps and not failed:
+            self.say(f"[yellow]not complete:[/yellow] {', '.join(self.gaps)} finished with gaps; run the same "
+                     "command again to retry them (finished work is kept)")
+        return 1 if failed or self.gaps else 0
 
     def _closing(self, paths: tuple[Path, Path], seconds: float) -> None:
         from rich.markup import escape

@@ -21,6 +21,8 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from prefloop.errors import BadInput
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -29,12 +31,21 @@ else:  # pragma: no cover
 T = TypeVar("T")
 _MISSING: Any = dataclasses.MISSING
 
-# Every section a prefloop TOML file may hold: each command reads its own and refuses the rest of what it does
-# not know, so a typo (``[trian]``) is an error and not a section silently ignored.
-SECTIONS = ("run", "data", "generate", "split", "preflight", "train", "export", "judge")
+# Every section a prefloop TOML file may hold, by the settings class that reads it: each class declares its own
+# (``@section("train")``), and each command reads its own and refuses what no class declared, so a typo
+# (``[trian]``) is an error and not a section silently ignored. Grown by declaration, not a hand-kept list.
+SECTIONS: dict[str, type] = {}
 
 
-class ConfigError(ValueError):
+def section(name: str) -> Any:
+    """Class decorator: ``cls`` holds a TOML file's ``[name]`` (see ``SECTIONS``)."""
+    def declare(cls: type[T]) -> type[T]:
+        SECTIONS[name] = cls
+        return cls
+    return declare
+
+
+class ConfigError(BadInput, ValueError):
     """A bad setting, named by file and key."""
 
 
@@ -45,6 +56,11 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a folder, not a config file; give the TOML file (e.g. {path}/run.toml)") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); TOML files are UTF-8: save it as UTF-8") \
+            from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 
@@ -116,7 +132,7 @@ def check_sections(doc: dict[str, Any], path: str | Path) -> None:
     """Refuse a section no command reads (a typo) and a section that is not a table."""
     unknown = sorted(set(doc) - set(SECTIONS))
     if unknown:
-        raise ConfigError(f"{path}: unknown section(s) [{'], ['.join(unknown)}]; known: {', '.join(SECTIONS)}")
+        raise ConfigError(f"{path}: unknown section(s) [{'], ['.join(unknown)}]; known: {', '.join(sorted(SECTIONS))}")
     for name in SECTIONS:
         if not isinstance(doc.get(name, {}), dict):
             raise ConfigError(f"{path}: [{name}] must be a table")
@@ -208,6 +224,7 @@ def load_section(cls: type[T], section: str, path: str | Path | None = None, ove
     """
     data: dict[str, Any] = {}
     where = f"[{section}]"
+    SECTIONS.setdefault(section, cls)  # a section a command reads is declared by that reading
     if path is not None:
         doc = load_toml(path)
         check_sections(doc, path)

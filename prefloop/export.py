@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from prefloop.errors import BadInput
 from prefloop.files import atomic_path, atomic_write_json
 
 # Source: ollama/ollama convert/convert.go, LoadModelMetadata's switch on architectures[0] (fb30760).
@@ -58,7 +59,7 @@ NOT_UPLOADED = ("Modelfile", "export.json", "README.md", "chat_template.jinja")
 MANIFEST = "export.json"
 
 
-class ExportError(ValueError):
+class ExportError(BadInput, ValueError):
     """The model cannot be exported as asked; the message says why and what to do instead."""
 
 
@@ -240,7 +241,15 @@ def _load(source: Path, dtype: Any) -> tuple[Any, Any, AdapterInfo | None]:
 
     adapter = find_adapter(source)
     if (source / "config.json").exists():  # a full model (the trainer's merged one when it also saved an adapter)
-        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype)
+        except ExportError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - safetensors' own error derives from Exception only
+            weights = sorted(p.name for p in source.glob("*.safetensors")) or ["its weights"]
+            raise ExportError(f"{source}: {', '.join(weights)} does not load ({type(exc).__name__}: "
+                              f"{str(exc)[:200]}); the file is damaged or cut short (a copy or a save that did not "
+                              "finish): copy it again, or train again") from None
         return model, AutoTokenizer.from_pretrained(str(source)), adapter
     if adapter is None:
         raise ExportError(f"{source}: neither a model folder (config.json) nor a LoRA adapter (adapter_config.json)")

@@ -17,8 +17,10 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+from prefloop.errors import PrefloopError
 
-class Busy(RuntimeError):
+
+class Busy(PrefloopError, RuntimeError):
     """Another process holds the lock on this output: two runs must never write one folder or file."""
 
 
@@ -38,11 +40,13 @@ def atomic_path(target: str | Path, *, folder: bool = False) -> Iterator[Path]:
         if folder and target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # a failed write() names no file: say which
+            raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from exc
         raise
 
 
@@ -69,6 +73,17 @@ def writable(path: str | Path, what: str = "output") -> Path:
     return path
 
 
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """``a`` and ``b`` name one file: the same path once resolved (symlinks), or the same inode (a hard link)."""
+    a, b = Path(a), Path(b)
+    if a.expanduser().resolve() == b.expanduser().resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
 def count_lines(path: str | Path) -> int:
     """Non-blank lines of a file (0 when it does not exist): records in a JSONL output."""
     path = Path(path)
@@ -80,14 +95,18 @@ def count_lines(path: str | Path) -> int:
 
 class Lock:
     """An exclusive ``flock`` on ``<target>.lock`` (a file beside it, or ``.lock`` inside a folder), taken on the
-    resolved path so a symlinked or relative spelling of the same output is the same lock. The kernel releases it
-    even on ``kill -9``; the file holds the holder's pid for the message."""
+    resolved path so a symlinked or relative spelling of the same output is the same lock. A file target is also
+    locked itself (created empty when missing): a ``flock`` belongs to the inode, so a hard link to the same
+    output is the same lock too. The kernel releases both even on ``kill -9``; the lock file holds the holder's
+    pid for the message."""
 
     def __init__(self, target: str | Path, *, folder: bool = False):
         resolved = Path(target).expanduser().resolve()
         self.target = resolved
         self.path = resolved / ".lock" if folder else resolved.with_name(resolved.name + ".lock")
+        self.folder = folder
         self._fh: Any = None
+        self._data: int | None = None
 
     def __enter__(self) -> "Lock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,13 +119,31 @@ class Lock:
             self._fh.close()
             raise Busy(f"{self.target} is being written by another run (pid {holder}); wait for it to finish "
                        "or stop it first") from None
+        if not self.folder:  # the output's inode (st_dev, st_ino): any name of it
+            try:
+                self._data = os.open(self.target, os.O_RDONLY | os.O_CREAT, 0o644)
+                fcntl.flock(self._data, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._release()
+                msg = (f"{self.target} is being written by another run under another name (a hard link to the "
+                       "same file); wait for it to finish, stop it, or give this run its own output")
+                raise Busy(msg) from None
+            except OSError:
+                self._release()
+                raise
         self._fh.seek(0)
         self._fh.truncate()
         self._fh.write(str(os.getpid()))
         self._fh.flush()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def _release(self) -> None:
+        if self._data is not None:
+            os.close(self._data)   # closing the descriptor drops its flock
+            self._data = None
         with contextlib.suppress(OSError):
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
         self._fh.close()
+
+    def __exit__(self, *exc: object) -> None:
+        self._release()

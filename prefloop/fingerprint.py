@@ -87,7 +87,8 @@ def model_identity(name: str) -> str:
 
 @dataclass
 class StageRecord:
-    """One stage's last run: its fingerprint, status (``running`` | ``done``), outputs and a small summary."""
+    """One stage's last run: its fingerprint, status (``running`` | ``done`` | ``failed``), outputs and a small
+    summary."""
 
     name: str
     fingerprint: str

@@ -97,10 +97,13 @@ class JsonlAppender:
 
     def append(self, obj: Any) -> None:
         line = json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n"
-        self._fh.write(line.encode("utf-8"))
-        self._fh.flush()
-        if self._fsync:
-            os.fsync(self._fh.fileno())
+        try:
+            self._fh.write(line.encode("utf-8"))
+            self._fh.flush()
+            if self._fsync:
+                os.fsync(self._fh.fileno())
+        except OSError as exc:  # a full disk: write() names no file, so the message would not say which
+            raise OSError(exc.errno, exc.strerror or str(exc), str(self.path)) from exc
 
     def close(self) -> None:
         if not self._fh.closed:

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from prefloop.errors import BadInput
 from prefloop.files import atomic_path
 
 EMBEDDED_ALIASES = ("smollm2", "smollm2-135m", "smollm2-135m-instruct", "embedded", "default")
@@ -28,7 +29,7 @@ GEMMA_CHAT_TEMPLATE = (
 )
 
 
-class ModelNotFound(FileNotFoundError):
+class ModelNotFound(BadInput, FileNotFoundError):
     """The model name resolves to nothing loadable; the message says what to install or pass."""
 
 

@@ -15,12 +15,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from prefloop.errors import BadInput
+
 Message = dict[str, str]
 Prompt = str | list[Message]
 
 
 
-class RecordError(ValueError):
+class RecordError(BadInput, ValueError):
     """A bad input record, located by file, line (1-based; the array index + 1 for JSON arrays) and field."""
 
     def __init__(self, source: str, line: int | None, field_name: str | None, problem: str):

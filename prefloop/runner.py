@@ -104,11 +104,19 @@ def sidecar(output: str | Path, kind: str) -> Path:
     return output.with_name(f"{output.name}.{kind}")
 
 
-def finished_ids(path: Path) -> set[str]:
-    """Ids already in a JSONL output (a cut last line is ignored; a broken middle line is an error)."""
+def finished_ids(path: Path, redo: Callable[[dict[str, Any]], bool] | None = None) -> set[str]:
+    """Ids already in a JSONL output (a cut last line is ignored; a broken middle line is an error). An id whose
+    last record ``redo`` accepts is not finished: it is asked again (a judge's unparsed verdict)."""
+    done: set[str] = set()
     if not path.exists():
-        return set()
-    return {str(obj["id"]) for _, obj in iter_jsonl(path) if isinstance(obj, dict) and "id" in obj}
+        return done
+    for _, obj in iter_jsonl(path):
+        if isinstance(obj, dict) and "id" in obj:
+            if redo is not None and redo(obj):
+                done.discard(str(obj["id"]))
+            else:
+                done.add(str(obj["id"]))
+    return done
 
 
 def read_sidecar(path: Path) -> dict[str, dict[str, Any]]:
@@ -137,10 +145,11 @@ class Runner:
                  job_timeout_s: float | None = None, stall_s: float | None = None,
                  retry_on: tuple[type[BaseException], ...] = RETRYABLE, fsync: bool = False,
                  console: Any = None, progress: bool | None = None, description: str = "jobs",
-                 unit: str = "items"):
+                 unit: str = "items", redo: Callable[[dict[str, Any]], bool] | None = None):
         """``job_timeout_s``: one deadline for all attempts of a job (its backoff included); ``stall_s``: stop the
         whole run when no job has finished for that long while jobs are waiting (a server that accepts
-        connections and answers nothing); None: no limit."""
+        connections and answers nothing); None: no limit. ``redo(record)``: a record written earlier that is not
+        final (a verdict that never parsed) is run again; the newer record is appended after it."""
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         self.output = Path(output)
@@ -151,6 +160,7 @@ class Runner:
         self.job_timeout_s, self.stall_s = job_timeout_s, stall_s
         self.retry_on, self.fsync = retry_on, fsync
         self.console, self.progress, self.description, self.unit = console, progress, description, unit
+        self.redo = redo
         self.summary = RunSummary()
         self._streak = 0
         self._failed_before: dict[str, dict[str, Any]] = {}   # from earlier runs (the sidecar, compacted)
@@ -168,7 +178,7 @@ class Runner:
         self._failed_before, self._failed_now, self._succeeded = {}, {}, set()
         t0 = time.perf_counter()
         with Lock(self.output):
-            done = finished_ids(self.output)
+            done = finished_ids(self.output, self.redo)
             dropped_before = read_sidecar(self.dropped_path)
             failed_before = {k: v for k, v in read_sidecar(self.failures_path).items() if k not in done}
             pending: list[Job] = []

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
+from prefloop.errors import BadInput
 from prefloop.jsonl import iter_jsonl
 from prefloop.records import PreferenceRecord, PromptRecord, RecordError, stable_id
 from prefloop.templates import alpaca_prompt
@@ -45,7 +46,7 @@ class LoadReport:
         return f"{self.source}: " + ", ".join(parts)
 
 
-class DataError(ValueError):
+class DataError(BadInput, ValueError):
     """One or more bad records; the message lists them (file:line: field 'x' problem)."""
 
     def __init__(self, errors: list[RecordError]):
@@ -66,6 +67,9 @@ def iter_rows(source: str | Path) -> Iterator[tuple[str, int, Any]]:
     path = Path(source)
     name = str(source)
     if path.is_dir():
+        if not any(f.is_file() for f in path.rglob("*")):
+            raise RecordError(name, None, None, "an empty folder; give a data file (.jsonl, .json, .csv, .parquet, "
+                                                ".txt) or a folder holding one")
         yield from _iter_hf(name, _load_hf_dir(path))
     elif path.is_file():
         suffix = path.suffix.lower()
@@ -292,22 +296,37 @@ R = TypeVar("R", PreferenceRecord, PromptRecord)
 def _load(source: str | Path, parse: Callable[[str, int, Any], R], *, skip_bad: bool,
           drop: Callable[[R], str | None], duplicate: str) -> tuple[list[R], LoadReport]:
     """Parse every row; bad ones are collected (``DataError`` unless ``skip_bad``), ``drop(record)`` names a
-    reason to leave a record out (counted), repeated ids are dropped and counted as ``duplicate``."""
+    reason to leave a record out (counted). A repeated id with the same content is a ``duplicate``, dropped and
+    counted with its lines named; a repeated id with other content is a bad record (an ``id`` column that is a
+    category would otherwise lose every row but the first)."""
     report = LoadReport(source=str(source))
     records: list[R] = []
-    seen: set[str] = set()
+    seen: dict[str, tuple[int, str]] = {}   # id -> (line, content digest) of its first row
+    named: list[str] = []
     for src, line, row in iter_rows(source):
         try:
             rec = parse(src, line, row)
         except RecordError as err:
             report.errors.append(err)
             continue
-        why = drop(rec) or (duplicate if rec.id in seen else None)
+        content = stable_id(rec.prompt, getattr(rec, "chosen", None), getattr(rec, "rejected", None))
+        first = seen.get(rec.id)
+        if first is not None and first[1] != content:
+            report.errors.append(RecordError(src, line, "id", f"{rec.id!r} is also the id of line {first[0]}, "
+                                             "whose content differs; give each row its own id, or remove the "
+                                             "'id' column to derive ids from the content"))
+            continue
+        why = drop(rec) or (duplicate if first is not None else None)
         if why:
             report.dropped[why] += 1
+            if first is not None:
+                named.append(f"line {line} repeats line {first[0]} (id {rec.id!r})")
             continue
-        seen.add(rec.id)
+        seen[rec.id] = (line, content)
         records.append(rec)
+    if named:
+        n = report.dropped.pop(duplicate)
+        report.dropped[f"{duplicate}: " + "; ".join(named[:5]) + (" …" if len(named) > 5 else "")] = n
     report.kept = len(records)
     if report.errors and not skip_bad:
         raise DataError(report.errors)

@@ -211,7 +211,9 @@ def test_changed_settings_are_flagged(ollama_server: Any, tmp_path: Path) -> Non
     cfg = cfg_for(tmp_path, limit=2)
     generate(cfg, clients=clients_for(ollama_server, cfg))
     assert other_settings(cfg.output, cfg.identity()) is None
-    changed = cfg_for(tmp_path, limit=2, worse="rude")
+    with pytest.raises(ValueError, match="other settings.*--mix-settings"):   # refused unless asked for
+        generate(cfg_for(tmp_path, limit=2, worse="rude"), clients=clients_for(ollama_server, cfg))
+    changed = cfg_for(tmp_path, limit=2, worse="rude", mix_settings=True)
     buf = io.StringIO()
     generate(changed, console=Console(file=buf, width=300), clients=clients_for(ollama_server, changed))
     assert other_settings(cfg.output, changed.identity())["worse"] == "impolite"

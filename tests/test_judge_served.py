@@ -91,8 +91,8 @@ def test_sides_with_different_chat_templates_are_refused_before_any_answer(serve
                                                                            tiny_model_dir: Path, capsys) -> None:
     prompts = write_prompts(tmp_path / "heldout.jsonl", chat=True)
     code = prefloop(["judge", "--policy", f"ollama:policy-m@{server.url}", "--reference", str(tiny_model_dir),
-                     "--prompts", str(prompts), "--judge", "ollama:judge", "--output", str(tmp_path / "out"),
-                     "--quiet"])
+                     "--prompts", str(prompts), "--judge", f"ollama:judge@{server.url}", "--output",
+                     str(tmp_path / "out"), "--quiet"])   # a reachable judge: it is checked before any answer too
     err = capsys.readouterr().err
     assert code == 2 and "answered differently (template" in err and "Traceback" not in err
     assert server.count("/api/generate") == server.count("/api/chat") == 0

@@ -178,6 +178,7 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_damages_nothing(tiny_mo
         signal.signal(signal.SIGXFSZ, old)
     message = str(err.value)
     assert "\n" not in message and message.startswith(f"could not write checkpoint {out}/checkpoints/step-000004")
+    assert "inline_container" not in message and "GB free there" in message and "--resume" in message
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000002"]  # no half checkpoint left
     resumed = train(cfg_for(tiny_model_dir, pairs_path, out, resume=True, **kw), quiet())
     full = train(cfg_for(tiny_model_dir, pairs_path, tmp_path / "full", **kw), quiet())

@@ -105,6 +105,9 @@ def read_info(path: Path) -> dict[str, Any]:
             from None
 
 
+SHAPE = ("lora_r", "lora_targets")   # settings that decide which weights are trained (the checkpoint's shape)
+
+
 def check_resumable(path: Path, cfg: TrainConfig, dist: Dist) -> list[str]:
     """Refuse (``TrainError``) a checkpoint whose fingerprint differs from this run's unless
     ``cfg.resume_changed``; returns the differences accepted. A sharded checkpoint needs a run that can read it."""
@@ -114,6 +117,15 @@ def check_resumable(path: Path, cfg: TrainConfig, dist: Dist) -> list[str]:
         raise TrainError(f"--resume: {path} belongs to a run with other settings or data: {'; '.join(diffs)}. "
                          "Run with the checkpoint's settings, add --resume-changed to continue with the new ones "
                          "from its step, or choose another --output to start afresh")
+    saved = info.get("fingerprint", {}).get("settings", {})
+    now = run_fingerprint(cfg).get("settings", {})
+    shape = [k for k in SHAPE if k in saved and saved.get(k) != now.get(k)]
+    if diffs and shape:  # not a change --resume-changed can carry: the trained weights have another shape
+        kind = lambda r: f"LoRA rank {r}" if r else "a full fine-tune"  # noqa: E731
+        raise TrainError(f"--resume: {path} holds the weights of {kind(saved.get('lora_r'))}"
+                         f"{' on ' + _short(saved.get('lora_targets')) if saved.get('lora_targets') else ''}; "
+                         f"this run is {kind(cfg.lora_r)}: {', '.join(shape)} cannot change within a run. Resume "
+                         "with the checkpoint's " + ", ".join(shape) + ", or choose another --output to start afresh")
     if info.get("format") == "plain" and dist.mode == "fsdp" and dist.enabled:
         raise TrainError(f"--resume: {path} was written by a one-process or DDP run; resume it with "
                          "--distributed ddp (or in one process)")
@@ -164,7 +176,14 @@ def save_checkpoint(output_dir: Path, step: int, module: torch.nn.Module, optimi
                         "world": dist.world, "trainable_only": trainable_only, "fingerprint": fingerprint}
                 (tmp / INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         except (OSError, RuntimeError) as exc:  # a full disk: torch.save says "[enforce fail at inline_container…]"
-            error = f"could not write checkpoint {target}: {str(exc).strip().splitlines()[0]}"
+            said = (exc.strerror if isinstance(exc, OSError) and exc.strerror else
+                    str(exc).strip().splitlines()[0])
+            if "inline_container" in said or "write failed" in said:  # torch's words for a refused write
+                said = "the file system refused the write (a full disk or a file-size limit)"
+            with contextlib.suppress(OSError):
+                said += f"; {shutil.disk_usage(output_dir).free / 1e9:.1f} GB free there"
+            error = (f"could not write checkpoint {target}: {said}; free space (or choose another --output) and "
+                     "run the same command with --resume: it continues from the last checkpoint")
         dist.check(error)  # raises inside the block, so rank 0's temporary folder is removed
     if dist.is_main:
         for old in list_checkpoints(output_dir)[:-keep]:

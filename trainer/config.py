@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefloop.config import ConfigError, check_choices, load_section, setting
+from prefloop.config import ConfigError, check_choices, load_section, section, setting
 from prefloop.models import DTYPES, normalize_dtype
 from prefloop.templates import PROMPT_FORMATS
 
@@ -21,6 +21,7 @@ REFERENCES = ("cached", "model")
 DISTRIBUTED = ("ddp", "fsdp")
 
 
+@section("train")
 @dataclass
 class TrainConfig:
     """Everything a DPO (or SFT) run needs. Defaults follow TRL's DPOConfig where it has one."""
@@ -96,6 +97,8 @@ class TrainConfig:
     resume: bool = setting(False, "continue from the newest checkpoint in --output", runtime=True)
     resume_changed: bool = setting(False, "with --resume: continue although settings or data differ from the "
                                           "checkpoint's (the new ones apply from the resumed step)", runtime=True)
+    overwrite: bool = setting(False, "train into an --output that holds a finished model, replacing it",
+                              runtime=True)
     allow_pickle: bool = setting(False, "load pickle (.bin) model weights, which can run code: only for a model "
                                         "you trust (default: safetensors only)", runtime=True)
     stuck_steps: int = setting(20, "warn when the loss sits at its zero-margin value this many steps",

@@ -11,13 +11,14 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from prefloop.errors import BadInput
 from prefloop.records import Prompt, RecordError
 from prefloop.sources import DataError, iter_rows, load_preferences, load_prompts
 
 from trainer.config import TrainConfig
 
 
-class TrainError(RuntimeError):
+class TrainError(BadInput, RuntimeError):
     """A run that cannot start or must stop; the message says why and what to change."""
 
 

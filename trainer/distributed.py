@@ -244,6 +244,10 @@ def launch(cfg: TrainConfig, command: str, *, quiet: bool = False) -> int:
     while True:
         try:
             code = proc.wait()
+            if code and not interrupted:  # torchrun ends with its own traceback, which says nothing of what to do
+                print(f"error: one of the {cfg.nproc} training processes failed (exit {code}; its own error is "
+                      f"above torchrun's report); the checkpoints in {cfg.output_dir}/checkpoints are kept: fix the "
+                      "cause and run the same command with --resume to continue from the newest", file=sys.stderr)
             return 130 if interrupted and code else code
         except KeyboardInterrupt:  # the terminal sent it to torchrun and the processes too: wait while they save
             interrupted = True

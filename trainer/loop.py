@@ -100,6 +100,9 @@ class Objective:
         return ""
 
 
+DIVERGED = 100.0   # a loss this many times the first step's has diverged though finite (7 -> 22,000): stop as for NaN
+
+
 @dataclass
 class TrainResult(StageResult):
     """A training run: ``status`` complete; failed with the ``reason`` (non-finite values at step N); or
@@ -206,6 +209,9 @@ def _run(cfg: TrainConfig, objective: Objective, console: Any, out: Path, dist: 
         newest = step_folders(out)[-1]
         raise TrainError(f"{out} holds checkpoints of an earlier run (newest: {newest.name}); add --resume to "
                          f"continue it, or remove {newest.parent} (or choose another --output) to start afresh")
+    if (out / "final").exists() and not step_folders(out) and not cfg.overwrite:
+        raise TrainError(f"{out} holds a finished model ({out / 'final'}); choose another --output, or add "
+                         "--overwrite to train again and replace it and its metrics.jsonl")
     if cfg.resume and step_folders(out) and not list_checkpoints(out):
         raise TrainError(f"--resume: the checkpoints in {out / 'checkpoints'} are incomplete or from an older "
                          "prefloop (no run.json); remove them to start afresh")
@@ -290,6 +296,7 @@ def _run(cfg: TrainConfig, objective: Objective, console: Any, out: Path, dist: 
 
     # 5. resume: only a checkpoint of this run (same settings and data), unless --resume-changed says otherwise
     step, epoch, pos, stuck, total_tokens = 0, 0, 0, 0, 0
+    first_loss: float | None = None   # this session's first step: the yardstick of a finite divergence
     fingerprint = run_fingerprint(cfg)
     if cfg.resume and list_checkpoints(out):
         found = list_checkpoints(out)[-1]
@@ -355,6 +362,9 @@ def _run(cfg: TrainConfig, objective: Objective, console: Any, out: Path, dist: 
             means = {k[2:]: v for k, v in shared.items() if k.startswith("m/")}
             bad = (f"loss is {means['loss']}" if not math.isfinite(means["loss"])
                    else f"gradient norm is {grad_norm}" if shared["bad_norm"] else None)
+            first_loss = means["loss"] if first_loss is None else first_loss
+            if bad is None and means["loss"] > max(DIVERGED * abs(first_loss), 10.0):
+                bad = f"loss is {means['loss']:,.4g}, over {DIVERGED:g}x the first step's {first_loss:.4g} (diverged)"
             if bad is not None:
                 optimizer.zero_grad(set_to_none=True)
                 where = (f"the last good checkpoint is {result.last_checkpoint}" if result.last_checkpoint

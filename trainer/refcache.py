@@ -15,8 +15,11 @@ later forwards. The digest that keys the file is taken before LoRA or sharding c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -114,6 +117,30 @@ def compute_ref_logps(model: Any, examples: list[Example], pad_id: int, *, batch
     return RefLogps(sums, counts), complete
 
 
+def read_cache(path: Path) -> dict[str, tuple[list[float], list[float]]]:
+    """The cache file's entries. It is only a cache: a file that does not read as one (cut short, damaged,
+    tampered with) is named, moved aside to ``<file>.bad-<time>`` and recomputed, never a reason to stop."""
+    try:
+        entries = torch.load(path, weights_only=True)["entries"]
+        if not isinstance(entries, dict) or not all(
+                isinstance(k, str) and isinstance(v, (tuple, list)) and len(v) == 2
+                and all(isinstance(side, (list, tuple, torch.Tensor)) for side in v)
+                for k, v in entries.items()):
+            raise ValueError("its entries are not reference log-probs")
+        return entries
+    except Exception as exc:  # noqa: BLE001 - any unreadable cache is recomputed, whatever broke it
+        stamp, n = time.strftime("%Y%m%d-%H%M%S"), 0
+        aside = path.with_name(f"{path.name}.bad-{stamp}")
+        while aside.exists():   # never over an earlier one
+            n += 1
+            aside = path.with_name(f"{path.name}.bad-{stamp}-{n}")
+        with contextlib.suppress(FileNotFoundError):   # another process on this machine moved it already
+            path.replace(aside)
+        print(f"warning: the reference cache {path} is unreadable ({type(exc).__name__}: {str(exc)[:160]}); "
+              f"moved aside to {aside.name}; recomputing it", file=sys.stderr)
+        return {}
+
+
 def load_or_compute(model: Any, examples: list[Example], pad_id: int, *, batch_size: int, dtype: str,
                     model_hash: str, device: torch.device, root: Path | None = None, dist: "Dist | None" = None,
                     progress: "Progress | None" = None,
@@ -126,7 +153,7 @@ def load_or_compute(model: Any, examples: list[Example], pad_id: int, *, batch_s
     path = cache_path(root, model_hash, dtype)
     entries: dict[str, tuple[list[float], list[float]]] = {}
     if path.exists():
-        entries = torch.load(path, weights_only=True)["entries"]
+        entries = read_cache(path)
     keys = {ex.id: example_key(ex) for ex in examples}
     have = set(keys.values()) & set(entries)
     if dist and dist.enabled:  # machines may hold different caches: compute what any of them lacks

@@ -22,12 +22,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from prefloop.errors import RunFailed
+
 log = logging.getLogger("prefloop.llm")
 
 BACKENDS = ("ollama", "openai", "local")
 
 
-class LLMError(RuntimeError):
+class LLMError(RunFailed, RuntimeError):
     """Base class for client errors. ``requests``: how many requests the call made before giving up."""
 
     requests: int = 1
@@ -43,6 +45,12 @@ class Transient(LLMError):
 
 class ServerFatal(LLMError):
     """Not worth retrying: the request or the setup is wrong (the message says what to do)."""
+
+
+class ServerUnreachable(ServerFatal):
+    """The server was down or hung before anything was sent: start it or give the right host (exit 2)."""
+
+    exit_code = 2
 
 
 class ReplyInvalid(LLMError):

@@ -12,14 +12,20 @@ Nothing goes anywhere but ``host``: no proxy from the environment (``trust_env=F
 (``follow_redirects=False``), so model weights cannot end up on another machine by accident. Uploads and the
 create are not retried here (a rerun sends only the blobs still missing); short calls (HEAD, show) ride out a
 restarting server.
+
+Each kind of call has its own bound on silence, so a server that accepts connections and never answers is said
+within about a minute, not after 3 x 600 s: metadata (HEAD, tags, show) ``SHORT_TIMEOUT_S`` per try as generate's
+preflight, an upload's answer ``UPLOAD_TIMEOUT_S`` (the server hashes the blob as it arrives), and the create and
+the verify chat the configured ``timeout`` (a conversion or a first load can be silent for minutes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from prefloop.llm.base import ServerFatal, Transient
 from prefloop.llm.ollama_client import DEFAULT_HOST, base_url, classify, model_key
@@ -27,6 +33,8 @@ from prefloop.llm.retry import RetryPolicy, with_retries
 
 SHORT_RETRY = RetryPolicy(attempts=3, base_delay=0.2, max_delay=1.0)
 SHORT_CALLS = ("HEAD", "tags", "show")   # retried with SHORT_RETRY; a failed one becomes ServerFatal
+SHORT_TIMEOUT_S = 20.0    # as generate's preflight: a live server answers these at once, even while busy
+UPLOAD_TIMEOUT_S = 120.0  # silence allowed while a blob is sent and after it, until the server's 201
 
 
 @dataclass
@@ -53,6 +61,7 @@ class OllamaModels:
         import ollama
 
         self.url = base_url(host or os.environ.get("OLLAMA_HOST") or DEFAULT_HOST)
+        self.timeout, self.connect_timeout = timeout, connect_timeout
         self.client = ollama.Client(host=self.url, timeout=httpx.Timeout(timeout, connect=connect_timeout),
                                     trust_env=False, follow_redirects=False)
         self._rng = random.Random()
@@ -69,6 +78,19 @@ class OllamaModels:
             return ServerFatal(f"Ollama at {self.url}: {what} failed: {err.error}")
         return classify(err, f"Ollama at {self.url}: {what}")
 
+    @contextlib.contextmanager
+    def _bound(self, seconds: float) -> Iterator[None]:
+        """The client's silence bound lowered to ``seconds`` (never raised above the configured one) for a call."""
+        import httpx
+
+        http = self.client._client
+        before = http.timeout
+        http.timeout = httpx.Timeout(min(seconds, self.timeout), connect=self.connect_timeout)
+        try:
+            yield
+        finally:
+            http.timeout = before
+
     def _short(self, call: Callable[[], Any], what: str) -> Any:
         import asyncio
 
@@ -79,8 +101,14 @@ class OllamaModels:
                 raise self._fail(err, what) from err
 
         try:
-            return asyncio.run(with_retries(attempt, SHORT_RETRY, rng=self._rng, what=what))[0]
+            with self._bound(SHORT_TIMEOUT_S):
+                return asyncio.run(with_retries(attempt, SHORT_RETRY, rng=self._rng, what=what))[0]
         except Transient as err:
+            if "no reply" in str(err):
+                raise ServerFatal(f"{err}: the server at {self.url} accepts connections but did not answer "
+                                  f"{what} within {min(SHORT_TIMEOUT_S, self.timeout):g} s, {SHORT_RETRY.attempts} "
+                                  "times; it is hung or overloaded: restart it (`ollama serve`) or give another "
+                                  "--host") from err
             raise ServerFatal(f"{err}. Start the server (`ollama serve`) or give --host") from err
 
     # ---- blobs -----------------------------------------------------------------------------------------------
@@ -108,7 +136,8 @@ class OllamaModels:
                 continue
             progress(f"{name}: uploading {Path(path).stat().st_size / 1e6:,.1f} MB")
             try:
-                sent = self.client.create_blob(path)
+                with self._bound(UPLOAD_TIMEOUT_S):
+                    sent = self.client.create_blob(path)
             except Exception as err:  # noqa: BLE001 - classified
                 raise self._fail(err, f"upload {name}") from err
             if sent != digest:

@@ -14,12 +14,14 @@ import json
 import re
 from typing import Any
 
+from prefloop.errors import RunFailed
+
 _TYPES: dict[str, tuple[type, ...]] = {"object": (dict,), "array": (list,), "string": (str,),
                                        "integer": (int,), "number": (int, float), "boolean": (bool,),
                                        "null": (type(None),)}
 
 
-class SchemaError(ValueError):
+class SchemaError(RunFailed, ValueError):
     """The reply is not JSON, or not the asked-for shape; the message names the path."""
 
 
