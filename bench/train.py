@@ -68,8 +68,8 @@ def bench_model_dir(name: str) -> str:
 def our_config(model_dir: str, out: str, steps: int, **kw: object):
     from trainer.config import TrainConfig
 
-    return TrainConfig(model=model_dir, data=str(SEED_PAIRS), output_dir=out, schedule="constant", dtype="fp32",
-                       max_steps=steps, live=False, **{**SETTINGS, **kw})
+    values = {"schedule": "constant", "dtype": "fp32", "live": False, **SETTINGS, **kw}  # a side's extras win
+    return TrainConfig(model=model_dir, data=str(SEED_PAIRS), output_dir=out, max_steps=steps, **values)
 
 
 def batch_order(model_dir: str, steps: int) -> list[list[str]]:
