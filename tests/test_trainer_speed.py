@@ -85,3 +85,65 @@ def test_chunked_lm_head_matches_the_whole_head_values_and_gradients(tiny_model_
         results.append((out.detach(), hidden.grad.clone(), model.lm_head.weight.grad.clone()))
     for whole, chunked in zip(*results):
         torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)
+
+
+def test_max_tokens_per_batch_pieces_give_the_same_steps(tiny_model_dir: Path, pairs_path: Path,
+                                                         tmp_path: Path) -> None:
+    """A micro-batch run in token-capped pieces is the same step: losses, metrics and weights as one forward."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.data import TrainItem
+    from trainer.packing import split_by_tokens
+    from trainer.tokenize import tokenize_records
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    items = [TrainItem(r["id"], r["prompt"], [r["chosen"], r["rejected"]]) for r in read_jsonl(pairs_path)]
+    examples, _ = tokenize_records(tok, items, prompt_format="auto", max_length=64, max_prompt_length=None)
+    rows = list(range(8))
+    cap = 2 * max(examples[i].packed_length() for i in rows)
+    pieces = split_by_tokens(examples, rows, cap)
+    assert sorted(i for p in pieces for i in p) == rows and len(pieces) > 1
+    assert all(len(p) * max(examples[i].packed_length() for i in p) <= cap for p in pieces)
+    assert split_by_tokens(examples, rows, 1) == [[i] for i in sorted(rows, key=lambda i: -examples[i].packed_length())]
+
+    runs = {}
+    for name, cap in (("whole", 0), ("pieces", cap)):
+        cfg = TrainConfig(model=str(tiny_model_dir), data=str(pairs_path), output_dir=str(tmp_path / name),
+                          batch_size=8, max_length=64, max_steps=3, lr=1e-3, live=False, schedule="constant",
+                          max_tokens_per_batch=cap)
+        result = train(cfg, Console(file=io.StringIO()))
+        runs[name] = ([r for r in read_jsonl(result.metrics_path) if r["split"] == "train"],
+                      AutoModelForCausalLM.from_pretrained(result.final_model_dir).state_dict())
+    (whole_rows, whole_w), (piece_rows, piece_w) = runs["whole"], runs["pieces"]
+    for a, b in zip(whole_rows, piece_rows):
+        for key in ("loss", "rewards/chosen", "rewards/margins", "logps/chosen", "nll", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], abs=1e-5, rel=1e-5), key
+        assert b["tokens"] == a["tokens"]
+    for k in whole_w:
+        torch.testing.assert_close(piece_w[k], whole_w[k], rtol=0, atol=1e-5)
+
+
+def test_rows_padded_to_a_multiple_score_the_same(tiny_model_dir: Path, pairs_path: Path) -> None:
+    """Padding rows up to a multiple of 64 (what a GPU run does) changes no log-prob and no gradient."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.data import TrainItem
+    from trainer.logps import packed_logps
+    from trainer.packing import pack
+    from trainer.tokenize import tokenize_records
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    items = [TrainItem(r["id"], r["prompt"], [r["chosen"], r["rejected"]]) for r in read_jsonl(pairs_path)[:6]]
+    examples, _ = tokenize_records(tok, items, prompt_format="auto", max_length=64, max_prompt_length=None)
+    got = []
+    for multiple in (1, 64):
+        batch = pack(examples, tok.pad_token_id, multiple_of=multiple)
+        assert batch.input_ids.shape[1] % multiple == 0
+        model.zero_grad()
+        sums, counts = packed_logps(model, batch)
+        sums.sum().backward()
+        got.append((sums.detach(), counts, model.model.layers[0].self_attn.q_proj.weight.grad.clone()))
+    assert got[0][1].tolist() == got[1][1].tolist()
+    for a, b in zip(got[0][::2], got[1][::2]):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-5)

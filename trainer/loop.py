@@ -37,7 +37,7 @@ from trainer.logps import PackedLM, autocast, cpu_has_fast_bf16, resolve_device
 from trainer.metrics import (Averager, LiveView, open_metrics, peak_bf16_flops, peak_memory_mib,
                              train_flops_per_token)
 from trainer.optim import make_optimizer, make_scheduler, retarget
-from trainer.packing import PackedBatch, epoch_batches, pack
+from trainer.packing import PackedBatch, epoch_batches, pack, split_by_tokens
 from prefloop.progress import Progress
 from trainer.refcache import PassStopped
 from trainer.tokenize import Example, TokenizeReport, tokenize_records
@@ -158,6 +158,25 @@ def claim(out: Path, dist: Dist) -> Iterator[None]:
             lock.__exit__(None, None, None)
 
 
+# Row lengths padded up to a multiple of this per device type: on a GPU few distinct shapes mean kernels, cuBLAS
+# plans and allocator blocks reused from step to step instead of a slow first few steps; a CPU gains nothing.
+def pad_multiple(device: torch.device) -> int:
+    return 64 if device.type == "cuda" else 1
+
+
+def _pieces(dist: Dist, examples: list[Example], idx: list[int], max_tokens: int) -> list[tuple[list[int], float]]:
+    """This process's share of micro-batch ``idx`` in pieces of at most ``max_tokens`` packed tokens, each with its
+    weight. Every process runs as many pieces (FSDP2 gathers the weights in each forward, a collective): one with
+    fewer adds weight-0 pieces of one row."""
+    rows, weight = dist.share(idx)
+    mine = [(piece, weight) for piece in split_by_tokens(examples, rows, max_tokens)]
+    if max_tokens and dist.enabled:
+        most = max(len(split_by_tokens(examples, list(idx[r::dist.world]) or list(idx[:1]), max_tokens))
+                   for r in range(dist.world))
+        mine += [(rows[:1], 0.0)] * (most - len(mine))
+    return mine
+
+
 def _tokenize(tokenizer: Any, items: list[TrainItem], cfg: TrainConfig) -> tuple[list[Example], TokenizeReport]:
     try:
         return tokenize_records(tokenizer, items, prompt_format=cfg.prompt_format, max_length=cfg.max_length,
@@ -178,7 +197,8 @@ def eval_metrics(objective: Objective, policy: Policy, examples: list[Example], 
             stack.enter_context(ticker).start(len(examples))
         for idx in epoch_batches(examples, cfg.batch_size, seed=0, epoch=0, shuffle=False):
             rows, weight = dist.share(idx)
-            batch = pack([examples[i] for i in rows], pad_id, share_of=[examples[i] for i in idx]).to(device)
+            batch = pack([examples[i] for i in rows], pad_id, share_of=[examples[i] for i in idx],
+                         multiple_of=pad_multiple(device)).to(device)
             _, metrics = objective.loss(policy, batch)
             avg.add({k: v * weight for k, v in metrics.items()}, len(idx))
             if ticker is not None:
@@ -350,15 +370,21 @@ def _run(cfg: TrainConfig, objective: Objective, console: Any, out: Path, dist: 
             avg = Averager()
             tokens = 0.0
             for j, idx in enumerate(groups[pos]):
-                rows, weight = dist.share(idx)
-                batch = pack([train_ex[i] for i in rows], pad_id, share_of=[train_ex[i] for i in idx]).to(device)
-                with distributed.grad_sync(policy.module, dist, sync=j == len(groups[pos]) - 1):
-                    with autocast(cfg.dtype, device):
-                        loss, metrics = objective.loss(policy, batch)
-                    # x world: DDP/FSDP average the processes' gradients, and each loss is a share of the whole
-                    (loss * (weight * dist.world / len(groups[pos]))).backward()
-                avg.add({k: v * weight for k, v in metrics.items()}, len(idx))
-                tokens += batch.counted_tokens * weight
+                pieces = _pieces(dist, train_ex, idx, cfg.max_tokens_per_batch)
+                parts: dict[str, float] = {}  # each piece's loss and metrics are its part of the micro-batch's
+                for n, (rows, weight) in enumerate(pieces):
+                    batch = pack([train_ex[i] for i in rows], pad_id, share_of=[train_ex[i] for i in idx],
+                                 multiple_of=pad_multiple(device)).to(device)
+                    last = j == len(groups[pos]) - 1 and n == len(pieces) - 1
+                    with distributed.grad_sync(policy.module, dist, sync=last):
+                        with autocast(cfg.dtype, device):
+                            loss, metrics = objective.loss(policy, batch)
+                        # x world: DDP/FSDP average the processes' gradients, and each loss is a share of the whole
+                        (loss * (weight * dist.world / len(groups[pos]))).backward()
+                    for k, v in metrics.items():
+                        parts[k] = parts.get(k, 0.0) + v * weight
+                    tokens += batch.counted_tokens * weight
+                avg.add(parts, len(idx))
                 result.train_sequences += len(idx) * batch.n_completions
             max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
             grad_norm = distributed.clip_grad_norm(params, max_norm)
