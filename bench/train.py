@@ -68,11 +68,11 @@ def bench_model_dir(name: str) -> str:
 def our_config(model_dir: str, out: str, steps: int, **kw: object):
     from trainer.config import TrainConfig
 
-    return TrainConfig(model=model_dir, data=str(SEED_PAIRS), output_dir=out, schedule="constant", dtype="fp32",
-                       max_steps=steps, live=False, **{**SETTINGS, **kw})
+    values = {"schedule": "constant", "dtype": "fp32", "live": False, **SETTINGS, **kw}  # a side's extras win
+    return TrainConfig(model=model_dir, data=str(SEED_PAIRS), output_dir=out, max_steps=steps, **values)
 
 
-def batch_order(model_dir: str, steps: int) -> list[list[str]]:
+def batch_order(model_dir: str, steps: int, extra: dict) -> list[list[str]]:
     """The ids of each of our first ``steps`` batches, as our loop draws them."""
     from transformers import AutoTokenizer
 
@@ -80,7 +80,8 @@ def batch_order(model_dir: str, steps: int) -> list[list[str]]:
     from trainer.packing import epoch_batches
     from trainer.tokenize import tokenize_records
 
-    cfg = our_config(model_dir, "unused", steps)
+    cfg = our_config(model_dir, "unused", steps, **{k: v for k, v in extra.items()
+                                                    if k in ("batch_size", "max_length", "max_prompt_length")})
     items, _ = load_pairs(cfg.data)
     tok = AutoTokenizer.from_pretrained(model_dir)
     examples, _ = tokenize_records(tok, items, prompt_format=cfg.prompt_format, max_length=cfg.max_length,
@@ -97,6 +98,26 @@ def batch_order(model_dir: str, steps: int) -> list[list[str]]:
 
 # ------------------------------------------------------------------------------------------------ sides
 
+def step_figures(step_tokens: list[float], step_seconds: list[float]) -> dict:
+    """First-step and steady-state tokens/s (the second half of the steps: a short run's warm-up shows in the
+    first figure and not in the second)."""
+    half = len(step_tokens) // 2
+    return {"step_tokens": step_tokens, "step_seconds": step_seconds,
+            "first_tokens_per_s": step_tokens[0] / step_seconds[0] if step_seconds else 0.0,
+            "steady_tokens_per_s": (sum(step_tokens[half:]) / sum(step_seconds[half:]) if step_seconds[half:]
+                                    else 0.0)}
+
+
+def model_figures(model: object, lora: bool, tokens: float, sequences: int) -> dict:
+    """Parameters and training FLOPs per counted token (trainer.metrics.train_flops_per_token)."""
+    from trainer.metrics import train_flops_per_token
+
+    mean_len = tokens / max(1, sequences)
+    return {"flops_per_token": train_flops_per_token(model, mean_len, frozen_base=lora),
+            "mean_seq_len": mean_len, "flops_rule": "6 x linear params (4 x with a frozen LoRA base) + attention "
+                                                    "6 x layers x width x mean sequence length"}
+
+
 def side_ours(model_dir: str, steps: int, extra: dict, workdir: str) -> dict:
     """One run of ours in ``workdir`` (shared by the processes of a torchrun launch), cold reference cache."""
     from rich.console import Console
@@ -109,11 +130,16 @@ def side_ours(model_dir: str, steps: int, extra: dict, workdir: str) -> dict:
     result = train(our_config(model_dir, str(Path(workdir) / "run"), steps, **extra), Console(stderr=True))
     wall = time.perf_counter() - t0
     rows = [r for r in read_jsonl(result.metrics_path) if r["split"] == "train"]
+    step_tokens = [float(r["tokens"] - (rows[i - 1]["tokens"] if i else 0)) for i, r in enumerate(rows)]
+    summary = json.loads((Path(workdir) / "run" / "train_summary.json").read_text())
     return {"tokens_per_s": result.tokens_per_second, "s_per_step": result.loop_seconds / result.steps,
             "tokens": result.train_tokens, "loop_s": result.loop_seconds, "prepare_s": result.prepare_seconds,
             "cpu_tokens_per_s": result.train_tokens / result.loop_cpu_seconds,
             "wall_s": wall, "losses": [r["loss"] for r in rows], "peak_rss_mib": peak_rss_mib(),
-            "peak_gpu_mib": peak_gpu_mib()}
+            "peak_gpu_mib": peak_gpu_mib(), "logps_chosen": [r.get("logps/chosen") for r in rows],
+            "logps_rejected": [r.get("logps/rejected") for r in rows],
+            "flops_per_token": summary.get("flops_per_token"), "trainer_mfu": summary.get("mfu"),
+            **step_figures(step_tokens, [t / r["tokens/s"] for t, r in zip(step_tokens, rows)])}
 
 
 def side_trl(model_dir: str, steps: int, order_file: str, extra: dict) -> dict:
@@ -133,18 +159,26 @@ def side_trl(model_dir: str, steps: int, order_file: str, extra: dict) -> dict:
     class StepTimer(TrainerCallback):
         def __init__(self) -> None:
             self.total, self.t0, self.cpu, self.c0 = 0.0, 0.0, 0.0, 0.0
+            self.steps: list[float] = []
 
         def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001
             self.t0, self.c0 = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
-            self.total += time.perf_counter() - self.t0
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()  # as our loop's step ends with the loss read back
+            self.steps.append(time.perf_counter() - self.t0)
+            self.total += self.steps[-1]
             self.cpu += time.process_time() - self.c0
 
     timer = StepTimer()
     tok = AutoTokenizer.from_pretrained(model_dir)
     torch.manual_seed(SETTINGS["seed"])  # as our loop seeds before it loads the model and adds the adapter
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    bf16 = extra.get("dtype") == "bf16"
+    # LoRA as TRL's docs set it up: the frozen base in bf16 (the adapter stays fp32: PEFT's autocast_adapter_dtype)
+    base = torch.bfloat16 if bf16 and extra.get("lora_r") else torch.float32
+    on_gpu = extra.get("device", "auto") != "cpu" and torch.cuda.is_available()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=base, device_map={"": 0} if on_gpu else None)
     if extra.get("lora_r"):
         from peft import LoraConfig, get_peft_model
 
@@ -152,11 +186,11 @@ def side_trl(model_dir: str, steps: int, order_file: str, extra: dict) -> dict:
 
         model = get_peft_model(model, LoraConfig(r=extra["lora_r"], lora_alpha=2 * extra["lora_r"], lora_dropout=0.0,
                                                  target_modules=linear_names(model), task_type="CAUSAL_LM"))
-    bf16 = extra.get("dtype") == "bf16"
+    setting = {**SETTINGS, **extra}.get
     with tempfile.TemporaryDirectory() as tmp:
-        args = DPOConfig(output_dir=tmp, per_device_train_batch_size=SETTINGS["batch_size"],
-                         learning_rate=SETTINGS["lr"], lr_scheduler_type="constant", beta=SETTINGS["beta"],
-                         max_length=SETTINGS["max_length"], max_steps=steps, seed=SETTINGS["seed"], bf16=bf16,
+        args = DPOConfig(output_dir=tmp, per_device_train_batch_size=setting("batch_size"),
+                         learning_rate=setting("lr"), lr_scheduler_type="constant", beta=SETTINGS["beta"],
+                         max_length=setting("max_length"), max_steps=steps, seed=SETTINGS["seed"], bf16=bf16,
                          gradient_checkpointing=bool(extra.get("gradient_checkpointing", False)),
                          logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
                          dataloader_num_workers=0, train_sampling_strategy="sequential", warmup_steps=0,
@@ -167,10 +201,14 @@ def side_trl(model_dir: str, steps: int, order_file: str, extra: dict) -> dict:
         wall = time.perf_counter() - t0
     logs = [h for h in trainer.state.log_history if "loss" in h and "rewards/chosen" in h]
     tokens = logs[-1]["num_tokens"]
+    step_tokens = [float(h["num_tokens"] - (logs[i - 1]["num_tokens"] if i else 0)) for i, h in enumerate(logs)]
     return {"tokens_per_s": tokens / timer.total, "s_per_step": timer.total / steps, "tokens": tokens,
             "cpu_tokens_per_s": tokens / timer.cpu,
             "loop_s": timer.total, "wall_s": wall, "losses": [h["loss"] for h in logs],
-            "peak_rss_mib": peak_rss_mib(), "peak_gpu_mib": peak_gpu_mib()}
+            "peak_rss_mib": peak_rss_mib(), "peak_gpu_mib": peak_gpu_mib(),
+            "logps_chosen": [h.get("logps/chosen") for h in logs], "logps_rejected": [h.get("logps/rejected") for h in logs],
+            **model_figures(model, bool(extra.get("lora_r")), tokens, 2 * len(rows[:steps * setting("batch_size")])),
+            **step_figures(step_tokens, timer.steps[:len(step_tokens)])}
 
 
 def side_levers(model_dir: str, steps: int) -> dict:
@@ -283,6 +321,11 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true", help="both sides with bf16 autocast")
     ap.add_argument("--lora", action="store_true", help="also ours with LoRA r=16, and TRL + PEFT with the same LoRA")
     ap.add_argument("--qlora", action="store_true", help="with --lora: also ours with QLoRA (CUDA only)")
+    ap.add_argument("--lora-only", action="store_true", help="with --lora: skip the full fine-tune sides")
+    ap.add_argument("--gradient-checkpointing", action="store_true", help="both sides recompute activations")
+    ap.add_argument("--batch-size", type=int, help=f"pairs per step (default {SETTINGS['batch_size']})")
+    ap.add_argument("--max-length", type=int, help=f"tokens per sequence (default {SETTINGS['max_length']})")
+    ap.add_argument("--lr", type=float, help=f"constant learning rate (default {SETTINGS['lr']})")
     ap.add_argument("--nproc", type=int, default=1, help="also ours in this many processes (torchrun)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda (both sides)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads of each of our processes (0: torch's "
@@ -323,10 +366,18 @@ def main() -> None:
     extra["device"] = args.device
     if args.threads:
         extra["threads"] = args.threads
+    if args.gradient_checkpointing:
+        extra["gradient_checkpointing"] = True
+    for name in ("batch_size", "max_length", "lr"):
+        if getattr(args, name) is not None:
+            extra[name] = getattr(args, name)
+    setting = {**SETTINGS, **extra}
     model_dir = bench_model_dir(args.model)
-    print(f"model {args.model} ({model_dir}), {steps} steps, batch 8, max length 256, beta 0.1, lr 5e-6 constant, "
-          f"{'bf16' if args.bf16 else 'fp32'}")
-    ours = child("ours", model_dir, steps, extra)
+    print(f"model {args.model} ({model_dir}), {steps} steps, batch {setting['batch_size']}, max length "
+          f"{setting['max_length']}, beta 0.1, lr {setting['lr']:g} constant, {'bf16' if args.bf16 else 'fp32'}"
+          + (", gradient checkpointing" if args.gradient_checkpointing else ""))
+    full = not (args.lora and args.lora_only)
+    ours = child("ours", model_dir, steps, extra) if full else None
     try:
         import importlib.util
         has_trl = importlib.util.find_spec("trl") is not None
@@ -336,15 +387,16 @@ def main() -> None:
     order_file = None
     if use_trl:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
-            json.dump(batch_order(model_dir, steps), fh)
+            json.dump(batch_order(model_dir, steps, extra), fh)
         order_file = fh.name
-    theirs = child("trl", model_dir, steps, extra, order_file) if use_trl else None
+    theirs = child("trl", model_dir, steps, extra, order_file) if use_trl and full else None
     lora = {**extra, "lora_r": 16}
     ours_lora = child("ours", model_dir, steps, lora) if args.lora else None
     theirs_lora = child("trl", model_dir, steps, lora, order_file) if args.lora and use_trl else None
     ours_q = child("ours", model_dir, steps, {**lora, "qlora": True}) if args.lora and args.qlora else None
     ours_n = child("ours", model_dir, steps, extra, nproc=args.nproc) if args.nproc > 1 else None
-    on_cpu = (child("ours", model_dir, min(steps, 3), {"device": "cpu"}) if args.cpu_reference else None)
+    cpu_extra = {**{k: v for k, v in (extra if full else lora).items() if k not in ("dtype", "device")}, "device": "cpu"}
+    on_cpu = child("ours", model_dir, min(steps, 3), cpu_extra) if args.cpu_reference else None
     if order_file:
         os.unlink(order_file)
 
@@ -364,9 +416,10 @@ def main() -> None:
             print(f"      first losses {name:<10} " + " ".join(f"{x:.5f}" for x in r["losses"][:5]))
         print(f"      max |loss difference| over {n} steps: {max(diffs):.2e} (first 10: {max(diffs[:10]):.2e})")
 
-    print(line("prefloop", ours))
-    print(f"              reference log-probs computed once before the loop: {ours['prepare_s']:.1f} s "
-          "(cached on disk for later runs)")
+    if ours:
+        print(line("prefloop", ours))
+        print(f"              reference log-probs computed once before the loop: {ours['prepare_s']:.1f} s "
+              "(cached on disk for later runs)")
     if theirs:
         print(line("TRL", theirs))
         compare("", ours, theirs, ("prefloop", "TRL"))
@@ -376,6 +429,7 @@ def main() -> None:
         print("TRL not installed (pip install '.[bench]' to compare)")
     if ours_lora:
         print(line("prefloop LoRA", ours_lora))
+    if ours_lora and ours:
         print(f"ratio LoRA/full: {ours['s_per_step'] and ours_lora['s_per_step'] / ours['s_per_step']:.2f}x s/step, "
               f"{ours_lora['peak_rss_mib'] / ours['peak_rss_mib']:.2f}x peak RSS")
     if theirs_lora:
@@ -388,12 +442,13 @@ def main() -> None:
         compare(f"{args.nproc}p/1p", ours_n, ours, (f"{args.nproc} procs", "1 proc"))
     if on_cpu:
         n = len(on_cpu["losses"])
-        worst = max(abs(a - b) for a, b in zip(on_cpu["losses"], ours["losses"][:n]))
+        worst = max(abs(a - b) for a, b in zip(on_cpu["losses"], (ours or ours_lora)["losses"][:n]))
         tol = 2e-2 if args.bf16 else 1e-4
         print(f"{args.device} vs CPU fp32, first {n} losses: max |difference| {worst:.2e} "
               f"({'within' if worst <= tol else 'OUTSIDE'} the {'bf16' if args.bf16 else 'fp32'} tolerance {tol:g})")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "steps": steps, "bf16": args.bf16,
+                                               "settings": setting,
                                                "device": args.device, "ours": ours, "trl": theirs,
                                                "ours_lora": ours_lora, "trl_lora": theirs_lora, "ours_qlora": ours_q,
                                                f"ours_x{args.nproc}": ours_n, "ours_cpu": on_cpu}, indent=1))

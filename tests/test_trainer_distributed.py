@@ -34,6 +34,7 @@ SCENARIOS: dict[str, dict] = {
     "lora_ddp": dict(lora_r=4, lr=3e-3),
     "lora_fsdp": dict(lora_r=4, lr=3e-3, distributed="fsdp"),
     "sft_ddp": dict(lr=1e-3),                     # SFT normalises by response tokens, not by rows
+    "pieces_fsdp": dict(distributed="fsdp", max_tokens_per_batch=90),  # token-capped pieces, unequal per rank
     "nan": dict(max_steps=5),                     # rank 1's weights turn NaN in step 3
     "bypass": dict(max_steps=2, save_every=0, eval_split=0.0),  # the log-probs called around the DDP wrapper
 }
@@ -150,7 +151,7 @@ def assert_same_weights(a: Path, b: Path, atol: float = 1e-5) -> None:
     assert worst <= atol, f"max |weight difference| {worst:.2e}"
 
 
-@pytest.mark.parametrize("name", ["ddp", "fsdp", "lora_ddp", "lora_fsdp", "sft_ddp"])
+@pytest.mark.parametrize("name", ["ddp", "fsdp", "lora_ddp", "lora_fsdp", "sft_ddp", "pieces_fsdp"])
 def test_two_processes_equal_one(name: str, two_procs: Path, tiny_model_dir: Path, pairs_path: Path,  # noqa: F811
                                  tmp_path: Path) -> None:
     single, _ = one_proc(tiny_model_dir, pairs_path, tmp_path, name)

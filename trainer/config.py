@@ -51,6 +51,9 @@ class TrainConfig:
     warmup_ratio: float = setting(0.0, "warmup as a share of the steps (when warmup_steps is 0)")
     schedule: str = setting("linear", "learning-rate schedule after warmup", choices=SCHEDULES)
     batch_size: int = setting(8, "pairs (or examples) per micro-batch")
+    max_tokens_per_batch: int = setting(0, "cap on the tokens one forward packs (rows × longest row): a micro-batch "
+                                           "over it runs in pieces, with the same loss and gradients (0: no cap)",
+                                        runtime=True)
     grad_accum: int = setting(1, "micro-batches per optimizer step")
     max_grad_norm: float = setting(1.0, "gradient clipping norm (0 disables clipping)")
     epochs: float = setting(1.0, "passes over the data")
@@ -134,7 +137,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 bad(name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "max_steps", "eval_every", "save_every", "stuck_steps", "threads", "lora_r",
-                     "nproc"):
+                     "nproc", "max_tokens_per_batch"):
             if getattr(self, name) < 0:
                 bad(name, f"must be >= 0, got {getattr(self, name)}")
         if not (self.device in ("auto", "cpu", "mps") or self.device.split(":")[0] == "cuda"):

@@ -6,7 +6,7 @@
 - A Hub name that is not cached and cannot be fetched (a typo, or offline) is named with what to check.
 - Weights load from safetensors only: pickle (``.bin``) files can run code when loaded, so they need
   ``--allow-pickle``.
-- QLoRA loads the base in 4-bit on this process's GPU.
+- On a GPU the weights load straight onto this process's GPU (QLoRA's in 4-bit), not through host memory.
 """
 
 from __future__ import annotations
@@ -80,12 +80,15 @@ def base_dtype(cfg: TrainConfig) -> torch.dtype:
 
 
 def load_model(cfg: TrainConfig, where: str, device: torch.device) -> Any:
-    """The starting model (``base_dtype``), or with ``--qlora`` 4-bit on ``device``."""
+    """The starting model (``base_dtype``; with ``--qlora`` 4-bit), placed on ``device`` while it loads when that is
+    a GPU."""
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": base_dtype(cfg), "use_safetensors": not cfg.allow_pickle or None}
+    if device.type == "cuda":  # straight onto the GPU, shard by shard: an 8 B base never sits in host memory
+        kwargs["device_map"] = {"": device}
     if cfg.qlora:
-        kwargs.update(quantization_config=quantization(cfg), device_map={"": device})
+        kwargs["quantization_config"] = quantization(cfg)
     try:
         return AutoModelForCausalLM.from_pretrained(where, **kwargs)
     except OSError as exc:

@@ -54,6 +54,34 @@ def _head_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+# fp32 logits the LM head may hold at once; above this, completion positions go through it in chunks
+HEAD_CHUNK_ELEMENTS = 2**26  # 256 MiB of fp32 logits: 512 positions of a 128k vocabulary
+
+
+def token_logps(model: Any, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) at each hidden state, all at once: the reference for ``chunked_token_logps``."""
+    logits = _head_logits(model, hidden).float()
+    return -torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+
+
+def chunked_token_logps(model: Any, hidden: torch.Tensor, targets: torch.Tensor,
+                        rows: int | None = None) -> torch.Tensor:
+    """``token_logps`` over chunks of ``rows`` positions (default: what fits ``HEAD_CHUNK_ELEMENTS``), each one
+    recomputed in backward rather than kept: an 8k-token batch with a 128k vocabulary holds one chunk's logits
+    (and their log-softmax) at a time instead of 4 GiB of each. The recomputation costs one extra LM-head matmul
+    per scored token; below the threshold there is a single chunk and nothing is recomputed."""
+    vocab = model.get_output_embeddings().weight.shape[0]
+    rows = rows or max(1, HEAD_CHUNK_ELEMENTS // vocab)
+    if hidden.size(0) <= rows:
+        return token_logps(model, hidden, targets)
+    from torch.utils.checkpoint import checkpoint
+
+    grad = torch.is_grad_enabled() and hidden.requires_grad
+    return torch.cat([checkpoint(token_logps, model, hidden[i:i + rows], targets[i:i + rows], use_reentrant=False)
+                      if grad else token_logps(model, hidden[i:i + rows], targets[i:i + rows])
+                      for i in range(0, hidden.size(0), rows)])
+
+
 def causal_lm(model: Any) -> Any:
     """The transformers causal LM inside a PEFT model (its LoRA layers injected in place), or ``model`` itself.
     ``PeftModel.base_model`` is PEFT's tuner, not the backbone, so the fast path must unwrap first."""
@@ -71,9 +99,8 @@ def packed_logps(model: Any, batch: PackedBatch) -> tuple[torch.Tensor, torch.Te
                            position_ids=batch.position_ids, use_cache=False)
     hidden = out.last_hidden_state
     picked = hidden.reshape(-1, hidden.size(-1)).index_select(0, batch.src)
-    logits = _head_logits(model, picked).float()
-    token_logps = -torch.nn.functional.cross_entropy(logits, batch.targets, reduction="none")
-    sums = token_logps.new_zeros(batch.n_seqs).index_add(0, batch.seq, token_logps)
+    logps = chunked_token_logps(model, picked, batch.targets)
+    sums = logps.new_zeros(batch.n_seqs).index_add(0, batch.seq, logps)
     counts = torch.bincount(batch.seq, minlength=batch.n_seqs).to(sums.dtype)
     return sums, counts
 

@@ -18,7 +18,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -34,9 +34,10 @@ from trainer.data import TrainError, TrainItem, split_items
 from trainer.distributed import Dist
 from trainer.interrupt import StopFlag
 from trainer.logps import PackedLM, autocast, cpu_has_fast_bf16, resolve_device
-from trainer.metrics import Averager, LiveView, open_metrics
+from trainer.metrics import (Averager, LiveView, open_metrics, peak_bf16_flops, peak_memory_mib,
+                             train_flops_per_token)
 from trainer.optim import make_optimizer, make_scheduler, retarget
-from trainer.packing import PackedBatch, epoch_batches, pack
+from trainer.packing import PackedBatch, epoch_batches, pack, split_by_tokens
 from prefloop.progress import Progress
 from trainer.refcache import PassStopped
 from trainer.tokenize import Example, TokenizeReport, tokenize_records
@@ -121,6 +122,17 @@ class TrainResult(StageResult):
     prepare_seconds: float = 0.0   # reference log-probs etc.
     last_checkpoint: Path | None = None
     adapter_dir: Path | None = None  # LoRA: the adapter in PEFT's format (final_model_dir is the merged model)
+    train_sequences: int = 0       # prompt+completion sequences in those tokens (for the mean length in FLOPs)
+    flops_per_token: float = 0.0   # training FLOPs per counted token (metrics.train_flops_per_token)
+    peak_flops: float | None = None  # the device's bf16 peak, FLOP/s, when known (metrics.peak_bf16_flops)
+    memory: dict = field(default_factory=dict)  # peak GPU / host memory, MiB (metrics.peak_memory_mib)
+
+    @property
+    def mfu(self) -> float | None:
+        """Model FLOPs utilisation: achieved training FLOP/s over the device's bf16 peak (None when unknown)."""
+        if not self.peak_flops or not self.flops_per_token:
+            return None
+        return self.tokens_per_second * self.flops_per_token / self.peak_flops
 
     @property
     def tokens_per_second(self) -> float:
@@ -149,6 +161,25 @@ def claim(out: Path, dist: Dist) -> Iterator[None]:
             lock.__exit__(None, None, None)
 
 
+# Row lengths padded up to a multiple of this per device type: on a GPU few distinct shapes mean kernels, cuBLAS
+# plans and allocator blocks reused from step to step instead of a slow first few steps; a CPU gains nothing.
+def pad_multiple(device: torch.device) -> int:
+    return 64 if device.type == "cuda" else 1
+
+
+def _pieces(dist: Dist, examples: list[Example], idx: list[int], max_tokens: int) -> list[tuple[list[int], float]]:
+    """This process's share of micro-batch ``idx`` in pieces of at most ``max_tokens`` packed tokens, each with its
+    weight. Every process runs as many pieces (FSDP2 gathers the weights in each forward, a collective): one with
+    fewer adds weight-0 pieces of one row."""
+    rows, weight = dist.share(idx)
+    mine = [(piece, weight) for piece in split_by_tokens(examples, rows, max_tokens)]
+    if max_tokens and dist.enabled:
+        most = max(len(split_by_tokens(examples, list(idx[r::dist.world]) or list(idx[:1]), max_tokens))
+                   for r in range(dist.world))
+        mine += [(rows[:1], 0.0)] * (most - len(mine))
+    return mine
+
+
 def _tokenize(tokenizer: Any, items: list[TrainItem], cfg: TrainConfig) -> tuple[list[Example], TokenizeReport]:
     try:
         return tokenize_records(tokenizer, items, prompt_format=cfg.prompt_format, max_length=cfg.max_length,
@@ -169,7 +200,8 @@ def eval_metrics(objective: Objective, policy: Policy, examples: list[Example], 
             stack.enter_context(ticker).start(len(examples))
         for idx in epoch_batches(examples, cfg.batch_size, seed=0, epoch=0, shuffle=False):
             rows, weight = dist.share(idx)
-            batch = pack([examples[i] for i in rows], pad_id, share_of=[examples[i] for i in idx]).to(device)
+            batch = pack([examples[i] for i in rows], pad_id, share_of=[examples[i] for i in idx],
+                         multiple_of=pad_multiple(device)).to(device)
             _, metrics = objective.loss(policy, batch)
             avg.add({k: v * weight for k, v in metrics.items()}, len(idx))
             if ticker is not None:
@@ -345,15 +377,22 @@ def _run(cfg: TrainConfig, objective: Objective, console: Any, out: Path, dist: 
             avg = Averager()
             tokens = 0.0
             for j, idx in enumerate(groups[pos]):
-                rows, weight = dist.share(idx)
-                batch = pack([train_ex[i] for i in rows], pad_id, share_of=[train_ex[i] for i in idx]).to(device)
-                with distributed.grad_sync(policy.module, dist, sync=j == len(groups[pos]) - 1):
-                    with autocast(cfg.dtype, device):
-                        loss, metrics = objective.loss(policy, batch)
-                    # x world: DDP/FSDP average the processes' gradients, and each loss is a share of the whole
-                    (loss * (weight * dist.world / len(groups[pos]))).backward()
-                avg.add({k: v * weight for k, v in metrics.items()}, len(idx))
-                tokens += batch.counted_tokens * weight
+                pieces = _pieces(dist, train_ex, idx, cfg.max_tokens_per_batch)
+                parts: dict[str, float] = {}  # each piece's loss and metrics are its part of the micro-batch's
+                for n, (rows, weight) in enumerate(pieces):
+                    batch = pack([train_ex[i] for i in rows], pad_id, share_of=[train_ex[i] for i in idx],
+                                 multiple_of=pad_multiple(device)).to(device)
+                    last = j == len(groups[pos]) - 1 and n == len(pieces) - 1
+                    with distributed.grad_sync(policy.module, dist, sync=last):
+                        with autocast(cfg.dtype, device):
+                            loss, metrics = objective.loss(policy, batch)
+                        # x world: DDP/FSDP average the processes' gradients, and each loss is a share of the whole
+                        (loss * (weight * dist.world / len(groups[pos]))).backward()
+                    for k, v in metrics.items():
+                        parts[k] = parts.get(k, 0.0) + v * weight
+                    tokens += batch.counted_tokens * weight
+                avg.add(parts, len(idx))
+                result.train_sequences += len(idx) * batch.n_completions
             max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
             grad_norm = distributed.clip_grad_norm(params, max_norm)
             due = bool(cfg.save_minutes) and time.monotonic() - last_save >= 60 * cfg.save_minutes
@@ -387,6 +426,8 @@ def _run(cfg: TrainConfig, objective: Objective, console: Any, out: Path, dist: 
             total_tokens += tokens
             row = {"step": step, "epoch": round(epoch + pos / len(groups), 4), "split": "train", **means,
                    "grad_norm": grad_norm, "learning_rate": lr, "tokens/s": tokens / dt, "tokens": total_tokens}
+            if device.type == "cuda":
+                row["gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
             if step % cfg.log_every == 0 or step == total:
                 log.append(row)
             view.update(step, row)
@@ -404,6 +445,12 @@ def _run(cfg: TrainConfig, objective: Objective, console: Any, out: Path, dist: 
                 break
         if result.complete and eval_ex and last_eval != step:
             do_eval()
+
+    result.memory = peak_memory_mib(device)
+    if result.train_sequences:
+        result.flops_per_token = train_flops_per_token(
+            policy.lm, result.train_tokens / result.train_sequences, frozen_base=bool(cfg.lora_r))
+        result.peak_flops = peak_bf16_flops(device) if cfg.dtype == "bf16" else None
 
     # 7. final model: one folder plain transformers loads (LoRA: merged, with the adapter beside it)
     if result.complete:
@@ -444,8 +491,13 @@ def _finish(cfg: TrainConfig, objective: Objective, console: Any, result: TrainR
                    "adapter_dir": str(result.adapter_dir) if result.adapter_dir else None,
                    "tokens_per_second": result.tokens_per_second, "loop_seconds": result.loop_seconds,
                    "prepare_seconds": result.prepare_seconds, "train_examples": n_train, "eval_examples": n_eval,
+                   "flops_per_token": result.flops_per_token or None, "mfu": result.mfu, **result.memory,
                    "processes": dist.world, "config": {k: v for k, v in vars(cfg).items()}}
         atomic_write_json(result.output_dir / "train_summary.json", json.loads(json.dumps(summary, default=str)))
+    usage = "".join(f", {label} {result.memory[key] / 1024:,.1f} GiB" for key, label in
+                    (("peak_gpu_mib", "peak GPU memory"), ("peak_rss_mib", "peak RSS")) if key in result.memory)
+    mfu = f", MFU {100 * result.mfu:.1f}%" if result.mfu is not None else ""
     console.print(f"{objective.name}: {result.reason or result.status} after {step} steps, "
-                  f"{result.tokens_per_second:,.0f} tokens/s; model: {result.final_model_dir or 'not saved'}")
+                  f"{result.tokens_per_second:,.0f} tokens/s{mfu}{usage}; model: "
+                  f"{result.final_model_dir or 'not saved'}")
     return result
