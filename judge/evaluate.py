@@ -109,16 +109,21 @@ def judgment_row(row: AnswerRow, judge: str, verdict: PairVerdict | None) -> Jud
 
 
 def verdict_client(cfg: JudgeConfig, judge: str, client: Any) -> Any:
-    """The judge as asked: a local judge reads its verdict from token probabilities unless told to generate."""
-    local = parse_spec(judge).backend == "local"
-    if cfg.verdict == "logprob" and not local:
-        raise ValueError(f"verdict = logprob needs a local: judge, not {judge}")
-    if client is None:
-        return None
-    if cfg.verdict == "logprob" or (cfg.verdict == "auto" and local):
+    """The judge as asked: unless told to generate, a local judge reads its verdict from token probabilities and
+    a served one (``ollama:``, ``openai:``) sends its verdict's token log-probabilities along (``judge.logprob``)."""
+    backend = parse_spec(judge).backend
+    if cfg.verdict == "logprob" and backend not in ("local", "ollama", "openai"):
+        raise ValueError(f"verdict = logprob needs a local:, ollama: or openai: judge, not {judge}")
+    if client is None or cfg.verdict == "generate":
+        return client
+    if backend == "local":
         from judge.logprob import LogprobJudge
 
         return LogprobJudge(client)
+    if backend in ("ollama", "openai"):
+        from judge.logprob import ServedLogprobJudge
+
+        return ServedLogprobJudge(client)
     return client
 
 

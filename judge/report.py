@@ -278,6 +278,9 @@ def add_validation(rep: Report, results: JudgeResults) -> None:
                 pct(v.longer_pick_rate), v.rule, "yes" if v.above_chance else "no"] for v in checked],
               headers=["judge", "pairs", "accuracy", "95% CI", "debiased", "95% CI", "position term",
                        "position-consistent", "picks first", "picks longer", "verdicts by", "above chance"])
+    reasons = [f"`{v.judge}`: {v.rule_reason}." for v in checked if v.rule_reason]
+    if reasons:
+        rep.paragraph("Which rule decides, and why: " + " ".join(reasons))
 
 
 def add_retention(rep: Report, ret: Retention | None, answers: list[AnswerRow], n_worst: int = 3) -> None:

@@ -70,6 +70,7 @@ def summarize_validation(judge: str, source: str, rows: list[JudgmentRow], *, n_
         positions = [r.position for r in rows if r.position is not None]
         v.mean_position = sum(positions) / len(positions) if positions else None
     v.rule = choose_rule(v)
+    v.rule_reason = rule_reason(v, rows)
     return v
 
 
@@ -80,6 +81,26 @@ def choose_rule(v: JudgeValidation) -> str:
             and (v.accuracy is None or v.debiased_accuracy > v.accuracy)):
         return "debiased"
     return "orders"
+
+
+def rule_reason(v: JudgeValidation, rows: list[JudgmentRow]) -> str:
+    """Why ``v.rule`` decides this judge's verdicts, in words for the report."""
+    judged = [r for r in rows if not r.identical]
+    missing = sum(r.content is None for r in judged)
+    if v.debiased_accuracy is None:
+        if judged and missing == len(judged):
+            return ("both orders decide: the judge's replies carried no log-odds (the server returned no token "
+                    "log-probabilities, or the verdict token's alternatives lacked A or B; `verdict = generate` "
+                    "asks for none)")
+        return (f"both orders decide: {missing} of {len(judged)} validation pairs have no log-odds in both orders, "
+                "so the debiased rule cannot be measured")
+    if v.rule == "debiased":
+        return (f"debiased: its accuracy {v.debiased_accuracy:.1%} beat both orders' {v.accuracy:.1%} on the known "
+                f"pairs, its interval above 50%")
+    if v.debiased_ci_low is not None and v.debiased_ci_low <= 0.5:
+        return f"both orders decide: the debiased accuracy's interval reaches {v.debiased_ci_low:.1%} (not above 50%)"
+    return (f"both orders decide: the debiased accuracy {v.debiased_accuracy:.1%} did not beat both orders' "
+            f"{v.accuracy:.1%}")
 
 
 def stronger_judge(spec: str) -> str | None:
