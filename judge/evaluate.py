@@ -46,7 +46,7 @@ from judge.scoring import Score, score_many
 from judge.selfpref import generator_models, self_preference_warnings
 from judge.stats import (GameRecord, cohen_kappa, diagnostics, lc_win_rate, outcome_values, position_and_content,
                          summarize)
-from judge.validation import summarize_validation, validation_rows
+from judge.validation import order_flips, summarize_validation, validation_rows
 from prefloop.files import writable
 from prefloop.llm.base import GenOptions, LLMError, parse_spec
 from prefloop.records import PromptRecord, stable_id
@@ -315,6 +315,7 @@ def judge_summary(judge: str, rows: list[JudgmentRow], cfg: JudgeConfig,
         mean_len_policy=sum(r.len_policy for r in rows) / len(rows),
         mean_len_reference=sum(r.len_reference for r in rows) / len(rows),
         skipped=skipped,
+        **order_flips(rows),
     )
     positions = [r.position for r in rows if r.position is not None]
     if positions:

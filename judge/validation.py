@@ -74,6 +74,33 @@ def summarize_validation(judge: str, source: str, rows: list[JudgmentRow], *, n_
     return v
 
 
+def order_flips(rows: list[JudgmentRow]) -> dict[str, float | int | None]:
+    """How often a judge's verdict flips with the order alone, before and after its position term is taken out.
+
+    ``flipped`` / ``flip_rate``: judged pairs whose two orders picked different answers (both parsed).
+    ``flip_rate_debiased``: over the pairs with log-odds in both orders, the share whose orders still disagree
+    when each order's log-odds L is read as the sign of L − p̄, p̄ the judge's mean position term over these
+    pairs (its bias in general, not this pair's): what is left is the judge changing its mind on content.
+    ``logodds_verdicts``: the verdicts (one per order) that came with log-odds.
+    """
+    judged = [r for r in rows if not r.identical and not r.skipped]
+    both = [r for r in judged if r.consistent is not None]
+    flipped = sum(r.consistent is False for r in both)
+    out: dict[str, float | int | None] = {
+        "logodds_verdicts": sum(g.logodds is not None for r in judged for g in r.games),
+        "verdicts": sum(len(r.games) for r in judged), "flipped": flipped,
+        "flip_rate": flipped / len(both) if both else None, "flip_rate_debiased": None}
+    pairs = []
+    for r in judged:
+        odds = {g.first: g.logodds for g in r.games}
+        if odds.get("policy") is not None and odds.get("reference") is not None:
+            pairs.append((odds["policy"], odds["reference"]))  # L1: policy shown first, L2: shown second
+    if pairs:
+        bias = sum(l1 + l2 for l1, l2 in pairs) / (2 * len(pairs))
+        out["flip_rate_debiased"] = sum((l1 - bias > 0) != (l2 - bias < 0) for l1, l2 in pairs) / len(pairs)
+    return out
+
+
 def choose_rule(v: JudgeValidation) -> str:
     """``debiased`` where it measurably helps on the validation pairs: its accuracy beats the both-orders rule's
     and its whole interval is above 50 %; otherwise ``orders`` (FastChat's rule: disagreeing orders tie)."""

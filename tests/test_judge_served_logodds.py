@@ -18,6 +18,9 @@ from judge.config import JudgeConfig
 from judge.evaluate import evaluate
 from judge.logprob import NO_LOGPROBS, ServedLogprobJudge, verdict_logodds
 from judge.pairwise import VERDICT_SCHEMA
+from judge.report import order_lines
+from judge.results import Game, JudgmentRow
+from judge.validation import order_flips
 from ollama_server import pairwise_answers, scored_answer
 from prefloop.llm import make_client
 from prefloop.llm.base import GenOptions, ServerFatal
@@ -176,6 +179,29 @@ def test_debiasing_recovers_the_content_verdict_where_both_orders_tie(tmp_path: 
     md = (tmp_path / "out" / "report.md").read_text()
     table = md[md.index("| judge | pairs | accuracy"):]
     assert f"| {spec} | 24 | 50.0% |" in table and f"{100 * truth:.1f}%" in table.split("\n")[2]
+    # on the held-out prompts: every verdict came with log-odds, every pair flipped with the order, none after
+    d = res.headline.diagnostics
+    assert (d["logodds_verdicts"], d["verdicts"], d["flipped"]) == (16, 16, 8)
+    assert d["flip_rate"] == 1.0 and d["flip_rate_debiased"] == 0.0
+    assert f"| 100.0% | 0.0% | 16 of 16 |" in md
+    assert order_lines(res) == [f"judge {spec}: 16 of 16 verdicts from log-odds; 8 pairs flipped between orders "
+                                "(100.0%), 0.0% after debiasing; verdicts by debiased"]
+
+
+def row(l1: float | None, l2: float | None, consistent: bool = False) -> JudgmentRow:
+    games = [Game(first="policy", pick="policy", logodds=l1), Game(first="reference", pick="reference", logodds=l2)]
+    return JudgmentRow(judge="j", prompt_id="p", outcome="tie", winner="tie", len_policy=1, len_reference=1,
+                       consistent=consistent, games=games)
+
+
+def test_flip_rates_before_and_after_the_mean_position_term() -> None:
+    # mean position term p = (3+1 + 2+2 + 1+1)/6 = 5/3. Policy picked first when L1 - p > 0, second when L2 - p < 0:
+    # (3, 1): 4/3, -2/3 agree; (2, 2): 1/3, 1/3 disagree; (1, 1): -2/3, -2/3 disagree -> 2 of 3
+    rows = [row(3.0, 1.0), row(2.0, 2.0), row(1.0, 1.0, consistent=True), row(None, None)]
+    d = order_flips(rows)
+    assert (d["flipped"], d["logodds_verdicts"], d["verdicts"]) == (3, 6, 8)
+    assert d["flip_rate"] == 0.75 and d["flip_rate_debiased"] == pytest.approx(2 / 3)
+    assert order_flips([row(None, None)])["flip_rate_debiased"] is None
 
 
 def test_without_logprobs_both_orders_decide_and_the_report_says_why(tmp_path: Path, ollama_server) -> None:
