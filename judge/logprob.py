@@ -30,7 +30,7 @@ import logging
 import re
 from typing import Any
 
-from prefloop.llm.base import ChatReply, GenOptions
+from prefloop.llm.base import ChatReply, GenOptions, ServerFatal
 from prefloop.models import common_prefix_length
 
 PREFIX = '{"winner": "'
@@ -168,12 +168,23 @@ class ServedLogprobJudge:
 
     async def chat(self, messages: list[dict[str, str]], *, schema: dict[str, Any] | None = None,
                    options: GenOptions | None = None) -> ChatReply:
-        reply = await self.client.chat(messages, schema=schema, options=options)
+        try:
+            reply = await self.client.chat(messages, schema=schema, options=options)
+        except ServerFatal as err:
+            if not self.client.top_logprobs or "logprob" not in str(err).lower():
+                raise
+            # a server or model that refuses log-probabilities (a 400 naming them): ask as before, from now on
+            self.client.top_logprobs = 0
+            self.why = f"the server refused log-probabilities ({err})"
+            log.warning("%s: %s; its verdicts fall back to both orders", self.spec, self.why)
+            reply = await self.client.chat(messages, schema=schema, options=options)
         if not (isinstance(reply.data, dict) and "winner" in reply.data):
             return reply  # not a verdict (a score), or not parsed: nothing to add
         logodds, why = verdict_logodds(reply.logprobs)
         if logodds is None:
             self.without += 1
+            if not self.client.top_logprobs:  # refused before: already said why
+                return reply
             if why != self.why:
                 log.warning("%s: no log-odds for a verdict (%s); its verdicts fall back to both orders",
                             self.spec, why)

@@ -229,3 +229,24 @@ def test_the_wrapper_passes_scores_through(ollama_server) -> None:
     reply = asyncio.run(judge.chat([{"role": "user", "content": "score"}], schema={"type": "object"}))
     assert "logodds" not in reply.data and judge.with_logodds == judge.without == 0
     assert judge.spec == "ollama:judge+logodds" and judge.stats.requests == 1
+
+
+def test_a_server_that_refuses_logprobs_is_asked_without_them(ollama_server) -> None:
+    ollama_server.reply = biased_judge
+    ollama_server.fail("status", endpoint="/v1/chat/completions", status=400,
+                       message="logprobs is not supported with this model")
+    judge = ServedLogprobJudge(client(ollama_server, "openai:judge"))
+    messages = [{"role": "user", "content": "judge this"}]
+    first = asyncio.run(judge.chat(messages, schema=VERDICT_SCHEMA))
+    second = asyncio.run(judge.chat(messages, schema=VERDICT_SCHEMA))
+    assert "logodds" not in first.data and "logodds" not in second.data and judge.without == 2
+    sent = ollama_server.bodies("/v1/chat/completions")
+    assert [b.get("logprobs") for b in sent] == [True, None, None]  # refused once, then never asked again
+    assert "refused log-probabilities" in judge.why
+
+
+def test_other_errors_are_not_taken_for_a_refusal(ollama_server) -> None:
+    ollama_server.fail("status", endpoint="/v1/chat/completions", status=400, message="bad request")
+    judge = ServedLogprobJudge(client(ollama_server, "openai:judge"))
+    with pytest.raises(ServerFatal, match="bad request"):
+        asyncio.run(judge.chat([{"role": "user", "content": "x"}], schema=VERDICT_SCHEMA))

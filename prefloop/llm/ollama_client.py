@@ -86,6 +86,25 @@ async def server_version(client: Any) -> str:
     return str(response.json().get("version", ""))
 
 
+_TAKES_LOGPROBS: bool | None = None
+
+
+def client_takes_logprobs() -> bool:
+    """Whether the installed ollama client passes ``logprobs`` on (0.6.1 and later); an older one would refuse the
+    keyword, so its replies simply carry none (said once)."""
+    global _TAKES_LOGPROBS
+    if _TAKES_LOGPROBS is None:
+        import inspect
+
+        import ollama
+
+        _TAKES_LOGPROBS = "logprobs" in inspect.signature(ollama.AsyncClient.chat).parameters
+        if not _TAKES_LOGPROBS:
+            log.warning("the installed ollama client (%s) cannot ask for token log-probabilities; "
+                        "pip install -U 'ollama>=0.6.1' to get log-odds verdicts", getattr(ollama, "__version__", "?"))
+    return _TAKES_LOGPROBS
+
+
 def token_entry(item: Any) -> dict[str, Any]:
     """One ``logprobs`` item of the ollama client (``Logprob``: token, logprob, top_logprobs) as a plain dict,
     the shape every client hands back (``ChatReply.logprobs``)."""
@@ -280,7 +299,7 @@ class OllamaClient:
         self._context.before(messages, options)
         request = {"model": self.spec.model, "messages": messages, "options": self.request_options(options),
                    "keep_alive": self.keep_alive, "format": schema or ""}
-        if self.top_logprobs:
+        if self.top_logprobs and client_takes_logprobs():
             request.update(logprobs=True, top_logprobs=self.top_logprobs)
         return await send_once(lambda: self._routed(request, options, "chat"), schema=schema, seed=options.seed,
                                policy=self.retry, stats=self.stats, model=self.name, rng=self._rng, what=self.name)
