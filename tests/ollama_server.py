@@ -907,6 +907,11 @@ class _Exchange:
     async def _generation(self, body: dict, fault: Fault | None, api: str) -> None:
         owner = self.owner
         name = body.get("model") or ""
+        top = body.get("top_logprobs")
+        if top is not None and (not isinstance(top, int) or isinstance(top, bool)):
+            return self.error(400, "json: cannot unmarshal top_logprobs into Go struct field of type int")
+        if top is not None and not 0 <= top <= 20:  # checked before the model, as server/routes.go does
+            return self.error(400, "top_logprobs must be between 0 and 20")
         if not name:
             return self.error(404 if api == "generate" else 400,
                               "model '' not found" if api == "generate" else "model is required")
@@ -925,9 +930,6 @@ class _Exchange:
         if api == "generate" and body.get("raw") and (body.get("template") or body.get("system") or
                                                       body.get("context")):
             return self.error(400, "raw mode does not support template, system, or context")
-        top = body.get("top_logprobs")
-        if top is not None and (not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= 20):
-            return self.error(400, "top_logprobs must be between 0 and 20")
         logprobs = None  # how many alternatives per token, when log-probabilities are asked and known here
         if body.get("logprobs") is True and _version_tuple(owner.version) >= LOGPROBS_VERSION:
             logprobs = int(top or 0)

@@ -119,6 +119,10 @@ def test_top_logprobs_out_of_range_is_refused_as_ollama_does(ollama_server) -> N
     judge.top_logprobs = 21
     with pytest.raises(ServerFatal, match="top_logprobs must be between 0 and 20"):
         asyncio.run(judge.chat([{"role": "user", "content": "hi"}], options=GenOptions()))
+    missing = client(ollama_server, "ollama:no-such-model")
+    missing.top_logprobs = 21
+    with pytest.raises(ServerFatal, match="top_logprobs must be between"):  # checked before the model
+        asyncio.run(missing.chat([{"role": "user", "content": "hi"}]))
 
 
 def test_a_server_older_than_0_12_11_returns_no_logprobs(ollama_server) -> None:
