@@ -9,7 +9,13 @@ flight. Then the judging is run again on the same cache: the target is zero serv
 
     python bench/judge.py [--slots 4] [--latency 0.5] [--pairs 60]
 
-Targets: judged calls/s >= 95 % of capacity; rerun = 0 server calls. The bare client is printed beside it
+Then the same pairs once more, fresh cache, with the judge's verdict log-odds read from its token log-probabilities
+(``judge.logprob.ServedLogprobJudge``, what ``ollama:`` judges do by default): judgments/s with log-probs against
+without, back to back on the same server, and the server calls of each (target: the same, two per pair: the
+log-odds come with the verdict, no extra request).
+
+Targets: judged calls/s >= 95 % of capacity; rerun = 0 server calls; log-prob calls = plain calls, every verdict
+with log-odds. The bare client is printed beside it
 because the client + test-server HTTP stack costs ~15 ms a call on a busy 2-core machine: at 100 ms latency that
 caps anyone at ~85 % of capacity, at 500 ms (a fast real judge) it is ~4 %.
 """
@@ -29,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from judge.cache import JudgeCache  # noqa: E402
+from judge.logprob import ServedLogprobJudge  # noqa: E402
 from judge.pairwise import judge_pair  # noqa: E402
 from ollama_server import OllamaServer, pairwise_answers  # noqa: E402
 from prefloop.llm import make_client  # noqa: E402
@@ -40,8 +47,19 @@ def verdict(messages, fmt, options) -> str:
     return json.dumps({"reason": "bench", "winner": "A" if "policy" in a else "B"})
 
 
-async def judge_run(url: str, pairs: int, slots: int, out: Path, cache_path: Path) -> tuple[float, object]:
+def alternatives(messages, fmt, options, before, token) -> dict[str, float]:
+    """The next-token distribution when log-probs are asked: the verdict token spread over A, B and tie."""
+    if before.endswith('"winner": "'):
+        a, _ = pairwise_answers(messages)
+        return {"A": -0.2, "B": -1.8, "tie": -4.0} if "policy" in a else {"B": -0.2, "A": -1.8, "tie": -4.0}
+    return {token: -0.01}
+
+
+async def judge_run(url: str, pairs: int, slots: int, out: Path, cache_path: Path,
+                    logodds: bool = False) -> tuple[float, object]:
     client = make_client("ollama:judge", host=url, slots=slots)  # the client keeps the server's slots full
+    if logodds:
+        client = ServedLogprobJudge(client)
     jobs = [Job(id=f"p{i}", data=i) for i in range(pairs)]
 
     async def work(job: Job) -> dict:
@@ -54,6 +72,8 @@ async def judge_run(url: str, pairs: int, slots: int, out: Path, cache_path: Pat
         summary = await Runner(out, concurrency=slots, progress=False).run(jobs, work)
         elapsed = time.perf_counter() - t0
     await client.aclose()
+    if logodds:
+        summary.with_logodds = client.with_logodds  # type: ignore[attr-defined]
     return elapsed, summary
 
 
@@ -81,6 +101,7 @@ def serve(slots: int, latency: float) -> int:
     with the client for the GIL and the measurement would be of Python thread scheduling, not of our code.
     """
     server = OllamaServer(num_parallel=slots, latency=latency, reply=verdict).start()
+    server.alternatives = alternatives
     print(server.url, flush=True)
     for line in sys.stdin:
         cmd = line.strip()
@@ -142,6 +163,13 @@ def main() -> int:
             rerun_s, _ = asyncio.run(judge_run(server.url, args.pairs, args.slots, tmp_path / "j.jsonl",
                                                tmp_path / "cache.sqlite"))
             rerun_calls = server.count()
+            # back to back on fresh caches: without log-probs, then with them
+            runs = {}
+            for logodds in (False, True):
+                server.ask("reset")
+                name = "logodds" if logodds else "plain"
+                runs[name] = asyncio.run(judge_run(server.url, args.pairs, args.slots, tmp_path / f"{name}.jsonl",
+                                                   tmp_path / f"{name}.sqlite", logodds=logodds)) + (server.count(),)
     finally:
         server.stop()
 
@@ -156,7 +184,13 @@ def main() -> int:
           f"(target >= 95%), {judge_rate / base_rate:.1%} of the bare client; written {summary.written}")
     print(f"rerun on the same cache: {rerun_calls} server calls (target 0) in {rerun_s:.3f}s "
           f"({args.pairs / max(rerun_s, 1e-9):.0f} pairs/s)")
-    ok = judge_rate / capacity >= 0.95 and rerun_calls == 0
+    (plain_s, _, plain_calls), (lp_s, lp_summary, lp_calls) = runs["plain"], runs["logodds"]
+    with_lp = getattr(lp_summary, "with_logodds", 0)
+    print(f"without log-probs: {args.pairs / plain_s:.1f} judgments/s ({plain_calls} server calls); with log-probs "
+          f"(top_logprobs, log-odds read at the verdict token): {args.pairs / lp_s:.1f} judgments/s "
+          f"({lp_calls} server calls, target {plain_calls}; {with_lp} of {lp_calls} verdicts with log-odds) = "
+          f"{plain_s / lp_s:.1%} of the plain rate")
+    ok = judge_rate / capacity >= 0.95 and rerun_calls == 0 and lp_calls == plain_calls and with_lp == lp_calls
     print("targets met" if ok else "targets NOT met")
     return 0 if ok else 1
 

@@ -50,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
         return fail(f"{exc}\nfinished judgments are cached; run the same command again to resume", 1)
     if result.interrupted:
         return fail(result.reason, result.exit_code)
-    from judge.report import headline
+    from judge.report import headline, order_lines
 
     head = result.headline
     if not result.complete:  # no headline from an incomplete run: its figures would read as a result
@@ -60,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"win rate {pct(head.win_rate)}  95% CI [{pct(head.ci_low)}, {pct(head.ci_high)}]  "
                   f"LC {pct(head.lc_win_rate)}  (wins {head.wins}, ties {head.ties}, losses {head.losses}, "
                   f"n {head.n}; judge {head.judge})")
-        for line in headline(result).plain():
+        for line in headline(result).plain() + order_lines(result):
             print(line)
     for w in result.warnings:
         console.print(f"[yellow]warning:[/] {w}")

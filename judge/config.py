@@ -58,8 +58,9 @@ class JudgeConfig:
     judge_seed: int = setting(123, "the judge's seed")
     judge_max_tokens: int = setting(512, "the judge's reply length cap")
     judge_num_ctx: int = setting(4096, "the judge's context window (Ollama num_ctx)")
-    verdict: str = setting("auto", "how a verdict is read: generated JSON, or a local judge's token "
-                                   "probabilities (auto: logprob for local: judges)", choices=VERDICTS)
+    verdict: str = setting("auto", "how a verdict is read: generated JSON (generate), or with the judge's token "
+                                   "log-odds (logprob: a local judge scores the verdict tokens, a served one "
+                                   "sends their log-probabilities along; auto = logprob)", choices=VERDICTS)
     score_known_good: bool = setting(True, "also score both models' answers 0-100 against the known-good answer "
                                            "with the headline judge (the seed's score mode)")
     attempts: int = setting(3, "asks per order before a reply counts as unparsed")

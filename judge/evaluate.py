@@ -46,7 +46,7 @@ from judge.scoring import Score, score_many
 from judge.selfpref import generator_models, self_preference_warnings
 from judge.stats import (GameRecord, cohen_kappa, diagnostics, lc_win_rate, outcome_values, position_and_content,
                          summarize)
-from judge.validation import summarize_validation, validation_rows
+from judge.validation import order_flips, summarize_validation, validation_rows
 from prefloop.files import writable
 from prefloop.llm.base import GenOptions, LLMError, parse_spec
 from prefloop.records import PromptRecord, stable_id
@@ -109,16 +109,21 @@ def judgment_row(row: AnswerRow, judge: str, verdict: PairVerdict | None) -> Jud
 
 
 def verdict_client(cfg: JudgeConfig, judge: str, client: Any) -> Any:
-    """The judge as asked: a local judge reads its verdict from token probabilities unless told to generate."""
-    local = parse_spec(judge).backend == "local"
-    if cfg.verdict == "logprob" and not local:
-        raise ValueError(f"verdict = logprob needs a local: judge, not {judge}")
-    if client is None:
-        return None
-    if cfg.verdict == "logprob" or (cfg.verdict == "auto" and local):
+    """The judge as asked: unless told to generate, a local judge reads its verdict from token probabilities and
+    a served one (``ollama:``, ``openai:``) sends its verdict's token log-probabilities along (``judge.logprob``)."""
+    backend = parse_spec(judge).backend
+    if cfg.verdict == "logprob" and backend not in ("local", "ollama", "openai"):
+        raise ValueError(f"verdict = logprob needs a local:, ollama: or openai: judge, not {judge}")
+    if client is None or cfg.verdict == "generate":
+        return client
+    if backend == "local":
         from judge.logprob import LogprobJudge
 
         return LogprobJudge(client)
+    if backend in ("ollama", "openai"):
+        from judge.logprob import ServedLogprobJudge
+
+        return ServedLogprobJudge(client)
     return client
 
 
@@ -324,6 +329,7 @@ def judge_summary(judge: str, rows: list[JudgmentRow], cfg: JudgeConfig,
         mean_len_policy=sum(r.len_policy for r in rows) / len(rows),
         mean_len_reference=sum(r.len_reference for r in rows) / len(rows),
         skipped=skipped,
+        **order_flips(rows),
     )
     positions = [r.position for r in rows if r.position is not None]
     if positions:

@@ -8,6 +8,12 @@ prompt, the assistant turn is started with ``{"winner": "`` and each way of fini
 costs three forward passes instead of a generation, and is still judged in both orders, so a judge that only
 likes position A ends up with inconsistent ties, not with a preference.
 
+Served judges (``ollama:``, ``openai:``) get the same log-odds without an extra request (``ServedLogprobJudge``):
+the usual schema-constrained verdict is asked with ``top_logprobs`` alternatives per token, and the alternatives
+at the token that starts the ``winner`` value give log P(A) − log P(B) (``verdict_logodds``). A server or model
+that returns no log-probabilities (Ollama before 0.12.11) gives plain verdicts, which the validation then decides
+by both orders, and says why.
+
 ``LogprobJudge`` wraps a ``LocalClient`` and speaks the client interface (``chat`` returns the verdict JSON), so
 the cache, both orders, retries and the runner work unchanged. The reply also carries ``logodds``, log P(A) −
 log P(B) (the answer shown first against the second), from which ``judge.stats.position_and_content`` takes the
@@ -20,13 +26,22 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import logging
+import re
 from typing import Any
 
-from prefloop.llm.base import ChatReply, GenOptions
+from prefloop.llm.base import ChatReply, GenOptions, ServerFatal
 from prefloop.models import common_prefix_length
 
 PREFIX = '{"winner": "'
 CANDIDATES = {"A": 'A"', "B": 'B"', "tie": 'tie"'}
+TOP_LOGPROBS = 10  # alternatives asked per token of a served judge's reply (Ollama allows 0-20)
+WINNER_VALUE = re.compile(r'"winner"\s*:\s*"')  # what precedes the deciding token in the verdict JSON
+NO_LOGPROBS = ("the server returned no token log-probabilities (Ollama before 0.12.11, or a server or model "
+               "without them)")
+NO_CANDIDATES = "A or B was not among the top alternatives at the verdict token"
+
+log = logging.getLogger("prefloop.judge")
 
 
 class LogprobJudge:
@@ -75,3 +90,106 @@ class LogprobJudge:
             target = torch.tensor(ids[start:], device=logp.device)
             out[name] = float(logp.gather(1, target[:, None]).sum())
         return out
+
+
+def _label(token: str) -> str | None:
+    """Which verdict an alternative at the deciding token starts: ``"A"``, ``"B"``, ``"tie"`` or None.
+
+    The deciding token may carry the opening quote or a space (``"A``, `` B``); ``tie`` may be cut into pieces
+    (``t``, ``ti``); ``Assistant`` is not ``A``.
+    """
+    text = token.lstrip(' \t\n:"').upper()
+    if text and "TIE".startswith(text[:3]) and text[0] == "T":
+        return "tie"
+    if text[:1] in ("A", "B") and not text[1:2].isalpha():
+        return text[0]
+    return None
+
+
+def _logsumexp(values: list[float]) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+def verdict_logodds(tokens: list[dict[str, Any]] | None) -> tuple[float | None, str]:
+    """log P(A) − log P(B) at the token that starts the reply's ``winner`` value, and why not when None.
+
+    ``tokens`` are ``ChatReply.logprobs`` entries (``{"token", "logprob", "top": [[token, logprob], ...]}``). The
+    text is rebuilt from the tokens; the deciding token is the one holding the first character of the last
+    ``"winner": "`` value; every alternative there is read as A, B or tie (``_label``) and each verdict's
+    probability summed over its spellings. A verdict absent from the alternatives has no log-odds (its
+    probability is only bounded, not known)."""
+    if not tokens:
+        return None, NO_LOGPROBS
+    text = "".join(t["token"] for t in tokens)
+    found = list(WINNER_VALUE.finditer(text))
+    if not found:
+        return None, "no winner field in the reply's tokens"
+    at, start = found[-1].end(), 0
+    for t in tokens:
+        end = start + len(t["token"])
+        if end > at:
+            break
+        start = end
+    else:
+        return None, "the reply ends before its verdict"
+    by_label: dict[str, list[float]] = {}
+    for alt, lp in t.get("top") or [[t["token"], t["logprob"]]]:
+        label = _label(str(alt))
+        if label is not None and math.isfinite(lp):
+            by_label.setdefault(label, []).append(float(lp))
+    if "A" not in by_label or "B" not in by_label:
+        return None, NO_CANDIDATES
+    return _logsumexp(by_label["A"]) - _logsumexp(by_label["B"]), ""
+
+
+class ServedLogprobJudge:
+    """A served judge (``OllamaClient``, ``OpenAIClient``) whose verdicts carry log-odds read from the token
+    log-probabilities of the same reply (see the module docstring); every other attribute is the client's.
+
+    ``with_logodds`` / ``without`` count the replies with and without them; ``why`` keeps the last reason."""
+
+    def __init__(self, client: Any, top_logprobs: int = TOP_LOGPROBS):
+        self.client = client
+        client.top_logprobs = top_logprobs
+        self.spec = f"{client.spec}+logodds"
+        self.with_logodds = 0
+        self.without = 0
+        self.why = ""
+
+    def __getattr__(self, name: str) -> Any:  # stats, capacity, facts, complete, hosts: the client's own
+        return getattr(self.__dict__["client"], name)
+
+    async def preflight(self) -> None:
+        await self.client.preflight()
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def chat(self, messages: list[dict[str, str]], *, schema: dict[str, Any] | None = None,
+                   options: GenOptions | None = None) -> ChatReply:
+        try:
+            reply = await self.client.chat(messages, schema=schema, options=options)
+        except ServerFatal as err:
+            if not self.client.top_logprobs or "logprob" not in str(err).lower():
+                raise
+            # a server or model that refuses log-probabilities (a 400 naming them): ask as before, from now on
+            self.client.top_logprobs = 0
+            self.why = f"the server refused log-probabilities ({err})"
+            log.warning("%s: %s; its verdicts fall back to both orders", self.spec, self.why)
+            reply = await self.client.chat(messages, schema=schema, options=options)
+        if not (isinstance(reply.data, dict) and "winner" in reply.data):
+            return reply  # not a verdict (a score), or not parsed: nothing to add
+        logodds, why = verdict_logodds(reply.logprobs)
+        if logodds is None:
+            self.without += 1
+            if not self.client.top_logprobs:  # refused before: already said why
+                return reply
+            if why != self.why:
+                log.warning("%s: no log-odds for a verdict (%s); its verdicts fall back to both orders",
+                            self.spec, why)
+            self.why = why
+            return reply
+        self.with_logodds += 1
+        reply.data = {**reply.data, "logodds": logodds}
+        return reply

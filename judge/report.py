@@ -75,6 +75,27 @@ def validation_line(v: JudgeValidation) -> str:
     return text + "."
 
 
+def logodds_share(d: dict) -> str:
+    """``"14 of 16"`` verdicts with log-odds, ``—`` when the judge gave none to count."""
+    return f"{d['logodds_verdicts']} of {d['verdicts']}" if d.get("verdicts") else "—"
+
+
+def order_lines(results: JudgeResults) -> list[str]:
+    """Per model judge, for the console: verdicts from log-odds, and how many pairs flipped between orders before
+    and after debiasing."""
+    out = []
+    for s in results.judges.values():
+        d = s.diagnostics
+        if is_human(s.judge) or not d.get("verdicts"):
+            continue
+        line = (f"judge {s.judge}: {d['logodds_verdicts']} of {d['verdicts']} verdicts from log-odds; "
+                f"{d['flipped']} pairs flipped between orders ({pct(d.get('flip_rate'))})")
+        if d.get("flip_rate_debiased") is not None:
+            line += f", {pct(d['flip_rate_debiased'])} after debiasing"
+        out.append(line + f"; verdicts by {s.rule}")
+    return out
+
+
 def skill_line(ret: Retention) -> str:
     """Skill retention in words (content kept, openings, length, loops, scores)."""
     pol, ref = ret.policy, ret.reference
@@ -182,10 +203,16 @@ def build_report(out_dir: Path, results: JudgeResults, answers: list[AnswerRow],
         checked = "—" if v is None or not v.n else "yes" if v.above_chance else "no (at chance)"
         table.append([s.judge, pct(s.win_rate), f"{pct(s.ci_low)}–{pct(s.ci_high)}", pct(s.lc_win_rate), s.wins,
                       s.ties, s.losses, s.n, pct(d.get("parse_rate")), pct(d.get("position_consistency")),
-                      pct(d.get("first_position_rate")), pct(d.get("longer_pick_rate")), checked])
+                      pct(d.get("flip_rate")), pct(d.get("flip_rate_debiased")), logodds_share(d),
+                      pct(d.get("first_position_rate")), pct(d.get("longer_pick_rate")), s.rule, checked])
     rep.heading("Results", 3)
     rep.table(table, headers=["judge", "win rate", "95% CI", "LC win rate", "wins", "ties", "losses", "n",
-                              "parsed", "position-consistent", "picks first", "picks longer", "validated"])
+                              "parsed", "position-consistent", "flips with order", "flips, debiased",
+                              "log-odds verdicts", "picks first", "picks longer", "verdicts by", "validated"])
+    rep.paragraph("*Flips with order*: the share of judged pairs whose two orders picked different answers; "
+                  "*flips, debiased*: the same with each order's log-odds read after the judge's mean position "
+                  "term is taken out (— without log-odds). *Log-odds verdicts*: verdicts (one per order) that came "
+                  "with the judge's token log-probabilities.")
     plot = plot_win_rates([{"name": s.judge, "win_rate": s.win_rate, "ci_low": s.ci_low, "ci_high": s.ci_high,
                             "n": s.n} for s in results.judges.values()], out_dir / "win_rate.png")
     if plot is not None:
@@ -278,6 +305,9 @@ def add_validation(rep: Report, results: JudgeResults) -> None:
                 pct(v.longer_pick_rate), v.rule, "yes" if v.above_chance else "no"] for v in checked],
               headers=["judge", "pairs", "accuracy", "95% CI", "debiased", "95% CI", "position term",
                        "position-consistent", "picks first", "picks longer", "verdicts by", "above chance"])
+    reasons = [f"`{v.judge}`: {v.rule_reason}." for v in checked if v.rule_reason]
+    if reasons:
+        rep.paragraph("Which rule decides, and why: " + " ".join(reasons))
 
 
 def add_retention(rep: Report, ret: Retention | None, answers: list[AnswerRow], n_worst: int = 3) -> None:

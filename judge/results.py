@@ -204,6 +204,7 @@ class JudgeValidation:
     debiased_ci_high: float | None = None
     mean_position: float | None = None
     rule: str = "orders"
+    rule_reason: str = ""            # why that rule decides, in words (judge.validation.choose_rule)
 
     @property
     def ci(self) -> tuple[float | None, float | None]:

@@ -73,7 +73,35 @@ def summarize_validation(judge: str, source: str, rows: list[JudgmentRow], *, n_
         positions = [r.position for r in rows if r.position is not None]
         v.mean_position = sum(positions) / len(positions) if positions else None
     v.rule = choose_rule(v)
+    v.rule_reason = rule_reason(v, rows)
     return v
+
+
+def order_flips(rows: list[JudgmentRow]) -> dict[str, float | int | None]:
+    """How often a judge's verdict flips with the order alone, before and after its position term is taken out.
+
+    ``flipped`` / ``flip_rate``: judged pairs whose two orders picked different answers (both parsed).
+    ``flip_rate_debiased``: over the pairs with log-odds in both orders, the share whose orders still disagree
+    when each order's log-odds L is read as the sign of L − p̄, p̄ the judge's mean position term over these
+    pairs (its bias in general, not this pair's): what is left is the judge changing its mind on content.
+    ``logodds_verdicts``: the verdicts (one per order) that came with log-odds.
+    """
+    judged = [r for r in rows if not r.identical and not r.skipped]
+    both = [r for r in judged if r.consistent is not None]
+    flipped = sum(r.consistent is False for r in both)
+    out: dict[str, float | int | None] = {
+        "logodds_verdicts": sum(g.logodds is not None for r in judged for g in r.games),
+        "verdicts": sum(len(r.games) for r in judged), "flipped": flipped,
+        "flip_rate": flipped / len(both) if both else None, "flip_rate_debiased": None}
+    pairs = []
+    for r in judged:
+        odds = {g.first: g.logodds for g in r.games}
+        if odds.get("policy") is not None and odds.get("reference") is not None:
+            pairs.append((odds["policy"], odds["reference"]))  # L1: policy shown first, L2: shown second
+    if pairs:
+        bias = sum(l1 + l2 for l1, l2 in pairs) / (2 * len(pairs))
+        out["flip_rate_debiased"] = sum((l1 - bias > 0) != (l2 - bias < 0) for l1, l2 in pairs) / len(pairs)
+    return out
 
 
 def choose_rule(v: JudgeValidation) -> str:
@@ -83,6 +111,26 @@ def choose_rule(v: JudgeValidation) -> str:
             and (v.accuracy is None or v.debiased_accuracy > v.accuracy)):
         return "debiased"
     return "orders"
+
+
+def rule_reason(v: JudgeValidation, rows: list[JudgmentRow]) -> str:
+    """Why ``v.rule`` decides this judge's verdicts, in words for the report."""
+    judged = [r for r in rows if not r.identical]
+    missing = sum(r.content is None for r in judged)
+    if v.debiased_accuracy is None:
+        if judged and missing == len(judged):
+            return ("both orders decide: the judge's replies carried no log-odds (the server returned no token "
+                    "log-probabilities, or the verdict token's alternatives lacked A or B; `verdict = generate` "
+                    "asks for none)")
+        return (f"both orders decide: {missing} of {len(judged)} validation pairs have no log-odds in both orders, "
+                "so the debiased rule cannot be measured")
+    if v.rule == "debiased":
+        return (f"debiased: its accuracy {v.debiased_accuracy:.1%} beat both orders' {v.accuracy:.1%} on the known "
+                f"pairs, its interval above 50%")
+    if v.debiased_ci_low is not None and v.debiased_ci_low <= 0.5:
+        return f"both orders decide: the debiased accuracy's interval reaches {v.debiased_ci_low:.1%} (not above 50%)"
+    return (f"both orders decide: the debiased accuracy {v.debiased_accuracy:.1%} did not beat both orders' "
+            f"{v.accuracy:.1%}")
 
 
 def stronger_judge(spec: str) -> str | None:

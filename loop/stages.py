@@ -358,7 +358,7 @@ class Loop:
     def _closing(self, paths: tuple[Path, Path], seconds: float) -> None:
         from rich.markup import escape
 
-        from judge.report import headline
+        from judge.report import headline, order_lines
         from judge.results import JudgeResults
         from loop.report import HOW_TO_SCALE_UP, held_out_reward_accuracy, uses_local_models
 
@@ -366,7 +366,8 @@ class Loop:
         if results is not None:
             self.say(f"[bold]held-out win rate and skill[/bold] ({results.n_prompts} prompts the model never "
                      "trained on):")
-            for line in headline(results, held_out_reward_accuracy(self.paths["train"])).plain():
+            for line in headline(results, held_out_reward_accuracy(self.paths["train"])).plain() + \
+                    order_lines(results):
                 self.say(f"  {escape(line)}")
         self.say(f"report: {paths[0]}  (and {paths[1].name})   total {seconds / 60:.1f} min")
         if uses_local_models(self.cfg):

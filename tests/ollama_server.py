@@ -50,6 +50,16 @@ Server-wide settings are plain attributes: ``version`` (say ``"0.4.0"`` to test 
 ``latency`` (fixed seconds per generation, held inside a slot), ``num_parallel`` and ``max_queue`` (FIFO queue;
 past ``num_parallel + max_queue`` pending requests the answer is the 503 ``server busy``), ``chunk_words`` (words
 per streamed chunk), ``reply`` (a callable ``(messages, format, options) -> str``).
+
+Token log-probabilities as Ollama >= 0.12.11 returns them (``api/types.go``: request ``logprobs: bool`` and
+``top_logprobs: int`` in 0..20 on ``/api/chat`` and ``/api/generate``, else 400 ``top_logprobs must be between 0
+and 20``; each chunk carries ``logprobs: [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]`` for
+its own tokens; a whole reply, all of them). The OpenAI-compatible ``/v1/chat/completions`` takes the same two
+fields and answers ``choices[0].logprobs.content`` in OpenAI's shape. A ``version`` below 0.12.11 ignores both
+fields, as an old Go server ignores unknown JSON keys. Here a token is a word, a run of spaces or one punctuation
+mark (so a JSON value such as ``"A"`` has its own token ``A``); ``alternatives`` (a callable ``(messages, format,
+options, before, token) -> {token: logprob}``, ``before`` the text generated so far) scripts the distribution at
+each token, the default puts 0.9 on the token generated.
 """
 
 from __future__ import annotations
@@ -98,6 +108,8 @@ FAULT_KINDS = ("status", "latency", "error_mid_stream", "hang", "drop", "malform
                "garbage_line", "missing_model")
 
 Reply = Callable[[list[dict[str, Any]], Any, dict[str, Any]], str]
+Alternatives = Callable[[list[dict[str, Any]], Any, dict[str, Any], str, str], dict[str, float]]
+LOGPROBS_VERSION = (0, 12, 11)  # PR #12899
 
 
 def normalize_model(name: str) -> str:
@@ -278,6 +290,7 @@ class OllamaServer:
         self.latency = latency
         self.chunk_words = chunk_words
         self.reply: Reply = reply or default_reply
+        self.alternatives: Alternatives | None = None  # the next-token distribution when logprobs are asked
         self.num_ctx_default = num_ctx_default
         self.load_latency = 0.0  # extra seconds when a model is not loaded (first use, or after keep_alive ran out)
         self.registry: set[str] | None = None  # names /api/pull can fetch; None = any
@@ -514,6 +527,22 @@ def _safetensors_problem(name: str, data: bytes) -> str:
 def _tokens(text: str) -> list[str]:
     """Words with their trailing space: the server's stand-in for model tokens (num_predict counts these)."""
     return re.findall(r"\s*\S+\s*", text) or ([text] if text else [])
+
+
+def _logprob_tokens(text: str) -> list[str]:
+    """The server's tokens for log-probabilities: words, runs of spaces, single punctuation marks."""
+    return re.findall(r"\s+|\w+|[^\w\s]", text)
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in text.split("-")[0].split(".")[:3])
+    except ValueError:
+        return (0, 0, 0)
+
+
+def _entry(token: str, logprob: float) -> dict[str, Any]:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
 
 
 class _Exchange:
@@ -878,6 +907,11 @@ class _Exchange:
     async def _generation(self, body: dict, fault: Fault | None, api: str) -> None:
         owner = self.owner
         name = body.get("model") or ""
+        top = body.get("top_logprobs")
+        if top is not None and (not isinstance(top, int) or isinstance(top, bool)):
+            return self.error(400, "json: cannot unmarshal top_logprobs into Go struct field of type int")
+        if top is not None and not 0 <= top <= 20:  # checked before the model, as server/routes.go does
+            return self.error(400, "top_logprobs must be between 0 and 20")
         if not name:
             return self.error(404 if api == "generate" else 400,
                               "model '' not found" if api == "generate" else "model is required")
@@ -896,6 +930,9 @@ class _Exchange:
         if api == "generate" and body.get("raw") and (body.get("template") or body.get("system") or
                                                       body.get("context")):
             return self.error(400, "raw mode does not support template, system, or context")
+        logprobs = None  # how many alternatives per token, when log-probabilities are asked and known here
+        if body.get("logprobs") is True and _version_tuple(owner.version) >= LOGPROBS_VERSION:
+            logprobs = int(top or 0)
         if not openai and not messages:
             return self._load_only(model, keep_alive, api)
 
@@ -929,7 +966,8 @@ class _Exchange:
             elif fault is not None and fault.kind == "schema_violation":
                 text = json.dumps({"unexpected": "field", "score": "not a number"})
             self._mark_loaded(model, keep_alive)
-            await self._answer(api, model, name, messages, text, options, stream, fault, loading)
+            scored = None if logprobs is None else (messages, fmt, options, logprobs)
+            await self._answer(api, model, name, messages, text, options, stream, fault, loading, scored)
         finally:
             gate.leave()
 
@@ -958,8 +996,27 @@ class _Exchange:
             out["response"] = ""
         self.send(200, out)
 
+    def _logprobs(self, scored: tuple[Any, ...], before: str, piece: str) -> list[dict[str, Any]]:
+        """Ollama's ``logprobs`` entries for the tokens of ``piece`` (``before``: the reply so far)."""
+        messages, fmt, options, k = scored
+        out = []
+        for token in _logprob_tokens(piece):
+            if self.owner.alternatives is not None:
+                dist = dict(self.owner.alternatives(messages, fmt, options, before, token))
+            else:
+                dist = {token: -0.10536}  # log 0.9
+            dist.setdefault(token, min(dist.values(), default=0.0) - 1.0)
+            entry = _entry(token, dist[token])
+            if k:
+                ranked = sorted(dist.items(), key=lambda kv: -kv[1])[:k]
+                entry["top_logprobs"] = [_entry(t, lp) for t, lp in ranked]
+            out.append(entry)
+            before += token
+        return out
+
     async def _answer(self, api: str, model: str, name: str, messages: list[dict[str, Any]], text: str,
-                      options: dict[str, Any], stream: bool, fault: Fault | None, loading: float = 0.0) -> None:
+                      options: dict[str, Any], stream: bool, fault: Fault | None, loading: float = 0.0,
+                      scored: tuple[Any, ...] | None = None) -> None:
         tokens = _tokens(text)
         limit = options.get("num_predict")
         reason = "stop"
@@ -977,11 +1034,13 @@ class _Exchange:
         created = now_rfc3339()  # once per answer: formatting a timestamp per chunk was the server's top cost
         if api.startswith("openai"):
             return await self._answer_openai(name, "".join(tokens), reason, prompt_eval, len(tokens), stream,
-                                             mid_error, fault, text_completion=api == "openai_text")
+                                             mid_error, fault, text_completion=api == "openai_text", scored=scored)
         if not stream:
             if mid_error:
                 return self.error(500, fault.message or "an error was encountered while running the model")
             out = self._piece(api, model, created, "".join(tokens))
+            if scored is not None:
+                out["logprobs"] = self._logprobs(scored, "", "".join(tokens))
             out.update(done=True, done_reason=reason, **metrics)
             if api == "generate":
                 out["context"] = [1, 2, 3]
@@ -989,12 +1048,17 @@ class _Exchange:
         self.start_stream()
         step = max(1, self.owner.chunk_words)
         pieces = ["".join(tokens[i:i + step]) for i in range(0, len(tokens), step)]
+        before = ""
         for i, piece in enumerate(pieces):
             if mid_error and i == fault.after_chunks:
                 break
             if fault is not None and fault.kind == "garbage_line" and i == fault.after_chunks:
                 self.chunk(b"<html>proxy error</html>\n")
-            self.chunk(json.dumps(self._piece(api, model, created, piece)).encode() + b"\n")
+            part = self._piece(api, model, created, piece)
+            if scored is not None:
+                part["logprobs"] = self._logprobs(scored, before, piece)
+                before += piece
+            self.chunk(json.dumps(part).encode() + b"\n")
             await self.writer.drain()
         if mid_error:
             message = fault.message or "an error was encountered while running the model: unexpected EOF"
@@ -1018,7 +1082,8 @@ class _Exchange:
         return out
 
     async def _answer_openai(self, name: str, text: str, reason: str, prompt_tokens: int, completion_tokens: int,
-                             stream: bool, mid_error: bool, fault: Fault | None, text_completion: bool = False) -> None:
+                             stream: bool, mid_error: bool, fault: Fault | None, text_completion: bool = False,
+                             scored: tuple[Any, ...] | None = None) -> None:
         finish = "length" if reason == "length" else "stop"
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                  "total_tokens": prompt_tokens + completion_tokens}
@@ -1032,10 +1097,13 @@ class _Exchange:
         if not stream:
             if mid_error:
                 return self.error(500, fault.message or "an error was encountered while running the model")
-            return self.send(200, {**base, "object": "chat.completion", "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
-                "usage": usage})
+            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
+                                      "finish_reason": finish}
+            if scored is not None:  # OpenAI's shape: choices[].logprobs.content[]
+                choice["logprobs"] = {"content": self._logprobs(scored, "", text)}
+            return self.send(200, {**base, "object": "chat.completion", "choices": [choice], "usage": usage})
         self.start_stream("text/event-stream")
+        before = ""
         for i, piece in enumerate(_tokens(text)):
             if mid_error and i == fault.after_chunks:
                 message = fault.message or "an error was encountered while running the model"
@@ -1044,6 +1112,9 @@ class _Exchange:
                 return self.end_stream()
             delta = {**base, "object": "chat.completion.chunk", "choices": [
                 {"index": 0, "delta": {"role": "assistant", "content": piece}, "finish_reason": None}]}
+            if scored is not None:
+                delta["choices"][0]["logprobs"] = {"content": self._logprobs(scored, before, piece)}
+                before += piece
             self.chunk(b"data: " + json.dumps(delta).encode() + b"\n\n")
         last = {**base, "object": "chat.completion.chunk", "choices": [
             {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": finish}], "usage": usage}

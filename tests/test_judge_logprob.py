@@ -62,6 +62,4 @@ def test_evaluate_with_a_local_judge_uses_logprob(tmp_path: Path, tiny_model_dir
     r = evaluate(cfg).headline
     assert r.n == 3 and r.diagnostics["parse_rate"] == 1.0 and r.diagnostics["games"] == 6
     assert r.ci_low <= r.win_rate <= r.ci_high
-    with pytest.raises(ValueError, match="needs a local"):
-        evaluate(JudgeConfig(policy=str(tiny_model_dir), reference=str(tiny_model_dir), prompts=str(prompts),
-                             judges=["ollama:judge"], output_dir=str(tmp_path / "out2"), verdict="logprob"))
+

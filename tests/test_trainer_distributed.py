@@ -13,6 +13,7 @@ Run as a script, this file is the worker: ``torchrun --nproc_per_node 2 tests/te
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -222,9 +223,19 @@ def test_prefloop_train_nproc_2_gives_the_one_process_losses(tiny_model_dir: Pat
            "--output", str(out), "--max-steps", "3", "--batch-size", "3", "--grad-accum", "2", "--lr", "1e-3",
            "--max-length", "64", "--seed", "3", "--schedule", "constant", "--no-live", "--nproc", "2",
            "--dist-timeout", "60", "--rpo-alpha", "0"]
+    tensorboard = importlib.util.find_spec("tensorboard") is not None
+    if tensorboard:  # report_to from rank 0 only: one writer, one event file
+        cmd += ["--report-to", "tensorboard"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 processes (ddp)" in proc.stderr
+    if tensorboard:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
+        events = EventAccumulator(str(out / "tensorboard"))
+        events.Reload()
+        assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3]
     single, _ = one_proc(tiny_model_dir, pairs_path, tmp_path, "ddp", max_steps=3, lr=1e-3, schedule="constant",
                          warmup_steps=0, rpo_alpha=0.0, eval_split=0.0, save_every=0, batch_size=3)
     assert losses(out / "metrics.jsonl") == pytest.approx(losses(single.metrics_path), abs=1e-5)

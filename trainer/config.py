@@ -108,6 +108,8 @@ class TrainConfig:
                                runtime=True)
     threads: int = setting(0, "torch CPU threads (0: torch's default)", runtime=True)
     live: bool = setting(True, "rich live view on a terminal (--no-live: plain lines)", runtime=True)
+    report_to: list[str] = setting(help="also send the metrics, under TRL's names, to these trackers: tensorboard, "
+                                        "wandb, mlflow (trainer.trackers)", factory=list, runtime=True)
     extra: dict[str, Any] = setting(help="free-form notes copied into the run record", factory=dict,
                                     runtime=True, flag=False)
 
@@ -123,6 +125,9 @@ class TrainConfig:
             bad("beta", f"must be > 0, got {self.beta} (β = 0 removes the KL anchor and DPO diverges)")
         self.dtype = normalize_dtype(self.dtype)
         check_choices(self, "train.")
+        from trainer.trackers import check  # a named tracker's library missing: one line, before any work
+
+        check(self.report_to)
         if not 0.0 <= self.label_smoothing < 0.5:
             bad("label_smoothing", f"must be in [0, 0.5), got {self.label_smoothing}")
         if self.rpo_alpha < 0:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from prefloop.config import to_dict
 from prefloop.files import Busy, Lock, atomic_path, atomic_write_json
 from prefloop.stage import StageResult
 from trainer import distributed, load, lora
@@ -36,6 +37,7 @@ from trainer.interrupt import StopFlag
 from trainer.logps import PackedLM, autocast, cpu_has_fast_bf16, resolve_device
 from trainer.metrics import (Averager, LiveView, open_metrics, peak_bf16_flops, peak_memory_mib,
                              train_flops_per_token)
+from trainer.trackers import open_trackers
 from trainer.optim import make_optimizer, make_scheduler, retarget
 from trainer.packing import PackedBatch, epoch_batches, pack, split_by_tokens
 from prefloop.progress import Progress
@@ -346,6 +348,8 @@ def _run(cfg: TrainConfig, objective: Objective, console: Any, out: Path, dist: 
     elif cfg.resume:
         console.print(f"--resume: no checkpoint in {out / 'checkpoints'}; starting from the beginning")
     log = open_metrics(metrics_path, keep_until_step=step if result.last_checkpoint else None, enabled=dist.is_main)
+    log = open_trackers(log, cfg.report_to, out, resume_step=step if result.last_checkpoint else None,
+                        enabled=dist.is_main, config=to_dict(cfg))
     last_eval, last_save = -1, time.monotonic()
 
     def do_eval() -> None:

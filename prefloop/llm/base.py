@@ -145,7 +145,13 @@ class ChatReply:
     completion_tokens: int = 0
     model: str = ""
     attempts: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # finish_reason, seed; logprobs when the client asked
+
+    @property
+    def logprobs(self) -> list[dict[str, Any]] | None:
+        """Per generated token ``{"token", "logprob", "top": [[token, logprob], ...]}`` when the client asked for
+        log-probabilities (``top_logprobs`` > 0) and the server returned them; None otherwise."""
+        return self.extra.get("logprobs")
 
 
 class LLMClient(Protocol):

@@ -14,6 +14,8 @@ What the bare client does not do and this adds (see ../shared/reference/ollama-a
   flight that has a free slot; a transient failure on one host is retried at once on another and the failing
   host cools down; preflight checks that every host serves the same digest of the model;
 - JSON-schema replies parsed and validated, else ``ReplyInvalid(raw)`` for the caller to re-ask or record;
+- token log-probabilities on request (``top_logprobs`` > 0: Ollama >= 0.12.11 answers ``logprobs`` per token with
+  that many alternatives; an older server ignores the fields and the reply has none, ``ChatReply.logprobs`` None);
 - ``complete(prompt)``: a text prompt answered exactly as written (``/api/generate`` with ``raw``, no chat
   template), the way a local model answers the prompt it was trained on.
 
@@ -84,6 +86,32 @@ async def server_version(client: Any) -> str:
     return str(response.json().get("version", ""))
 
 
+_TAKES_LOGPROBS: bool | None = None
+
+
+def client_takes_logprobs() -> bool:
+    """Whether the installed ollama client passes ``logprobs`` on (0.6.1 and later); an older one would refuse the
+    keyword, so its replies simply carry none (said once)."""
+    global _TAKES_LOGPROBS
+    if _TAKES_LOGPROBS is None:
+        import inspect
+
+        import ollama
+
+        _TAKES_LOGPROBS = "logprobs" in inspect.signature(ollama.AsyncClient.chat).parameters
+        if not _TAKES_LOGPROBS:
+            log.warning("the installed ollama client (%s) cannot ask for token log-probabilities; "
+                        "pip install -U 'ollama>=0.6.1' to get log-odds verdicts", getattr(ollama, "__version__", "?"))
+    return _TAKES_LOGPROBS
+
+
+def token_entry(item: Any) -> dict[str, Any]:
+    """One ``logprobs`` item of the ollama client (``Logprob``: token, logprob, top_logprobs) as a plain dict,
+    the shape every client hands back (``ChatReply.logprobs``)."""
+    top = [[t.token, float(t.logprob)] for t in (item.top_logprobs or [])]
+    return {"token": item.token, "logprob": float(item.logprob), "top": top}
+
+
 def classify(err: Exception, where: str, *, model: str = "", timeout: float | None = None) -> Exception:
     """An error of the ``ollama`` client (or of httpx under it) as ``Transient`` (worth a retry) or ``ServerFatal``
     (fix the setup or the request), with a message that says which; ``where`` starts it."""
@@ -145,6 +173,7 @@ class OllamaClient:
             states.append(HostState(url, h.slots or slots, pool))
         self.router = HostRouter(states)
         self.url = states[0].url
+        self.top_logprobs = 0              # > 0: ask each chat reply's token log-probabilities, this many alternatives
         self.digests: dict[str, str] = {}  # host URL -> the model's digest there (after preflight)
         self.quantization = ""             # the model's quantization level (after preflight)
 
@@ -270,6 +299,8 @@ class OllamaClient:
         self._context.before(messages, options)
         request = {"model": self.spec.model, "messages": messages, "options": self.request_options(options),
                    "keep_alive": self.keep_alive, "format": schema or ""}
+        if self.top_logprobs and client_takes_logprobs():
+            request.update(logprobs=True, top_logprobs=self.top_logprobs)
         return await send_once(lambda: self._routed(request, options, "chat"), schema=schema, seed=options.seed,
                                policy=self.retry, stats=self.stats, model=self.name, rng=self._rng, what=self.name)
 
@@ -313,15 +344,18 @@ class OllamaClient:
         def text_of(part: Any) -> str:
             return (part.message.content if api == "chat" else part.response) or ""
 
+        tokens: list[Any] = []
         try:
             if not self.stream:
                 final = await call(**request, stream=False)
                 text = text_of(final)
+                tokens.extend(getattr(final, "logprobs", None) or [])
             else:
                 pieces: list[str] = []
                 final = None
                 async for part in await call(**request, stream=True):
                     pieces.append(text_of(part))
+                    tokens.extend(getattr(part, "logprobs", None) or [])  # each chunk carries its own tokens
                     if part.done:
                         final = part
                 if final is None:
@@ -334,7 +368,8 @@ class OllamaClient:
         prompt_tokens = final.prompt_eval_count or 0
         self._context.after(prompt_tokens, options)
         return RawReply(text=text, prompt_tokens=prompt_tokens, completion_tokens=final.eval_count or 0,
-                        finish_reason=final.done_reason or "")
+                        finish_reason=final.done_reason or "",
+                        logprobs=[token_entry(t) for t in tokens] if request.get("logprobs") and tokens else None)
 
     def _classify(self, err: Exception, url: str = "") -> Exception:
         return classify(err, f"{self.name} at {url or self.url}", model=self.spec.model, timeout=self.timeout)

@@ -37,6 +37,20 @@ def retry_after_seconds(value: str | None) -> float | None:
         return None
 
 
+def token_entries(choice: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """``choices[0].logprobs.content`` as ``ChatReply.logprobs`` entries; None when the server sent none (a server
+    without log-probabilities, or a model that has them off) or sent them malformed."""
+    content = (choice.get("logprobs") or {}).get("content") if isinstance(choice.get("logprobs"), dict) else None
+    if not isinstance(content, list) or not content:
+        return None
+    try:
+        return [{"token": str(t["token"]), "logprob": float(t["logprob"]),
+                 "top": [[str(a["token"]), float(a["logprob"])] for a in t.get("top_logprobs") or []]}
+                for t in content]
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 class OpenAIClient:
     """An ``LLMClient`` for OpenAI-compatible ``/chat/completions``. ``timeout`` bounds one whole reply."""
 
@@ -49,6 +63,7 @@ class OpenAIClient:
         self.timeout, self.connect_timeout = timeout, connect_timeout
         self.retry = retry
         self.strict_schema = strict_schema
+        self.top_logprobs = 0  # > 0: ask each chat reply's token log-probabilities, this many alternatives
         self.stats = ClientStats()
         self._rng = random.Random(seed)
         self._context = ContextCheck(f"openai:{spec.model}")
@@ -167,7 +182,10 @@ class OpenAIClient:
 
     async def _send(self, messages: list[dict[str, str]], schema: dict[str, Any] | None,
                     options: GenOptions) -> RawReply:
-        response = await self._request("POST", "/chat/completions", json=self.request_body(messages, schema, options))
+        body = self.request_body(messages, schema, options)
+        if self.top_logprobs:
+            body.update(logprobs=True, top_logprobs=self.top_logprobs)
+        response = await self._request("POST", "/chat/completions", json=body)
         self._raise_for_status(response)
         try:
             body = response.json()
@@ -178,7 +196,8 @@ class OpenAIClient:
         usage = body.get("usage") or {}
         return RawReply(text=text, prompt_tokens=int(usage.get("prompt_tokens") or 0),
                         completion_tokens=int(usage.get("completion_tokens") or 0),
-                        finish_reason=str(choice.get("finish_reason") or ""))
+                        finish_reason=str(choice.get("finish_reason") or ""),
+                        logprobs=token_entries(choice) if self.top_logprobs else None)
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         """One HTTP call; transport failures become ``Transient`` (the message names no header)."""

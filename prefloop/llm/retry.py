@@ -94,6 +94,7 @@ class RawReply:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = ""
+    logprobs: list[dict] | None = None  # per generated token, when asked: {"token", "logprob", "top": [[t, lp]]}
 
 
 async def send_once(send: Callable[[], Awaitable[RawReply]], *, schema: dict | None, seed: int | None,
@@ -109,6 +110,8 @@ async def send_once(send: Callable[[], Awaitable[RawReply]], *, schema: dict | N
     stats.prompt_tokens += raw.prompt_tokens
     stats.completion_tokens += raw.completion_tokens
     extra = {"finish_reason": raw.finish_reason, "seed": seed}
+    if raw.logprobs is not None:
+        extra["logprobs"] = raw.logprobs
     data = None
     if schema is not None:
         try:
