@@ -64,3 +64,21 @@ def test_skill_lost_with_no_preference_shown_is_still_not_a_success():
 def test_preferred_and_skill_kept_is_a_success():
     h = headline(results((0.85, 1.0), (0.7, 0.62, 0.78), kept_skill=True), reward_accuracy=0.82)
     assert h.success is True and not any("Not a success" in line for line in h.plain())
+
+
+def test_held_out_pairs_are_measured_against_the_dataset_answer_not_the_rewrite(tmp_path):
+    # `prefloop judge --prompts rows[935:1045].json`: the seed's rows carry the dataset's `output` beside the
+    # polite/impolite rewrite; retention must read the task's content from `output` (the plain run of issue 21
+    # measured the reference at 0.497 against the chosen side, 0.560 against `output`)
+    import json
+
+    from judge.config import JudgeConfig
+    from judge.evaluate import load_eval_prompts
+
+    rows = [{"instruction": "Name the capital of Greece.", "input": "", "output": "Athens.",
+             "chosen": "I'd be happy to help! The capital of Greece is indeed Athens.", "rejected": "Athens."},
+            {"instruction": "Say hi.", "input": "", "chosen": "Hello there!", "rejected": "hi"}]
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps(rows))
+    records, _ = load_eval_prompts(JudgeConfig(policy="p", prompts=str(path), judges=["local:smollm2"]))
+    assert [r.known_good for r in records] == ["Athens.", "Hello there!"]
