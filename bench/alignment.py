@@ -251,7 +251,9 @@ def reward_accuracy(model_dir: Path, pairs: Path, fmt: str, logp_average: bool) 
 class Axis:
     """The seed-axis judge's win rate of the trained model's answers over the reference's (per prompt: the higher
     score wins, equal scores tie), with its prompt-bootstrap interval; ``no_length`` the same from the judge fitted
-    without its length features."""
+    without its length features; ``equal_length`` with both answers cut to the shorter one's words (the judge sums
+    word weights, so a much longer answer collects more of them: the seed's pairs, which it was fitted and
+    validated on, are rewrites of one length, trained answers are not)."""
 
     rate: float
     ci_low: float
@@ -260,6 +262,16 @@ class Axis:
     ties: int
     losses: int
     no_length: float
+    equal_length: float
+    equal_ci_low: float
+    equal_ci_high: float
+
+
+def cut_to_equal(a: str, b: str) -> tuple[str, str]:
+    """Both answers cut to the word count of the shorter one."""
+    wa, wb = a.split(), b.split()
+    n = min(len(wa), len(wb))
+    return " ".join(wa[:n]), " ".join(wb[:n])
 
 
 def axis_win_rate(answers: list[Any], split_seed: int = 0) -> Axis:
@@ -269,15 +281,18 @@ def axis_win_rate(answers: list[Any], split_seed: int = 0) -> Axis:
 
     train_rows = json.loads(seed_pairs_path().read_text())[TRAIN]
     out = {}
-    for length in (True, False):
+    for name, length, cut in (("all", True, False), ("no_length", False, False), ("equal", True, True)):
         m = load_or_fit(train_rows, length=length)
         outcomes = []
         for a in answers:
-            p, r = m.score(a.policy_answer), m.score(a.reference_answer)
+            pa, ra = cut_to_equal(a.policy_answer, a.reference_answer) if cut else (a.policy_answer,
+                                                                                     a.reference_answer)
+            p, r = m.score(pa), m.score(ra)
             outcomes.append("win" if p > r else "loss" if p < r else "tie")
-        out[length] = summarize(outcomes, seed=split_seed)
-    w = out[True]
-    return Axis(w.rate, w.ci_low, w.ci_high, w.wins, w.ties, w.losses, out[False].rate)
+        out[name] = summarize(outcomes, seed=split_seed)
+    w, e = out["all"], out["equal"]
+    return Axis(w.rate, w.ci_low, w.ci_high, w.wins, w.ties, w.losses, out["no_length"].rate, e.rate, e.ci_low,
+                e.ci_high)
 
 
 @dataclass
@@ -446,7 +461,8 @@ def main() -> None:
         print(f"{r.name}: " + ("meets the goals" if not miss else "misses: " + "; ".join(miss))
               + (f"; trained in {r.seconds / 60:.0f} min" if r.seconds else "")
               + (f"; seed-axis {r.axis.wins} W / {r.axis.ties} T / {r.axis.losses} L, without its length features "
-                 f"{pct(r.axis.no_length)}" if r.axis else "")
+                 f"{pct(r.axis.no_length)}, both answers cut to equal length {pct(r.axis.equal_length)} "
+                 f"[{pct(r.axis.equal_ci_low)}, {pct(r.axis.equal_ci_high)}]" if r.axis else "")
               + (f"; per prompt kept more on {r.retention.better}, less on {r.retention.worse}")
               + (f"; embedded judge rule {v.rule}, validation {pct(v.accuracy)} [{pct(v.ci_low)}, {pct(v.ci_high)}]"
                  if v else ""))
