@@ -13,9 +13,10 @@ measured with them ablated: a judge that only rewards length would lose its accu
 Data: rows ``[:935]`` of ``instruction-data-with-preference.json`` (the recipe's training rows), never the test rows
 ``[935:1045]``; the validation rows ``[1045:]`` only measure it (``python bench/judges/seed_axis.py``). The penalty
 is chosen by 5-fold cross-validation on the training rows. Fitting is exact and deterministic (Newton's method on
-the representer coefficients, ``w = Xᵀα``; no random start, no sampling), and takes a few seconds; the weights go
-to ``$PREFLOOP_CACHE/judges/seed-axis-<key>.json`` (``~/.cache/prefloop``) the first time ``score`` is called,
-keyed by the training rows and the settings, and are read from there after.
+the representer coefficients, ``w = Xᵀα``; no random start, no sampling) and takes about a minute on 2 cores (the
+penalty search: 7 strengths × 5 folds). The weights go to ``$PREFLOOP_CACHE/judges/seed-axis-<key>.json``
+(``~/.cache/prefloop``) the first time ``score`` is called, keyed by the training rows and the settings, and are
+read from there after.
 
 The seed pairs are found at ``$PREFLOOP_SEED_PAIRS``, else ``shared/seed-data/`` beside the checkout (or one folder
 further up, for a worktree).
@@ -39,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 SEED_FILE = "instruction-data-with-preference.json"
 TRAIN, TEST, VAL = slice(0, 935), slice(935, 1045), slice(1045, None)
-PENALTIES = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)   # L2 strengths tried by cross-validation (on the training rows only)
+PENALTIES = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)  # L2 strengths, by CV on the training rows
 FOLDS = 5
 LENGTH = ("len:log_words", "len:log_chars", "len:exclaims")
 VERSION = 1                              # bump when the features or the fit change: a new cache key
