@@ -152,10 +152,19 @@ def headline(results: JudgeResults, reward_accuracy: float | None = None) -> Hea
         out.lines.append(skill_line(ret))
     preferred = head.n > 0 and not at_chance and is_number(head.ci_low) and head.ci_low > 0.5
     if ret is not None and ret.lost:
+        # a trade of the skill for the preference is not a success, whichever measure shows the preference: the
+        # judge (when it can tell) or, when it cannot, the held-out reward accuracy that needs no judge
         out.success = False
-        first = ("**Not a success**: the trained model won the preference but lost the skill" if preferred else
-                 "**The skill was lost**: the trained model keeps clearly less of the task than its reference")
-        out.lines.append(f"{first}. DPO should shape the style on top of the skill; {LEVERS}.")
+        if preferred:
+            how = "the trained model won the preference but lost the skill"
+        elif reward_accuracy is not None and reward_accuracy > 0.5:
+            how = (f"the trained model moved the preference (held-out reward accuracy {pct(reward_accuracy)}) but "
+                   "lost the skill")
+        else:
+            how = "the trained model lost the skill"
+        out.lines.append(f"**Not a success**: {how}: it keeps {pct(ret.kept)} of the reference's answer content, "
+                         f"worse on {ret.worse} prompts, better on {ret.better}. DPO should shape the style on top "
+                         f"of the skill; {LEVERS}.")
     elif preferred and ret is not None and ret.kept is not None:
         out.success = True
         out.lines.append("The trained model is preferred and kept its skill.")

@@ -34,8 +34,9 @@ SKILL_KEPT = 0.95        # a policy keeping less than this share of the referenc
                          # ... when the per-prompt loss is also clear of noise (diff_ci entirely below 0)
 MIN_RECALL = 0.05         # a reference recalling less of the known-good content gives no ratio ("kept 590 %")
 LONGER = 1.5             # answers this many times as long as the reference's: bought with length
-LEVERS = ("raise rpo_alpha (an NLL anchor on the chosen answers, e.g. 1.0), raise beta (stay closer to the "
-          "reference), lower lr, or train fewer steps")
+LEVERS = ("raise rpo_alpha (the NLL anchor on the chosen answers; 1.0 by default, so above that), raise beta (stay "
+          "closer to the reference), lower lr, or train fewer steps; and answer the held-out prompts the way "
+          "training rendered them (prompt_format)")
 
 # English function words (and the pieces \w+ cuts from contractions): what content-word recall ignores
 STOPWORDS = frozenset("""

@@ -356,5 +356,9 @@ def load_prompts(source: str | Path, *, skip_bad: bool = False, limit: int = 0) 
 
 
 def preference_to_prompt(rec: PreferenceRecord) -> PromptRecord:
-    """The prompt side of a pair (held-out evaluation uses pairs' prompts); its known-good answer is the chosen."""
-    return PromptRecord(id=rec.id, prompt=rec.prompt, known_good=rec.chosen, meta=dict(rec.meta))
+    """The prompt side of a pair (held-out evaluation uses pairs' prompts). Its known-good answer is the row's own
+    dataset answer when it has one (an Alpaca ``output``: the task's content before any rewrite toward the
+    preference, what skill retention is read against), else the chosen side."""
+    output = rec.meta.get("output")
+    known_good = output if isinstance(output, str) and output.strip() else rec.chosen
+    return PromptRecord(id=rec.id, prompt=rec.prompt, known_good=known_good, meta=dict(rec.meta))
