@@ -85,9 +85,11 @@ class GenerateConfig:
         for name, spec in [("model", self.model), *(("models", m) for m in self.models),
                            ("sft_model", self.sft_model)] + ([("judge", self.judge)] if self.judge else []):
             try:
-                parse_spec(spec)  # a bad spec fails here, not an hour in
+                parsed = parse_spec(spec)  # a bad spec fails here, not an hour in
             except ValueError as exc:
                 bad(name, str(exc))
+            if name != "judge" and not parsed.chat:
+                bad(name, f"{spec!r} is a {parsed.kind} judge, not a model that writes answers")
         if self.k < 2:
             bad("k", f"must be at least 2 (best and worst), got {self.k}")
         for name in ("concurrency", "limit", "abort_after"):

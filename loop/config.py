@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from generator.config import GenerateConfig
-from judge.config import JudgeConfig, is_human
+from judge.config import JudgeConfig
 from judge.preflight import PreflightConfig
 from prefloop.config import (ConfigError, apply_overrides, at_least, build, check_choices, check_sections, load_toml,
                              setting)
 from prefloop.export import QUANTIZE
-from prefloop.llm.base import parse_spec
+from prefloop.llm.base import ClientSpec, parse_spec
 from prefloop.models import DTYPES, normalize_dtype
 from trainer.config import TrainConfig
 
@@ -126,6 +126,15 @@ class LoopConfig:
     def judges(self) -> list[str]:
         return list(self.judge.judges)
 
+    def judge_specs(self) -> list[ClientSpec]:
+        """The judges, parsed (each knows whether it is a person, a served model or an in-process judge)."""
+        return [parse_spec(j) for j in self.judge.judges]
+
+    def preflight_judge(self) -> str | None:
+        """Who scores the SFT model's answers before training: ``[preflight] judge``, else the first judge that is
+        not a person (a person judges pairs, not 0-100 scores); None when every judge is a person."""
+        return self.preflight.judge or next((str(j) for j in self.judge_specs() if not j.person), None)
+
 
 def run_dir_of(run: RunSection, config_path: Path) -> Path:
     return Path(run.output_dir or Path("runs") / (run.name or config_path.stem))
@@ -194,7 +203,7 @@ def load_loop_config(path: str | Path, overrides: list[str] | None = None) -> Lo
     # the judgment cache outlives a changed judge setting (its keys hold everything that decides a verdict)
     judge_raw.setdefault("cache", str(paths["cache"]))
     judge = build(JudgeConfig, judge_raw, f"{path} [judge]")
-    for spec in [j for j in judge.judges if not is_human(j)] + ([preflight.judge] if preflight.judge else []):
+    for spec in [*judge.judges, *([preflight.judge] if preflight.judge else [])]:
         try:
             parse_spec(spec)
         except ValueError as exc:

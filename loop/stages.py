@@ -22,7 +22,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from judge.config import is_human
 from judge.preflight import RULES as PREFLIGHT_RULES
 from loop.config import LoopConfig, judge_owned, stage_paths
 from prefloop.config import fingerprinted
@@ -64,7 +63,7 @@ def stage_settings(cfg: LoopConfig) -> dict[str, dict[str, Any]]:
 def preflight_judge(cfg: LoopConfig) -> str | None:
     """Who scores the SFT model's answers before training: ``[preflight] judge``, else the first model judge (a
     person judges pairs, not 0-100 scores); None when every judge is a person."""
-    return cfg.preflight.judge or next((j for j in cfg.judges if not is_human(j)), None)
+    return cfg.preflight_judge()
 
 
 class Loop:
