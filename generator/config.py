@@ -14,6 +14,7 @@ from typing import Any
 
 from prefloop.config import ConfigError, check_choices, setting
 from prefloop.llm.base import parse_spec, spec_identity
+from prefloop.templates import PROMPT_FORMATS
 from prefloop.llm.hosts import Host, parse_hosts
 
 STRATEGIES = ("rewrite", "rank", "contrast")
@@ -48,6 +49,10 @@ class GenerateConfig:
     temperature: float = setting(0.0, "rewrite/contrast sampling temperature (rank uses rank_temperature)")
     rank_temperature: float = setting(0.8, "rank: candidates' sampling temperature")
     max_tokens: int = setting(512, "reply length cap in tokens")
+    prompt_format: str = setting("auto", "contrast/rank: how a prompt reaches the models answering it, as the "
+                                         "trainer renders it (auto: Alpaca rows as one chat turn for a model with a "
+                                         "chat template) | text | chat | alpaca; `prefloop run` copies [train]'s",
+                                 choices=PROMPT_FORMATS)
     num_ctx: int = setting(4096, "the server's context window (Ollama num_ctx); it changes no pair unless a prompt "
                                  "does not fit, which the client warns about", runtime=True)
     seed: int = setting(123, "sampling seed (and the rewrite direction's coin)")
@@ -155,12 +160,13 @@ class GenerateConfig:
             base.update(model=spec_identity(self.model), axis=self.axis, better=self.better, worse=self.worse,
                         recipe_prompt=self.rewrite_style, temperature=self.temperature)
         elif self.strategy == "rank":
+            base.update(prompt_format=self.prompt_format)
             base.update(models=[spec_identity(m) for m in self.candidate_models],
                         judge=spec_identity(self.judge_model), k=self.k, min_margin=self.min_margin,
                         temperature=self.rank_temperature)
         else:
             base.update(model=spec_identity(self.model), sft_model=spec_identity(self.sft_model),
-                        temperature=self.temperature)
+                        temperature=self.temperature, prompt_format=self.prompt_format)
         return base
 
 

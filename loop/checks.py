@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from loop.config import LoopConfig
+from loop.config import STAGES, LoopConfig
 from prefloop.fingerprint import RunState
 from prefloop.llm.base import ClientSpec, parse_spec
 
@@ -26,16 +26,15 @@ def needed_stages(cfg: LoopConfig, state: RunState, settings: dict[str, dict[str
                   prompts_identity: str) -> set[str]:
     """The stages that will run (or may): the first one not finished with its current settings, and every one
     after it. The generator also runs when its prompts changed (new prompts are generated, the rest kept)."""
-    order = ["generate", "split", "preflight", "train", "judge"]
     gen = state.get("generate")
-    for i, name in enumerate(order):
+    for i, name in enumerate(STAGES):
+        if (name == "preflight" and not cfg.preflight.enabled) or (name == "export" and not cfg.export.ollama):
+            continue
         unchanged = state.done_with(name, settings[name])
         if name == "generate":
             unchanged = unchanged and gen is not None and gen.resumable.get("prompts") == prompts_identity
-        if name == "preflight" and not cfg.preflight.enabled:
-            continue
         if not unchanged:
-            return set(order[i:])
+            return set(STAGES[i:])
     return set()
 
 

@@ -157,13 +157,66 @@ def _owned(cls: type, section: dict[str, Any], owned: dict[str, Any], where: str
     return {**section, **{k: v for k, v in owned.items() if k in names}}
 
 
-def stage_paths(run_dir: Path) -> dict[str, Path]:
+STAGES = ("generate", "split", "preflight", "train", "export", "judge")
+"""The loop's stages in the order they run: the one place it is written (``loop.stages`` runs them in this
+order, ``loop.checks`` finds the first to rerun in it)."""
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where each stage reads and writes inside the run folder (a typo is an AttributeError at once, not a
+    KeyError at the judge stage)."""
+
+    root: Path
+
+    @property
+    def pairs(self) -> Path:
+        return self.root / "generate" / "pairs.jsonl"
+
+    @property
+    def split(self) -> Path:
+        return self.root / "split"
+
+    @property
+    def train_pairs(self) -> Path:
+        return self.split / "train.jsonl"
+
+    @property
+    def heldout_pairs(self) -> Path:
+        return self.split / "heldout_pairs.jsonl"
+
+    @property
+    def heldout_prompts(self) -> Path:
+        return self.split / "heldout_prompts.jsonl"
+
+    @property
+    def train(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def final(self) -> Path:
+        return self.train / "final"
+
+    @property
+    def judge(self) -> Path:
+        return self.root / "judge"
+
+    @property
+    def preflight(self) -> Path:
+        return self.root / "preflight"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache" / "judge-cache.sqlite"
+
+    @property
+    def export(self) -> Path:
+        return self.root / "export"
+
+
+def stage_paths(run_dir: Path) -> RunPaths:
     """Where each stage reads and writes inside the run folder."""
-    return {"pairs": run_dir / "generate" / "pairs.jsonl", "split": run_dir / "split",
-            "train_pairs": run_dir / "split" / "train.jsonl", "heldout_pairs": run_dir / "split" / "heldout_pairs.jsonl",
-            "heldout_prompts": run_dir / "split" / "heldout_prompts.jsonl", "train": run_dir / "train",
-            "final": run_dir / "train" / "final", "judge": run_dir / "judge", "preflight": run_dir / "preflight",
-            "cache": run_dir / "cache" / "judge-cache.sqlite", "export": run_dir / "export"}
+    return RunPaths(Path(run_dir))
 
 
 def load_loop_config(path: str | Path, overrides: list[str] | None = None) -> LoopConfig:
@@ -180,28 +233,28 @@ def load_loop_config(path: str | Path, overrides: list[str] | None = None) -> Lo
     paths = stage_paths(run_dir_of(run, path))
     in_run = "it lives in the run folder"
 
-    gen_raw = _owned(GenerateConfig, dict(doc.get("generate", {})), {"output": str(paths["pairs"])},
+    gen_raw = _owned(GenerateConfig, dict(doc.get("generate", {})), {"output": str(paths.pairs)},
                      f"{path} [generate]", in_run)
     gen_raw = _owned(GenerateConfig, gen_raw, {"source": data.prompts, "limit": data.limit,
                                                "skip_bad": data.skip_bad}, f"{path} [generate]", "from [data]")
-    generate = build(GenerateConfig, gen_raw, f"{path} [generate]")
-
     train_raw = _owned(TrainConfig, dict(doc.get("train", {})),
-                       {"data": str(paths["train_pairs"]), "output_dir": str(paths["train"]),
-                        "eval_data": str(paths["heldout_pairs"])}, f"{path} [train]", in_run)
+                       {"data": str(paths.train_pairs), "output_dir": str(paths.train),
+                        "eval_data": str(paths.heldout_pairs)}, f"{path} [train]", in_run)
     if run.threads and "threads" not in train_raw:
         train_raw["threads"] = run.threads
     train = build(TrainConfig, train_raw, f"{path} [train]")
+    gen_raw.setdefault("prompt_format", train.prompt_format)  # on-policy answers come the way the model trains
+    generate = build(GenerateConfig, gen_raw, f"{path} [generate]")
 
     export = build(ExportConfig, _owned(ExportConfig, dict(doc.get("export", {})),
-                                        {"model": str(paths["final"]), "output_dir": str(paths["export"])},
+                                        {"model": str(paths.final), "output_dir": str(paths.export)},
                                         f"{path} [export]", in_run), f"{path} [export]")
     judge_raw = _owned(JudgeConfig, dict(doc.get("judge", {})), judge_owned(paths, train, export=export),
                        f"{path} [judge]", in_run)
     judge_raw.setdefault("generator_model", generate.model)   # the judge checks for self-preference
     judge_raw.setdefault("prompt_format", train.prompt_format)  # answers come the way the model was trained
     # the judgment cache outlives a changed judge setting (its keys hold everything that decides a verdict)
-    judge_raw.setdefault("cache", str(paths["cache"]))
+    judge_raw.setdefault("cache", str(paths.cache))
     judge = build(JudgeConfig, judge_raw, f"{path} [judge]")
     for spec in [*judge.judges, *([preflight.judge] if preflight.judge else [])]:
         try:
@@ -212,13 +265,13 @@ def load_loop_config(path: str | Path, overrides: list[str] | None = None) -> Lo
                       train=train, judge=judge, export=export, raw=doc)
 
 
-def judge_owned(paths: dict[str, Path], train: TrainConfig, final_model: str | Path | None = None,
+def judge_owned(paths: RunPaths, train: TrainConfig, final_model: str | Path | None = None,
                 export: ExportConfig | None = None) -> dict[str, Any]:
     """The judge settings that live in the run folder: the trained model against the SFT model it started from,
     on the held-out prompts; both served by Ollama when ``[export]`` created them there; each judge validated on the held-out pairs."""
-    policy, reference = str(final_model or paths["final"]), str(train.model)
+    policy, reference = str(final_model or paths.final), str(train.model)
     if export is not None and export.ollama:
         policy, reference = export.served(export.ollama), export.served(export.reference_name)
-    return {"prompts": str(paths["heldout_prompts"]), "policy": policy, "reference": reference,
-            "pairs": str(paths["train_pairs"]), "output_dir": str(paths["judge"]),
-            "validate": str(paths["heldout_pairs"])}
+    return {"prompts": str(paths.heldout_prompts), "policy": policy, "reference": reference,
+            "pairs": str(paths.train_pairs), "output_dir": str(paths.judge),
+            "validate": str(paths.heldout_pairs)}

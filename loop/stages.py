@@ -23,15 +23,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from judge.preflight import RULES as PREFLIGHT_RULES
-from loop.config import LoopConfig, judge_owned, stage_paths
+from loop.config import STAGES, LoopConfig, judge_owned, stage_paths
 from prefloop.config import fingerprinted
 from prefloop.files import count_lines
 from prefloop.fingerprint import RunState, file_hash, fingerprint, model_identity
 from prefloop.records import PromptRecord
 from prefloop.stage import StageResult
-
-STAGE_NAMES = ("generate", "split", "preflight", "train", "export", "judge")
-
 
 class StageFailed(RuntimeError):
     """A stage could not finish; the message says why and what to do. Finished work stays on disk."""
@@ -51,7 +48,7 @@ def stage_settings(cfg: LoopConfig) -> dict[str, dict[str, Any]]:
         "generate": {"identity": cfg.generate.identity()},
         "split": {"split": fingerprinted(cfg.split), "data": fingerprinted(cfg.data)},
         "preflight": {"preflight": fingerprinted(cfg.preflight), "judge": preflight_judge(cfg),
-                      "sft": cfg.train.model, "rules": PREFLIGHT_RULES,
+                      "sft": cfg.train.model, "rules": PREFLIGHT_RULES, "prompt_format": cfg.judge.prompt_format,
                       "judging": {k: getattr(cfg.judge, k) for k in ("judge_temperature", "judge_seed",
                                                                       "judge_max_tokens", "judge_num_ctx")}},
         "train": fingerprinted(cfg.train),
@@ -182,7 +179,7 @@ class Loop:
         from loop.split import split_pairs
 
         def work(decision: str) -> StageResult:
-            result = split_pairs(self.paths["pairs"], self.prompts(), self.cfg.split, self.paths["split"])
+            result = split_pairs(self.paths.pairs, self.prompts(), self.cfg.split, self.paths.split)
             if result.train_pairs == 0:
                 raise StageFailed("no training pairs after holding out prompts: add prompts or lower "
                                   "[split] heldout_fraction")
@@ -192,7 +189,7 @@ class Loop:
                      f"({result.heldout_pairs} held-out pairs for eval curves and judge validation)")
             return result
 
-        inputs = {"pairs": file_hash(self.paths["pairs"]), "prompts": self.source_identity()}
+        inputs = {"pairs": file_hash(self.paths.pairs), "prompts": self.source_identity()}
         return self._stage("split", inputs, ["split", "split/train.jsonl", "split/heldout_prompts.jsonl"], work)
 
     # -- preflight
@@ -209,11 +206,11 @@ class Loop:
             from judge.preflight import run_preflight
             from prefloop.sources import load_prompts
 
-            heldout, _ = load_prompts(self.paths["heldout_prompts"])
+            heldout, _ = load_prompts(self.paths.heldout_prompts)
             return run_preflight(p, self.cfg.judge, self.cfg.train.model, heldout, judge_spec,
-                                 self.paths["preflight"], self.console)
+                                 self.paths.preflight, self.console)
 
-        inputs = {"heldout": file_hash(self.paths["heldout_prompts"]), "sft": model_identity(self.cfg.train.model)}
+        inputs = {"heldout": file_hash(self.paths.heldout_prompts), "sft": model_identity(self.cfg.train.model)}
         outcome = self._stage("preflight", inputs, ["preflight", "preflight/summary.json"], work)
         for line in outcome.info.get("warnings", []):
             self.warn(line)
@@ -230,15 +227,15 @@ class Loop:
             from trainer.dpo import train
 
             cfg = replace(t, resume=(decision == "resume"),
-                          eval_data=t.eval_data if count_lines(self.paths["heldout_pairs"]) else None)
+                          eval_data=t.eval_data if count_lines(self.paths.heldout_pairs) else None)
             result = train(cfg, console=self.console)
-            if result.complete and not (self.paths["final"] / "config.json").exists():
-                raise StageFailed(f"training ended without a final model in {self.paths['final']}")
+            if result.complete and not (self.paths.final / "config.json").exists():
+                raise StageFailed(f"training ended without a final model in {self.paths.final}")
             if result.status == "failed":
                 raise StageFailed(f"training stopped: {result.reason}")
             return result
 
-        inputs = {"train": file_hash(self.paths["train_pairs"]), "eval": file_hash(self.paths["heldout_pairs"]),
+        inputs = {"train": file_hash(self.paths.train_pairs), "eval": file_hash(self.paths.heldout_pairs),
                   "model": model_identity(t.model)}
         return self._stage("train", inputs, ["train", "train/final/config.json"], work)
 
@@ -255,8 +252,8 @@ class Loop:
         def work(decision: str) -> StageResult:
             from loop.export import export_run
 
-            return export_run(e, self.final_model() or str(self.paths["final"]), self.cfg.train.model,
-                              self.paths["export"], self.say)
+            return export_run(e, self.final_model() or str(self.paths.final), self.cfg.train.model,
+                              self.paths.export, self.say)
 
         inputs = {"trained": self.fps.get("train") or "", "reference": model_identity(self.cfg.train.model)}
         return self._stage("export", inputs, ["export", "export/policy/export.json",
@@ -277,8 +274,8 @@ class Loop:
             return result
 
         inputs = {"trained": self.fps.get("train") or (train_rec.fingerprint if train_rec else ""),
-                  "heldout": file_hash(self.paths["heldout_prompts"]),
-                  "validation": file_hash(self.paths["heldout_pairs"]),
+                  "heldout": file_hash(self.paths.heldout_prompts),
+                  "validation": file_hash(self.paths.heldout_pairs),
                   "reference": model_identity(self.cfg.train.model)}
         if self.cfg.export.ollama:  # the answers come from the exported models: a new export, new answers
             inputs["export"] = self.fps.get("export", "")
@@ -325,12 +322,8 @@ class Loop:
         started = time.monotonic()
         failed: str | None = None
         try:
-            self.generate()
-            self.split()
-            self.preflight()
-            self.train()
-            self.export()
-            self.judge()
+            for name in STAGES:
+                getattr(self, name)()
         except StageFailed as exc:
             failed = str(exc)
             self.say(f"[bold red]stopped:[/bold red] {escape(str(exc))}")
@@ -346,11 +339,11 @@ class Loop:
         from judge.results import JudgeResults
         from loop.report import HOW_TO_SCALE_UP, held_out_reward_accuracy, uses_local_models
 
-        results = JudgeResults.read(self.paths["judge"] / "results.json")
+        results = JudgeResults.read(self.paths.judge / "results.json")
         if results is not None:
             self.say(f"[bold]held-out win rate and skill[/bold] ({results.n_prompts} prompts the model never "
                      "trained on):")
-            for line in headline(results, held_out_reward_accuracy(self.paths["train"])).plain():
+            for line in headline(results, held_out_reward_accuracy(self.paths.train)).plain():
                 self.say(f"  {escape(line)}")
         self.say(f"report: {paths[0]}  (and {paths[1].name})   total {seconds / 60:.1f} min")
         if uses_local_models(self.cfg):
