@@ -49,6 +49,8 @@ class GenerateConfig:
     temperature: float = setting(0.0, "rewrite/contrast sampling temperature (rank uses rank_temperature)")
     rank_temperature: float = setting(0.8, "rank: candidates' sampling temperature")
     max_tokens: int = setting(512, "reply length cap in tokens")
+    round: int = setting(0, "the round of `prefloop run` these pairs belong to, kept in each pair's meta",
+                         runtime=True, flag=False)
     prompt_format: str = setting("auto", "contrast/rank: how a prompt reaches the models answering it, as the "
                                          "trainer renders it (auto: Alpaca rows as one chat turn for a model with a "
                                          "chat template) | text | chat | alpaca; `prefloop run` copies [train]'s",

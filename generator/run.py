@@ -122,6 +122,8 @@ class Context:
         if rec.known_good is not None:
             full["output"] = rec.known_good
         full.update(meta)
+        if cfg.round:
+            full["round"] = cfg.round  # which round of `prefloop run` sampled and ranked this pair
         full.update(source_id=rec.id, strategy=cfg.strategy, settings=cfg.identity(),
                     time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         full.setdefault("options", {"num_ctx": cfg.num_ctx, "max_tokens": cfg.max_tokens})
@@ -164,7 +166,11 @@ def _make_clients(cfg: GenerateConfig) -> dict[str, Any]:
     clients: dict[str, Any] = {}
     for spec in cfg.specs_used():
         backend = parse_spec(spec).backend
-        if backend == "ollama":
+        if not parse_spec(spec).chat:  # a python: or reward: judge scores the rank strategy's candidates
+            from judge.kinds import make_direct
+
+            clients[spec] = make_direct(spec)
+        elif backend == "ollama":
             several = len(cfg.hosts_of(spec)) > 1
             clients[spec] = make_client(spec, timeout=cfg.timeout_s, hosts=cfg.hosts or None,
                                         slots=default_slots() if several else cfg.resolved_concurrency())

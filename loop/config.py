@@ -29,9 +29,12 @@ class RunSection:
     output_dir: str = setting("", "the run folder; default: runs/<config name> (relative to the current folder)",
                               runtime=True, was=("out_dir",))
     threads: int = setting(0, "torch threads for local models and training (0: torch's default)", runtime=True)
+    rounds: int = setting(1, "rounds of the loop: 1 is one pass; N > 1 trains again on the trained model's own "
+                             "answers, judged ([rounds]; loop/rounds.py)")
 
     def __post_init__(self) -> None:
         at_least(self, "run.", 0, "threads")
+        at_least(self, "run.", 1, "rounds")
 
 
 @dataclass
@@ -100,6 +103,33 @@ class ExportConfig:
 
 
 @dataclass
+class RoundsSection:
+    """``[rounds]``: how rounds 2..N sample, pair, train and stop (``[run] rounds`` sets N)."""
+
+    samples: int = setting(4, "answers the previous round's model gives to each prompt")
+    temperature: float = setting(0.8, "their sampling temperature")
+    seed: int = setting(0, "sampling seed (round k samples with seed + 1000·k), and the prompt slices' shuffle")
+    prompts: str = setting("fresh", "fresh: a new slice of the training prompts per round | all: every training "
+                                    "prompt each round", choices=("fresh", "all"))
+    pairing: str = setting("rank", "rank: the judge scores the samples, best against worst (ties dropped) | "
+                                   "contrast: the writer's answer chosen, the model's own rejected",
+                           choices=("rank", "contrast"))
+    judge: str = setting("", "who ranks the samples (default: the first [judge] judge that is not a person); "
+                             "python:MODULE:FUNCTION and reward:PATH need no server")
+    reference: str = setting("previous", "the reference of round k's DPO: the round k-1 model (the iterative-DPO "
+                                         "standard)", choices=("previous",))
+    min_kept: float = setting(0.95, "stop when a round keeps less than this share of the SFT model's content "
+                                    "recall on the held-out prompts")
+
+    def __post_init__(self) -> None:
+        check_choices(self, "rounds.")
+        if self.samples < 2:
+            raise ConfigError(f"rounds.samples: at least 2 answers per prompt to pair, got {self.samples}")
+        if not 0.0 <= self.min_kept <= 1.5:
+            raise ConfigError(f"rounds.min_kept: a share of the SFT model's recall, e.g. 0.95; got {self.min_kept}")
+
+
+@dataclass
 class LoopConfig:
     """The whole loop, checked before any work."""
 
@@ -113,6 +143,7 @@ class LoopConfig:
     judge: JudgeConfig                  # the first of its ``judges`` is the headline
     export: ExportConfig = field(default_factory=ExportConfig)   # off unless [export] ollama names a model
     raw: dict[str, Any] = field(default_factory=dict)
+    rounds: RoundsSection = field(default_factory=lambda: RoundsSection())  # rounds 2..N ([run] rounds > 1)
 
     @property
     def name(self) -> str:
@@ -261,8 +292,9 @@ def load_loop_config(path: str | Path, overrides: list[str] | None = None) -> Lo
             parse_spec(spec)
         except ValueError as exc:
             raise ConfigError(f"{path} [judge].judges: {exc}") from None
+    rounds = build(RoundsSection, doc.get("rounds"), f"{path} [rounds]")
     return LoopConfig(path=path, run=run, data=data, split=split, preflight=preflight, generate=generate,
-                      train=train, judge=judge, export=export, raw=doc)
+                      train=train, judge=judge, export=export, raw=doc, rounds=rounds)
 
 
 def judge_owned(paths: RunPaths, train: TrainConfig, final_model: str | Path | None = None,

@@ -222,6 +222,12 @@ class Loop:
     # -- train
     def train(self) -> StageOutcome:
         t = self.cfg.train
+        inputs = {"train": file_hash(self.paths.train_pairs), "eval": file_hash(self.paths.heldout_pairs),
+                  "model": model_identity(t.model)}
+        return self.train_stage("train", t, self.paths, inputs)
+
+    def train_stage(self, name: str, t: Any, paths: Any, inputs: dict[str, str]) -> StageOutcome:
+        """Train ``t`` into ``paths.train`` as stage ``name`` (the loop's train stage, and each round's)."""
 
         def work(decision: str) -> StageResult:
             from trainer.dpo import train
@@ -229,15 +235,14 @@ class Loop:
             cfg = replace(t, resume=(decision == "resume"),
                           eval_data=t.eval_data if count_lines(self.paths.heldout_pairs) else None)
             result = train(cfg, console=self.console)
-            if result.complete and not (self.paths.final / "config.json").exists():
-                raise StageFailed(f"training ended without a final model in {self.paths.final}")
+            if result.complete and not (paths.final / "config.json").exists():
+                raise StageFailed(f"training ended without a final model in {paths.final}")
             if result.status == "failed":
                 raise StageFailed(f"training stopped: {result.reason}")
             return result
 
-        inputs = {"train": file_hash(self.paths.train_pairs), "eval": file_hash(self.paths.heldout_pairs),
-                  "model": model_identity(t.model)}
-        return self._stage("train", inputs, ["train", "train/final/config.json"], work)
+        rel = paths.train.relative_to(self.run_dir).as_posix()
+        return self._stage(name, inputs, [rel, f"{rel}/final/config.json"], work)
 
     # -- export
     def final_model(self) -> str | None:
@@ -264,6 +269,16 @@ class Loop:
         train_rec = self.state.get("train")
         cfg = replace(self.cfg.judge, **judge_owned(self.paths, self.cfg.train, self.final_model(),
                                                     export=self.cfg.export))
+        inputs = {"trained": self.fps.get("train") or (train_rec.fingerprint if train_rec else ""),
+                  "heldout": file_hash(self.paths.heldout_prompts),
+                  "validation": file_hash(self.paths.heldout_pairs),
+                  "reference": model_identity(self.cfg.train.model)}
+        if self.cfg.export.ollama:  # the answers come from the exported models: a new export, new answers
+            inputs["export"] = self.fps.get("export", "")
+        return self.judge_stage("judge", cfg, inputs, self.paths.judge)
+
+    def judge_stage(self, name: str, cfg: Any, inputs: dict[str, str], folder: Path) -> StageOutcome:
+        """Judge ``cfg`` into ``folder`` as stage ``name`` (the loop's judge stage, and each round's verdicts)."""
 
         def work(decision: str) -> StageResult:
             from judge.evaluate import evaluate
@@ -273,13 +288,15 @@ class Loop:
                 self.warn(f"judging is not complete: {result.reason}")
             return result
 
-        inputs = {"trained": self.fps.get("train") or (train_rec.fingerprint if train_rec else ""),
-                  "heldout": file_hash(self.paths.heldout_prompts),
-                  "validation": file_hash(self.paths.heldout_pairs),
-                  "reference": model_identity(self.cfg.train.model)}
-        if self.cfg.export.ollama:  # the answers come from the exported models: a new export, new answers
-            inputs["export"] = self.fps.get("export", "")
-        return self._stage("judge", inputs, ["judge", "judge/results.json"], work)
+        rel = folder.relative_to(self.run_dir).as_posix()
+        return self._stage(name, inputs, [rel, f"{rel}/results.json"], work)
+
+    def rounds(self) -> None:
+        """Rounds 2..N (``loop.rounds``) after the first pass, when ``[run] rounds`` asks for them."""
+        if self.cfg.run.rounds > 1:
+            from loop.rounds import Rounds
+
+            Rounds(self).run()
 
     # -- before any work
     def check(self) -> None:
@@ -324,6 +341,7 @@ class Loop:
         try:
             for name in STAGES:
                 getattr(self, name)()
+            self.rounds()
         except StageFailed as exc:
             failed = str(exc)
             self.say(f"[bold red]stopped:[/bold red] {escape(str(exc))}")

@@ -31,7 +31,7 @@ _MISSING: Any = dataclasses.MISSING
 
 # Every section a prefloop TOML file may hold: each command reads its own and refuses the rest of what it does
 # not know, so a typo (``[trian]``) is an error and not a section silently ignored.
-SECTIONS = ("run", "data", "generate", "split", "preflight", "train", "export", "judge")
+SECTIONS = ("run", "data", "generate", "split", "preflight", "train", "export", "judge", "rounds")
 
 
 class ConfigError(ValueError):

@@ -1,0 +1,93 @@
+"""Rounds (issue 17): `[run] rounds = N` samples the trained model's own answers, ranks them with a judge that
+needs no server, trains again from the trained model, judges each round against the SFT model and the previous
+round, and stops when a round changes nothing."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from loop.config import load_loop_config
+from loop.rounds import RoundRow, best_round, prompt_slice, stop_reason
+from loop.run import main
+from test_loop import Args, scripted_reply, write_config
+
+MARKER = '''
+def score(prompt, answer):
+    """Prefers answers holding the marker word; otherwise a little for variety, so samples rarely tie."""
+    return 10.0 * ("please" in answer.lower()) + len(set(answer)) / 1000
+'''
+
+
+@pytest.fixture()
+def rounds_setup(tmp_path: Path, tiny_model_dir: Path, ollama_server, monkeypatch):
+    ollama_server.reply = scripted_reply
+    monkeypatch.setenv("OLLAMA_HOST", ollama_server.url)
+    (tmp_path / "marker_rounds.py").write_text(MARKER)
+    monkeypatch.chdir(tmp_path)
+    yield write_config(tmp_path, tiny_model_dir, extra="\n[rounds]\nsamples = 3\ntemperature = 1.0\n")
+    sys.modules.pop("marker_rounds", None)
+
+
+SETTINGS = ['judge.judges=["python:marker_rounds:score"]', "preflight.enabled=false", "judge.n_boot=100",
+            "run.rounds=2"]
+
+
+def test_a_round_that_changed_nothing_stops_the_run_and_round_one_stays_the_result(rounds_setup: Path) -> None:
+    run = rounds_setup.parent / "run"
+    # lr so small the round-2 model answers exactly as round 1's: every verdict against round 1 is a tie
+    assert main(Args(rounds_setup, *SETTINGS, "train.lr=1e-12", "run.rounds=3")) == 0
+    curve = json.loads((run / "rounds" / "curve.json").read_text())
+    assert [r["round"] for r in curve["rounds"]] == [1, 2]       # round 3 never ran
+    assert "does not beat round 1" in curve["stopped"] and curve["best"] == 1
+    assert curve["rounds"][1]["vs_previous"][0] == 0.5
+    pairs = [json.loads(x) for x in (run / "rounds" / "2" / "generate" / "pairs.jsonl").read_text().splitlines()]
+    assert pairs and all(p["meta"]["round"] == 2 for p in pairs)
+    assert all(p["meta"]["judge"] == "python:marker_rounds:score" for p in pairs)
+    assert all(p["meta"]["model"] == [f"local:{run / 'train' / 'final'}"] for p in pairs)
+    heldout = {json.loads(x)["prompt"] if isinstance(json.loads(x)["prompt"], str) else ""
+               for x in (run / "split" / "heldout_prompts.jsonl").read_text().splitlines()}
+    assert not {p["prompt"] for p in pairs} & heldout                # held-out prompts never reach a round
+    report = (run / "report.md").read_text()
+    assert report.index("Rounds") < report.index("Held-out win rate")
+
+    state = json.loads((run / "state.json").read_text())
+    assert state["stages"]["round2/train"]["status"] == "done"
+    # a rerun with the same settings does nothing again; a changed [rounds] setting reruns round 2
+    assert main(Args(rounds_setup, *SETTINGS, "train.lr=1e-12", "run.rounds=3")) == 0
+    again = json.loads((run / "state.json").read_text())
+    assert again["stages"]["round2/train"]["fingerprint"] == state["stages"]["round2/train"]["fingerprint"]
+    assert main(Args(rounds_setup, *SETTINGS, "train.lr=1e-12", "run.rounds=3", "rounds.samples=2")) == 0
+    changed = json.loads((run / "state.json").read_text())
+    assert changed["stages"]["round2/generate"]["fingerprint"] != state["stages"]["round2/generate"]["fingerprint"]
+    assert changed["stages"]["train"]["fingerprint"] == state["stages"]["train"]["fingerprint"]
+
+
+def test_stop_rule_and_best_round() -> None:
+    one = RoundRow(1, "m1", [0.6, 0.55, 0.65], [0.6, 0.55, 0.65], kept=1.0)
+    two = RoundRow(2, "m2", [0.7, 0.6, 0.8], [0.6, 0.52, 0.7], kept=0.99)
+    three = RoundRow(3, "m3", [0.8, 0.7, 0.9], [0.6, 0.52, 0.7], kept=0.9)
+    assert stop_reason(two, 0.95) is None
+    assert "min_kept" in stop_reason(three, 0.95)
+    assert "does not beat" in stop_reason(RoundRow(2, "m", [0.5] * 3, [0.5, 0.4, 0.6], kept=1.0), 0.95)
+    assert best_round([one, two, three], 0.95).round == 2          # round 3 lost the skill
+
+
+def test_fresh_slices_are_disjoint_and_cover_the_training_prompts() -> None:
+    prompts = list(range(10))
+    slices = [prompt_slice(prompts, k, 4, "fresh", 0) for k in (2, 3, 4)]
+    assert sorted(sum(slices, [])) == prompts and all(slices)
+    assert prompt_slice(prompts, 3, 4, "all", 0) == prompts
+
+
+def test_rounds_settings_are_checked(rounds_setup: Path) -> None:
+    from prefloop.config import ConfigError
+
+    with pytest.raises(ConfigError, match="rounds.samples"):
+        load_loop_config(rounds_setup, ["rounds.samples=1"])
+    with pytest.raises(ConfigError, match="rounds.pairing"):
+        load_loop_config(rounds_setup, ['rounds.pairing="best"'])
+    assert load_loop_config(rounds_setup).run.rounds == 1          # default: today's loop
