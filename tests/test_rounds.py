@@ -91,3 +91,28 @@ def test_rounds_settings_are_checked(rounds_setup: Path) -> None:
     with pytest.raises(ConfigError, match="rounds.pairing"):
         load_loop_config(rounds_setup, ['rounds.pairing="best"'])
     assert load_loop_config(rounds_setup).run.rounds == 1          # default: today's loop
+
+
+POLITE = '''
+def score(prompt, answer):
+    """Prefers answers holding the marker phrase."""
+    return float("thank" in answer.lower())
+'''
+
+
+def test_round_two_beats_round_one_by_a_judge_with_a_known_preference(rounds_setup: Path) -> None:
+    """Contrast rounds: the writer's answers (the test server's, all holding "Thank you") against the trained
+    model's own; the python: judge prefers the marker, so a round that learned it more wins against the last."""
+    (rounds_setup.parent / "polite_rounds.py").write_text(POLITE)
+    run = rounds_setup.parent / "run"
+    try:
+        code = main(Args(rounds_setup, 'judge.judges=["python:polite_rounds:score"]', "preflight.enabled=false",
+                         "judge.n_boot=200", "run.rounds=2", 'rounds.pairing="contrast"', "rounds.temperature=0.0",
+                         'rounds.prompts="all"', "train.lr=3e-3", "train.max_steps=30"))
+    finally:
+        sys.modules.pop("polite_rounds", None)
+    assert code == 0
+    curve = json.loads((run / "rounds" / "curve.json").read_text())
+    print(json.dumps(curve, indent=1))
+    rate, low, high = curve["rounds"][1]["vs_previous"]
+    assert rate > 0.5 and low > 0.5
