@@ -116,3 +116,58 @@ def test_round_two_beats_round_one_by_a_judge_with_a_known_preference(rounds_set
     print(json.dumps(curve, indent=1))
     rate, low, high = curve["rounds"][1]["vs_previous"]
     assert rate > 0.5 and low > 0.5
+
+
+SLOW_MARKER = MARKER + '''
+import time
+
+def slow_score(prompt, answer):
+    time.sleep(0.05)   # stretches the round's ranking and judging so a kill lands inside them
+    return score(prompt, answer)
+'''
+
+
+def test_kill_9_in_each_stage_of_round_two_then_resume(rounds_setup: Path, tiny_model_dir: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    (rounds_setup.parent / "marker_rounds.py").write_text(SLOW_MARKER)
+    run = rounds_setup.parent / "run"
+    args = [sys.executable, "-m", "prefloop", "run", str(rounds_setup),
+            "--set", 'judge.judges=["python:marker_rounds:slow_score"]', "--set", "preflight.enabled=false",
+            "--set", "judge.n_boot=100", "--set", "run.rounds=2", "--set", "train.max_steps=12",
+            "--set", "train.save_every=1"]
+    env = {**os.environ, "PYTHONPATH": f"{root}:{root / 'tests'}", "HF_HUB_OFFLINE": "1"}
+
+    def status(stage: str) -> str | None:
+        try:
+            return json.loads((run / "state.json").read_text())["stages"].get(stage, {}).get("status")
+        except (OSError, ValueError):
+            return None
+
+    killed = []
+    for stage in ("round2/generate", "round2/train", "round2/judge", "round2/judge-previous"):
+        if status(stage) == "done":
+            continue  # an earlier kill's rerun finished it before we got there
+        proc = subprocess.Popen(args, cwd=rounds_setup.parent, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        while proc.poll() is None and status(stage) != "running":
+            time.sleep(0.02)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed.append(stage)
+        proc.wait()
+    assert len(killed) >= 3, killed
+    done = subprocess.run(args, cwd=rounds_setup.parent, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    curve = json.loads((run / "rounds" / "curve.json").read_text())
+    assert [r["round"] for r in curve["rounds"]] == [1, 2]
+    pairs = [json.loads(x) for x in (run / "rounds" / "2" / "generate" / "pairs.jsonl").read_text().splitlines()]
+    assert len({p["meta"]["source_id"] for p in pairs}) == len(pairs), "a pair written twice across kills"
+    state = json.loads((run / "state.json").read_text())["stages"]
+    assert all(state[s]["status"] == "done" for s in ("round2/generate", "round2/train", "round2/judge",
+                                                       "round2/judge-previous"))
+    assert (run / "rounds" / "2" / "train" / "final" / "config.json").exists()
