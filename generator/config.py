@@ -14,6 +14,7 @@ from typing import Any
 
 from prefloop.config import ConfigError, check_choices, section, setting
 from prefloop.llm.base import parse_spec, spec_identity
+from prefloop.templates import PROMPT_FORMATS
 from prefloop.llm.hosts import Host, parse_hosts
 
 STRATEGIES = ("rewrite", "rank", "contrast")
@@ -51,6 +52,12 @@ class GenerateConfig:
     temperature: float = setting(0.0, "rewrite/contrast sampling temperature (rank uses rank_temperature)")
     rank_temperature: float = setting(0.8, "rank: candidates' sampling temperature")
     max_tokens: int = setting(512, "reply length cap in tokens")
+    round: int = setting(0, "the round of `prefloop run` these pairs belong to, kept in each pair's meta",
+                         runtime=True, flag=False)
+    prompt_format: str = setting("auto", "contrast/rank: how a prompt reaches the models answering it, as the "
+                                         "trainer renders it (auto: Alpaca rows as one chat turn for a model with a "
+                                         "chat template) | text | chat | alpaca; `prefloop run` copies [train]'s",
+                                 choices=PROMPT_FORMATS)
     num_ctx: int = setting(4096, "the server's context window (Ollama num_ctx); it changes no pair unless a prompt "
                                  "does not fit, which the client warns about", runtime=True)
     seed: int = setting(123, "sampling seed (and the rewrite direction's coin)")
@@ -88,9 +95,11 @@ class GenerateConfig:
         for name, spec in [("model", self.model), *(("models", m) for m in self.models),
                            ("sft_model", self.sft_model)] + ([("judge", self.judge)] if self.judge else []):
             try:
-                parse_spec(spec)  # a bad spec fails here, not an hour in
+                parsed = parse_spec(spec)  # a bad spec fails here, not an hour in
             except ValueError as exc:
                 bad(name, str(exc))
+            if name != "judge" and not parsed.chat:
+                bad(name, f"{spec!r} is a {parsed.kind} judge, not a model that writes answers")
         if self.k < 2:
             bad("k", f"must be at least 2 (best and worst), got {self.k}")
         for name in ("concurrency", "limit", "abort_after"):
@@ -156,12 +165,13 @@ class GenerateConfig:
             base.update(model=spec_identity(self.model), axis=self.axis, better=self.better, worse=self.worse,
                         recipe_prompt=self.rewrite_style, temperature=self.temperature)
         elif self.strategy == "rank":
+            base.update(prompt_format=self.prompt_format)
             base.update(models=[spec_identity(m) for m in self.candidate_models],
                         judge=spec_identity(self.judge_model), k=self.k, min_margin=self.min_margin,
                         temperature=self.rank_temperature)
         else:
             base.update(model=spec_identity(self.model), sft_model=spec_identity(self.sft_model),
-                        temperature=self.temperature)
+                        temperature=self.temperature, prompt_format=self.prompt_format)
         return base
 
 

@@ -19,7 +19,7 @@ from prefloop.records import PromptRecord, stable_id, user_message
 from prefloop.runner import Job, Runner
 from prefloop.sources import load_prompts
 from prefloop.stage import StageResult
-from prefloop.templates import alpaca_user_turn
+from prefloop.templates import prompt_for
 
 from generator.config import GenerateConfig
 
@@ -74,6 +74,7 @@ class Context:
 
     def __init__(self, cfg: GenerateConfig, clients: dict[str, Any], runner: Runner | None = None):
         self.cfg, self.clients, self.runner = cfg, clients, runner
+        self._templated: dict[str, bool] = {}
 
     def options(self, temperature: float, seed: int | None = None, max_tokens: int | None = None) -> GenOptions:
         return GenOptions(temperature=temperature, seed=self.cfg.seed if seed is None else seed,
@@ -87,17 +88,25 @@ class Context:
         return reply
 
     async def answer(self, spec: str, rec: PromptRecord, *, temperature: float, seed: int | None = None) -> str:
-        """A model's own answer to the prompt. A local (SFT) model sees the prompt exactly as it was trained on
-        it (Alpaca text as raw text: on-policy), batched with the other prompts in flight; a served chat model
-        gets the task as a user turn."""
-        if parse_spec(spec).backend == "local":
-            return await self.clients[spec].complete(rec.prompt, self.options(temperature, seed))
-        if rec.meta.get("prompt_format") == "alpaca" and "instruction" in rec.meta:
-            messages = [{"role": "user", "content": alpaca_user_turn(rec.meta["instruction"],
-                                                                      rec.meta.get("input", ""))}]
-        else:
-            messages = user_message(rec.prompt)
+        """A model's own answer to the prompt, rendered by the rule the trainer and the judge use
+        (``prefloop.templates.prompt_for``): an Alpaca row reaches a model with a chat template as one chat turn,
+        so a local (SFT) model answers on-policy, batched with the other prompts in flight; a served chat model
+        gets the prompt as a user turn."""
+        if parse_spec(spec).kind == "local":
+            prompt, _ = prompt_for(rec, self.cfg.prompt_format, self.has_chat_template(spec))
+            return await self.clients[spec].complete(prompt, self.options(temperature, seed))
+        prompt, _ = prompt_for(rec, self.cfg.prompt_format, True)
+        messages = prompt if isinstance(prompt, list) else user_message(prompt)
         return (await self.chat(spec, messages, temperature=temperature, seed=seed)).text
+
+    def has_chat_template(self, spec: str) -> bool:
+        """Whether a local model's tokenizer has a chat template (read once per model)."""
+        if spec not in self._templated:
+            from prefloop.models import load_tokenizer
+
+            tokenizer = load_tokenizer(parse_spec(spec).model)
+            self._templated[spec] = bool(getattr(tokenizer, "chat_template", None))
+        return self._templated[spec]
 
     async def score(self, rec: PromptRecord, text: str) -> Score:
         """The judge's 0-100 score of ``text`` as an answer to ``rec`` (rank), with its known-good answer."""
@@ -113,6 +122,8 @@ class Context:
         if rec.known_good is not None:
             full["output"] = rec.known_good
         full.update(meta)
+        if cfg.round:
+            full["round"] = cfg.round  # which round of `prefloop run` sampled and ranked this pair
         full.update(source_id=rec.id, strategy=cfg.strategy, settings=cfg.identity(),
                     time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         full.setdefault("options", {"num_ctx": cfg.num_ctx, "max_tokens": cfg.max_tokens})
@@ -155,7 +166,11 @@ def _make_clients(cfg: GenerateConfig) -> dict[str, Any]:
     clients: dict[str, Any] = {}
     for spec in cfg.specs_used():
         backend = parse_spec(spec).backend
-        if backend == "ollama":
+        if not parse_spec(spec).chat:  # a python: or reward: judge scores the rank strategy's candidates
+            from judge.kinds import make_direct
+
+            clients[spec] = make_direct(spec)
+        elif backend == "ollama":
             several = len(cfg.hosts_of(spec)) > 1
             clients[spec] = make_client(spec, timeout=cfg.timeout_s, hosts=cfg.hosts or None,
                                         slots=default_slots() if several else cfg.resolved_concurrency())

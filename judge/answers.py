@@ -22,7 +22,7 @@ from prefloop.llm.base import GenOptions, LLMError, ModelFacts, parse_spec, spec
 from prefloop.progress import Progress
 from prefloop.records import Prompt, PromptRecord, stable_id
 from prefloop.runner import Job, Runner
-from prefloop.templates import choose_format, render_prompt
+from prefloop.templates import prompt_for
 
 
 def note(console: Any, text: str) -> None:
@@ -63,8 +63,7 @@ def served_client(spec: str, cfg: JudgeConfig) -> Any:
 
 def answer_prompt(rec: PromptRecord, forced: str, has_chat_template: bool) -> tuple[Prompt, str]:
     """The prompt as the model gets it (the trainer's rendering, ``prefloop.templates``) and its format's name."""
-    fmt = choose_format(rec.prompt_format, forced, has_chat_template)
-    return render_prompt(rec.prompt, rec.meta, rec.prompt_format, fmt), fmt
+    return prompt_for(rec, forced, has_chat_template)
 
 
 def side_settings(spec: str, cfg: JudgeConfig, records: list[PromptRecord], seed_offset: int,

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefloop.config import ConfigError, check_choices, section, setting
-from prefloop.llm.base import GenOptions
+from prefloop.llm.base import GenOptions, parse_spec
 from prefloop.models import DTYPES, normalize_dtype
 from prefloop.templates import PROMPT_FORMATS
 
@@ -30,9 +30,10 @@ class JudgeConfig:
     reference: str = setting("smollm2", "its starting point, the SFT model (the reference model); local or served")
     prompts: str = setting("", "held-out prompts: Alpaca JSON/JSONL, JSONL with 'prompt', .txt, or a pairs file",
                            runtime=True)
-    judges: list[str] = setting(help="judge spec: ollama:NAME, openai:NAME@URL, local:NAME, or human (you, on the "
-                                     "labelling screen; human:NAME names the rater); repeat for several judges (the "
-                                     "first is the headline)", factory=lambda: ["ollama:llama3"],
+    judges: list[str] = setting(help="judge spec: ollama:NAME, openai:NAME@URL, local:NAME, human (you, on the "
+                                     "labelling screen; human:NAME names the rater), python:MODULE:FUNCTION (your "
+                                     "function, judge/python_judge.py) or reward:PATH (a reward model); repeat for "
+                                     "several judges (the first is the headline)", factory=lambda: ["ollama:llama3"],
                                 flag="--judge")
     output_dir: str = setting("runs/judge", "output folder", runtime=True, flag="--output", short="-o",
                               aliases=("--out",), was=("out_dir",))
@@ -181,8 +182,11 @@ def login_name() -> str:
 def is_human(spec: str) -> bool:
     """A judge setting that names a person (``human`` or ``human:NAME``), not a model. Kept here, beside the
     setting, so the loop's config can tell without importing the labelling screen."""
-    return spec == "human" or spec.startswith("human:")
+    try:
+        return parse_spec(spec).person
+    except ValueError:
+        return False
 
 
 def rater_of(spec: str) -> str:
-    return spec.partition(":")[2] or login_name()
+    return parse_spec(spec).model or login_name()

@@ -109,9 +109,13 @@ def judgment_row(row: AnswerRow, judge: str, verdict: PairVerdict | None) -> Jud
 
 
 def verdict_client(cfg: JudgeConfig, judge: str, client: Any) -> Any:
-    """The judge as asked: unless told to generate, a local judge reads its verdict from token probabilities and
-    a served one (``ollama:``, ``openai:``) sends its verdict's token log-probabilities along (``judge.logprob``)."""
-    backend = parse_spec(judge).backend
+    """The judge as asked: a python: or reward: judge gives its verdict directly; otherwise, unless told to
+    generate, a local judge reads its verdict from token probabilities and a served one (``ollama:``, ``openai:``)
+    sends its verdict's token log-probabilities along (``judge.logprob``)."""
+    spec = parse_spec(judge)
+    backend = spec.backend
+    if not spec.chat:  # a python: or reward: judge gives its verdict directly (judge.kinds)
+        return client
     if cfg.verdict == "logprob" and backend not in ("local", "ollama", "openai"):
         raise ValueError(f"verdict = logprob needs a local:, ollama: or openai: judge, not {judge}")
     if client is None or cfg.verdict == "generate":
@@ -132,6 +136,10 @@ def judge_client(cfg: JudgeConfig, judge: str) -> Any:
     timeout), before ``verdict_client`` decides how its verdicts are read."""
     from prefloop.llm import make_client
 
+    if not parse_spec(judge).chat:
+        from judge.kinds import make_direct
+
+        return make_direct(judge)
     served = parse_spec(judge).backend != "local"
     return make_client(judge, slots=cfg.concurrency, timeout=cfg.timeout_s) if served else make_client(judge)
 
@@ -245,7 +253,8 @@ async def judge_phase(cfg: JudgeConfig, answers: list[AnswerRow], clients: dict[
                 return out
         models = model_judges(cfg)
         complete = all(s.done for s in out.summaries.values())
-        if cfg.score_known_good and complete and models and any(a.known_good for a in answers):
+        if cfg.score_known_good and complete and models and parse_spec(models[0]).chat \
+                and any(a.known_good for a in answers):  # a 0-100 score against the known-good answer
             try:
                 out.scores = await score_both(cfg, models[0], answers, cache, clients.get(models[0]))
             except LLMError as exc:  # the verdicts stand without the scores; finished scores are cached

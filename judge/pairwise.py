@@ -120,6 +120,12 @@ async def judge_order(client: Any, template: JudgeTemplate, prompt: str, first_a
                       *, known_good: str | None, cache: JudgeCache | None, options: GenOptions,
                       attempts: int) -> tuple[dict[str, Any] | None, str, int, bool]:
     """One call with ``first_answer`` in position A; returns (verdict by position, raw, attempts, cached)."""
+    if hasattr(client, "pick"):  # a python: or reward: judge reads the answers themselves (judge.direct)
+        from judge.direct import ask_direct
+
+        got = await ask_direct(client, prompt, first_answer, second_answer, cache=cache,
+                               template_hash=template.hash, options=options_key(options))
+        return got, got.get("reason", ""), 0 if got.get("cached") else 1, bool(got.get("cached"))
     messages = template.render(prompt=prompt, answer_a=first_answer, answer_b=second_answer, known_good=known_good)
     key = judgment_key(judge=judge_name(client), template_hash=template.hash, mode="pairwise", prompt=prompt,
                        answers=(first_answer, second_answer), known_good=known_good, options=options_key(options))

@@ -27,12 +27,12 @@ from judge.scoring import score_answer
 from prefloop.config import at_least, section, setting
 from prefloop.files import atomic_write_json
 from prefloop.jsonl import write_jsonl
-from prefloop.llm.base import GenOptions
+from prefloop.llm.base import GenOptions, parse_spec
 from prefloop.report import pct
 from prefloop.records import PromptRecord, prompt_text
 from prefloop.stage import StageResult
 
-RULES = 3  # bumped when the warning rules change, so a finished preflight is judged again by the new rules
+RULES = 4  # bumped when the warning rules or the SFT model's prompts (4: the trainer's rendering) change, so a finished preflight is judged again by the new rules
 
 
 @section("preflight")
@@ -92,8 +92,21 @@ def run_preflight(p: PreflightConfig, judge_cfg: JudgeConfig, sft_model: str, pr
     prompts = prompts[: p.prompts]
     sft_spec = "local:" + str(sft_model)
     sft = make_client(sft_spec)
-    answers = sft.generate_batch([r.prompt for r in prompts], GenOptions(temperature=0.0, max_tokens=p.max_tokens))
-    judge = sft if judge_spec == sft_spec else make_client(judge_spec, timeout=judge_cfg.timeout_s)
+    # the SFT model answers as it is trained and judged (prefloop.templates), not the raw Alpaca text
+    from prefloop.models import load_tokenizer
+    from prefloop.templates import prompt_for
+
+    templated = bool(getattr(load_tokenizer(str(sft_model)), "chat_template", None))
+    answers = sft.generate_batch([prompt_for(r, judge_cfg.prompt_format, templated)[0] for r in prompts],
+                                 GenOptions(temperature=0.0, max_tokens=p.max_tokens))
+    if judge_spec == sft_spec:
+        judge = sft
+    elif not parse_spec(judge_spec).chat:  # a python: or reward: judge scores directly
+        from judge.kinds import make_direct
+
+        judge = make_direct(judge_spec)
+    else:
+        judge = make_client(judge_spec, timeout=judge_cfg.timeout_s)
     options = judge_cfg.score_options()
     broken = [broken_answer([r.known_good for r in prompts], i) for i in range(len(prompts))]
 

@@ -81,6 +81,10 @@ async def score_answer(client: Any, prompt: Prompt, answer: str, *, known_good: 
     tpl = template if isinstance(template, JudgeTemplate) else load_template(template or "score")
     check_fields(tpl, ("prompt", "answer"))
     text = judge_prompt_text(prompt)
+    if hasattr(client, "pick"):  # a python: or reward: judge scores on its own scale (judge.direct)
+        from judge.direct import score_direct
+
+        return Score(value=await score_direct(client, text, answer, cache=cache), attempts=1)
     opts = options or DEFAULT_OPTIONS
     messages = tpl.render(prompt=text, answer=answer, known_good=known_good)
     key = judgment_key(judge=judge_name(client), template_hash=tpl.hash, mode="score", prompt=text,

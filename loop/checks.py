@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from loop.config import LoopConfig
+from loop.config import STAGES, LoopConfig
 from prefloop.errors import BadInput
 from prefloop.fingerprint import RunState
+from prefloop.llm.base import ClientSpec, parse_spec
 
 
 class SetupError(BadInput, RuntimeError):
@@ -26,16 +27,15 @@ def needed_stages(cfg: LoopConfig, state: RunState, settings: dict[str, dict[str
                   prompts_identity: str) -> set[str]:
     """The stages that will run (or may): the first one not finished with its current settings, and every one
     after it. The generator also runs when its prompts changed (new prompts are generated, the rest kept)."""
-    order = ["generate", "split", "preflight", "train", "judge"]
     gen = state.get("generate")
-    for i, name in enumerate(order):
+    for i, name in enumerate(STAGES):
+        if (name == "preflight" and not cfg.preflight.enabled) or (name == "export" and not cfg.export.ollama):
+            continue
         unchanged = state.done_with(name, settings[name])
         if name == "generate":
             unchanged = unchanged and gen is not None and gen.resumable.get("prompts") == prompts_identity
-        if name == "preflight" and not cfg.preflight.enabled:
-            continue
         if not unchanged:
-            return set(order[i:])
+            return set(STAGES[i:])
     return set()
 
 
@@ -59,29 +59,40 @@ def check_run(cfg: LoopConfig, needed: set[str]) -> None:
             check_fields(load_template("score"), ("prompt", "answer"))
     except TemplateError as exc:
         raise SetupError(f"{cfg.path} [judge] template: {exc}") from None
-    served: dict[str, str] = {}   # spec -> the setting it comes from
+    used: dict[ClientSpec, str] = {}   # every model or judge the run still needs -> the setting it comes from
     if "generate" in needed:
-        served.update({s: "[generate] model" for s in cfg.generate.specs_used()})
-    if "preflight" in needed:
-        served[cfg.preflight.judge or cfg.judges[0]] = "[preflight] judge"
+        used.update({parse_spec(s): "[generate] model" for s in cfg.generate.specs_used()})
+    if "preflight" in needed and cfg.preflight_judge():
+        used[parse_spec(cfg.preflight_judge())] = "[preflight] judge"
     if "judge" in needed:
-        served.update({s: "[judge] judges" for s in cfg.judges})
-    asyncio.run(_reachable(cfg, served, local))
+        used.update({s: "[judge] judges" for s in cfg.judge_specs()})
+    asyncio.run(_reachable(cfg, used, local))
 
 
-async def _reachable(cfg: LoopConfig, specs: dict[str, str], local: Any) -> None:
+async def _reachable(cfg: LoopConfig, specs: dict[ClientSpec, str], local: Any) -> None:
+    """Each spec checked as its kind needs: a person needs nothing now (the screen checks its terminal), a local
+    model is resolved, an in-process judge is loaded without being called, a served model is asked for."""
     from prefloop.llm import make_client
-    from prefloop.llm.base import LLMError, parse_spec
+    from prefloop.llm.base import LLMError
 
     for spec, where in specs.items():
-        parsed = parse_spec(spec)
-        if parsed.backend == "local":
-            local(f"{cfg.path} {where}", parsed.model)
+        if spec.person:
+            continue
+        if spec.kind == "local":
+            local(f"{cfg.path} {where}", spec.model)
+            continue
+        if not spec.chat:
+            from judge.kinds import check_direct
+
+            try:
+                check_direct(spec)
+            except ValueError as exc:
+                raise SetupError(f"{cfg.path} {where} = {str(spec)!r}: {exc}") from None
             continue
         client = make_client(spec)
         try:
             await client.preflight()
         except LLMError as exc:
-            raise SetupError(f"{cfg.path} {where} = {spec!r}: {exc}") from None
+            raise SetupError(f"{cfg.path} {where} = {str(spec)!r}: {exc}") from None
         finally:
             await client.aclose()

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from generator.config import GenerateConfig
-from judge.config import JudgeConfig, is_human
+from judge.config import JudgeConfig
 from judge.preflight import PreflightConfig
 from prefloop.config import (ConfigError, apply_overrides, at_least, build, check_choices, check_sections, load_toml,
                              section, setting)
 from prefloop.export import QUANTIZE
 from prefloop.files import count_lines
-from prefloop.llm.base import parse_spec
+from prefloop.llm.base import ClientSpec, parse_spec
 from prefloop.models import DTYPES, normalize_dtype
 from trainer.config import TrainConfig
 
@@ -31,9 +31,12 @@ class RunSection:
     output_dir: str = setting("", "the run folder; default: runs/<config name> (relative to the current folder)",
                               runtime=True, was=("out_dir",))
     threads: int = setting(0, "torch threads for local models and training (0: torch's default)", runtime=True)
+    rounds: int = setting(1, "rounds of the loop: 1 is one pass; N > 1 trains again on the trained model's own "
+                             "answers, judged ([rounds]; loop/rounds.py)")
 
     def __post_init__(self) -> None:
         at_least(self, "run.", 0, "threads")
+        at_least(self, "run.", 1, "rounds")
 
 
 @section("data")
@@ -104,6 +107,34 @@ class ExportConfig:
         return f"ollama:{name}" + (f"@{self.host}" if self.host else "")
 
 
+@section("rounds")
+@dataclass
+class RoundsSection:
+    """``[rounds]``: how rounds 2..N sample, pair, train and stop (``[run] rounds`` sets N)."""
+
+    samples: int = setting(4, "answers the previous round's model gives to each prompt")
+    temperature: float = setting(0.8, "their sampling temperature")
+    seed: int = setting(0, "sampling seed (round k samples with seed + 1000·k), and the prompt slices' shuffle")
+    prompts: str = setting("fresh", "fresh: a new slice of the training prompts per round | all: every training "
+                                    "prompt each round", choices=("fresh", "all"))
+    pairing: str = setting("rank", "rank: the judge scores the samples, best against worst (ties dropped) | "
+                                   "contrast: the writer's answer chosen, the model's own rejected",
+                           choices=("rank", "contrast"))
+    judge: str = setting("", "who ranks the samples (default: the first [judge] judge that is not a person); "
+                             "python:MODULE:FUNCTION and reward:PATH need no server")
+    reference: str = setting("previous", "the reference of round k's DPO: the round k-1 model (the iterative-DPO "
+                                         "standard)", choices=("previous",))
+    min_kept: float = setting(0.95, "stop when a round keeps less than this share of the SFT model's content "
+                                    "recall on the held-out prompts")
+
+    def __post_init__(self) -> None:
+        check_choices(self, "rounds.")
+        if self.samples < 2:
+            raise ConfigError(f"rounds.samples: at least 2 answers per prompt to pair, got {self.samples}")
+        if not 0.0 <= self.min_kept <= 1.5:
+            raise ConfigError(f"rounds.min_kept: a share of the SFT model's recall, e.g. 0.95; got {self.min_kept}")
+
+
 @dataclass
 class LoopConfig:
     """The whole loop, checked before any work."""
@@ -118,6 +149,7 @@ class LoopConfig:
     judge: JudgeConfig                  # the first of its ``judges`` is the headline
     export: ExportConfig = field(default_factory=ExportConfig)   # off unless [export] ollama names a model
     raw: dict[str, Any] = field(default_factory=dict)
+    rounds: RoundsSection = field(default_factory=lambda: RoundsSection())  # rounds 2..N ([run] rounds > 1)
 
     @property
     def name(self) -> str:
@@ -130,6 +162,15 @@ class LoopConfig:
     @property
     def judges(self) -> list[str]:
         return list(self.judge.judges)
+
+    def judge_specs(self) -> list[ClientSpec]:
+        """The judges, parsed (each knows whether it is a person, a served model or an in-process judge)."""
+        return [parse_spec(j) for j in self.judge.judges]
+
+    def preflight_judge(self) -> str | None:
+        """Who scores the SFT model's answers before training: ``[preflight] judge``, else the first judge that is
+        not a person (a person judges pairs, not 0-100 scores); None when every judge is a person."""
+        return self.preflight.judge or next((str(j) for j in self.judge_specs() if not j.person), None)
 
 
 def run_dir_of(run: RunSection, config_path: Path) -> Path:
@@ -153,13 +194,66 @@ def _owned(cls: type, section: dict[str, Any], owned: dict[str, Any], where: str
     return {**section, **{k: v for k, v in owned.items() if k in names}}
 
 
-def stage_paths(run_dir: Path) -> dict[str, Path]:
+STAGES = ("generate", "split", "preflight", "train", "export", "judge")
+"""The loop's stages in the order they run: the one place it is written (``loop.stages`` runs them in this
+order, ``loop.checks`` finds the first to rerun in it)."""
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where each stage reads and writes inside the run folder (a typo is an AttributeError at once, not a
+    KeyError at the judge stage)."""
+
+    root: Path
+
+    @property
+    def pairs(self) -> Path:
+        return self.root / "generate" / "pairs.jsonl"
+
+    @property
+    def split(self) -> Path:
+        return self.root / "split"
+
+    @property
+    def train_pairs(self) -> Path:
+        return self.split / "train.jsonl"
+
+    @property
+    def heldout_pairs(self) -> Path:
+        return self.split / "heldout_pairs.jsonl"
+
+    @property
+    def heldout_prompts(self) -> Path:
+        return self.split / "heldout_prompts.jsonl"
+
+    @property
+    def train(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def final(self) -> Path:
+        return self.train / "final"
+
+    @property
+    def judge(self) -> Path:
+        return self.root / "judge"
+
+    @property
+    def preflight(self) -> Path:
+        return self.root / "preflight"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache" / "judge-cache.sqlite"
+
+    @property
+    def export(self) -> Path:
+        return self.root / "export"
+
+
+def stage_paths(run_dir: Path) -> RunPaths:
     """Where each stage reads and writes inside the run folder."""
-    return {"pairs": run_dir / "generate" / "pairs.jsonl", "split": run_dir / "split",
-            "train_pairs": run_dir / "split" / "train.jsonl", "heldout_pairs": run_dir / "split" / "heldout_pairs.jsonl",
-            "heldout_prompts": run_dir / "split" / "heldout_prompts.jsonl", "train": run_dir / "train",
-            "final": run_dir / "train" / "final", "judge": run_dir / "judge", "preflight": run_dir / "preflight",
-            "cache": run_dir / "cache" / "judge-cache.sqlite", "export": run_dir / "export"}
+    return RunPaths(Path(run_dir))
 
 
 def load_loop_config(path: str | Path, overrides: list[str] | None = None) -> LoopConfig:
@@ -176,45 +270,46 @@ def load_loop_config(path: str | Path, overrides: list[str] | None = None) -> Lo
     paths = stage_paths(run_dir_of(run, path))
     in_run = "it lives in the run folder"
 
-    gen_raw = _owned(GenerateConfig, dict(doc.get("generate", {})), {"output": str(paths["pairs"])},
+    gen_raw = _owned(GenerateConfig, dict(doc.get("generate", {})), {"output": str(paths.pairs)},
                      f"{path} [generate]", in_run)
     gen_raw = _owned(GenerateConfig, gen_raw, {"source": data.prompts, "limit": data.limit,
                                                "skip_bad": data.skip_bad}, f"{path} [generate]", "from [data]")
-    generate = build(GenerateConfig, gen_raw, f"{path} [generate]")
-
     train_raw = _owned(TrainConfig, dict(doc.get("train", {})),
-                       {"data": str(paths["train_pairs"]), "output_dir": str(paths["train"]),
-                        "eval_data": str(paths["heldout_pairs"])}, f"{path} [train]", in_run)
+                       {"data": str(paths.train_pairs), "output_dir": str(paths.train),
+                        "eval_data": str(paths.heldout_pairs)}, f"{path} [train]", in_run)
     if run.threads and "threads" not in train_raw:
         train_raw["threads"] = run.threads
     train = build(TrainConfig, train_raw, f"{path} [train]")
+    gen_raw.setdefault("prompt_format", train.prompt_format)  # on-policy answers come the way the model trains
+    generate = build(GenerateConfig, gen_raw, f"{path} [generate]")
 
     export = build(ExportConfig, _owned(ExportConfig, dict(doc.get("export", {})),
-                                        {"model": str(paths["final"]), "output_dir": str(paths["export"])},
+                                        {"model": str(paths.final), "output_dir": str(paths.export)},
                                         f"{path} [export]", in_run), f"{path} [export]")
     judge_raw = _owned(JudgeConfig, dict(doc.get("judge", {})), judge_owned(paths, train, export=export),
                        f"{path} [judge]", in_run)
     judge_raw.setdefault("generator_model", generate.model)   # the judge checks for self-preference
     judge_raw.setdefault("prompt_format", train.prompt_format)  # answers come the way the model was trained
     # the judgment cache outlives a changed judge setting (its keys hold everything that decides a verdict)
-    judge_raw.setdefault("cache", str(paths["cache"]))
+    judge_raw.setdefault("cache", str(paths.cache))
     judge = build(JudgeConfig, judge_raw, f"{path} [judge]")
-    for spec in [j for j in judge.judges if not is_human(j)] + ([preflight.judge] if preflight.judge else []):
+    for spec in [*judge.judges, *([preflight.judge] if preflight.judge else [])]:
         try:
             parse_spec(spec)
         except ValueError as exc:
             raise ConfigError(f"{path} [judge].judges: {exc}") from None
+    rounds = build(RoundsSection, doc.get("rounds"), f"{path} [rounds]")
     return LoopConfig(path=path, run=run, data=data, split=split, preflight=preflight, generate=generate,
-                      train=train, judge=judge, export=export, raw=doc)
+                      train=train, judge=judge, export=export, raw=doc, rounds=rounds)
 
 
-def judge_owned(paths: dict[str, Path], train: TrainConfig, final_model: str | Path | None = None,
+def judge_owned(paths: RunPaths, train: TrainConfig, final_model: str | Path | None = None,
                 export: ExportConfig | None = None) -> dict[str, Any]:
     """The judge settings that live in the run folder: the trained model against the SFT model it started from,
     on the held-out prompts; both served by Ollama when ``[export]`` created them there; each judge validated on the held-out pairs."""
-    policy, reference = str(final_model or paths["final"]), str(train.model)
+    policy, reference = str(final_model or paths.final), str(train.model)
     if export is not None and export.ollama:
         policy, reference = export.served(export.ollama), export.served(export.reference_name)
-    return {"prompts": str(paths["heldout_prompts"]), "policy": policy, "reference": reference,
-            "pairs": str(paths["train_pairs"]), "output_dir": str(paths["judge"]),
-            "validate": str(paths["heldout_pairs"]) if count_lines(paths["heldout_pairs"]) else ""}
+    return {"prompts": str(paths.heldout_prompts), "policy": policy, "reference": reference,
+            "pairs": str(paths.train_pairs), "output_dir": str(paths.judge),
+            "validate": str(paths.heldout_pairs) if count_lines(paths.heldout_pairs) else ""}

@@ -18,6 +18,7 @@ from generator.report import add_generation_section
 from judge.preflight import add_preflight_section
 from judge.report import JudgeFolder, add_examples
 from loop.config import LoopConfig, stage_paths
+from loop.rounds import add_rounds_section
 from prefloop.llm.base import parse_spec
 from prefloop.report import Report, load_json
 from trainer.report import add_training_section, read_metrics
@@ -43,8 +44,9 @@ def write_run_report(run_dir: str | Path, cfg: LoopConfig | None = None, *, warn
                     subtitle=f"run folder `{run_dir}` · written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     if failed:
         report.warning(f"The run stopped early: {failed}")
-    judge = JudgeFolder.read(paths["judge"])
-    judge_report = judge.report(n_examples=0, reward_accuracy=held_out_reward_accuracy(paths["train"]))
+    add_rounds_section(report, run_dir, plots)
+    judge = JudgeFolder.read(paths.judge)
+    judge_report = judge.report(n_examples=0, reward_accuracy=held_out_reward_accuracy(paths.train))
     if judge_report is not None:
         report.extend(judge_report)
     else:
@@ -56,10 +58,10 @@ def write_run_report(run_dir: str | Path, cfg: LoopConfig | None = None, *, warn
         report.heading("Warnings from the run")
         for text in loop_warnings:
             report.warning(text)
-    add_preflight_section(report, paths["preflight"])
-    add_generation_section(report, paths["pairs"])
-    _split_section(report, paths["split"])
-    add_training_section(report, paths["train"], plots)
+    add_preflight_section(report, paths.preflight)
+    add_generation_section(report, paths.pairs)
+    _split_section(report, paths.split)
+    add_training_section(report, paths.train, plots)
     add_examples(report, judge.answers, judge.rows, judge.results.judge if judge.results else "", n_examples,
                  level=2)
     _stages_section(report, run_dir)

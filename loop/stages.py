@@ -22,18 +22,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from judge.config import is_human
 from judge.preflight import RULES as PREFLIGHT_RULES
-from loop.config import LoopConfig, judge_owned, stage_paths
+from loop.config import STAGES, LoopConfig, judge_owned, stage_paths
 from prefloop.config import fingerprinted
 from prefloop.errors import RunFailed
 from prefloop.files import count_lines
 from prefloop.fingerprint import RunState, file_hash, fingerprint, model_identity
 from prefloop.records import PromptRecord
 from prefloop.stage import StageResult
-
-STAGE_NAMES = ("generate", "split", "preflight", "train", "export", "judge")
-
 
 class StageFailed(RunFailed, RuntimeError):
     """A stage could not finish; the message says why and what to do. Finished work stays on disk."""
@@ -53,7 +49,7 @@ def stage_settings(cfg: LoopConfig) -> dict[str, dict[str, Any]]:
         "generate": {"identity": cfg.generate.identity()},
         "split": {"split": fingerprinted(cfg.split), "data": fingerprinted(cfg.data)},
         "preflight": {"preflight": fingerprinted(cfg.preflight), "judge": preflight_judge(cfg),
-                      "sft": cfg.train.model, "rules": PREFLIGHT_RULES,
+                      "sft": cfg.train.model, "rules": PREFLIGHT_RULES, "prompt_format": cfg.judge.prompt_format,
                       "judging": {k: getattr(cfg.judge, k) for k in ("judge_temperature", "judge_seed",
                                                                       "judge_max_tokens", "judge_num_ctx")}},
         "train": fingerprinted(cfg.train),
@@ -65,7 +61,7 @@ def stage_settings(cfg: LoopConfig) -> dict[str, dict[str, Any]]:
 def preflight_judge(cfg: LoopConfig) -> str | None:
     """Who scores the SFT model's answers before training: ``[preflight] judge``, else the first model judge (a
     person judges pairs, not 0-100 scores); None when every judge is a person."""
-    return cfg.preflight.judge or next((j for j in cfg.judges if not is_human(j)), None)
+    return cfg.preflight_judge()
 
 
 class Loop:
@@ -195,7 +191,7 @@ class Loop:
         from loop.split import split_pairs
 
         def work(decision: str) -> StageResult:
-            result = split_pairs(self.paths["pairs"], self.prompts(), self.cfg.split, self.paths["split"])
+            result = split_pairs(self.paths.pairs, self.prompts(), self.cfg.split, self.paths.split)
             if result.train_pairs == 0:
                 raise StageFailed("no training pairs after holding out prompts: add prompts or lower "
                                   "[split] heldout_fraction")
@@ -205,7 +201,7 @@ class Loop:
                      f"({result.heldout_pairs} held-out pairs for eval curves and judge validation)")
             return result
 
-        inputs = {"pairs": file_hash(self.paths["pairs"]), "prompts": self.source_identity()}
+        inputs = {"pairs": file_hash(self.paths.pairs), "prompts": self.source_identity()}
         return self._stage("split", inputs, ["split", "split/train.jsonl", "split/heldout_prompts.jsonl"], work)
 
     # -- preflight
@@ -222,11 +218,11 @@ class Loop:
             from judge.preflight import run_preflight
             from prefloop.sources import load_prompts
 
-            heldout, _ = load_prompts(self.paths["heldout_prompts"])
+            heldout, _ = load_prompts(self.paths.heldout_prompts)
             return run_preflight(p, self.cfg.judge, self.cfg.train.model, heldout, judge_spec,
-                                 self.paths["preflight"], self.console)
+                                 self.paths.preflight, self.console)
 
-        inputs = {"heldout": file_hash(self.paths["heldout_prompts"]), "sft": model_identity(self.cfg.train.model)}
+        inputs = {"heldout": file_hash(self.paths.heldout_prompts), "sft": model_identity(self.cfg.train.model)}
         outcome = self._stage("preflight", inputs, ["preflight", "preflight/summary.json"], work)
         for line in outcome.info.get("warnings", []):
             self.warn(line)
@@ -238,22 +234,27 @@ class Loop:
     # -- train
     def train(self) -> StageOutcome:
         t = self.cfg.train
+        inputs = {"train": file_hash(self.paths.train_pairs), "eval": file_hash(self.paths.heldout_pairs),
+                  "model": model_identity(t.model)}
+        return self.train_stage("train", t, self.paths, inputs)
+
+    def train_stage(self, name: str, t: Any, paths: Any, inputs: dict[str, str]) -> StageOutcome:
+        """Train ``t`` into ``paths.train`` as stage ``name`` (the loop's train stage, and each round's)."""
 
         def work(decision: str) -> StageResult:
             from trainer.dpo import train
 
             cfg = replace(t, resume=(decision == "resume"), overwrite=True,  # the run folder's state decides
-                          eval_data=t.eval_data if count_lines(self.paths["heldout_pairs"]) else None)
+                          eval_data=t.eval_data if count_lines(self.paths.heldout_pairs) else None)
             result = train(cfg, console=self.console)
-            if result.complete and not (self.paths["final"] / "config.json").exists():
-                raise StageFailed(f"training ended without a final model in {self.paths['final']}")
+            if result.complete and not (paths.final / "config.json").exists():
+                raise StageFailed(f"training ended without a final model in {paths.final}")
             if result.status == "failed":
                 raise StageFailed(f"training stopped: {result.reason}")
             return result
 
-        inputs = {"train": file_hash(self.paths["train_pairs"]), "eval": file_hash(self.paths["heldout_pairs"]),
-                  "model": model_identity(t.model)}
-        return self._stage("train", inputs, ["train", "train/final/config.json"], work)
+        rel = paths.train.relative_to(self.run_dir).as_posix()
+        return self._stage(name, inputs, [rel, f"{rel}/final/config.json"], work)
 
     # -- export
     def final_model(self) -> str | None:
@@ -268,8 +269,8 @@ class Loop:
         def work(decision: str) -> StageResult:
             from loop.export import export_run
 
-            return export_run(e, self.final_model() or str(self.paths["final"]), self.cfg.train.model,
-                              self.paths["export"], self.say)
+            return export_run(e, self.final_model() or str(self.paths.final), self.cfg.train.model,
+                              self.paths.export, self.say)
 
         inputs = {"trained": self.fps.get("train") or "", "reference": model_identity(self.cfg.train.model)}
         return self._stage("export", inputs, ["export", "export/policy/export.json",
@@ -280,6 +281,16 @@ class Loop:
         train_rec = self.state.get("train")
         cfg = replace(self.cfg.judge, **judge_owned(self.paths, self.cfg.train, self.final_model(),
                                                     export=self.cfg.export))
+        inputs = {"trained": self.fps.get("train") or (train_rec.fingerprint if train_rec else ""),
+                  "heldout": file_hash(self.paths.heldout_prompts),
+                  "validation": file_hash(self.paths.heldout_pairs),
+                  "reference": model_identity(self.cfg.train.model)}
+        if self.cfg.export.ollama:  # the answers come from the exported models: a new export, new answers
+            inputs["export"] = self.fps.get("export", "")
+        return self.judge_stage("judge", cfg, inputs, self.paths.judge)
+
+    def judge_stage(self, name: str, cfg: Any, inputs: dict[str, str], folder: Path) -> StageOutcome:
+        """Judge ``cfg`` into ``folder`` as stage ``name`` (the loop's judge stage, and each round's verdicts)."""
 
         def work(decision: str) -> StageResult:
             from judge.evaluate import evaluate
@@ -289,13 +300,15 @@ class Loop:
                 self.warn(f"judging is not complete: {result.reason}")
             return result
 
-        inputs = {"trained": self.fps.get("train") or (train_rec.fingerprint if train_rec else ""),
-                  "heldout": file_hash(self.paths["heldout_prompts"]),
-                  "validation": file_hash(self.paths["heldout_pairs"]),
-                  "reference": model_identity(self.cfg.train.model)}
-        if self.cfg.export.ollama:  # the answers come from the exported models: a new export, new answers
-            inputs["export"] = self.fps.get("export", "")
-        return self._stage("judge", inputs, ["judge", "judge/results.json"], work)
+        rel = folder.relative_to(self.run_dir).as_posix()
+        return self._stage(name, inputs, [rel, f"{rel}/results.json"], work)
+
+    def rounds(self) -> None:
+        """Rounds 2..N (``loop.rounds``) after the first pass, when ``[run] rounds`` asks for them."""
+        if self.cfg.run.rounds > 1:
+            from loop.rounds import Rounds
+
+            Rounds(self).run()
 
     # -- before any work
     def check(self) -> None:
@@ -338,12 +351,9 @@ class Loop:
         started = time.monotonic()
         failed: str | None = None
         try:
-            self.generate()
-            self.split()
-            self.preflight()
-            self.train()
-            self.export()
-            self.judge()
+            for name in STAGES:
+                getattr(self, name)()
+            self.rounds()
         except StageFailed as exc:
             failed = str(exc)
             self.say(f"[bold red]stopped:[/bold red] {escape(str(exc))}")
@@ -362,11 +372,11 @@ class Loop:
         from judge.results import JudgeResults
         from loop.report import HOW_TO_SCALE_UP, held_out_reward_accuracy, uses_local_models
 
-        results = JudgeResults.read(self.paths["judge"] / "results.json")
+        results = JudgeResults.read(self.paths.judge / "results.json")
         if results is not None:
             self.say(f"[bold]held-out win rate and skill[/bold] ({results.n_prompts} prompts the model never "
                      "trained on):")
-            for line in headline(results, held_out_reward_accuracy(self.paths["train"])).plain() + \
+            for line in headline(results, held_out_reward_accuracy(self.paths.train)).plain() + \
                     order_lines(results):
                 self.say(f"  {escape(line)}")
         self.say(f"report: {paths[0]}  (and {paths[1].name})   total {seconds / 60:.1f} min")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefloop.records import Prompt, prompt_text, user_message
+from prefloop.records import Prompt, PromptRecord, prompt_text, user_message
 
 PROMPT_FORMATS = ("auto", "text", "chat", "alpaca")
 
@@ -70,3 +70,10 @@ def render_prompt(prompt: Prompt, meta: dict[str, Any], record_format: str, fmt:
         text = prompt if isinstance(prompt, str) else "\n\n".join(m["content"] for m in prompt if m["role"] == "user")
         return alpaca_prompt(text)
     return prompt if isinstance(prompt, str) else prompt_text(prompt)
+
+
+def prompt_for(rec: PromptRecord, forced: str, has_chat_template: bool) -> tuple[Prompt, str]:
+    """A record's prompt as a model gets it under the rule above (``forced``: the ``prompt_format`` setting; a
+    served chat model counts as having a chat template), and the format's name."""
+    fmt = choose_format(rec.prompt_format, forced, has_chat_template)
+    return render_prompt(rec.prompt, rec.meta, rec.prompt_format, fmt), fmt

@@ -50,12 +50,15 @@ def test_contrast_rejected_side_is_the_local_models_own_answer(ollama_server: An
     assert len(pairs) == 2
     prompts, _ = load_prompts(QUICKSTART)
     local = make_client(sft)
-    own = local.generate_batch([p.prompt for p in prompts[:2]], GenOptions(max_tokens=6, temperature=0.0))
+    from prefloop.templates import prompt_for
+
+    own = local.generate_batch([prompt_for(p, "auto", True)[0] for p in prompts[:2]],
+                               GenOptions(max_tokens=6, temperature=0.0))
     by_prompt = {p.prompt: p for p in pairs}
     for rec, text in zip(prompts[:2], own):
         pair = by_prompt[rec.prompt]
         assert pair.chosen == "A careful, correct answer."
-        assert pair.rejected == text.strip()  # greedy, raw Alpaca text: exactly what the SFT model says itself
+        assert pair.rejected == text.strip()  # greedy, as trained (a chat turn): what the SFT model says itself
         assert pair.meta["rejected_model"] == sft
 
 

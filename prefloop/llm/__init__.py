@@ -22,9 +22,13 @@ __all__ = ["ChatReply", "ClientSpec", "ClientStats", "GenOptions", "LLMClient", 
            "RetryPolicy", "ServerFatal", "Transient", "parse_spec", "make_client"]
 
 
-def make_client(spec: str, **kwargs):  # noqa: ANN201 - returns one of the three clients
-    """Build the client a spec string names. Imports lazily so ``local:`` does not load torch for Ollama users."""
+def make_client(spec: "str | ClientSpec", **kwargs):  # noqa: ANN201 - returns one of the three clients
+    """Build the client a spec names. Imports lazily so ``local:`` does not load torch for Ollama users. A person
+    or an in-process judge (``human``, ``python:``, ``reward:``) is no chat model: asking for one is a ValueError."""
     parsed = parse_spec(spec)
+    if not parsed.chat:
+        raise ValueError(f"{parsed} is a {parsed.kind} judge, not a model that writes answers; use ollama:MODEL, "
+                         "openai:MODEL@URL or local:MODEL here")
     if parsed.backend == "ollama":
         from prefloop.llm.ollama_client import OllamaClient
         return OllamaClient(parsed, **kwargs)

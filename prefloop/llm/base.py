@@ -26,7 +26,9 @@ from prefloop.errors import RunFailed
 
 log = logging.getLogger("prefloop.llm")
 
-BACKENDS = ("ollama", "openai", "local")
+BACKENDS = ("ollama", "openai", "local")          # chat models: make_client builds them
+SERVED = ("ollama", "openai")                      # asked over HTTP
+KINDS = (*BACKENDS, "human", "python", "reward")   # every judge kind (see ClientSpec)
 
 
 class LLMError(RunFailed, RuntimeError):
@@ -63,40 +65,89 @@ class ReplyInvalid(LLMError):
 
 @dataclass(frozen=True)
 class ClientSpec:
-    """``backend:model[@base_url]``, parsed. For Ollama ``base_url`` may list several hosts, comma-separated
-    (``prefloop.llm.hosts``)."""
+    """A model or judge spec, parsed once into its kind (``backend``) and what it names (``model``).
+
+    ============  ==========================  =====================================================
+    kind          written                     ``model`` holds
+    ============  ==========================  =====================================================
+    ``ollama``    ``NAME[@HOSTS]`` or bare    the served model (``base_url``: hosts, comma-separated)
+    ``openai``    ``openai:NAME@BASE_URL``    the served model
+    ``local``     ``local:NAME``              a folder, a ``.gguf`` or ``smollm2`` (in-process)
+    ``human``     ``human`` / ``human:NAME``  the rater's name (``""``: the login name)
+    ``python``    ``python:MODULE:FUNCTION``  ``MODULE:FUNCTION``, a judge you write (``judge.python_judge``)
+    ``reward``    ``reward:PATH``             a sequence-classification folder (``judge.reward``)
+    ============  ==========================  =====================================================
+
+    Code asks the spec what it is (``served``, ``person``, ``chat``) instead of comparing strings, so a new kind
+    is added here and every caller that filters by kind follows.
+    """
 
     backend: str
     model: str
     base_url: str | None = None
 
+    @property
+    def kind(self) -> str:
+        return self.backend
+
+    @property
+    def served(self) -> bool:
+        """Asked over HTTP (a server must be up and serve the model)."""
+        return self.backend in SERVED
+
+    @property
+    def person(self) -> bool:
+        """A person on the labelling screen, not a model."""
+        return self.backend == "human"
+
+    @property
+    def chat(self) -> bool:
+        """A model that answers chat turns (``make_client`` builds it): can write answers, and judge by reply."""
+        return self.backend in BACKENDS
+
     def __str__(self) -> str:
+        if self.backend == "human":
+            return "human" + (f":{self.model}" if self.model else "")
         return f"{self.backend}:{self.model}" + (f"@{self.base_url}" if self.base_url else "")
 
 
-def parse_spec(spec: str) -> ClientSpec:
-    """Parse a client spec. A bare name means Ollama (``llama3.1:70b`` == ``ollama:llama3.1:70b``).
+def parse_spec(spec: str | ClientSpec) -> ClientSpec:
+    """Parse a model or judge spec. A bare name means Ollama (``llama3.1:70b`` == ``ollama:llama3.1:70b``);
+    ``human`` alone is the person, not a model of that name.
 
     >>> parse_spec("openai:gpt-4o-mini@http://127.0.0.1:8000/v1")
     ClientSpec(backend='openai', model='gpt-4o-mini', base_url='http://127.0.0.1:8000/v1')
     >>> parse_spec("ollama:llama3.1:70b@http://a:11434,http://b:11434").base_url
     'http://a:11434,http://b:11434'
+    >>> parse_spec("human:ana").person, parse_spec("python:my_judges:prefer_short").model
+    (True, 'my_judges:prefer_short')
     """
+    if isinstance(spec, ClientSpec):
+        return spec
     spec = spec.strip()
     if not spec:
-        raise ValueError("empty model spec: use ollama:MODEL, openai:MODEL@BASE_URL or local:MODEL")
+        raise ValueError("empty model spec: use ollama:MODEL, openai:MODEL@BASE_URL, local:MODEL, human, "
+                         "python:MODULE:FUNCTION or reward:PATH")
+    if spec == "human":
+        return ClientSpec(backend="human", model="")
     backend, sep, rest = spec.partition(":")
-    if not sep or backend not in BACKENDS:
+    if not sep or backend not in KINDS:
         backend, rest = "ollama", spec
+    rest = rest.strip()
     base_url = None
-    if backend in ("openai", "ollama"):  # Ollama names have no "@"; what follows one is where the model is
+    if backend in SERVED:  # Ollama names have no "@"; what follows one is where the model is
         rest, at, base_url = rest.partition("@")
         base_url = base_url or None
         if not at:
             base_url = None
     if backend == "local" and not rest:
         rest = "smollm2"  # `local:` alone is the embedded SmolLM2-135M-Instruct
-    if not rest:
+    if backend == "python":
+        module, _, function = rest.rpartition(":")
+        if not module or not function.isidentifier():
+            raise ValueError(f"judge spec '{spec}': write python:MODULE:FUNCTION (e.g. python:my_judges:score, "
+                             "with my_judges.py importable from the current folder)")
+    if not rest and backend != "human":
         raise ValueError(f"model spec '{spec}' names no model")
     return ClientSpec(backend=backend, model=rest, base_url=base_url)
 

@@ -1,0 +1,180 @@
+"""Rounds benchmark (issue 17): does training again on the model's own answers, ranked by a judge, keep helping?
+
+SmolLM2-135M-Instruct is round 0 (the SFT model). Round 1 trains it with DPO on the seed's training pairs
+(rows ``[:935]`` of ``../shared/seed-data/instruction-data-with-preference.json``). Each round k ≥ 2 does what
+``prefloop run`` with ``[run] rounds`` does, through the same stage functions (``loop.rounds``): the round-(k−1)
+model answers a fresh slice of the training prompts ``--samples`` times (local batched generation, the trainer's
+prompt rendering), the ``python:seed_axis_judge:score`` judge (``bench/seed_axis_judge.py``, its lexicon read
+from the training rows only) ranks them best against worst, ties dropped, and the model trains from the
+round-(k−1) model as its own reference. Every round is judged on the validation rows ``[1045:]`` (never the test
+rows) against the SFT model and against the previous round, by the same judge, with the retention figures.
+
+Printed per round: win rate vs SFT and vs the previous round with 95 % intervals, content kept, the share of
+answers opening with one stock phrase, loops, and the cost of each part (sampling + ranking, training, judging).
+The SFT model is measured in the same run (round 1's verdict is against it). The goals: each round beats the
+previous one (interval above 50 %), round 3 beats round 1, content kept ≥ 0.95, stock openings ≤ 10 %.
+
+    nice -n 10 .venv/bin/python bench/rounds.py                       # 3 rounds, defaults below
+    nice -n 10 .venv/bin/python bench/rounds.py --rounds 2 --prompts-per-round 32 --val-limit 20  # smaller
+
+Everything is written under ``$PREFLOOP_CACHE/bench/rounds`` (``~/.cache/prefloop``); a rerun resumes each stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+JUDGE = "python:seed_axis_judge:score"
+
+
+def out_root() -> Path:
+    from prefloop.models import cache_dir
+
+    return cache_dir() / "bench" / "rounds"
+
+
+def slices(val_limit: int) -> dict[str, Path]:
+    from seed_axis_judge import SEED_PAIRS
+
+    rows = json.loads(SEED_PAIRS.read_text())
+    folder = out_root() / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    val = rows[1045:][:val_limit]
+    files = {"train": (rows[:935], "train.json"), "val": (val, "val.json"),
+             "val_prompts": ([{k: r[k] for k in ("instruction", "input", "output")} for r in val], "val-prompts.json"),
+             "train_prompts": ([{k: r[k] for k in ("instruction", "input", "output")} for r in rows[:935]],
+                               "train-prompts.json")}
+    out = {}
+    for name, (data, file) in files.items():
+        (folder / file).write_text(json.dumps(data))
+        out[name] = folder / file
+    return out
+
+
+def train(model: str, data: Path, out: Path, args: argparse.Namespace) -> tuple[str, float]:
+    from rich.console import Console
+
+    from trainer.config import TrainConfig
+    from trainer.dpo import train as dpo
+
+    cfg = TrainConfig(model=model, data=str(data), output_dir=str(out), batch_size=8, epochs=1.0, seed=42,
+                      lr=args.lr, dtype="fp32", max_length=768, live=False, threads=args.threads,
+                      max_steps=args.max_steps, resume=(out / "checkpoints").exists())
+    if (out / "final" / "config.json").exists():
+        return str(out / "final"), 0.0
+    t0 = time.perf_counter()
+    result = dpo(cfg, Console(stderr=True))
+    if not result.complete:
+        raise SystemExit(f"training {out} stopped: {result.reason}")
+    return str(out / "final"), time.perf_counter() - t0
+
+
+def judge(policy: str, reference: str, data: dict[str, Path], out: Path, args: argparse.Namespace) -> float:
+    from judge.config import JudgeConfig
+    from judge.evaluate import evaluate
+
+    cfg = JudgeConfig(policy=policy, reference=reference, prompts=str(data["val_prompts"]), judges=[JUDGE],
+                      validate=str(data["val"]), output_dir=str(out), max_tokens=args.max_tokens, batch_size=8,
+                      prompt_format="auto", n_boot=1000, quiet=True, cache=str(out_root() / "judge-cache.sqlite"))
+    t0 = time.perf_counter()
+    evaluate(cfg)
+    return time.perf_counter() - t0
+
+
+def sample_and_rank(k: int, prev: str, prompts: list[dict], out: Path, args: argparse.Namespace) -> tuple[Path, float]:
+    from generator.config import GenerateConfig
+    from generator.run import generate
+
+    source = out / "prompts.json"
+    source.write_text(json.dumps(prompts))
+    cfg = GenerateConfig(strategy="rank", models=[f"local:{prev}"], judge=JUDGE, k=args.samples,
+                         rank_temperature=args.temperature, min_margin=0.0, source=str(source),
+                         output=str(out / "pairs.jsonl"), max_tokens=args.max_tokens, seed=1000 * k, round=k,
+                         prompt_format="auto", concurrency=8, quiet=True)
+    t0 = time.perf_counter()
+    generate(cfg)
+    return out / "pairs.jsonl", time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--prompts-per-round", type=int, default=64)
+    p.add_argument("--val-limit", type=int, default=55)
+    p.add_argument("--max-tokens", type=int, default=96)
+    p.add_argument("--max-steps", type=int, default=0, help="cap training steps per round (0: one epoch)")
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+
+    import random
+
+    from loop.rounds import stop_reason  # the loop's own stop rule
+
+    data = slices(args.val_limit)
+    root = out_root()
+    costs: dict[int, dict[str, float]] = {}
+    models = {0: "smollm2"}
+    models[1], t_train = train("smollm2", data["train"], root / "r1" / "train", args)
+    costs[1] = {"sample+rank": 0.0, "train": t_train,
+                "judge": judge(models[1], "smollm2", data, root / "r1" / "judge", args)}
+    prompts = json.loads(data["train_prompts"].read_text())
+    random.Random(0).shuffle(prompts)
+    for k in range(2, args.rounds + 1):
+        chunk = prompts[(k - 2) * args.prompts_per_round:(k - 1) * args.prompts_per_round]
+        folder = root / f"r{k}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pairs, t_sample = sample_and_rank(k, models[k - 1], chunk, folder, args)
+        models[k], t_train = train(models[k - 1], pairs, folder / "train", args)
+        costs[k] = {"sample+rank": t_sample, "train": t_train,
+                    "judge": judge(models[k], "smollm2", data, folder / "judge", args)
+                    + judge(models[k], models[k - 1], data, folder / "judge-previous", args)}
+
+    print(f"\nrounds on the seed's validation rows [1045:] ({args.val_limit} prompts), judge {JUDGE}")
+    print(f"{'round':>5} {'vs SFT':>22} {'vs previous':>22} {'kept':>6} {'stock':>6} {'loops':>5} "
+          f"{'sample+rank s':>13} {'train s':>8} {'judge s':>8}")
+    for k in range(1, args.rounds + 1):
+        row = bench_row(root, k, models[k])
+        fmt = lambda c: "—" if c[0] is None else f"{c[0]:.1%} [{c[1]:.1%}, {c[2]:.1%}]"  # noqa: E731
+        kept = "—" if row.kept is None else f"{row.kept:.3f}"
+        stock = "—" if row.stock_share is None else f"{row.stock_share:.0%}"
+        c = costs[k]
+        print(f"{k:>5} {fmt(row.vs_sft):>22} {fmt(row.vs_previous):>22} {kept:>6} {stock:>6} {row.loops!s:>5} "
+              f"{c['sample+rank']:>13.0f} {c['train']:>8.0f} {c['judge']:>8.0f}")
+        reason = stop_reason(row, 0.95)
+        if reason:
+            print(f"      the loop's stop rule would stop here: {reason}")
+    r3 = root / "r3" / "judge-vs-r1"
+    if args.rounds >= 3:
+        judge(models[3], models[1], data, r3, args)
+        print(f"round 3 vs round 1: {bench_row_folder(r3)}")
+
+
+def bench_row(root: Path, k: int, model: str):  # noqa: ANN201 - loop.rounds.RoundRow
+    from loop.rounds import RoundRow, judged
+
+    vs_sft, ret = judged(root / f"r{k}" / "judge")
+    vs_prev = vs_sft if k == 1 else judged(root / f"r{k}" / "judge-previous")[0]
+    pol = ret.policy if ret is not None else None
+    return RoundRow(round=k, model=model, vs_sft=vs_sft, vs_previous=vs_prev, kept=ret.kept if ret else None,
+                    stock_share=pol.stock_share if pol else None, loops=pol.loops if pol else None)
+
+
+def bench_row_folder(folder: Path) -> str:
+    from loop.rounds import judged
+
+    rate, low, high = judged(folder)[0]
+    return "—" if rate is None else f"{rate:.1%} [{low:.1%}, {high:.1%}]"
+
+
+if __name__ == "__main__":
+    main()

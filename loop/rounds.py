@@ -1,0 +1,274 @@
+"""Rounds: the loop that feeds itself (``[run] rounds = N``; 1, the default, is the one-pass loop unchanged).
+
+Round 1 is the loop's own stages: the writer's pairs, the split, training from the SFT model, the verdict. Each
+round k ≥ 2 then
+
+1. **samples**: the round-(k−1) model answers the round's prompts ``[rounds] samples`` times each (local batched
+   generation through the generator's ``rank``/``contrast`` strategies, with the trainer's prompt rendering).
+   The prompts are a fresh slice of the training prompts per round, or all of them again; the held-out prompts
+   never reach a round;
+2. **pairs** them: ``rank`` scores the samples with the judge (a ``python:``/``reward:`` judge needs no server)
+   and pairs the best with the worst, dropping ties; ``contrast`` takes the writer's answer as chosen and the
+   round-(k−1) model's own as rejected (with a stronger writer, the judge-free "delta" recipe);
+3. **trains** from the round-(k−1) model, which is also its reference (the iterative-DPO standard);
+4. is **judged** on the same held-out prompts against the SFT model and against the previous round.
+
+After each round the **stop rule** ends the run, saying why, when the round does not beat the previous one (its
+interval against it contains 50 %) or keeps less than ``min_kept`` of the SFT model's content recall. The best
+round (highest win rate against the SFT model among those that kept the skill), not the last, is the run's
+result (``RUN/rounds/curve.json``, the report's first table).
+
+Every round's stages are ordinary loop stages (``round2/generate``…) in ``RUN/rounds/k/``: fingerprinted, resumed
+where a killed run stopped, and rerun from the round whose settings or inputs changed (each round's inputs hold
+the previous round's training fingerprint, so a change reruns that round onward).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from loop.config import RoundsSection, RunPaths
+from prefloop.config import ConfigError, fingerprinted
+from prefloop.files import atomic_write_json
+from prefloop.fingerprint import file_hash, model_identity
+from prefloop.jsonl import write_jsonl
+
+
+def round_paths(run_dir: Path, k: int) -> RunPaths:
+    """Round k's folder: ``RUN/rounds/k`` (round 1 is the run folder itself)."""
+    return RunPaths(Path(run_dir)) if k == 1 else RunPaths(Path(run_dir) / "rounds" / str(k))
+
+
+def prompt_slice(prompts: list[Any], k: int, rounds: int, how: str, seed: int) -> list[Any]:
+    """Round k's prompts: all of them, or the (k−1)-th of ``rounds − 1`` disjoint slices of a seeded shuffle."""
+    if how == "all" or rounds <= 2:
+        return list(prompts)
+    order = list(prompts)
+    random.Random(seed).shuffle(order)
+    n = rounds - 1
+    return order[(k - 2) * len(order) // n: (k - 1) * len(order) // n]
+
+
+@dataclass
+class RoundRow:
+    """One round on the curve: win rates (with intervals) against the SFT model and the previous round, and the
+    skill its held-out answers keep."""
+
+    round: int
+    model: str
+    vs_sft: list[float | None]          # win rate, interval low, high
+    vs_previous: list[float | None]
+    kept: float | None = None
+    stock_share: float | None = None
+    loops: int | None = None
+    mean_chars: float | None = None
+    pairs: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def judged(folder: Path) -> tuple[list[float | None], Any]:
+    from judge.results import JudgeResults
+
+    res = JudgeResults.read(folder / "results.json")
+    if res is None or res.headline is None:
+        return [None, None, None], None
+    h = res.headline
+    return [h.win_rate, h.ci_low, h.ci_high], res.retention
+
+
+def round_row(run_dir: Path, k: int, model: str) -> RoundRow:
+    paths = round_paths(run_dir, k)
+    vs_sft, ret = judged(paths.judge)
+    vs_prev = vs_sft if k == 1 else judged(paths.root / "judge-previous")[0]
+    pol = ret.policy if ret is not None else None
+    pairs = paths.train_pairs if k == 1 else paths.pairs
+    return RoundRow(round=k, model=model, vs_sft=vs_sft, vs_previous=vs_prev, kept=ret.kept if ret else None,
+                    stock_share=pol.stock_share if pol else None, loops=pol.loops if pol else None,
+                    mean_chars=pol.mean_chars if pol else None,
+                    pairs=sum(1 for _ in pairs.open()) if pairs.exists() else None)
+
+
+def stop_reason(row: RoundRow, min_kept: float) -> str | None:
+    """Why the run stops after this round, or None. Round 1 is compared with the SFT model only for the skill."""
+    if row.kept is not None and row.kept < min_kept:
+        return (f"round {row.round} keeps {row.kept:.0%} of the SFT model's content recall, below [rounds] "
+                f"min_kept = {min_kept:.0%}")
+    rate, low, high = row.vs_previous
+    if row.round > 1 and rate is not None and low is not None and low <= 0.5:
+        return (f"round {row.round} does not beat round {row.round - 1}: win rate {rate:.0%}, interval "
+                f"[{low:.0%}, {high:.0%}] contains or falls below 50 %")
+    return None
+
+
+def best_round(rows: list[RoundRow], min_kept: float) -> RoundRow:
+    """The round with the highest win rate against the SFT model among those that kept the skill (round 1 when
+    none did); ties go to the earlier round."""
+    kept = [r for r in rows if r.kept is None or r.kept >= min_kept] or rows[:1]
+    return max(kept, key=lambda r: (r.vs_sft[0] if r.vs_sft[0] is not None else -1.0, -r.round))
+
+
+class Rounds:
+    """Rounds 2..N of a loop (see the module docstring), run through the loop's own stage machinery."""
+
+    def __init__(self, loop: Any):  # a loop.stages.Loop (not imported: loop.stages imports this module)
+        self.loop = loop
+        self.cfg = loop.cfg
+        self.r: RoundsSection = loop.cfg.rounds
+        self.n = loop.cfg.run.rounds
+
+    def ranker(self) -> str:
+        judge = self.r.judge or next((str(j) for j in self.cfg.judge_specs() if not j.person), "")
+        if self.r.pairing == "rank" and not judge:
+            raise ConfigError(f"{self.cfg.path} [rounds] judge: rank pairing needs a judge that is not a person")
+        return judge or ""
+
+    def training_prompts(self) -> list[Any]:
+        """The loop's prompts minus the held-out ones (those never reach a round)."""
+        from loop.split import split_key
+        from prefloop.sources import load_prompts
+
+        held, _ = load_prompts(self.loop.paths.heldout_prompts)
+        out = {split_key(p.prompt) for p in held}
+        return [p for p in self.loop.prompts() if split_key(p.prompt) not in out]
+
+    def model_of(self, k: int) -> str:
+        if k == 1:
+            return self.loop.final_model() or str(self.loop.paths.final)
+        return str(round_paths(self.loop.run_dir, k).final)
+
+    def run(self) -> list[RoundRow]:
+        rows = [round_row(self.loop.run_dir, 1, self.model_of(1))]
+        stop = stop_reason(rows[0], self.r.min_kept)
+        for k in range(2, self.n + 1):
+            if stop:
+                break
+            self.one(k)
+            rows.append(round_row(self.loop.run_dir, k, self.model_of(k)))
+            stop = stop_reason(rows[-1], self.r.min_kept)
+        best = best_round(rows, self.r.min_kept)
+        if stop:
+            self.loop.warn(f"rounds stopped: {stop}")
+        self.loop.say(f"[bold]rounds:[/bold] best is round {best.round} ({best.model})")
+        atomic_write_json(self.loop.run_dir / "rounds" / "curve.json",
+                          {"rounds": [r.to_json() for r in rows], "best": best.round, "best_model": best.model,
+                           "stopped": stop, "planned": self.n})
+        return rows
+
+    def one(self, k: int) -> None:
+        """Round k's stages: sample and pair, train, judge against the SFT model and the previous round."""
+        loop, prev = self.loop, self.model_of(k - 1)
+        paths = round_paths(loop.run_dir, k)
+        paths.root.mkdir(parents=True, exist_ok=True)
+        prompts = prompt_slice(self.training_prompts(), k, self.n, self.r.prompts, self.r.seed)
+        if not prompts:
+            raise ConfigError(f"round {k}: no training prompts left for a fresh slice; set [rounds] prompts = "
+                              "\"all\" or add prompts")
+        source = paths.root / "prompts.jsonl"
+        write_jsonl(source, [p.to_json() for p in prompts])
+        upstream = loop.fps.get("train" if k == 2 else f"round{k - 1}/train", "")
+        rounds_settings = fingerprinted(self.r)
+
+        gen = self.generate_config(k, prev, source, paths)
+        loop.settings[f"round{k}/generate"] = {"identity": gen.identity(), "rounds": rounds_settings}
+
+        def sample(decision: str) -> Any:
+            from generator.run import generate
+
+            result = generate(gen, console=loop.console)
+            if not result.interrupted and result.total_in_output == 0:
+                raise RuntimeError(f"round {k}: no pairs from {gen.sft_model if gen.strategy == 'contrast' else prev}"
+                                  f" (see {gen.output}.failures.jsonl and its drops): every sample tied?")
+            return result
+
+        loop._stage(f"round{k}/generate", {"prompts": file_hash(source), "previous": upstream},
+                    [f"rounds/{k}/generate"], sample)
+
+        t = replace(self.cfg.train, model=prev, data=str(paths.pairs), output_dir=str(paths.train))
+        loop.settings[f"round{k}/train"] = fingerprinted(t)
+        loop.train_stage(f"round{k}/train", t, paths,
+                         {"train": file_hash(paths.pairs), "eval": file_hash(loop.paths.heldout_pairs),
+                          "model": model_identity(prev), "previous": upstream})
+
+        base = replace(self.cfg.judge, prompts=str(loop.paths.heldout_prompts), policy=str(paths.final),
+                       pairs=str(paths.pairs), validate=str(loop.paths.heldout_pairs))
+        for name, reference, folder in ((f"round{k}/judge", str(self.cfg.train.model), paths.judge),
+                                        (f"round{k}/judge-previous", prev, paths.root / "judge-previous")):
+            cfg = replace(base, reference=reference, output_dir=str(folder))
+            loop.settings[name] = fingerprinted(cfg)
+            loop.judge_stage(name, cfg, {"trained": loop.fps.get(f"round{k}/train", ""),
+                                         "heldout": file_hash(loop.paths.heldout_prompts),
+                                         "reference": model_identity(reference)}, folder)
+
+    def generate_config(self, k: int, prev: str, source: Path, paths: RunPaths) -> Any:
+        g = self.cfg.generate
+        common = dict(source=str(source), output=str(paths.pairs), limit=0, seed=self.r.seed + 1000 * k, round=k)
+        if self.r.pairing == "contrast":
+            return replace(g, strategy="contrast", sft_model=f"local:{prev}", temperature=self.r.temperature,
+                           **common)
+        return replace(g, strategy="rank", models=[f"local:{prev}"], judge=self.ranker(), k=self.r.samples,
+                       rank_temperature=self.r.temperature, min_margin=0.0, **common)
+
+
+def curve(run_dir: Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / "rounds" / "curve.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0%}"
+
+
+def _rate(cell: list[float | None]) -> str:
+    rate, low, high = (list(cell) + [None, None, None])[:3]
+    return "—" if rate is None else f"{rate:.0%} [{_pct(low)}, {_pct(high)}]"
+
+
+def plot_curve(rows: list[dict[str, Any]], out_path: Path) -> Path:
+    """Win rate against the SFT model and against the previous round, per round, with their intervals."""
+    from prefloop.report import pyplot, save_png
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    ks = [r["round"] for r in rows]
+    for key, label in (("vs_sft", "vs SFT model"), ("vs_previous", "vs previous round")):
+        points = [(k, r[key]) for k, r in zip(ks, rows) if r[key][0] is not None]
+        if points:
+            xs = [k for k, _ in points]
+            ys = [c[0] for _, c in points]
+            err = [[c[0] - (c[1] if c[1] is not None else c[0]) for _, c in points],
+                   [(c[2] if c[2] is not None else c[0]) - c[0] for _, c in points]]
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("round")
+    ax.set_ylabel("held-out win rate")
+    ax.set_xticks(ks)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="lower right", fontsize=8)
+    return save_png(fig, out_path)
+
+
+def add_rounds_section(report: Any, run_dir: Path, plots: Path) -> None:
+    """The round curve, the report's first table when the run had rounds."""
+    data = curve(run_dir)
+    if data is None:
+        return
+    rows = data["rounds"]
+    report.heading("Rounds")
+    stopped = f" Stopped early: {data['stopped']}." if data.get("stopped") else ""
+    report.paragraph(f"{len(rows)} of {data['planned']} planned rounds ran; the run's result is round "
+                     f"{data['best']} (`{data['best_model']}`), the best against the SFT model that kept the skill."
+                     + stopped)
+    report.table([{"round": r["round"], "win rate vs SFT": _rate(r["vs_sft"]),
+                   "vs previous round": _rate(r["vs_previous"]), "content kept": _pct(r["kept"]),
+                   "stock opening": _pct(r["stock_share"]), "loops": r["loops"],
+                   "mean length (chars)": None if r["mean_chars"] is None else round(r["mean_chars"]),
+                   "pairs": r["pairs"]} for r in rows],
+                 caption="each round on the same held-out prompts, 95 % intervals")
+    if len(rows) > 1:
+        report.image(plot_curve(rows, plots / "rounds.png"), caption="the round curve")

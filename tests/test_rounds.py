@@ -1,0 +1,173 @@
+"""Rounds (issue 17): `[run] rounds = N` samples the trained model's own answers, ranks them with a judge that
+needs no server, trains again from the trained model, judges each round against the SFT model and the previous
+round, and stops when a round changes nothing."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from loop.config import load_loop_config
+from loop.rounds import RoundRow, best_round, prompt_slice, stop_reason
+from loop.run import main
+from test_loop import Args, scripted_reply, write_config
+
+MARKER = '''
+def score(prompt, answer):
+    """Prefers answers holding the marker word; otherwise a little for variety, so samples rarely tie."""
+    return 10.0 * ("please" in answer.lower()) + len(set(answer)) / 1000
+'''
+
+
+@pytest.fixture()
+def rounds_setup(tmp_path: Path, tiny_model_dir: Path, ollama_server, monkeypatch):
+    ollama_server.reply = scripted_reply
+    monkeypatch.setenv("OLLAMA_HOST", ollama_server.url)
+    (tmp_path / "marker_rounds.py").write_text(MARKER)
+    monkeypatch.chdir(tmp_path)
+    yield write_config(tmp_path, tiny_model_dir, extra="\n[rounds]\nsamples = 3\ntemperature = 1.0\n")
+    sys.modules.pop("marker_rounds", None)
+
+
+SETTINGS = ['judge.judges=["python:marker_rounds:score"]', "preflight.enabled=false", "judge.n_boot=100",
+            "run.rounds=2"]
+
+
+def test_a_round_that_changed_nothing_stops_the_run_and_round_one_stays_the_result(rounds_setup: Path) -> None:
+    run = rounds_setup.parent / "run"
+    # lr so small the round-2 model answers exactly as round 1's: every verdict against round 1 is a tie
+    assert main(Args(rounds_setup, *SETTINGS, "train.lr=1e-12", "run.rounds=3")) == 0
+    curve = json.loads((run / "rounds" / "curve.json").read_text())
+    assert [r["round"] for r in curve["rounds"]] == [1, 2]       # round 3 never ran
+    assert "does not beat round 1" in curve["stopped"] and curve["best"] == 1
+    assert curve["rounds"][1]["vs_previous"][0] == 0.5
+    pairs = [json.loads(x) for x in (run / "rounds" / "2" / "generate" / "pairs.jsonl").read_text().splitlines()]
+    assert pairs and all(p["meta"]["round"] == 2 for p in pairs)
+    assert all(p["meta"]["judge"] == "python:marker_rounds:score" for p in pairs)
+    assert all(p["meta"]["model"] == [f"local:{run / 'train' / 'final'}"] for p in pairs)
+    heldout = {json.loads(x)["prompt"] if isinstance(json.loads(x)["prompt"], str) else ""
+               for x in (run / "split" / "heldout_prompts.jsonl").read_text().splitlines()}
+    assert not {p["prompt"] for p in pairs} & heldout                # held-out prompts never reach a round
+    report = (run / "report.md").read_text()
+    assert report.index("Rounds") < report.index("Held-out win rate")
+
+    state = json.loads((run / "state.json").read_text())
+    assert state["stages"]["round2/train"]["status"] == "done"
+    # a rerun with the same settings does nothing again; a changed [rounds] setting reruns round 2
+    assert main(Args(rounds_setup, *SETTINGS, "train.lr=1e-12", "run.rounds=3")) == 0
+    again = json.loads((run / "state.json").read_text())
+    assert again["stages"]["round2/train"]["fingerprint"] == state["stages"]["round2/train"]["fingerprint"]
+    assert main(Args(rounds_setup, *SETTINGS, "train.lr=1e-12", "run.rounds=3", "rounds.samples=2")) == 0
+    changed = json.loads((run / "state.json").read_text())
+    assert changed["stages"]["round2/generate"]["fingerprint"] != state["stages"]["round2/generate"]["fingerprint"]
+    assert changed["stages"]["train"]["fingerprint"] == state["stages"]["train"]["fingerprint"]
+
+
+def test_stop_rule_and_best_round() -> None:
+    one = RoundRow(1, "m1", [0.6, 0.55, 0.65], [0.6, 0.55, 0.65], kept=1.0)
+    two = RoundRow(2, "m2", [0.7, 0.6, 0.8], [0.6, 0.52, 0.7], kept=0.99)
+    three = RoundRow(3, "m3", [0.8, 0.7, 0.9], [0.6, 0.52, 0.7], kept=0.9)
+    assert stop_reason(two, 0.95) is None
+    assert "min_kept" in stop_reason(three, 0.95)
+    assert "does not beat" in stop_reason(RoundRow(2, "m", [0.5] * 3, [0.5, 0.4, 0.6], kept=1.0), 0.95)
+    assert best_round([one, two, three], 0.95).round == 2          # round 3 lost the skill
+
+
+def test_fresh_slices_are_disjoint_and_cover_the_training_prompts() -> None:
+    prompts = list(range(10))
+    slices = [prompt_slice(prompts, k, 4, "fresh", 0) for k in (2, 3, 4)]
+    assert sorted(sum(slices, [])) == prompts and all(slices)
+    assert prompt_slice(prompts, 3, 4, "all", 0) == prompts
+
+
+def test_rounds_settings_are_checked(rounds_setup: Path) -> None:
+    from prefloop.config import ConfigError
+
+    with pytest.raises(ConfigError, match="rounds.samples"):
+        load_loop_config(rounds_setup, ["rounds.samples=1"])
+    with pytest.raises(ConfigError, match="rounds.pairing"):
+        load_loop_config(rounds_setup, ['rounds.pairing="best"'])
+    assert load_loop_config(rounds_setup).run.rounds == 1          # default: today's loop
+
+
+POLITE = '''
+def score(prompt, answer):
+    """Prefers answers holding the marker phrase."""
+    return float("thank" in answer.lower())
+'''
+
+
+def test_round_two_beats_round_one_by_a_judge_with_a_known_preference(rounds_setup: Path) -> None:
+    """Contrast rounds: the writer's answers (the test server's, all holding "Thank you") against the trained
+    model's own; the python: judge prefers the marker, so a round that learned it more wins against the last."""
+    (rounds_setup.parent / "polite_rounds.py").write_text(POLITE)
+    run = rounds_setup.parent / "run"
+    try:
+        code = main(Args(rounds_setup, 'judge.judges=["python:polite_rounds:score"]', "preflight.enabled=false",
+                         "judge.n_boot=200", "run.rounds=2", 'rounds.pairing="contrast"', "rounds.temperature=0.0",
+                         'rounds.prompts="all"', "train.lr=3e-3", "train.max_steps=30"))
+    finally:
+        sys.modules.pop("polite_rounds", None)
+    assert code == 0
+    curve = json.loads((run / "rounds" / "curve.json").read_text())
+    print(json.dumps(curve, indent=1))
+    rate, low, high = curve["rounds"][1]["vs_previous"]
+    assert rate > 0.5 and low > 0.5
+
+
+SLOW_MARKER = MARKER + '''
+import time
+
+def slow_score(prompt, answer):
+    time.sleep(0.05)   # stretches the round's ranking and judging so a kill lands inside them
+    return score(prompt, answer)
+'''
+
+
+def test_kill_9_in_each_stage_of_round_two_then_resume(rounds_setup: Path, tiny_model_dir: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    (rounds_setup.parent / "marker_rounds.py").write_text(SLOW_MARKER)
+    run = rounds_setup.parent / "run"
+    args = [sys.executable, "-m", "prefloop", "run", str(rounds_setup),
+            "--set", 'judge.judges=["python:marker_rounds:slow_score"]', "--set", "preflight.enabled=false",
+            "--set", "judge.n_boot=100", "--set", "run.rounds=2", "--set", "train.max_steps=12",
+            "--set", "train.save_every=1"]
+    env = {**os.environ, "PYTHONPATH": f"{root}:{root / 'tests'}", "HF_HUB_OFFLINE": "1"}
+
+    def status(stage: str) -> str | None:
+        try:
+            return json.loads((run / "state.json").read_text())["stages"].get(stage, {}).get("status")
+        except (OSError, ValueError):
+            return None
+
+    killed = []
+    for stage in ("round2/generate", "round2/train", "round2/judge", "round2/judge-previous"):
+        if status(stage) == "done":
+            continue  # an earlier kill's rerun finished it before we got there
+        proc = subprocess.Popen(args, cwd=rounds_setup.parent, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        while proc.poll() is None and status(stage) != "running":
+            time.sleep(0.02)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed.append(stage)
+        proc.wait()
+    assert len(killed) >= 3, killed
+    done = subprocess.run(args, cwd=rounds_setup.parent, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    curve = json.loads((run / "rounds" / "curve.json").read_text())
+    assert [r["round"] for r in curve["rounds"]] == [1, 2]
+    pairs = [json.loads(x) for x in (run / "rounds" / "2" / "generate" / "pairs.jsonl").read_text().splitlines()]
+    assert len({p["meta"]["source_id"] for p in pairs}) == len(pairs), "a pair written twice across kills"
+    state = json.loads((run / "state.json").read_text())["stages"]
+    assert all(state[s]["status"] == "done" for s in ("round2/generate", "round2/train", "round2/judge",
+                                                       "round2/judge-previous"))
+    assert (run / "rounds" / "2" / "train" / "final" / "config.json").exists()
