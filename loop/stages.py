@@ -228,7 +228,7 @@ class Loop:
         t = self.cfg.train
 
         def work(decision: str) -> StageResult:
-            from trainer.dpo import train
+            from trainer.train import train  # the objective [train] objective names
 
             cfg = replace(t, resume=(decision == "resume"),
                           eval_data=t.eval_data if count_lines(self.paths["heldout_pairs"]) else None)

@@ -73,6 +73,11 @@ def load_sft_items(source: str) -> tuple[list[TrainItem], list[str]]:
     return items, [note]
 
 
+LOADERS: dict[str, Loader] = {"pairs": load_pairs, "text": load_sft_items}
+DESCRIPTIONS = {"pairs": "preference data (a JSONL/JSON file, dataset folder or name)",
+                "text": "SFT data (Alpaca JSON, prompt/response JSONL, or pairs)"}
+
+
 def load_data(cfg: TrainConfig, loader: Loader, what: str) -> tuple[list[TrainItem], list[TrainItem] | None,
                                                                    list[str]]:
     """Training items from ``cfg.data`` and held-out ones from ``cfg.eval_data`` (when given) through ``loader``;
