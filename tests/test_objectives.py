@@ -147,6 +147,8 @@ def test_declarations_are_complete() -> None:
     for s in OBJECTIVES.values():
         assert set(s.settings) <= fields, s.name
     assert not spec("simpo").reference and not spec("orpo").reference and spec("dpo").reference
+    assert spec("kto").reference and spec("kto").data == "labelled" and spec("sft").data == "text"
+    assert spec("simpo").averages(TrainConfig()) and not spec("kto").averages(TrainConfig(logp_average=True))
     # the sft command hides every other objective's settings; simpo's own stay visible to it
     assert {"beta", "loss_type", "reference", "simpo_gamma"} <= set(settings_not_for("sft"))
     assert "simpo_gamma" not in settings_not_for("simpo") and "loss_type" in settings_not_for("simpo")
@@ -187,3 +189,139 @@ def test_simpo_learns_the_preference(tiny_model_dir: Path, pairs_path: Path, tmp
     rows = [r for r in read_jsonl(result.metrics_path) if r["split"] == "train"]
     first, last = rows[0], rows[-1]
     assert last["rewards/margins"] > first["rewards/margins"] and last["loss"] < first["loss"]
+
+
+def test_kto_matches_trl_kto_trainer(tiny, tmp_path: Path) -> None:
+    """TRL's own KTOTrainer._compute_loss on the same tokens: answers, mismatched answers (the KL term), labels."""
+    pytest.importorskip("trl")
+    import copy
+
+    from datasets import Dataset
+    from trl import KTOConfig, KTOTrainer
+    from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference
+
+    from trainer.distributed import Dist
+    from trainer.kto import KTOObjective
+    from trainer.logps import PackedLM
+    from trainer.loop import Policy
+
+    base, tok = tiny
+    policy_model = copy.deepcopy(base)
+    reference = copy.deepcopy(base)
+    torch.manual_seed(0)
+    with torch.no_grad():  # a reference the policy differs from: a noisier model, so z₀ (clamped at 0) is > 0
+        for p in reference.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    rows = pair_rows(6)
+    labels = [True, False, False, True, False, False]
+    answers = [r["chosen"] if good else r["rejected"] for r, good in zip(rows, labels)]
+    # TRL's mismatched answers: the batch's completions shifted by one
+    items = [TrainItem(r["id"], r["prompt"], [answers[i], answers[i - 1]], label=labels[i]) for i, r in enumerate(rows)]
+    examples, _ = tokenize_records(tok, items, prompt_format="text", max_length=96, max_prompt_length=None)
+    assert len(examples) == len(rows)
+    beta, w_d, w_u = 0.5, 1.0, 1.7
+
+    cfg = TrainConfig(objective="kto", beta=beta, desirable_weight=w_d, undesirable_weight=w_u, reference="model")
+    ours_model = copy.deepcopy(policy_model)
+    objective = KTOObjective(cfg, ref_model=copy.deepcopy(reference))
+    objective.reference.start(ours_model, Dist())
+    objective.labels = {it.id: it.label for it in items}
+    loss, metrics = objective.loss(Policy(PackedLM(ours_model), ours_model, Dist()), pack(examples, tok.pad_token_id))
+    mine = (loss, grads_of(ours_model, loss))
+
+    trl_model = copy.deepcopy(policy_model)
+    args = KTOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=len(rows), beta=beta,
+                     desirable_weight=w_d, undesirable_weight=w_u, report_to="none", use_cpu=True,
+                     train_sampling_strategy="sequential", gradient_checkpointing=False, bf16=False)
+    dummy = Dataset.from_list([{"prompt": r["prompt"], "completion": a, "label": g}
+                               for r, a, g in zip(rows, answers, labels)])
+    trainer = KTOTrainer(model=trl_model, ref_model=copy.deepcopy(reference), args=args, train_dataset=dummy,
+                         processing_class=tok)
+    batch = DataCollatorForUnpairedPreference(pad_token_id=tok.pad_token_id)(
+        [{"prompt_ids": ex.prompt_ids, "completion_ids": ex.completions[0], "KL_completion_ids": ex.completions[1],
+          "label": it.label} for ex, it in zip(examples, items)])
+    theirs_loss = trainer._compute_loss(trainer.model, batch, False)
+    assert_same(mine, (theirs_loss, grads_of(trainer.model, theirs_loss)))
+    logged = {k: v[-1] for k, v in trainer._metrics["eval"].items()}
+    assert metrics["kl"] == pytest.approx(logged["kl"], rel=1e-5) and logged["kl"] > 0  # sums of ~-200 log-probs
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"):
+        assert metrics[key] == pytest.approx(logged[key], abs=1e-4), key
+
+
+def labelled_rows() -> list[dict]:
+    rows = []
+    for i in range(8):
+        r = pair_rows(8)[i]
+        rows.append({"prompt": r["prompt"], "completion": r["chosen"], "label": True})
+        if i % 2:
+            rows.append({"prompt": r["prompt"], "completion": r["rejected"], "label": False})
+    return rows
+
+
+def test_kto_reads_labelled_rows_and_pairs(tmp_path: Path) -> None:
+    from trainer.data import load_labelled_items
+    from trainer.kto import with_mismatched
+
+    unpaired = tmp_path / "labelled.jsonl"
+    unpaired.write_text("".join(json.dumps(r) + "\n" for r in labelled_rows()))
+    items, notes = load_labelled_items(str(unpaired))
+    assert len(items) == 12 and sum(it.label for it in items) == 8 and "8 desirable, 4 undesirable" in notes[0]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in pair_rows(3)))
+    items, _ = load_labelled_items(str(pairs))
+    assert [(it.id, it.label) for it in items] == [("p0/chosen", True), ("p0/rejected", False), ("p1/chosen", True),
+                                                   ("p1/rejected", False), ("p2/chosen", True), ("p2/rejected", False)]
+    assert items[0].completions == [pair_rows(3)[0]["chosen"]]
+    # the mismatched answer always comes from another prompt, also when a pair's two rows sit side by side
+    for it in with_mismatched(items):
+        assert it.completions[1] not in (pair_rows(3)[int(it.id[1])]["chosen"], pair_rows(3)[int(it.id[1])]["rejected"])
+
+
+@pytest.mark.parametrize("row, field, why", [
+    ({"prompt": "hi", "completion": "yo"}, "label", "missing"),
+    ({"prompt": "hi", "completion": "yo", "label": "yes"}, "label", "expected true or false"),
+    ({"prompt": "hi", "label": True}, "completion", "missing"),
+])
+def test_bad_labelled_rows_name_line_and_field(tmp_path: Path, row: dict, field: str, why: str) -> None:
+    from trainer.data import TrainError, load_labelled_items
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"prompt": "ok", "completion": "fine", "label": True}) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(TrainError, match=rf"bad.jsonl:2: field '{field}' {why}"):
+        load_labelled_items(str(path))
+
+
+def test_kto_trains_on_labelled_rows_with_cached_reference_and_resumes(tiny_model_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "labelled.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in labelled_rows()))
+    base = dict(model=str(tiny_model_dir), data=str(data), objective="kto", batch_size=4, max_length=96, lr=3e-3,
+                schedule="constant", max_steps=6, live=False, undesirable_weight=2.0)
+    whole = train(TrainConfig(output_dir=str(tmp_path / "whole"), **base), quiet())
+    assert whole.complete and whole.prepare_seconds > 0
+    rows = [r for r in read_jsonl(whole.metrics_path) if r["split"] == "train"]
+    assert {"kl", "rewards/chosen", "rewards/rejected", "rewards/margins"} <= set(rows[0])
+    assert rows[-1]["rewards/margins"] > rows[0]["rewards/margins"]
+    assert (tmp_path / "cache").exists()  # KTO declares a reference: its log-probs are cached
+
+    class Stop(KeyboardInterrupt):
+        pass
+
+    from trainer.kto import KTOObjective
+    from trainer.loop import run
+
+    class StopAt(KTOObjective):
+        calls = 0
+
+        def loss(self, policy, batch):
+            type(self).calls += 1
+            if type(self).calls == 4 and policy.module.training:
+                raise Stop
+            return super().loss(policy, batch)
+
+    cfg = TrainConfig(output_dir=str(tmp_path / "resumed"), save_every=1, **base)
+    with pytest.raises(Stop):
+        run(cfg, StopAt(cfg), quiet())
+    resumed = train(TrainConfig(output_dir=str(tmp_path / "resumed"), save_every=1, resume=True, **base), quiet())
+    assert resumed.complete
+    again = [r["loss"] for r in read_jsonl(resumed.metrics_path) if r["split"] == "train"]
+    assert again == pytest.approx([r["loss"] for r in rows], abs=1e-6)

@@ -1,5 +1,5 @@
-"""Training settings: one dataclass for every objective (trainer.objectives), checked when it is built so a bad value fails before any
-model or data is loaded.
+"""Training settings: one dataclass for every objective (``trainer.objectives``), checked when it is built so a
+bad value fails before any model or data is loaded.
 
 Filled from the ``[train]`` section of a TOML file, ``--set key=value`` overrides and command-line flags
 (``trainer.cli``), or directly in Python.
@@ -38,7 +38,7 @@ class TrainConfig:
     objective: str = setting("dpo", "what to train for: " + "; ".join(f"{s.name} ({s.help})"
                                                                        for s in OBJECTIVES.values()),
                              choices=tuple(OBJECTIVES))
-    beta: float = setting(0.1, "β: DPO's strength of the KL anchor to the reference, SimPO's reward scale, "
+    beta: float = setting(0.1, "β: DPO/KTO's strength of the KL anchor to the reference, SimPO's reward scale, "
                                "ORPO's weight λ of the odds-ratio term (> 0)")
     loss_type: str = setting("sigmoid", "preference loss", choices=LOSS_TYPES)
     label_smoothing: float = setting(0.0, "ε for cdpo and robust: assumed rate of flipped labels")
@@ -47,6 +47,9 @@ class TrainConfig:
     rpo_alpha: float = setting(1.0, "weight of an NLL term on the chosen answer (RPO); 0 = plain DPO")
     logp_average: bool = setting(False, "mean of token log-probs (the seed recipe) instead of the sum (DPO paper)")
     simpo_gamma: float = setting(0.5, "SimPO's target reward margin γ (TRL's simpo_gamma)")
+    desirable_weight: float = setting(1.0, "KTO's λ_D: weight of the desirable answers' losses")
+    undesirable_weight: float = setting(1.0, "KTO's λ_U: weight of the undesirable answers' losses (raise the "
+                                             "rarer side's weight when the labels are unbalanced)")
     reference: str = setting("cached", "the reference model: cached (log-probs computed once, on disk) or model "
                                        "(a frozen copy in memory)", choices=REFERENCES)
     # optimisation
@@ -125,6 +128,9 @@ class TrainConfig:
         check_choices(self, "train.")
         if not 0.0 <= self.label_smoothing < 0.5:
             bad("label_smoothing", f"must be in [0, 0.5), got {self.label_smoothing}")
+        for name in ("desirable_weight", "undesirable_weight"):
+            if getattr(self, name) <= 0:
+                bad(name, f"must be > 0, got {getattr(self, name)}")
         if self.rpo_alpha < 0:
             bad("rpo_alpha", f"must be >= 0, got {self.rpo_alpha}")
         if self.lr <= 0:

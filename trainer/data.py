@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from prefloop.records import Prompt, RecordError
-from prefloop.sources import DataError, iter_rows, load_preferences, load_prompts
+from prefloop.sources import DataError, iter_rows, load_labelled, load_preferences, load_prompts
 
 from trainer.config import TrainConfig
 
@@ -32,6 +32,7 @@ class TrainItem:
     completions: list[str]
     prompt_format: str = "text"
     meta: dict[str, Any] = field(default_factory=dict)
+    label: bool | None = None  # labelled data (KTO): whether completions[0] is desirable
 
 
 Loader = Callable[[str], "tuple[list[TrainItem], list[str]]"]
@@ -73,8 +74,21 @@ def load_sft_items(source: str) -> tuple[list[TrainItem], list[str]]:
     return items, [note]
 
 
-LOADERS: dict[str, Loader] = {"pairs": load_pairs, "text": load_sft_items}
+def load_labelled_items(source: str) -> tuple[list[TrainItem], list[str]]:
+    """Single answers with desirable/undesirable labels (``completions`` = ``[answer]``); pairs count as one of
+    each."""
+    try:
+        records, report = load_labelled(source)
+    except (DataError, RecordError) as exc:
+        raise TrainError(str(exc)) from None
+    items = [TrainItem(r.id, r.prompt, [r.completion], r.prompt_format, r.meta, label=r.label) for r in records]
+    good = sum(r.label for r in records)
+    return items, [report.summary() + f" ({good} desirable, {len(records) - good} undesirable)"]
+
+
+LOADERS: dict[str, Loader] = {"pairs": load_pairs, "labelled": load_labelled_items, "text": load_sft_items}
 DESCRIPTIONS = {"pairs": "preference data (a JSONL/JSON file, dataset folder or name)",
+                "labelled": "labelled answers ({prompt, completion, label} rows, or preference pairs)",
                 "text": "SFT data (Alpaca JSON, prompt/response JSONL, or pairs)"}
 
 

@@ -53,6 +53,9 @@ OBJECTIVES: dict[str, Spec] = {s.name: s for s in (
     Spec("orpo", "trainer.objectives_pref:ORPOObjective", "ORPO: NLL on the chosen answer + β·odds-ratio term, no "
          "reference (SFT and preference in one stage)", data="pairs", reference=False, average=True,
          settings=("beta",)),
+    Spec("kto", "trainer.kto:KTOObjective", "KTO: single answers labelled desirable or undesirable",
+         data="labelled", reference=True, average=False,
+         settings=("beta", "desirable_weight", "undesirable_weight", "reference")),
     Spec("sft", "trainer.sft:SFTObjective", "supervised fine-tuning: NLL on the responses", data="text",
          reference=False, average=False),
 )}
