@@ -302,6 +302,13 @@ def test_kto_trains_on_labelled_rows_with_cached_reference_and_resumes(tiny_mode
     assert {"kl", "rewards/chosen", "rewards/rejected", "rewards/margins"} <= set(rows[0])
     assert rows[-1]["rewards/margins"] > rows[0]["rewards/margins"]
     assert (tmp_path / "cache").exists()  # KTO declares a reference: its log-probs are cached
+    from prefloop.report import Report
+    from trainer.report import add_training_section
+
+    report = Report("run")
+    add_training_section(report, whole.output_dir, tmp_path / "plots")
+    text = report.to_markdown()
+    assert "KTO loss" in text and "| objective | kto |" in text.replace("`", "") and "| kl |" in text
 
     class Stop(KeyboardInterrupt):
         pass
@@ -325,3 +332,25 @@ def test_kto_trains_on_labelled_rows_with_cached_reference_and_resumes(tiny_mode
     assert resumed.complete
     again = [r["loss"] for r in read_jsonl(resumed.metrics_path) if r["split"] == "train"]
     assert again == pytest.approx([r["loss"] for r in rows], abs=1e-6)
+
+
+@pytest.mark.parametrize("name, reference", [("simpo", "cached"), ("kto", "model"), ("kto", "cached")])
+def test_new_objectives_with_lora(name: str, reference: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """LoRA trains only the adapter; KTO's reference is the same model with the adapter off (or its cache)."""
+    pytest.importorskip("peft")
+    data = tmp_path / "labelled.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in labelled_rows()))
+    cfg = TrainConfig(model=str(tiny_model_dir), data=str(data if name == "kto" else ""), output_dir=str(tmp_path / "o"),
+                      objective=name, lora_r=4, batch_size=4, max_length=96, lr=1e-2, schedule="constant",
+                      max_steps=4, live=False, reference=reference)
+    if name == "simpo":
+        pairs = tmp_path / "pairs.jsonl"
+        pairs.write_text("".join(json.dumps(r) + "\n" for r in pair_rows(8)))
+        cfg = TrainConfig(**{**vars(cfg), "data": str(pairs)})
+    result = train(cfg, quiet())
+    assert result.complete and result.adapter_dir is not None and (result.adapter_dir / "adapter_config.json").exists()
+    rows = [r for r in read_jsonl(result.metrics_path) if r["split"] == "train"]
+    assert rows[-1]["rewards/margins"] != rows[0]["rewards/margins"]
+    if name == "kto":
+        assert abs(rows[0]["rewards/chosen"]) < 1e-6  # step 1: adapter B = 0, so policy = reference exactly
+    assert (tmp_path / "cache").exists() == (reference == "cached" and name == "kto")
