@@ -68,8 +68,10 @@ class KTOObjective(Objective):
         mismatched = (sums[b:] - ref[b:]).detach()
         desirable = torch.tensor([self.labels[i] for i in batch.ids], device=sums.device)
         n_d = desirable.sum().item()
-        # z₀ over the whole micro-batch: every process adds its share
-        whole = policy.dist.sum({"kl": mismatched.sum().item(), "d": n_d, "u": b - n_d})
+        # z₀ over the whole micro-batch: every process adds its share (a process whose share is empty runs one
+        # row for the collectives' sake, which must not count: rows go to ranks round-robin)
+        real = float(policy.dist.rank < batch.total_rows)
+        whole = policy.dist.sum({"kl": real * mismatched.sum().item(), "d": real * n_d, "u": real * (b - n_d)})
         z0 = kto_reference_point(mismatched.new_tensor([whole["kl"] / batch.total_rows]))
         per = kto_loss(logratio, desirable, z0, self.cfg.beta, self.cfg.desirable_weight,
                        self.cfg.undesirable_weight)
