@@ -242,7 +242,7 @@ class Loop:
         """Train ``t`` into ``paths.train`` as stage ``name`` (the loop's train stage, and each round's)."""
 
         def work(decision: str) -> StageResult:
-            from trainer.dpo import train
+            from trainer.train import train  # the objective [train] objective names
 
             cfg = replace(t, resume=(decision == "resume"), overwrite=True,  # the run folder's state decides
                           eval_data=t.eval_data if count_lines(self.paths.heldout_pairs) else None)

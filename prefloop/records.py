@@ -75,6 +75,22 @@ class PromptRecord(_HasPrompt):
         return {"id": self.id, "prompt": self.prompt, "known_good": self.known_good, "meta": self.meta}
 
 
+@dataclass
+class LabelledRecord(_HasPrompt):
+    """A prompt with one completion marked desirable (``label`` True) or undesirable: KTO's data, TRL's unpaired
+    preference format, a person's thumbs up or down."""
+
+    id: str
+    prompt: Prompt
+    completion: str
+    label: bool
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "prompt": self.prompt, "completion": self.completion, "label": self.label,
+                "meta": self.meta}
+
+
 def stable_id(*parts: Any, length: int = 16) -> str:
     """A deterministic id from any JSON-serialisable parts: same inputs and settings, same id, across runs."""
     blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))

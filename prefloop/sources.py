@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from prefloop.errors import BadInput
 from prefloop.jsonl import iter_jsonl
-from prefloop.records import PreferenceRecord, PromptRecord, RecordError, stable_id
+from prefloop.records import LabelledRecord, PreferenceRecord, PromptRecord, RecordError, stable_id
 from prefloop.templates import alpaca_prompt
 
 MAX_ERRORS_SHOWN = 20
@@ -352,6 +352,67 @@ def load_prompts(source: str | Path, *, skip_bad: bool = False, limit: int = 0) 
     records = records[:limit] if limit else records
     if not records:
         raise DataError([RecordError(str(source), None, None, "no prompts in it")])
+    return records, report
+
+
+def to_labelled(src: str, line: int, row: Any) -> list[LabelledRecord]:
+    """One labelled row (``prompt``, ``completion``, ``label`` true/false; TRL's unpaired format, the prompt may be
+    a conversation and the completion its last turn), or a preference pair split into a desirable and an
+    undesirable row (ids ``<id>/chosen`` and ``<id>/rejected``)."""
+    if isinstance(row, dict) and "chosen" in row and "completion" not in row:
+        pair = to_preference(src, line, row)
+        if pair.chosen.strip() == pair.rejected.strip():
+            return []
+        return [LabelledRecord(f"{pair.id}/chosen", pair.prompt, pair.chosen, True, dict(pair.meta)),
+                LabelledRecord(f"{pair.id}/rejected", pair.prompt, pair.rejected, False, dict(pair.meta))]
+    meta = _row_meta(src, line, row)
+    completion, context = _completion(src, line, row, "completion")
+    if "prompt" in row:
+        prompt = _text_or_chat(src, line, row, "prompt", meta)
+    elif "instruction" in row:
+        prompt = _alpaca(src, line, row, meta)
+    elif context:
+        prompt, meta["prompt_format"] = context, "chat"
+    else:
+        raise RecordError(src, line, "prompt", "missing (no 'prompt', 'instruction' or conversation before the "
+                                               "completion)")
+    if "label" not in row or row["label"] is None:
+        raise RecordError(src, line, "label", "missing: true for a desirable completion, false for an undesirable "
+                                              "one")
+    label = row["label"]
+    if not isinstance(label, bool):
+        raise RecordError(src, line, "label", f"expected true or false, got {json.dumps(label)}")
+    rid = row.get("id")
+    if rid is None:
+        rid = stable_id(prompt, completion, label)
+    elif not isinstance(rid, (str, int)):
+        raise RecordError(src, line, "id", f"expected a string, got {type(rid).__name__}")
+    return [LabelledRecord(id=str(rid), prompt=prompt, completion=completion, label=label, meta=meta)]
+
+
+def load_labelled(source: str | Path, *, skip_bad: bool = False) -> tuple[list[LabelledRecord], LoadReport]:
+    """Load single answers with desirable/undesirable labels; preference pairs in the same source count as one
+    of each. Bad rows raise ``DataError`` (file, line, field) unless ``skip_bad``; repeated ids are dropped."""
+    report = LoadReport(source=str(source))
+    records: list[LabelledRecord] = []
+    seen: set[str] = set()
+    for src, line, row in iter_rows(source):
+        try:
+            parsed = to_labelled(src, line, row)
+        except RecordError as err:
+            report.errors.append(err)
+            continue
+        if not parsed:
+            report.dropped["chosen identical to rejected"] += 1
+        for rec in parsed:
+            if rec.id in seen:
+                report.dropped["duplicate id"] += 1
+                continue
+            seen.add(rec.id)
+            records.append(rec)
+    report.kept = len(records)
+    if report.errors and not skip_bad:
+        raise DataError(report.errors)
     return records, report
 
 

@@ -260,3 +260,15 @@ def test_missing_prompts_stop_with_a_clear_message(tmp_path, tiny_model_dir, cap
     err = capsys.readouterr().err
     assert "[data] prompts = " in err and "prompts.json" in err and "no such file" in err
     assert not (tmp_path / "run" / "generate").exists()
+
+
+def test_loop_trains_the_objective_train_section_names(tmp_path, tiny_model_dir, server):
+    """[train] objective = "kto": the loop's pairs become one desirable and one undesirable answer each, and the
+    run records and reports that objective."""
+    run = tmp_path / "run"
+    assert main(Args(write_config(tmp_path, tiny_model_dir), "train.objective=kto")) == 0
+    summary = json.loads((run / "train" / "train_summary.json").read_text())
+    assert summary["objective"] == "kto" and summary["status"] == "complete"
+    assert "kl" in read_jsonl(run / "train" / "metrics.jsonl")[0]
+    assert RunState(run).get("train").settings["objective"] == "kto"
+    assert "| objective | kto |" in (run / "report.md").read_text().replace("`", "")

@@ -7,11 +7,13 @@ h = (−2 + 3) − (−5 + 4) = 1 − (−1) = 2. With β = 0.5: β·h = 1, and
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from trainer.losses import (cdpo_loss, chosen_nll, hinge_loss, ipo_loss, logratio_margin, preference_loss,
-                            robust_loss, sigmoid_loss)
+from trainer.losses import (cdpo_loss, chosen_nll, hinge_loss, ipo_loss, kto_loss, kto_reference_point, log1mexp,
+                            logratio_margin, odds_ratio_loss, preference_loss, robust_loss, sigmoid_loss, simpo_loss)
 
 SOFTPLUS_M1 = 0.31326169  # log(1 + e^-1)
 SOFTPLUS_P1 = 1.31326169  # log(1 + e^1)
@@ -76,3 +78,29 @@ def test_sigmoid_gradient_direction() -> None:
     assert pw.grad.item() < 0 < pl.grad.item()
     # d/dpw of −log σ(β h) = −β (1 − σ(β h)) = −0.5 · (1 − σ(1)) = −0.5 · 0.26894142
     assert pw.grad.item() == pytest.approx(-0.13447071, abs=1e-8)
+
+
+def test_simpo_by_hand() -> None:
+    # mean log-probs −1 (chosen) and −2 (rejected), β = 2, γ = 1: 2·(−1 + 2) − 1 = 1, so −log σ(1)
+    assert simpo_loss(t(-1.0), t(-2.0), 2.0, 1.0).item() == pytest.approx(SOFTPLUS_M1, abs=1e-8)
+    # a margin short of γ/β costs more than ln 2
+    assert simpo_loss(t(-1.0), t(-1.2), 2.0, 1.0).item() == pytest.approx(1.03748795, abs=1e-8)  # −log σ(−0.6) = ln(1 + e^0.6)
+
+
+def test_odds_ratio_by_hand() -> None:
+    # P(y_w) = 0.5: odds 1, log odds 0; P(y_l) = 0.2: odds 0.25, log odds −ln 4. −log σ(ln 4) = ln(1 + 1/4)
+    w, l = t(math.log(0.5)), t(math.log(0.2))
+    assert odds_ratio_loss(w, l).item() == pytest.approx(math.log(1.25), abs=1e-8)
+    assert log1mexp(t(math.log(0.2), math.log(0.9))).tolist() == pytest.approx([math.log(0.8), math.log(0.1)])
+
+
+def test_kto_by_hand() -> None:
+    # β = 0.5, z₀ = 1: desirable r = 3 → 1 − σ(0.5·2) = 1 − σ(1); undesirable r = −1 → λ_U·(1 − σ(0.5·(1 + 1)))
+    one_minus_sig1 = 1 - 0.73105858
+    out = kto_loss(t(3.0, -1.0), torch.tensor([True, False]), t(1.0), 0.5, desirable_weight=1.0,
+                   undesirable_weight=2.0)
+    assert out.tolist() == pytest.approx([one_minus_sig1, 2 * one_minus_sig1], abs=1e-8)
+    # z₀: mean of the mismatched log-ratios, never below 0, no gradient
+    kl = t(0.5, -1.5).requires_grad_()
+    assert kto_reference_point(kl).item() == 0.0 and not kto_reference_point(kl).requires_grad
+    assert kto_reference_point(t(1.0, 2.0)).item() == pytest.approx(1.5)

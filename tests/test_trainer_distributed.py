@@ -34,7 +34,8 @@ SCENARIOS: dict[str, dict] = {
     "fsdp": dict(distributed="fsdp"),
     "lora_ddp": dict(lora_r=4, lr=3e-3),
     "lora_fsdp": dict(lora_r=4, lr=3e-3, distributed="fsdp"),
-    "sft_ddp": dict(lr=1e-3),                     # SFT normalises by response tokens, not by rows
+    "sft_ddp": dict(lr=1e-3, objective="sft"),    # SFT normalises by response tokens, not by rows
+    "kto_ddp": dict(objective="kto", lr=1e-2),    # KTO's z₀ is a mean over the whole micro-batch
     "pieces_fsdp": dict(distributed="fsdp", max_tokens_per_batch=90),  # token-capped pieces, unequal per rank
     "nan": dict(max_steps=5),                     # rank 1's weights turn NaN in step 3
     "bypass": dict(max_steps=2, save_every=0, eval_split=0.0),  # the log-probs called around the DDP wrapper
@@ -60,7 +61,7 @@ def worker(spec_path: str) -> None:
     from trainer.dpo import DPOObjective
     from trainer.logps import packed_logps
     from trainer.loop import run
-    from trainer.sft import SFTObjective
+    from trainer.objectives import spec as declared
 
     class PoisonOnRank1(DPOObjective):
         def loss(self, policy, batch):
@@ -85,9 +86,8 @@ def worker(spec_path: str) -> None:
     rank = int(os.environ["RANK"])
     for name in spec["scenarios"]:
         cfg = scenario_cfg(Path(spec["model"]), Path(spec["data"]), Path(spec["out"]) / name, name)
-        objective = {"nan": PoisonOnRank1, "bypass": BypassDPO}.get(name, DPOObjective)(cfg)
-        if name.startswith("sft"):
-            objective = SFTObjective(cfg)
+        objective = ({"nan": PoisonOnRank1, "bypass": BypassDPO}[name](cfg) if name in ("nan", "bypass")
+                     else declared(cfg.objective).build(cfg))
         model = AutoModelForCausalLM.from_pretrained(spec["model"])
         result = run(cfg, objective, quiet(), model=model)
         info = {"status": result.status, "reason": result.reason, "steps": result.steps,
@@ -152,7 +152,7 @@ def assert_same_weights(a: Path, b: Path, atol: float = 1e-5) -> None:
     assert worst <= atol, f"max |weight difference| {worst:.2e}"
 
 
-@pytest.mark.parametrize("name", ["ddp", "fsdp", "lora_ddp", "lora_fsdp", "sft_ddp", "pieces_fsdp"])
+@pytest.mark.parametrize("name", ["ddp", "fsdp", "lora_ddp", "lora_fsdp", "sft_ddp", "kto_ddp", "pieces_fsdp"])
 def test_two_processes_equal_one(name: str, two_procs: Path, tiny_model_dir: Path, pairs_path: Path,  # noqa: F811
                                  tmp_path: Path) -> None:
     single, _ = one_proc(tiny_model_dir, pairs_path, tmp_path, name)
@@ -192,7 +192,7 @@ def test_sharded_reference_cache_equals_one_process(two_procs: Path, tiny_model_
     [single] = (tmp_path / "cache" / "refcache").iterdir()
     shared = two_procs.parent / "cache" / "refcache" / single.name
     a, b = torch.load(single, weights_only=True)["entries"], torch.load(shared, weights_only=True)["entries"]
-    assert a.keys() == b.keys() and len(a) == 40
+    assert a.keys() <= b.keys() and len(a) == 40  # the launch's KTO run (same model) adds its entries to the file
     worst = max(abs(x - y) for k in a for side in (0, 1) for x, y in zip(a[k][side], b[k][side]))
     assert worst <= 1e-5
 

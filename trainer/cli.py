@@ -1,4 +1,4 @@
-"""``prefloop train`` (DPO) and ``prefloop sft``: flags made from ``TrainConfig`` (``prefloop.flags``).
+"""``prefloop train`` (any objective of ``trainer.objectives``; DPO by default) and ``prefloop sft``: flags made from ``TrainConfig`` (``prefloop.flags``).
 
 Settings come from ``--config run.toml`` ([train] section), then the flags, then ``--set key=value`` (the same
 order as every prefloop command). Heavy imports happen inside ``main`` so ``--help`` is instant.
@@ -15,22 +15,25 @@ import argparse
 import os
 import sys
 
+import dataclasses
+
 from prefloop.flags import add_common, add_config_flags, fail, settings
 from trainer.config import TrainConfig
+from trainer.objectives import settings_not_for
 
-DPO_ONLY = ("beta", "loss_type", "label_smoothing", "rpo_alpha", "logp_average", "reference")
 
-
-def add_arguments(parser: argparse.ArgumentParser, *, sft: bool = False) -> None:
+def add_arguments(parser: argparse.ArgumentParser, *, objective: str | None = None) -> None:
+    """The [train] flags; a command fixed to one ``objective`` hides the others' settings and ``--objective``."""
     add_common(parser, "train")
-    add_config_flags(parser, TrainConfig, skip=DPO_ONLY if sft else ())
+    add_config_flags(parser, TrainConfig, skip=("objective", *settings_not_for(objective)) if objective else ())
 
 
-def build_config(args: argparse.Namespace) -> TrainConfig:
-    return settings(args, TrainConfig, "train")
+def build_config(args: argparse.Namespace, objective: str | None = None) -> TrainConfig:
+    cfg = settings(args, TrainConfig, "train")
+    return dataclasses.replace(cfg, objective=objective) if objective and cfg.objective != objective else cfg
 
 
-def main(args: argparse.Namespace, *, sft: bool = False) -> int:
+def main(args: argparse.Namespace, *, objective: str | None = None) -> int:
     from rich.console import Console
 
     from prefloop.config import ConfigError
@@ -40,16 +43,12 @@ def main(args: argparse.Namespace, *, sft: bool = False) -> int:
     console = Console(stderr=True, quiet=bool(args.quiet))
     main_process = os.environ.get("RANK", "0") == "0"
     try:
-        cfg = build_config(args)
+        cfg = build_config(args, objective)
         if cfg.nproc > 1 and "WORLD_SIZE" not in os.environ:
             from trainer.distributed import launch
-            return launch(cfg, "sft" if sft else "train", quiet=bool(args.quiet))
-        if sft:
-            from trainer.sft import train_sft
-            result = train_sft(cfg, console)
-        else:
-            from trainer.dpo import train
-            result = train(cfg, console)
+            return launch(cfg, "train", quiet=bool(args.quiet))
+        from trainer.train import train
+        result = train(cfg, console)
     except (ConfigError, TrainError, ModelNotFound) as exc:
         return fail(exc) if main_process else 2
     finally:

@@ -11,8 +11,8 @@ from trainer import cli
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    cli.add_arguments(parser, sft=True)
+    cli.add_arguments(parser, objective="sft")
 
 
 def main(args: argparse.Namespace) -> int:
-    return cli.main(args, sft=True)
+    return cli.main(args, objective="sft")

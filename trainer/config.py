@@ -1,5 +1,5 @@
-"""Training settings: one dataclass for DPO and SFT, checked when it is built so a bad value fails before any
-model or data is loaded.
+"""Training settings: one dataclass for every objective (``trainer.objectives``), checked when it is built so a
+bad value fails before any model or data is loaded.
 
 Filled from the ``[train]`` section of a TOML file, ``--set key=value`` overrides and command-line flags
 (``trainer.cli``), or directly in Python.
@@ -14,6 +14,7 @@ from typing import Any
 from prefloop.config import ConfigError, check_choices, load_section, section, setting
 from prefloop.models import DTYPES, normalize_dtype
 from prefloop.templates import PROMPT_FORMATS
+from trainer.objectives import OBJECTIVES
 
 LOSS_TYPES = ("sigmoid", "cdpo", "ipo", "hinge", "robust")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -34,14 +35,22 @@ class TrainConfig:
                               flag="--output", short="-o", aliases=("--output-dir",))
     eval_data: str | None = setting(None, "held-out pairs (else --eval-split of --data)", runtime=True)
     eval_split: float = setting(0.0, "fraction of --data held out for evaluation (0: no eval)")
-    # objective
-    beta: float = setting(0.1, "DPO's β: strength of the KL anchor to the reference (> 0)")
+    # objective (trainer.objectives declares which of the settings below each one reads)
+    objective: str = setting("dpo", "what to train for: " + "; ".join(f"{s.name} ({s.help})"
+                                                                       for s in OBJECTIVES.values()),
+                             choices=tuple(OBJECTIVES))
+    beta: float = setting(0.1, "β: DPO/KTO's strength of the KL anchor to the reference, SimPO's reward scale, "
+                               "ORPO's weight λ of the odds-ratio term (> 0)")
     loss_type: str = setting("sigmoid", "preference loss", choices=LOSS_TYPES)
     label_smoothing: float = setting(0.0, "ε for cdpo and robust: assumed rate of flipped labels")
     # RPO's NLL term keeps the chosen answers likely, so the preference moves and the skill stays (plain DPO
     # lowers both sides' likelihood); chosen with lr on the seed's validation rows by bench/alignment.py
     rpo_alpha: float = setting(1.0, "weight of an NLL term on the chosen answer (RPO); 0 = plain DPO")
     logp_average: bool = setting(False, "mean of token log-probs (the seed recipe) instead of the sum (DPO paper)")
+    simpo_gamma: float = setting(0.5, "SimPO's target reward margin γ (TRL's simpo_gamma)")
+    desirable_weight: float = setting(1.0, "KTO's λ_D: weight of the desirable answers' losses")
+    undesirable_weight: float = setting(1.0, "KTO's λ_U: weight of the undesirable answers' losses (raise the "
+                                             "rarer side's weight when the labels are unbalanced)")
     reference: str = setting("cached", "the reference model: cached (log-probs computed once, on disk) or model "
                                        "(a frozen copy in memory)", choices=REFERENCES)
     # optimisation
@@ -130,6 +139,9 @@ class TrainConfig:
         check(self.report_to)
         if not 0.0 <= self.label_smoothing < 0.5:
             bad("label_smoothing", f"must be in [0, 0.5), got {self.label_smoothing}")
+        for name in ("desirable_weight", "undesirable_weight"):
+            if getattr(self, name) <= 0:
+                bad(name, f"must be > 0, got {getattr(self, name)}")
         if self.rpo_alpha < 0:
             bad("rpo_alpha", f"must be >= 0, got {self.rpo_alpha}")
         if self.lr <= 0:

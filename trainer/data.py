@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from prefloop.errors import BadInput
 from prefloop.records import Prompt, RecordError
-from prefloop.sources import DataError, iter_rows, load_preferences, load_prompts
+from prefloop.sources import DataError, iter_rows, load_labelled, load_preferences, load_prompts
 
 from trainer.config import TrainConfig
 
@@ -33,6 +33,7 @@ class TrainItem:
     completions: list[str]
     prompt_format: str = "text"
     meta: dict[str, Any] = field(default_factory=dict)
+    label: bool | None = None  # labelled data (KTO): whether completions[0] is desirable
 
 
 Loader = Callable[[str], "tuple[list[TrainItem], list[str]]"]
@@ -72,6 +73,24 @@ def load_sft_items(source: str) -> tuple[list[TrainItem], list[str]]:
         items.append(TrainItem(p.id, prompt, [answer], p.prompt_format, p.meta))
     note = report.summary() + (f", {dropped} without a response (dropped)" if dropped else "")
     return items, [note]
+
+
+def load_labelled_items(source: str) -> tuple[list[TrainItem], list[str]]:
+    """Single answers with desirable/undesirable labels (``completions`` = ``[answer]``); pairs count as one of
+    each."""
+    try:
+        records, report = load_labelled(source)
+    except (DataError, RecordError) as exc:
+        raise TrainError(str(exc)) from None
+    items = [TrainItem(r.id, r.prompt, [r.completion], r.prompt_format, r.meta, label=r.label) for r in records]
+    good = sum(r.label for r in records)
+    return items, [report.summary() + f" ({good} desirable, {len(records) - good} undesirable)"]
+
+
+LOADERS: dict[str, Loader] = {"pairs": load_pairs, "labelled": load_labelled_items, "text": load_sft_items}
+DESCRIPTIONS = {"pairs": "preference data (a JSONL/JSON file, dataset folder or name)",
+                "labelled": "labelled answers ({prompt, completion, label} rows, or preference pairs)",
+                "text": "SFT data (Alpaca JSON, prompt/response JSONL, or pairs)"}
 
 
 def load_data(cfg: TrainConfig, loader: Loader, what: str) -> tuple[list[TrainItem], list[TrainItem] | None,

@@ -7,22 +7,18 @@ the chosen loss of ``trainer.losses``; TRL's metrics.
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any, Callable
 
 import torch
 
 from trainer.config import TrainConfig
-from trainer.data import TrainError, TrainItem, load_data, load_pairs
 from trainer.distributed import Dist
-from trainer.logps import packed_logps
-from trainer.lora import quantization_key
-from trainer.loop import Objective, Policy, TrainResult, run
+from trainer.loop import Objective, Policy, TrainResult
 from trainer.losses import chosen_nll, logratio_margin, preference_loss
 from trainer.packing import PackedBatch
-from prefloop.progress import Progress
-from trainer.refcache import RefLogps, load_or_compute, model_digest
+from trainer.refcache import RefLogps
+from trainer.reference import Reference
 from trainer.tokenize import Example
 
 
@@ -69,53 +65,22 @@ class DPOObjective(Objective):
 
     def __init__(self, cfg: TrainConfig, ref_model: Any = None) -> None:
         self.cfg = cfg
-        self.ref: RefLogps | None = None
-        self.ref_model = ref_model
-        self.digest: str | None = None
+        self.reference = Reference(cfg, ref_model)
 
-    def load(self, cfg: TrainConfig) -> tuple[list[TrainItem], list[TrainItem] | None, list[str]]:
-        return load_data(cfg, load_pairs, "preference data (a JSONL/JSON file, dataset folder or name)")
+    @property
+    def ref(self) -> RefLogps | None:
+        """The cached reference log-probs (after ``prepare``; None with an in-memory reference)."""
+        return self.reference.cache
 
     def start(self, model: Any, dist: Dist) -> None:
-        if self.ref_model is model:
-            raise TrainError("the reference model is the policy object itself: its log-ratios would stay 0 and "
-                             "DPO would not learn; pass a frozen copy or use reference = 'cached'")
-        if self.cfg.reference == "cached":  # rank 0 hashes the unsharded weights; the others take its digest
-            self.digest = dist.broadcast(model_digest(model, quantization_key(self.cfg)) if dist.is_main else None)
-        elif self.ref_model is None and not self.cfg.lora_r:  # LoRA's reference is the adapter switched off
-            self.ref_model = copy.deepcopy(model)
-        if self.ref_model is not None:
-            self.ref_model.eval().requires_grad_(False)
+        self.reference.start(model, dist)
 
     def prepare(self, policy: Policy, tokenizer: Any, train: list[Example], held_out: list[Example], *,
                 console: Any, should_stop: Callable[[], bool]) -> list[str]:
-        if self.cfg.reference == "model":
-            what = ("the same model with its LoRA adapter off (one more forward per step, no copy)" if policy.adapted
-                    else "a frozen copy of the starting model (held in memory, one forward per step)")
-            return [f"reference: {what}"]
-        examples = train + held_out
-        dist = policy.dist
-        with Progress(console, None, "reference log-probs", unit="pairs", enabled=dist.is_main) as ticker, policy.base():
-            ref, computed, path = load_or_compute(
-                policy.module, examples, tokenizer.pad_token_id, batch_size=max(16, 2 * self.cfg.batch_size),
-                dtype=self.cfg.dtype, model_hash=self.digest, device=dist.device, dist=dist, progress=ticker,
-                should_stop=should_stop)
-        self.ref = ref
-        return [f"reference log-probs: {len(examples) - computed} read from the cache, {computed} computed and "
-                f"cached ({path})"]
+        return self.reference.prepare(policy, tokenizer, train + held_out, console=console, should_stop=should_stop)
 
     def loss(self, policy: Policy, batch: PackedBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        if self.ref is not None:
-            ref_sums = None
-        elif self.ref_model is not None:
-            with torch.no_grad():
-                ref_sums, _ = packed_logps(self.ref_model, batch)
-        else:
-            with torch.no_grad(), policy.base():
-                ref_sums, _ = policy(batch)
-        sums, counts = policy(batch)
-        if ref_sums is None:
-            ref_sums = self.ref.lookup(batch.ids)[0].to(sums.device)
+        sums, counts, ref_sums = self.reference.logps(policy, batch)
         return dpo_loss(self.cfg, sums.float(), counts, ref_sums.float(), rows=batch.total_rows,
                         chosen_tokens=batch.total_tokens[0])
 
@@ -138,5 +103,9 @@ class DPOObjective(Objective):
 
 def train(cfg: TrainConfig, console: Any = None, *, model: Any = None, tokenizer: Any = None,
           ref_model: Any = None) -> TrainResult:
-    """Run DPO as ``cfg`` says; returns where the model and metrics are and why it stopped."""
-    return run(cfg, DPOObjective(cfg, ref_model=ref_model), console, model=model, tokenizer=tokenizer)
+    """Run the objective ``cfg.objective`` names (DPO by default) as ``cfg`` says; returns where the model and
+    metrics are and why it stopped. ``ref_model``: DPO's reference given in memory."""
+    from trainer.train import train as train_objective
+
+    extra = {"ref_model": ref_model} if ref_model is not None else {}
+    return train_objective(cfg, console, model=model, tokenizer=tokenizer, **extra)

@@ -31,10 +31,11 @@ from trainer import distributed, load, lora
 from trainer.checkpoint import (check_resumable, list_checkpoints, load_checkpoint, run_fingerprint,
                                 save_checkpoint, step_folders)
 from trainer.config import TrainConfig
-from trainer.data import TrainError, TrainItem, split_items
+from trainer.data import DESCRIPTIONS, LOADERS, TrainError, TrainItem, load_data, split_items
 from trainer.distributed import Dist
 from trainer.interrupt import StopFlag
 from trainer.logps import PackedLM, autocast, cpu_has_fast_bf16, resolve_device
+from trainer.objectives import Spec, spec
 from trainer.metrics import (Averager, LiveView, open_metrics, peak_bf16_flops, peak_memory_mib,
                              train_flops_per_token)
 from trainer.trackers import open_trackers
@@ -77,10 +78,15 @@ class Objective:
     loss and metrics (normalised by ``batch.total_rows`` or ``batch.total_tokens``), so that they add up over the
     processes to the one-process values."""
 
-    name = "objective"
+    name = "objective"  # a key of trainer.objectives.OBJECTIVES: its declaration (data, reference, settings)
+
+    @property
+    def spec(self) -> Spec:
+        return spec(self.name)
 
     def load(self, cfg: TrainConfig) -> tuple[list[TrainItem], list[TrainItem] | None, list[str]]:
-        raise NotImplementedError
+        """The declared kind of data (``spec.data``) from ``cfg.data`` and ``cfg.eval_data``."""
+        return load_data(cfg, LOADERS[self.spec.data], DESCRIPTIONS[self.spec.data])
 
     def start(self, model: Any, dist: Dist) -> None:
         """The loaded model, before LoRA or sharding change it (DPO: the digest that keys the reference cache, or

@@ -69,3 +69,48 @@ def preference_loss(loss_type: str, h: torch.Tensor, beta: float, label_smoothin
 def chosen_nll(chosen_logp_sums: torch.Tensor, chosen_token_counts: torch.Tensor) -> torch.Tensor:
     """RPO's NLL term: −(Σ_tokens log π_θ(y_w,t | x, y_w,<t)) / (number of chosen tokens), pooled over the batch."""
     return -chosen_logp_sums.sum() / chosen_token_counts.sum().clamp(min=1)
+
+
+# Reference-free objectives: the policy's own (length-normalised) log-probs are the reward.
+
+def simpo_loss(avg_chosen: torch.Tensor, avg_rejected: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
+    """SimPO (Meng et al., 2024, eq. 6): −log σ(β/|y_w|·log π(y_w) − β/|y_l|·log π(y_l) − γ).
+
+    The reward is β times the *mean* token log-prob, the quantity generation ranks answers by, so no reference is
+    needed and longer answers gain nothing from their length; γ asks the chosen answer to win by a margin.
+    ``avg_*`` are the mean token log-probs."""
+    return -F.logsigmoid(beta * (avg_chosen - avg_rejected) - gamma)
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 − eˣ) for x < 0, accurate on both sides of −ln 2 (Mächler, 2012)."""
+    return torch.where(x < -0.6931471805599453, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+
+
+def odds_ratio_loss(avg_chosen: torch.Tensor, avg_rejected: torch.Tensor) -> torch.Tensor:
+    """ORPO's preference term (Hong et al., 2024, eqs. 4 and 7): −log σ(log odds(y_w) − log odds(y_l)), where
+    odds(y) = P(y) / (1 − P(y)) with P the mean token likelihood, so log odds = log P − log(1 − P).
+
+    Beside an NLL on y_w it lowers y_l's odds relative to y_w's; the NLL keeps the model near the data, which is
+    why ORPO needs no reference and replaces SFT followed by DPO with one stage."""
+    log_odds = (avg_chosen - avg_rejected) - (log1mexp(avg_chosen) - log1mexp(avg_rejected))
+    return -F.logsigmoid(log_odds)
+
+
+def kto_loss(logratio: torch.Tensor, desirable: torch.Tensor, z0: torch.Tensor, beta: float,
+             desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> torch.Tensor:
+    """KTO (Ethayarajh et al., 2024, eq. 7), per answer: λ_D·(1 − σ(β(r − z₀))) for a desirable answer and
+    λ_U·(1 − σ(β(z₀ − r))) for an undesirable one, where r = log π_θ(y|x) − log π_ref(y|x).
+
+    Prospect theory: an answer is judged against a reference point z₀ (the policy's KL from the reference,
+    estimated on mismatched prompt–answer pairs and not differentiated), and the sigmoid makes gains and losses
+    saturate, so single thumbs-up/down labels suffice. λ_D, λ_U rebalance unequal numbers of each."""
+    gain = desirable_weight * (1 - torch.sigmoid(beta * (logratio - z0)))
+    loss = undesirable_weight * (1 - torch.sigmoid(beta * (z0 - logratio)))
+    return torch.where(desirable, gain, loss)
+
+
+def kto_reference_point(kl_logratios: torch.Tensor) -> torch.Tensor:
+    """z₀ as TRL estimates it: the mean log-ratio of mismatched (prompt, answer) pairs, clamped at 0 (a KL is not
+    negative) and detached (no gradient flows through the reference point)."""
+    return kl_logratios.mean().detach().clamp(min=0)

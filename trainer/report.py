@@ -15,7 +15,9 @@ from prefloop.jsonl import read_jsonl
 from prefloop.report import Report, is_number, load_json, pyplot, save_png
 
 FINAL_METRICS = ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected",
-                 "logps/chosen", "logps/rejected")
+                 "logps/chosen", "logps/rejected",
+                 # the objectives' own, under TRL's names: RPO/ORPO's NLL, KTO's KL estimate, ORPO's odds ratio
+                 "nll", "nll_loss", "kl", "log_odds_ratio", "log_odds_chosen")
 
 # (panel title, [(metric name, label)]): TRL's metric names, as trainer.metrics logs them
 TRAINING_PANELS: list[tuple[str, list[tuple[str, str]]]] = [
@@ -94,9 +96,11 @@ def add_training_section(report: Report, output_dir: str | Path, plots_dir: str 
         report.paragraph("No training metrics yet.")
         return
     rows = read_metrics(metrics)
+    summary = load_json(out / "train_summary.json") or {}
+    objective = str(summary.get("objective") or "dpo").upper()
     png = plot_training_metrics(rows, Path(plots_dir) / "training.png")
     if png:
-        report.image(png, caption="DPO loss, reward margin (chosen − rejected), reward accuracy and the policy's "
+        report.image(png, caption=f"{objective} loss, reward margin (chosen − rejected), reward accuracy and the policy's "
                                   "log-probs of chosen and rejected answers; solid: training batches, dashed: "
                                   "held-out pairs")
     last: dict[str, dict[str, Any]] = {}
@@ -106,8 +110,8 @@ def add_training_section(report: Report, output_dir: str | Path, plots_dir: str 
              for m in ("step",) + FINAL_METRICS if any(m in last.get(s, {}) for s in ("train", "eval"))]
     if table:
         report.table(table)
-    summary = load_json(out / "train_summary.json") or {}
-    facts = {k: summary.get(k) for k in ("status", "reason", "steps", "final_model_dir") if summary.get(k)}
+    facts = {k: summary.get(k) for k in ("objective", "status", "reason", "steps", "final_model_dir")
+             if summary.get(k)}
     if facts:
         report.key_values(facts)
     evals = [r["logps/chosen"] for r in rows if r["split"] == "eval" and is_number(r.get("logps/chosen"))]

@@ -12,7 +12,6 @@ from typing import Any
 import torch
 
 from trainer.config import TrainConfig
-from trainer.data import TrainItem, load_data, load_sft_items
 from trainer.loop import Objective, Policy, TrainResult, run
 from trainer.packing import PackedBatch
 
@@ -23,9 +22,6 @@ class SFTObjective(Objective):
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
 
-    def load(self, cfg: TrainConfig) -> tuple[list[TrainItem], list[TrainItem] | None, list[str]]:
-        return load_data(cfg, load_sft_items, "SFT data (Alpaca JSON, prompt/response JSONL, or pairs)")
-
     def loss(self, policy: Policy, batch: PackedBatch) -> tuple[torch.Tensor, dict[str, float]]:
         sums, counts = policy(batch)
         nll = -sums.float().sum() / max(1, batch.total_tokens[0])  # mean over the micro-batch's response tokens
@@ -34,5 +30,5 @@ class SFTObjective(Objective):
 
 
 def train_sft(cfg: TrainConfig, console: Any = None, *, model: Any = None, tokenizer: Any = None) -> TrainResult:
-    """Supervised fine-tuning as ``cfg`` says (``beta``, ``loss_type`` and ``reference`` are not used)."""
+    """Supervised fine-tuning as ``cfg`` says (the other objectives' settings are not read)."""
     return run(cfg, SFTObjective(cfg), console, model=model, tokenizer=tokenizer)
