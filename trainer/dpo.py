@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 
 from trainer.config import TrainConfig
+from trainer.data import load_pairs  # noqa: F401 - bench/train.py and bench/alignment.py import it from here
 from trainer.distributed import Dist
 from trainer.loop import Objective, Policy, TrainResult
 from trainer.losses import chosen_nll, logratio_margin, preference_loss
