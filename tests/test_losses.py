@@ -104,3 +104,21 @@ def test_kto_by_hand() -> None:
     kl = t(0.5, -1.5).requires_grad_()
     assert kto_reference_point(kl).item() == 0.0 and not kto_reference_point(kl).requires_grad
     assert kto_reference_point(t(1.0, 2.0)).item() == pytest.approx(1.5)
+
+
+def test_the_config_offers_every_declared_loss_type() -> None:
+    """trainer.config cannot import torch (``--help`` stays instant), so its choices are a list: kept equal here."""
+    from trainer import config, losses
+
+    assert config.LOSS_TYPES == tuple(losses.LOSS_TYPES)
+
+
+def test_ipo_margin_is_per_token_in_dpo_loss() -> None:
+    """IPO's declared per-token margin: log π_θ(y_w) = −4 over 2 tokens, log π_θ(y_l) = −9 over 3, both references
+    −6: h = (−4 + 6)/2 − (−9 + 6)/3 = 2, so (2 − 1/(2·0.5))² = 1 (the summed margin 5 would give 16)."""
+    from trainer.config import TrainConfig
+    from trainer.dpo import dpo_loss
+
+    cfg = TrainConfig(loss_type="ipo", beta=0.5, rpo_alpha=0.0)
+    loss, _ = dpo_loss(cfg, t(-4.0, -9.0), t(2.0, 3.0), t(-6.0, -6.0))
+    assert loss.item() == pytest.approx(1.0)

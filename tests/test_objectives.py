@@ -354,3 +354,27 @@ def test_new_objectives_with_lora(name: str, reference: str, tiny_model_dir: Pat
     if name == "kto":
         assert abs(rows[0]["rewards/chosen"]) < 1e-6  # step 1: adapter B = 0, so policy = reference exactly
     assert (tmp_path / "cache").exists() == (reference == "cached" and name == "kto")
+
+
+def test_cli_objective_flag_and_sft_hides_other_objectives(tiny_model_dir: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    from loop.cli import main
+
+    data = tmp_path / "labelled.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in labelled_rows()))
+    out = tmp_path / "kto"
+    rc = main(["train", "--objective", "kto", "--model", str(tiny_model_dir), "--data", str(data), "--output",
+               str(out), "--max-steps", "2", "--batch-size", "4", "--undesirable-weight", "2", "--no-live"])
+    assert rc == 0 and capsys.readouterr().out.strip() == str(out / "final")
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["objective"] == "kto" and summary["config"]["undesirable_weight"] == 2.0
+    # `prefloop sft` has no flag of another objective
+    with pytest.raises(SystemExit):
+        main(["sft", "--simpo-gamma", "1", "--data", str(data)])
+    assert "unrecognized arguments: --simpo-gamma" in capsys.readouterr().err
+    # a label that is not true/false stops before any model is loaded, naming file, line and field
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "p", "completion": "c", "label": 1}) + "\n")
+    assert main(["train", "--objective", "kto", "--data", str(bad), "--output", str(tmp_path / "b"),
+                 "--model", str(tiny_model_dir)]) == 2
+    assert "bad.jsonl:1: field 'label' expected true or false, got 1" in capsys.readouterr().err

@@ -13,9 +13,10 @@ from typing import Any, Callable
 import torch
 
 from trainer.config import TrainConfig
+from trainer.data import load_pairs  # noqa: F401 - bench/train.py and bench/alignment.py import it from here
 from trainer.distributed import Dist
 from trainer.loop import Objective, Policy, TrainResult
-from trainer.losses import chosen_nll, logratio_margin, preference_loss
+from trainer.losses import LOSS_TYPES, chosen_nll, logratio_margin, preference_loss
 from trainer.packing import PackedBatch
 from trainer.refcache import RefLogps
 from trainer.reference import Reference
@@ -35,7 +36,7 @@ def dpo_loss(cfg: TrainConfig, sums: torch.Tensor, counts: torch.Tensor, ref_sum
     pi_w, pi_l, ref_w, ref_l = sums[:b], sums[b:], ref_sums[:b], ref_sums[b:]
     if cfg.logp_average:  # mean token log-prob (the seed recipe) instead of the sum (the DPO paper)
         pi_w, pi_l, ref_w, ref_l = pi_w / n_w, pi_l / n_l, ref_w / n_w, ref_l / n_l
-    if cfg.loss_type == "ipo" and not cfg.logp_average:  # IPO's margin is per token (TRL, IPO authors)
+    if LOSS_TYPES[cfg.loss_type].per_token_margin and not cfg.logp_average:  # IPO (TRL, the IPO authors)
         h = (pi_w - ref_w) / n_w - (pi_l - ref_l) / n_l
     else:
         h = logratio_margin(pi_w, pi_l, ref_w, ref_l)

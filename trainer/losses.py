@@ -11,6 +11,9 @@ formulas TRL 1.16 uses for the same names, so a run here and a TRL run on the sa
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -51,19 +54,31 @@ def ipo_loss(h_per_token: torch.Tensor, beta: float) -> torch.Tensor:
     return (h_per_token - 1 / (2 * beta)) ** 2
 
 
+@dataclass(frozen=True)
+class LossType:
+    """How ``dpo_loss`` feeds one of the functions above: ``smoothing`` takes ε (label_smoothing) as its third
+    argument; ``per_token_margin`` builds h from log-ratios divided by each completion's token count (IPO)."""
+
+    fn: Callable[..., torch.Tensor]
+    smoothing: bool = False
+    per_token_margin: bool = False
+
+
+LOSS_TYPES: dict[str, LossType] = {
+    "sigmoid": LossType(sigmoid_loss),
+    "cdpo": LossType(cdpo_loss, smoothing=True),
+    "ipo": LossType(ipo_loss, per_token_margin=True),
+    "hinge": LossType(hinge_loss),
+    "robust": LossType(robust_loss, smoothing=True),
+}
+
+
 def preference_loss(loss_type: str, h: torch.Tensor, beta: float, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Dispatch by name; ``h`` is already length-normalised for ``ipo``."""
-    if loss_type == "sigmoid":
-        return sigmoid_loss(h, beta)
-    if loss_type == "cdpo":
-        return cdpo_loss(h, beta, label_smoothing)
-    if loss_type == "robust":
-        return robust_loss(h, beta, label_smoothing)
-    if loss_type == "hinge":
-        return hinge_loss(h, beta)
-    if loss_type == "ipo":
-        return ipo_loss(h, beta)
-    raise ValueError(f"unknown loss_type {loss_type!r}")
+    """Dispatch by name (``LOSS_TYPES``); ``h`` is already length-normalised where the type says so."""
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"unknown loss_type {loss_type!r}")
+    kind = LOSS_TYPES[loss_type]
+    return kind.fn(h, beta, label_smoothing) if kind.smoothing else kind.fn(h, beta)
 
 
 def chosen_nll(chosen_logp_sums: torch.Tensor, chosen_token_counts: torch.Tensor) -> torch.Tensor:
