@@ -243,7 +243,9 @@ def test_kto_matches_trl_kto_trainer(tiny, tmp_path: Path) -> None:
     theirs_loss = trainer._compute_loss(trainer.model, batch, False)
     assert_same(mine, (theirs_loss, grads_of(trainer.model, theirs_loss)))
     logged = {k: v[-1] for k, v in trainer._metrics["eval"].items()}
-    assert metrics["kl"] == pytest.approx(logged["kl"], rel=1e-5) and logged["kl"] > 0  # sums of ~-200 log-probs
+    # z0 is a difference of log-prob sums of ~-200: fp32's rounding of such sums (~2e-5) is the tolerance, as for
+    # the other metrics below (the chunked log-softmax sums in another order than TRL's full one)
+    assert metrics["kl"] == pytest.approx(logged["kl"], abs=1e-4) and logged["kl"] > 0
     for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"):
         assert metrics[key] == pytest.approx(logged[key], abs=1e-4), key
 
