@@ -8,19 +8,17 @@ the chosen loss of ``trainer.losses``; TRL's metrics.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from trainer.config import TrainConfig
 from trainer.data import load_pairs  # noqa: F401 - bench/train.py and bench/alignment.py import it from here
-from trainer.distributed import Dist
-from trainer.loop import Objective, Policy, TrainResult
+from trainer.loop import Policy, TrainResult
 from trainer.losses import LOSS_TYPES, chosen_nll, logratio_margin, preference_loss
 from trainer.packing import PackedBatch
 from trainer.refcache import RefLogps
-from trainer.reference import Reference
-from trainer.tokenize import Example
+from trainer.reference import Referenced
 
 
 def dpo_loss(cfg: TrainConfig, sums: torch.Tensor, counts: torch.Tensor, ref_sums: torch.Tensor, *,
@@ -61,24 +59,13 @@ def dpo_loss(cfg: TrainConfig, sums: torch.Tensor, counts: torch.Tensor, ref_sum
     return loss, metrics
 
 
-class DPOObjective(Objective):
+class DPOObjective(Referenced):
     name = "dpo"
-
-    def __init__(self, cfg: TrainConfig, ref_model: Any = None) -> None:
-        self.cfg = cfg
-        self.reference = Reference(cfg, ref_model)
 
     @property
     def ref(self) -> RefLogps | None:
         """The cached reference log-probs (after ``prepare``; None with an in-memory reference)."""
         return self.reference.cache
-
-    def start(self, model: Any, dist: Dist) -> None:
-        self.reference.start(model, dist)
-
-    def prepare(self, policy: Policy, tokenizer: Any, train: list[Example], held_out: list[Example], *,
-                console: Any, should_stop: Callable[[], bool]) -> list[str]:
-        return self.reference.prepare(policy, tokenizer, train + held_out, console=console, should_stop=should_stop)
 
     def loss(self, policy: Policy, batch: PackedBatch) -> tuple[torch.Tensor, dict[str, float]]:
         sums, counts, ref_sums = self.reference.logps(policy, batch)

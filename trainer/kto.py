@@ -10,18 +10,16 @@ item with a different prompt), so its reference log-probs are cached with the re
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from trainer.config import TrainConfig
 from trainer.data import TrainItem
-from trainer.distributed import Dist
-from trainer.loop import Objective, Policy
+from trainer.loop import Policy
 from trainer.losses import kto_loss, kto_reference_point
 from trainer.packing import PackedBatch
-from trainer.reference import Reference
-from trainer.tokenize import Example
+from trainer.reference import Referenced
 
 
 def with_mismatched(items: list[TrainItem]) -> list[TrainItem]:
@@ -38,12 +36,11 @@ def with_mismatched(items: list[TrainItem]) -> list[TrainItem]:
     return out
 
 
-class KTOObjective(Objective):
+class KTOObjective(Referenced):
     name = "kto"
 
     def __init__(self, cfg: TrainConfig, ref_model: Any = None) -> None:
-        self.cfg = cfg
-        self.reference = Reference(cfg, ref_model)
+        super().__init__(cfg, ref_model)
         self.labels: dict[str, bool] = {}
 
     def load(self, cfg: TrainConfig) -> tuple[list[TrainItem], list[TrainItem] | None, list[str]]:
@@ -52,13 +49,6 @@ class KTOObjective(Objective):
         held = with_mismatched(held) if held else held
         self.labels = {it.id: bool(it.label) for it in train + (held or [])}
         return train, held, notes
-
-    def start(self, model: Any, dist: Dist) -> None:
-        self.reference.start(model, dist)
-
-    def prepare(self, policy: Policy, tokenizer: Any, train: list[Example], held_out: list[Example], *,
-                console: Any, should_stop: Callable[[], bool]) -> list[str]:
-        return self.reference.prepare(policy, tokenizer, train + held_out, console=console, should_stop=should_stop)
 
     def loss(self, policy: Policy, batch: PackedBatch) -> tuple[torch.Tensor, dict[str, float]]:
         sums, _, ref = self.reference.logps(policy, batch)

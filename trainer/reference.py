@@ -17,6 +17,7 @@ from trainer.config import TrainConfig
 from trainer.data import TrainError
 from trainer.distributed import Dist
 from trainer.logps import packed_logps
+from trainer.loop import Objective
 from trainer.lora import quantization_key
 from trainer.packing import PackedBatch
 from trainer.refcache import RefLogps, load_or_compute, model_digest
@@ -81,3 +82,19 @@ class Reference:
         ref = self.forward(policy, batch)
         sums, counts = policy(batch)
         return sums, counts, (self.lookup(batch, sums.device) if ref is None else ref)
+
+
+class Referenced(Objective):
+    """An objective measured against the reference (DPO, KTO): the loaded model starts the reference (its digest
+    keys the cache, or it is copied) and the reference pass runs before the first step, over every example."""
+
+    def __init__(self, cfg: TrainConfig, ref_model: Any = None) -> None:
+        self.cfg = cfg
+        self.reference = Reference(cfg, ref_model)
+
+    def start(self, model: Any, dist: Dist) -> None:
+        self.reference.start(model, dist)
+
+    def prepare(self, policy: Any, tokenizer: Any, train: list[Example], held_out: list[Example], *,
+                console: Any, should_stop: Callable[[], bool]) -> list[str]:
+        return self.reference.prepare(policy, tokenizer, train + held_out, console=console, should_stop=should_stop)
