@@ -123,10 +123,19 @@ class Rounds:
         self.n = loop.cfg.run.rounds
 
     def ranker(self) -> str:
-        judge = self.r.judge or next((str(j) for j in self.cfg.judge_specs() if not j.person), "")
-        if self.r.pairing == "rank" and not judge:
-            raise ConfigError(f"{self.cfg.path} [rounds] judge: rank pairing needs a judge that is not a person")
-        return judge or ""
+        return self.ranker_of(self.cfg)
+
+    @staticmethod
+    def ranker_of(cfg: Any) -> str:
+        """Who ranks the samples: ``[rounds] judge``, else the first judge that is not a person ("" for contrast
+        pairing, which needs none); a ConfigError when rank pairing has no one."""
+        if cfg.rounds.pairing != "rank":
+            return ""
+        judge = cfg.rounds.judge or next((str(j) for j in cfg.judge_specs() if not j.person), "")
+        if not judge:
+            raise ConfigError(f"{cfg.path} [rounds] judge: rank pairing needs a judge that is not a person "
+                              "(python:MODULE:FUNCTION needs no server)")
+        return judge
 
     def training_prompts(self) -> list[Any]:
         """The loop's prompts minus the held-out ones (those never reach a round)."""
