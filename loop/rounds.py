@@ -67,9 +67,25 @@ class RoundRow:
     loops: int | None = None
     mean_chars: float | None = None
     pairs: int | None = None
+    reward_accuracy: float | None = None   # held-out reward accuracy of the round's training (no judge)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def held_out_reward_accuracy(train_dir: Path) -> float | None:
+    """The trainer's last held-out reward accuracy (its final eval on the held-out pairs), for the headline: the
+    preference figure that needs no judge."""
+    path = train_dir / "metrics.jsonl"
+    rows = [r for r in _metrics(path) if r["split"] == "eval"] if path.exists() else []
+    value = rows[-1].get("rewards/accuracies") if rows else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _metrics(path: Path) -> list[dict[str, Any]]:
+    from trainer.report import read_metrics
+
+    return read_metrics(path)
 
 
 def judged(folder: Path) -> tuple[list[float | None], Any]:
@@ -91,7 +107,8 @@ def round_row(run_dir: Path, k: int, model: str) -> RoundRow:
     return RoundRow(round=k, model=model, vs_sft=vs_sft, vs_previous=vs_prev, kept=ret.kept if ret else None,
                     stock_share=pol.stock_share if pol else None, loops=pol.loops if pol else None,
                     mean_chars=pol.mean_chars if pol else None,
-                    pairs=sum(1 for _ in pairs.open()) if pairs.exists() else None)
+                    pairs=sum(1 for _ in pairs.open()) if pairs.exists() else None,
+                    reward_accuracy=held_out_reward_accuracy(paths.train))
 
 
 def stop_reason(row: RoundRow, min_kept: float) -> str | None:
@@ -274,7 +291,8 @@ def add_rounds_section(report: Any, run_dir: Path, plots: Path) -> None:
                      f"{data['best']} (`{data['best_model']}`), the best against the SFT model that kept the skill."
                      + stopped)
     report.table([{"round": r["round"], "win rate vs SFT": _rate(r["vs_sft"]),
-                   "vs previous round": _rate(r["vs_previous"]), "content kept": _pct(r["kept"]),
+                   "vs previous round": _rate(r["vs_previous"]),
+                   "reward accuracy": _pct(r.get("reward_accuracy")), "content kept": _pct(r["kept"]),
                    "stock opening": _pct(r["stock_share"]), "loops": r["loops"],
                    "mean length (chars)": None if r["mean_chars"] is None else round(r["mean_chars"]),
                    "pairs": r["pairs"]} for r in rows],
