@@ -193,8 +193,8 @@ class Rounds:
         paths.root.mkdir(parents=True, exist_ok=True)
         prompts = prompt_slice(self.training_prompts(), k, self.n, self.r.prompts, self.r.seed)
         if not prompts:
-            raise ConfigError(f"round {k}: no training prompts left for a fresh slice; set [rounds] prompts = "
-                              "\"all\" or add prompts")
+            loop.stop(f"round {k}: no training prompts left for a fresh slice; set [rounds] prompts = \"all\" or "
+                      "add prompts")
         source = paths.root / "prompts.jsonl"
         write_jsonl(source, [p.to_json() for p in prompts])
         upstream = loop.fps.get("train" if k == 2 else f"round{k - 1}/train", "")

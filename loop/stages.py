@@ -81,6 +81,10 @@ class Loop:
         self._prompts: list[PromptRecord] | None = None
 
     # -- helpers
+    def stop(self, text: str) -> None:
+        """Stop the run here, saying why (finished work stays on disk)."""
+        raise StageFailed(text)
+
     def say(self, text: str) -> None:
         self.console.print(text)
 
