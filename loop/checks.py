@@ -66,6 +66,15 @@ def check_run(cfg: LoopConfig, needed: set[str]) -> None:
         used[parse_spec(cfg.preflight_judge())] = "[preflight] judge"
     if "judge" in needed:
         used.update({s: "[judge] judges" for s in cfg.judge_specs()})
+    if cfg.run.rounds > 1:  # rounds rank their samples with this judge, after hours of round 1
+        from loop.rounds import Rounds
+
+        try:
+            ranker = Rounds.ranker_of(cfg)
+        except ValueError as exc:
+            raise SetupError(str(exc)) from None
+        if ranker:
+            used.setdefault(parse_spec(ranker), "[rounds] judge")
     asyncio.run(_reachable(cfg, used, local))
 
 

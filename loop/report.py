@@ -18,10 +18,10 @@ from generator.report import add_generation_section
 from judge.preflight import add_preflight_section
 from judge.report import JudgeFolder, add_examples
 from loop.config import LoopConfig, stage_paths
-from loop.rounds import add_rounds_section
+from loop.rounds import add_rounds_section, held_out_reward_accuracy
 from prefloop.llm.base import parse_spec
 from prefloop.report import Report, load_json
-from trainer.report import add_training_section, read_metrics
+from trainer.report import add_training_section
 
 HOW_TO_SCALE_UP = (
     "To use Ollama and a stronger judge, edit the config: [generate] model = \"ollama:llama3.1:70b\" (or any "
@@ -67,15 +67,6 @@ def write_run_report(run_dir: str | Path, cfg: LoopConfig | None = None, *, warn
     _stages_section(report, run_dir)
     _next_steps(report, cfg)
     return report.write(run_dir, "report")
-
-
-def held_out_reward_accuracy(train_dir: Path) -> float | None:
-    """The trainer's last held-out reward accuracy (its final eval on the held-out pairs), for the headline: the
-    preference figure that needs no judge."""
-    path = train_dir / "metrics.jsonl"
-    rows = [r for r in read_metrics(path) if r["split"] == "eval"] if path.exists() else []
-    value = rows[-1].get("rewards/accuracies") if rows else None
-    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _split_section(report: Report, split_dir: Path) -> None:

@@ -67,9 +67,25 @@ class RoundRow:
     loops: int | None = None
     mean_chars: float | None = None
     pairs: int | None = None
+    reward_accuracy: float | None = None   # held-out reward accuracy of the round's training (no judge)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def held_out_reward_accuracy(train_dir: Path) -> float | None:
+    """The trainer's last held-out reward accuracy (its final eval on the held-out pairs), for the headline: the
+    preference figure that needs no judge."""
+    path = train_dir / "metrics.jsonl"
+    rows = [r for r in _metrics(path) if r["split"] == "eval"] if path.exists() else []
+    value = rows[-1].get("rewards/accuracies") if rows else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _metrics(path: Path) -> list[dict[str, Any]]:
+    from trainer.report import read_metrics
+
+    return read_metrics(path)
 
 
 def judged(folder: Path) -> tuple[list[float | None], Any]:
@@ -91,7 +107,8 @@ def round_row(run_dir: Path, k: int, model: str) -> RoundRow:
     return RoundRow(round=k, model=model, vs_sft=vs_sft, vs_previous=vs_prev, kept=ret.kept if ret else None,
                     stock_share=pol.stock_share if pol else None, loops=pol.loops if pol else None,
                     mean_chars=pol.mean_chars if pol else None,
-                    pairs=sum(1 for _ in pairs.open()) if pairs.exists() else None)
+                    pairs=sum(1 for _ in pairs.open()) if pairs.exists() else None,
+                    reward_accuracy=held_out_reward_accuracy(paths.train))
 
 
 def stop_reason(row: RoundRow, min_kept: float) -> str | None:
@@ -123,10 +140,19 @@ class Rounds:
         self.n = loop.cfg.run.rounds
 
     def ranker(self) -> str:
-        judge = self.r.judge or next((str(j) for j in self.cfg.judge_specs() if not j.person), "")
-        if self.r.pairing == "rank" and not judge:
-            raise ConfigError(f"{self.cfg.path} [rounds] judge: rank pairing needs a judge that is not a person")
-        return judge or ""
+        return self.ranker_of(self.cfg)
+
+    @staticmethod
+    def ranker_of(cfg: Any) -> str:
+        """Who ranks the samples: ``[rounds] judge``, else the first judge that is not a person ("" for contrast
+        pairing, which needs none); a ConfigError when rank pairing has no one."""
+        if cfg.rounds.pairing != "rank":
+            return ""
+        judge = cfg.rounds.judge or next((str(j) for j in cfg.judge_specs() if not j.person), "")
+        if not judge:
+            raise ConfigError(f"{cfg.path} [rounds] judge: rank pairing needs a judge that is not a person "
+                              "(python:MODULE:FUNCTION needs no server)")
+        return judge
 
     def training_prompts(self) -> list[Any]:
         """The loop's prompts minus the held-out ones (those never reach a round)."""
@@ -167,8 +193,8 @@ class Rounds:
         paths.root.mkdir(parents=True, exist_ok=True)
         prompts = prompt_slice(self.training_prompts(), k, self.n, self.r.prompts, self.r.seed)
         if not prompts:
-            raise ConfigError(f"round {k}: no training prompts left for a fresh slice; set [rounds] prompts = "
-                              "\"all\" or add prompts")
+            loop.stop(f"round {k}: no training prompts left for a fresh slice; set [rounds] prompts = \"all\" or "
+                      "add prompts")
         source = paths.root / "prompts.jsonl"
         write_jsonl(source, [p.to_json() for p in prompts])
         upstream = loop.fps.get("train" if k == 2 else f"round{k - 1}/train", "")
@@ -265,7 +291,8 @@ def add_rounds_section(report: Any, run_dir: Path, plots: Path) -> None:
                      f"{data['best']} (`{data['best_model']}`), the best against the SFT model that kept the skill."
                      + stopped)
     report.table([{"round": r["round"], "win rate vs SFT": _rate(r["vs_sft"]),
-                   "vs previous round": _rate(r["vs_previous"]), "content kept": _pct(r["kept"]),
+                   "vs previous round": _rate(r["vs_previous"]),
+                   "reward accuracy": _pct(r.get("reward_accuracy")), "content kept": _pct(r["kept"]),
                    "stock opening": _pct(r["stock_share"]), "loops": r["loops"],
                    "mean length (chars)": None if r["mean_chars"] is None else round(r["mean_chars"]),
                    "pairs": r["pairs"]} for r in rows],

@@ -83,6 +83,10 @@ class Loop:
         self._prompts: list[PromptRecord] | None = None
 
     # -- helpers
+    def stop(self, text: str) -> None:
+        """Stop the run here, saying why (finished work stays on disk)."""
+        raise StageFailed(text)
+
     def say(self, text: str) -> None:
         self.console.print(text)
 
@@ -372,11 +376,16 @@ class Loop:
         from judge.results import JudgeResults
         from loop.report import HOW_TO_SCALE_UP, held_out_reward_accuracy, uses_local_models
 
-        results = JudgeResults.read(self.paths.judge / "results.json")
+        from loop.rounds import curve, round_paths
+
+        best = (curve(self.run_dir) or {}).get("best", 1) if self.cfg.run.rounds > 1 else 1
+        result_paths = round_paths(self.run_dir, best)   # the best round is the run's result
+        results = JudgeResults.read(result_paths.judge / "results.json")
         if results is not None:
-            self.say(f"[bold]held-out win rate and skill[/bold] ({results.n_prompts} prompts the model never "
+            which = f" of round {best}, the best" if best != 1 or self.cfg.run.rounds > 1 else ""
+            self.say(f"[bold]held-out win rate and skill{which}[/bold] ({results.n_prompts} prompts the model never "
                      "trained on):")
-            for line in headline(results, held_out_reward_accuracy(self.paths.train)).plain() + \
+            for line in headline(results, held_out_reward_accuracy(result_paths.train)).plain() + \
                     order_lines(results):
                 self.say(f"  {escape(line)}")
         self.say(f"report: {paths[0]}  (and {paths[1].name})   total {seconds / 60:.1f} min")

@@ -171,3 +171,11 @@ def test_kill_9_in_each_stage_of_round_two_then_resume(rounds_setup: Path, tiny_
     assert all(state[s]["status"] == "done" for s in ("round2/generate", "round2/train", "round2/judge",
                                                        "round2/judge-previous"))
     assert (run / "rounds" / "2" / "train" / "final" / "config.json").exists()
+
+
+def test_a_rounds_judge_that_does_not_import_stops_the_run_before_any_work(rounds_setup: Path, capsys) -> None:
+    run = rounds_setup.parent / "run"
+    assert main(Args(rounds_setup, *SETTINGS, 'rounds.judge="python:no_such_judges:score"')) == 2
+    assert "[rounds] judge" in capsys.readouterr().err and not (run / "generate").exists()
+    assert main(Args(rounds_setup, *SETTINGS, 'judge.judges=["human"]')) == 2
+    assert "rank pairing needs a judge" in capsys.readouterr().err
