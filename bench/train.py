@@ -377,7 +377,26 @@ def main() -> None:
           f"{setting['max_length']}, beta 0.1, lr {setting['lr']:g} constant, {'bf16' if args.bf16 else 'fp32'}"
           + (", gradient checkpointing" if args.gradient_checkpointing else ""))
     full = not (args.lora and args.lora_only)
-    ours = child("ours", model_dir, steps, extra) if full else None
+    record: dict = {"model": args.model, "steps": steps, "bf16": args.bf16, "device": args.device, "settings": setting}
+
+    def side(key: str, *a: object, **k: object) -> dict | None:
+        """One side in its own process; its figures are written (--json) as soon as it ends, so a check killed by
+        its time limit keeps the sides that finished; a side that fails is reported and the others still run."""
+        try:
+            r = child(*a, **k)
+        except SystemExit as exc:
+            print(f"{key}: {exc}", file=sys.stderr)
+            record.setdefault("failed", {})[key] = str(exc)[-2000:]
+            r = None
+        else:
+            print(f"[{key} done: {r['tokens_per_s']:,.0f} tok/s, first step {r.get('first_tokens_per_s', 0):,.0f}, "
+                  f"steady {r.get('steady_tokens_per_s', 0):,.0f}]", flush=True)
+        record[key] = r
+        if args.json:
+            Path(args.json).write_text(json.dumps(record, indent=1))
+        return r
+
+    ours = side("ours", "ours", model_dir, steps, extra) if full else None
     try:
         import importlib.util
         has_trl = importlib.util.find_spec("trl") is not None
@@ -389,14 +408,14 @@ def main() -> None:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
             json.dump(batch_order(model_dir, steps, extra), fh)
         order_file = fh.name
-    theirs = child("trl", model_dir, steps, extra, order_file) if use_trl and full else None
+    theirs = side("trl", "trl", model_dir, steps, extra, order_file) if use_trl and full else None
     lora = {**extra, "lora_r": 16}
-    ours_lora = child("ours", model_dir, steps, lora) if args.lora else None
-    theirs_lora = child("trl", model_dir, steps, lora, order_file) if args.lora and use_trl else None
-    ours_q = child("ours", model_dir, steps, {**lora, "qlora": True}) if args.lora and args.qlora else None
-    ours_n = child("ours", model_dir, steps, extra, nproc=args.nproc) if args.nproc > 1 else None
+    ours_lora = side("ours_lora", "ours", model_dir, steps, lora) if args.lora else None
+    theirs_lora = side("trl_lora", "trl", model_dir, steps, lora, order_file) if args.lora and use_trl else None
+    ours_q = side("ours_qlora", "ours", model_dir, steps, {**lora, "qlora": True}) if args.lora and args.qlora else None
+    ours_n = side(f"ours_x{args.nproc}", "ours", model_dir, steps, extra, nproc=args.nproc) if args.nproc > 1 else None
     cpu_extra = {**{k: v for k, v in (extra if full else lora).items() if k not in ("dtype", "device")}, "device": "cpu"}
-    on_cpu = child("ours", model_dir, min(steps, 3), cpu_extra) if args.cpu_reference else None
+    on_cpu = side("ours_cpu", "ours", model_dir, min(steps, 3), cpu_extra) if args.cpu_reference else None
     if order_file:
         os.unlink(order_file)
 
@@ -422,6 +441,7 @@ def main() -> None:
               "(cached on disk for later runs)")
     if theirs:
         print(line("TRL", theirs))
+    if theirs and ours:
         compare("", ours, theirs, ("prefloop", "TRL"))
         print(f"      including our reference pass: "
               f"{ours['tokens'] / (ours['loop_s'] + ours['prepare_s']) / theirs['tokens_per_s']:.2f}x tokens/s")
@@ -434,24 +454,20 @@ def main() -> None:
               f"{ours_lora['peak_rss_mib'] / ours['peak_rss_mib']:.2f}x peak RSS")
     if theirs_lora:
         print(line("TRL+PEFT LoRA", theirs_lora))
+    if theirs_lora and ours_lora:
         compare("LoRA", ours_lora, theirs_lora, ("prefloop", "TRL+PEFT"))
     if ours_q:
         print(line("prefloop QLoRA", ours_q))
     if ours_n:
         print(line(f"prefloop x{args.nproc}", ours_n))
+    if ours_n and ours:
         compare(f"{args.nproc}p/1p", ours_n, ours, (f"{args.nproc} procs", "1 proc"))
-    if on_cpu:
+    if on_cpu and (ours or ours_lora):
         n = len(on_cpu["losses"])
         worst = max(abs(a - b) for a, b in zip(on_cpu["losses"], (ours or ours_lora)["losses"][:n]))
         tol = 2e-2 if args.bf16 else 1e-4
         print(f"{args.device} vs CPU fp32, first {n} losses: max |difference| {worst:.2e} "
               f"({'within' if worst <= tol else 'OUTSIDE'} the {'bf16' if args.bf16 else 'fp32'} tolerance {tol:g})")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"model": args.model, "steps": steps, "bf16": args.bf16,
-                                               "settings": setting,
-                                               "device": args.device, "ours": ours, "trl": theirs,
-                                               "ours_lora": ours_lora, "trl_lora": theirs_lora, "ours_qlora": ours_q,
-                                               f"ours_x{args.nproc}": ours_n, "ours_cpu": on_cpu}, indent=1))
     if args.levers:
         print("levers (policy forward+backward+AdamW per step, same batches; tokens counted as TRL does):")
         for name, r in child("levers", model_dir, min(steps, 30), extra).items():
