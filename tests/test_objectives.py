@@ -380,3 +380,12 @@ def test_cli_objective_flag_and_sft_hides_other_objectives(tiny_model_dir: Path,
     assert main(["train", "--objective", "kto", "--data", str(bad), "--output", str(tmp_path / "b"),
                  "--model", str(tiny_model_dir)]) == 2
     assert "bad.jsonl:1: field 'label' expected true or false, got 1" in capsys.readouterr().err
+
+
+def test_a_whole_batch_objective_refuses_token_capped_pieces() -> None:
+    """KTO's z₀ is a mean over the whole micro-batch: run in token-capped pieces, each piece would estimate its
+    own (and divide by the whole batch's rows), so the two settings together are refused before any work."""
+    with pytest.raises(ValueError, match="max_tokens_per_batch"):
+        TrainConfig(model="m", data="d.jsonl", objective="kto", max_tokens_per_batch=512)
+    TrainConfig(model="m", data="d.jsonl", objective="dpo", max_tokens_per_batch=512)  # pieces sum exactly
+    assert [s.name for s in OBJECTIVES.values() if s.whole_batch] == ["kto"]

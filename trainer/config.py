@@ -157,6 +157,11 @@ class TrainConfig:
                      "nproc", "max_tokens_per_batch"):
             if getattr(self, name) < 0:
                 bad(name, f"must be >= 0, got {getattr(self, name)}")
+        from trainer.objectives import spec
+
+        if self.max_tokens_per_batch and spec(self.objective).whole_batch:
+            bad("max_tokens_per_batch", f"objective {self.objective} reads the whole micro-batch at once (its "
+                "reference point), so it cannot run in token-capped pieces: set it to 0 and lower batch_size")
         if not (self.device in ("auto", "cpu", "mps") or self.device.split(":")[0] == "cuda"):
             bad("device", f"{self.device!r} is not auto, cpu, cuda, cuda:N or mps")
         if self.max_grad_norm < 0:

@@ -9,6 +9,8 @@ instead of lists and branches:
   (a prompt with one answer marked desirable or undesirable) or ``text`` (a prompt with its response).
 - ``average``: whether log-probs are the mean over the answer's tokens (``True``), the sum (``False``), or as the
   ``logp_average`` setting says (``None``).
+- ``whole_batch``: whether the loss reads a statistic of the whole micro-batch (KTO's z₀), so the micro-batch
+  cannot run in token-capped pieces (``max_tokens_per_batch``).
 - ``settings``: the ``TrainConfig`` fields (declared with ``setting(...)`` like every other) only this objective
   and the others naming them read; the flags of the others are hidden from a command fixed to one objective.
 
@@ -34,6 +36,7 @@ class Spec:
     reference: bool
     average: bool | None
     settings: tuple[str, ...] = ()
+    whole_batch: bool = False
 
     def build(self, cfg: Any, **kwargs: Any) -> Any:
         """The objective for ``cfg`` (imports its module, and torch with it)."""
@@ -55,7 +58,7 @@ OBJECTIVES: dict[str, Spec] = {s.name: s for s in (
          settings=("beta",)),
     Spec("kto", "trainer.kto:KTOObjective", "KTO: single answers labelled desirable or undesirable",
          data="labelled", reference=True, average=False,
-         settings=("beta", "desirable_weight", "undesirable_weight", "reference")),
+         settings=("beta", "desirable_weight", "undesirable_weight", "reference"), whole_batch=True),
     Spec("sft", "trainer.sft:SFTObjective", "supervised fine-tuning: NLL on the responses", data="text",
          reference=False, average=False),
 )}
