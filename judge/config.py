@@ -132,7 +132,8 @@ LABEL_MODES = ("pair", "thumbs")
 @dataclass
 class LabelConfig:
     """``prefloop label``: a person picks the better of two answers in the terminal (or labels they already have
-    are imported); the output is preference pairs ready for ``prefloop train``. See ``judge.label``."""
+    are imported); the output is preference pairs ready for ``prefloop train``. See ``judge.label``. With ``mode =
+    "thumbs"`` the person marks single answers good or bad instead, for KTO (``judge.thumbs``)."""
 
     mode: str = setting("pair", "pair: pick the better of two answers (pairs for DPO); thumbs: mark each single "
                                 "answer good or bad (labelled answers for KTO)", choices=LABEL_MODES)

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from judge.config import LabelConfig
-from judge.label import LabelResult, Play, Session, now_iso, plan, play_in_terminal, save, shown_prompt
+from judge.label import (LabelResult, NeedsTerminal, Play, Session, log_path, now_iso, plan, play_in_terminal, save,
+                         shown_prompt)
 from judge.labels import LabelLog, LabelWriter, rater_agreement, self_consistency
 from prefloop.files import Lock
 from prefloop.jsonl import JsonlAppender, iter_jsonl, write_jsonl
@@ -249,8 +250,6 @@ def keep_labelled(path: Path, output: str | Path, answer: Answer | None, thumb: 
 
 def summarize(log: ThumbLog, output: str | Path, rater: str, answers: list[Answer], status: str,
               reason: str = "") -> ThumbsResult:
-    from judge.label import log_path
-
     firsts = log.first_labels()
     mine = firsts.get(rater, {})
     every = [t for by_item in firsts.values() for t in by_item.values()]
@@ -274,8 +273,6 @@ def summarize(log: ThumbLog, output: str | Path, rater: str, answers: list[Answe
 
 def label_thumbs(cfg: LabelConfig, play: Play | None = None) -> ThumbsResult:
     """Mark each answer in ``cfg.source`` up or down into ``cfg.output``; see the module docstring."""
-    from judge.label import log_path
-
     answers, report = load_answers(cfg.source, limit=cfg.limit)
     path = log_path(cfg.output)
     with Lock(cfg.output):
@@ -300,8 +297,6 @@ def label_thumbs(cfg: LabelConfig, play: Play | None = None) -> ThumbsResult:
 
 
 def screen_for(session: ThumbSession) -> Any:
-    from judge.label import NeedsTerminal
-
     try:
         from prefloop.screen import ThumbsApp
     except ImportError:

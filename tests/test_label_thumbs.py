@@ -137,3 +137,18 @@ def test_a_pairwise_log_and_an_import_are_refused_with_the_fix(tmp_path: Path) -
         LabelConfig(mode="thumbs", source="x", output="y", import_labels="z.csv")
     with pytest.raises(ConfigError, match="mode"):
         LabelConfig(mode="stars", source="x", output="y")
+
+
+def test_the_cli_flag_and_toml_key_reach_the_thumbs_labeller(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Only the thumbs labeller reads a pairwise log as the wrong mode: the error shows which one ran."""
+    from loop.cli import main
+
+    cfg = cfg_for(tmp_path)
+    log_path(cfg.output).write_text(json.dumps({"kind": "item", "item": "x", "prompt": "p", "a": "1", "b": "2"})
+                                    + "\n")
+    assert main(["label", cfg.source, "-o", cfg.output, "--mode", "thumbs"]) == 2
+    assert "pairwise" in capsys.readouterr().err
+    toml = tmp_path / "label.toml"
+    toml.write_text('[label]\nmode = "thumbs"\n')
+    assert main(["label", cfg.source, "-o", cfg.output, "--config", str(toml)]) == 2
+    assert "pairwise" in capsys.readouterr().err
