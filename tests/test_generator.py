@@ -295,6 +295,12 @@ def test_score_labels_each_answer_by_threshold_and_resumes_without_duplicates(ol
     assert all(set(row) == {"id", "prompt", "completion", "label", "meta"} for row in rows(cfg.output))
     dropped = rows(sidecar(cfg.output, "dropped.jsonl"))
     assert {d["text"].split()[0] for d in dropped} == {"mute"} and all(d["judge"]["raw"] for d in dropped)
+    from generator.report import add_generation_section
+    from prefloop.report import Report
+
+    report = Report("run")
+    add_generation_section(report, cfg.output)
+    assert re.search(r"(un)?desirable \(score \d+", report.to_markdown())   # the run report shows one answer
 
     calls = ollama_server.count("/api/chat")
     again = generate(cfg, clients=clients_for(ollama_server, cfg))   # nothing left to do: no call, no duplicate
