@@ -224,8 +224,8 @@ async def generate_async(cfg: GenerateConfig, console: Any = None, clients: dict
         runner = Runner(cfg.output, concurrency=cfg.resolved_concurrency(), max_attempts=cfg.max_attempts,
                         backoff_s=cfg.backoff_s, abort_after=cfg.abort_after, job_timeout_s=cfg.job_timeout_s,
                         stall_s=cfg.stall_s, fsync=cfg.fsync,
-                        console=console, progress=False if cfg.quiet else None, description=f"generate ({cfg.strategy})",
-                        unit="answers" if cfg.strategy == "score" else "pairs")
+                        console=console, progress=False if cfg.quiet else None,
+                        description=f"generate ({cfg.strategy})", unit="answers" if cfg.strategy == "score" else "pairs")
         ctx = Context(cfg, clients, runner)
 
         if cfg.strategy == "score":   # labelled answers, several jobs per prompt (generator.score)

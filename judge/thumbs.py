@@ -93,8 +93,9 @@ class ThumbLog(LabelLog):
         for line, obj in iter_jsonl(path):
             kind = obj.get("kind") if isinstance(obj, dict) else None
             if kind == "answer":
-                log.items.setdefault(str(obj["item"]), Answer(id=str(obj["item"]), prompt=obj["prompt"],
-                                                               completion=obj["completion"], meta=obj.get("meta") or {}))
+                answer = Answer(id=str(obj["item"]), prompt=obj["prompt"], completion=obj["completion"],
+                                meta=obj.get("meta") or {})
+                log.items.setdefault(answer.id, answer)
             elif kind == "label":
                 thumb = from_fields(Thumb, obj)
                 if thumb.verdict not in THUMBS:
@@ -279,9 +280,9 @@ def label_thumbs(cfg: LabelConfig, play: Play | None = None) -> ThumbsResult:
         log = ThumbLog.read(path)
         write_labelled(log, cfg.output)   # a run killed between a label and its row is caught up here
         with LabelWriter(path, log) as writer:
-            session = ThumbSession(plan(answers, cfg.seed, cfg.repeats), log, writer, cfg.who, cfg.seed,  # type: ignore[arg-type]
-                                   heading="answer {n} of {total}",
-                                   on_label=lambda a, t, undone: keep_labelled(path, cfg.output, a, t, undone))  # type: ignore[arg-type]
+            slots = plan(answers, cfg.seed, cfg.repeats)  # type: ignore[arg-type]  (plan reads only ids)
+            session = ThumbSession(slots, log, writer, cfg.who, cfg.seed, heading="answer {n} of {total}",
+                                   on_label=lambda a, t, undone: keep_labelled(path, cfg.output, a, t, undone))
             if not session.finished:
                 asyncio.run((play or play_in_terminal)(screen_for(session)))
             done, total = session.counts()
