@@ -332,3 +332,17 @@ def test_prefloop_train_kto_reads_the_score_strategy_output(ollama_server: Any, 
     assert summary["objective"] == "kto"
     # great (90) is desirable; fine (50) and poor (15) are not, at threshold 60
     assert "6 kept (2 desirable, 4 undesirable)" in " ".join(capsys.readouterr().err.split())
+
+
+def test_the_loop_refuses_scored_answers_for_an_objective_that_needs_pairs(tmp_path: Path,
+                                                                          tiny_model_dir: Path) -> None:
+    from loop.checks import SetupError, check_run
+    from loop.config import load_loop_config
+    from test_loop import write_config
+
+    cfg = load_loop_config(write_config(tmp_path, tiny_model_dir), ['generate.strategy="score"'])
+    with pytest.raises(SetupError, match=r"strategy = \"score\".*objective = 'dpo'.*kto"):
+        check_run(cfg, {"train"})
+    kto = load_loop_config(write_config(tmp_path, tiny_model_dir), ['generate.strategy="score"',
+                                                                     'train.objective="kto"'])
+    check_run(kto, {"train"})
