@@ -17,7 +17,7 @@ from prefloop.llm.base import parse_spec, spec_identity
 from prefloop.templates import PROMPT_FORMATS
 from prefloop.llm.hosts import Host, parse_hosts
 
-STRATEGIES = ("rewrite", "rank", "contrast")
+STRATEGIES = ("rewrite", "rank", "contrast", "score")
 RECIPE_PROMPTS = ("auto", "clean", "verbatim", "fewshot")
 
 
@@ -32,13 +32,14 @@ class GenerateConfig:
                           flag="--output", short="-o", metavar="PAIRS.jsonl")
     mix_settings: bool = setting(False, "add pairs beside ones made with other settings (another model, "
                                         "temperature, strategy) in --output; without it that is refused", runtime=True)
-    strategy: str = setting("rewrite", "rewrite (the reference recipe), rank (judge-scored candidates) or "
-                                       "contrast (on-policy rejected answers)", choices=STRATEGIES)
+    strategy: str = setting("rewrite", "rewrite (the reference recipe), rank (judge-scored candidates), "
+                                       "contrast (on-policy rejected answers) or score (judge-scored answers "
+                                       "labelled good or bad by --threshold, for KTO; no pairs)", choices=STRATEGIES)
     model: str = setting("local:smollm2", "the writing model: ollama:NAME (or a bare NAME), openai:NAME@URL, "
                                           "local:NAME")
-    models: list[str] = setting(help="rank: candidate models, comma-separated or repeated (default: --model)",
+    models: list[str] = setting(help="rank/score: candidate models, comma-separated or repeated (default: --model)",
                                 factory=list)
-    judge: str = setting("", "rank: scoring model (default: --model)")
+    judge: str = setting("", "rank/score: scoring model (default: --model)")
     sft_model: str = setting("local:smollm2", "contrast: the model whose own answers become the rejected side")
     # rewrite: the axis and its two directions; the first direction is the better side
     axis: str = setting("politeness", "rewrite: the quality the pairs differ in")
@@ -47,10 +48,12 @@ class GenerateConfig:
     recipe_prompt: str = setting("auto", "rewrite: our wording (clean), the ch07 notebook's (verbatim), worked "
                                          "examples (fewshot); auto = fewshot for local models, clean otherwise",
                                  choices=RECIPE_PROMPTS)
-    k: int = setting(4, "rank: candidates per prompt")
+    k: int = setting(4, "rank/score: candidates (score: labelled answers) per prompt")
     min_margin: float = setting(10.0, "rank: drop pairs whose best-worst score gap (0-100) is smaller")
-    temperature: float = setting(0.0, "rewrite/contrast sampling temperature (rank uses rank_temperature)")
-    rank_temperature: float = setting(0.8, "rank: candidates' sampling temperature")
+    threshold: float = setting(50.0, "score: an answer the judge scores at least this (0-100) is desirable, below "
+                                     "it undesirable")
+    temperature: float = setting(0.0, "rewrite/contrast sampling temperature (rank and score use rank_temperature)")
+    rank_temperature: float = setting(0.8, "rank/score: candidates' sampling temperature")
     max_tokens: int = setting(512, "reply length cap in tokens")
     round: int = setting(0, "the round of `prefloop run` these pairs belong to, kept in each pair's meta",
                          runtime=True, flag=False)
@@ -100,8 +103,11 @@ class GenerateConfig:
                 bad(name, str(exc))
             if name != "judge" and not parsed.chat:
                 bad(name, f"{spec!r} is a {parsed.kind} judge, not a model that writes answers")
-        if self.k < 2:
-            bad("k", f"must be at least 2 (best and worst), got {self.k}")
+        if self.k < (2 if self.strategy == "rank" else 1):
+            bad("k", f"must be at least 2 (best and worst), got {self.k}" if self.strategy == "rank" else
+                f"must be at least 1, got {self.k}")
+        if not 0.0 <= self.threshold <= 100.0:
+            bad("threshold", f"a score between 0 and 100, got {self.threshold:g}")
         for name in ("concurrency", "limit", "abort_after"):
             if getattr(self, name) < 0:
                 bad(name, f"must be 0 or more, got {getattr(self, name)}")
@@ -134,7 +140,7 @@ class GenerateConfig:
         """Every model spec the strategy calls (for preflight and concurrency)."""
         if self.strategy == "rewrite":
             return [self.model]
-        if self.strategy == "rank":
+        if self.strategy in ("rank", "score"):
             return list(dict.fromkeys([*self.candidate_models, self.judge_model]))
         return list(dict.fromkeys([self.model, self.sft_model]))
 
@@ -168,6 +174,10 @@ class GenerateConfig:
             base.update(prompt_format=self.prompt_format)
             base.update(models=[spec_identity(m) for m in self.candidate_models],
                         judge=spec_identity(self.judge_model), k=self.k, min_margin=self.min_margin,
+                        temperature=self.rank_temperature)
+        elif self.strategy == "score":
+            base.update(prompt_format=self.prompt_format, models=[spec_identity(m) for m in self.candidate_models],
+                        judge=spec_identity(self.judge_model), threshold=self.threshold,
                         temperature=self.rank_temperature)
         else:
             base.update(model=spec_identity(self.model), sft_model=spec_identity(self.sft_model),

@@ -31,7 +31,13 @@ def add_generation_section(report: Report, output: str | Path) -> GenerateResult
                      caption="failures (retried on the next run)")
     if Path(output).exists():
         for _, row in iter_jsonl(output):
-            report.example("a generated pair", judge_prompt_text(row["prompt"]),
-                           {"chosen": row.get("chosen", ""), "rejected": row.get("rejected", "")})
+            if "completion" in row:   # the score strategy: one answer and its label
+                score = (row.get("meta") or {}).get("score")
+                report.example("a labelled answer", judge_prompt_text(row["prompt"]),
+                               {("desirable" if row.get("label") else "undesirable") + f" (score {score})":
+                                row["completion"]})
+            else:
+                report.example("a generated pair", judge_prompt_text(row["prompt"]),
+                               {"chosen": row.get("chosen", ""), "rejected": row.get("rejected", "")})
             break
     return s

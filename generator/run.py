@@ -56,6 +56,9 @@ def strategy_module(name: str) -> Any:
     if name == "rank":
         from generator import rank
         return rank
+    if name == "score":
+        from generator import score
+        return score
     from generator import contrast
     return contrast
 
@@ -117,6 +120,14 @@ class Context:
     def pair(self, rec: PromptRecord, chosen: str, rejected: str, meta: dict[str, Any],
              reply: ChatReply | None = None) -> dict[str, Any]:
         """A record ``load_preferences`` reads, with provenance (model, strategy, options, seed, time)."""
+        return {"prompt": rec.prompt, "chosen": chosen, "rejected": rejected, "meta": self.provenance(rec, meta, reply)}
+
+    def labelled(self, rec: PromptRecord, completion: str, label: bool, meta: dict[str, Any]) -> dict[str, Any]:
+        """A record ``load_labelled`` reads (one answer, desirable or not), with the same provenance as a pair."""
+        return {"prompt": rec.prompt, "completion": completion, "label": label, "meta": self.provenance(rec, meta)}
+
+    def provenance(self, rec: PromptRecord, meta: dict[str, Any], reply: ChatReply | None = None) -> dict[str, Any]:
+        """``meta`` with where the record came from: the prompt's source row, strategy, settings, time, usage."""
         cfg = self.cfg
         full = {k: rec.meta[k] for k in ("prompt_format", "instruction", "input") if k in rec.meta}
         if rec.known_good is not None:
@@ -134,7 +145,7 @@ class Context:
                 full["options"].update({k: v for k, v in reply.extra.items() if k in ("seed", "finish_reason")})
             if reply.model:
                 full.setdefault("served_model", reply.model)
-        return {"prompt": rec.prompt, "chosen": chosen, "rejected": rejected, "meta": full}
+        return full
 
 
 def summary_path(output: str | Path) -> Path:
@@ -213,14 +224,18 @@ async def generate_async(cfg: GenerateConfig, console: Any = None, clients: dict
         runner = Runner(cfg.output, concurrency=cfg.resolved_concurrency(), max_attempts=cfg.max_attempts,
                         backoff_s=cfg.backoff_s, abort_after=cfg.abort_after, job_timeout_s=cfg.job_timeout_s,
                         stall_s=cfg.stall_s, fsync=cfg.fsync,
-                        console=console, progress=False if cfg.quiet else None, description=f"generate ({cfg.strategy})",
-                        unit="pairs")
+                        console=console, progress=False if cfg.quiet else None,
+                        description=f"generate ({cfg.strategy})", unit="answers" if cfg.strategy == "score" else "pairs")
         ctx = Context(cfg, clients, runner)
 
-        async def work(job: Job) -> Any:
-            return await strategy.make_pair(ctx, job.data)
+        if cfg.strategy == "score":   # labelled answers, several jobs per prompt (generator.score)
+            jobs, make = strategy.jobs(cfg, records), strategy.make_record
+        else:
+            jobs, make = [Job(id=pair_id(rec, cfg), data=rec) for rec in records], strategy.make_pair
 
-        jobs = [Job(id=pair_id(rec, cfg), data=rec) for rec in records]
+        async def work(job: Job) -> Any:
+            return await make(ctx, job.data)
+
         run = await runner.run(jobs, work)
     finally:
         if owned:
@@ -235,7 +250,8 @@ async def generate_async(cfg: GenerateConfig, console: Any = None, clients: dict
     reason = ("interrupted; run the same command again to resume" if run.interrupted else
               f"stopped: {run.aborted}" if run.aborted else
               f"{run.failed} prompt(s) failed; run the same command again to retry them" if run.failed else "")
-    summary = GenerateResult(status=status, reason=reason, outputs={"pairs": str(cfg.output)},
+    summary = GenerateResult(status=status, reason=reason,
+                             outputs={"labelled" if cfg.strategy == "score" else "pairs": str(cfg.output)},
                              output=str(cfg.output), prompts=len(records), written=run.written, failed=run.failed,
                              dropped=dropped, skipped_existing=run.skipped_existing + run.skipped_dropped,
                              total_in_output=count_lines(cfg.output), aborted=run.aborted,
@@ -254,8 +270,9 @@ def generate(cfg: GenerateConfig, console: Any = None, clients: dict[str, Any] |
 
 def print_summary(s: GenerateResult, console: Any) -> None:
     state = "interrupted" if s.interrupted else (f"stopped: {s.aborted}" if s.aborted else "finished")
-    console.print(f"[bold]generate {state}[/bold] in {s.elapsed_s:.1f}s: {s.written} pairs written, "
-                  f"{s.skipped_existing} already done, {s.failed} failed; {s.total_in_output} pairs in {s.output}")
+    what = "labelled answers" if "labelled" in s.outputs else "pairs"
+    console.print(f"[bold]generate {state}[/bold] in {s.elapsed_s:.1f}s: {s.written} {what} written, "
+                  f"{s.skipped_existing} already done, {s.failed} failed; {s.total_in_output} {what} in {s.output}")
     for why, n in sorted(s.dropped.items()):
         console.print(f"  dropped {n}: {why}")
     if s.failed:

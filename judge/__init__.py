@@ -11,6 +11,7 @@ Public API:
 - ``judge.evaluate.evaluate(cfg: judge.config.JudgeConfig, console=None) -> JudgeResults`` (``prefloop judge``),
   whose files and their types are in ``judge.results``; both models' answers are made in ``judge.answers``;
 - ``judge.label`` and ``judge.human``: a person labels pairs on the terminal screen, or is the judge;
+  ``judge.thumbs``: a person marks single answers good or bad (KTO's data);
 - ``judge.validation``: each judge measured on pairs whose better side is known before its win rate counts
   (accuracy with its interval, position and length bias, the position-debiased verdict from log-odds);
 - ``judge.retention``: skill retention from the answers alone (content-word recall and ROUGE-L against the

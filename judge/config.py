@@ -125,14 +125,18 @@ class JudgeConfig:
 
 
 IMPORT_FORMATS = ("auto", "ab", "labelstudio", "argilla")
+LABEL_MODES = ("pair", "thumbs")
 
 
 @section("label")
 @dataclass
 class LabelConfig:
     """``prefloop label``: a person picks the better of two answers in the terminal (or labels they already have
-    are imported); the output is preference pairs ready for ``prefloop train``. See ``judge.label``."""
+    are imported); the output is preference pairs ready for ``prefloop train``. See ``judge.label``. With ``mode =
+    "thumbs"`` the person marks single answers good or bad instead, for KTO (``judge.thumbs``)."""
 
+    mode: str = setting("pair", "pair: pick the better of two answers (pairs for DPO); thumbs: mark each single "
+                                "answer good or bad (labelled answers for KTO)", choices=LABEL_MODES)
     source: str = setting("", "what to compare: JSONL of {id?, prompt, answers: [...]}, the rank strategy's pairs "
                               "(every candidate), or a pairs file to re-label or check", runtime=True, flag=False)
     output: str = setting("", "preference pairs JSONL (its label log, OUTPUT.labels.jsonl, is appended; the same "
@@ -158,6 +162,9 @@ class LabelConfig:
 
     def __post_init__(self) -> None:
         check_choices(self, "label.")
+        if self.mode == "thumbs" and self.import_labels:
+            raise ConfigError("label.import_labels: imports are pairwise labels; mode = \"thumbs\" marks answers on "
+                              "the screen only (drop --import, or use --mode pair)")
         if not 0.0 <= self.repeats < 1.0:
             raise ConfigError(f"label.repeats: a share in [0, 1), got {self.repeats}")
         if self.max_pairs < 1:

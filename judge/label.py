@@ -276,6 +276,9 @@ def label(cfg: LabelConfig, console: Any = None, play: Play | None = None) -> La
     ``play`` runs the screen (default: this terminal; tests drive it headless)."""
     from judge.comparisons import load_items
 
+    if cfg.mode == "thumbs":
+        raise ValueError("label.mode = \"thumbs\" marks single answers: that is judge.thumbs.label_thumbs, not this "
+                         "pairwise labeller")
     if cfg.import_labels:
         return import_into(cfg)
     items, report = load_items(cfg.source, max_pairs=cfg.max_pairs, seed=cfg.seed, limit=cfg.limit)

@@ -55,10 +55,17 @@ def check_run(cfg: LoopConfig, needed: set[str]) -> None:
     try:
         if "judge" in needed:
             check_fields(load_template(cfg.judge.template), ("prompt", "answer_a", "answer_b"))
-        if "preflight" in needed or (cfg.generate.strategy == "rank" and "generate" in needed):
+        if "preflight" in needed or (cfg.generate.strategy in ("rank", "score") and "generate" in needed):
             check_fields(load_template("score"), ("prompt", "answer"))
     except TemplateError as exc:
         raise SetupError(f"{cfg.path} [judge] template: {exc}") from None
+    if cfg.generate.strategy == "score" and "train" in needed:
+        from trainer.objectives import spec
+
+        if spec(cfg.train.objective).data != "labelled":   # labelled answers, no pairs: only KTO reads them
+            raise SetupError(f"{cfg.path} [generate] strategy = \"score\" writes labelled answers, not pairs, and "
+                             f"[train] objective = {cfg.train.objective!r} needs {spec(cfg.train.objective).data}; "
+                             "set [train] objective = \"kto\" or another [generate] strategy")
     used: dict[ClientSpec, str] = {}   # every model or judge the run still needs -> the setting it comes from
     if "generate" in needed:
         used.update({parse_spec(s): "[generate] model" for s in cfg.generate.specs_used()})

@@ -42,11 +42,12 @@ class Shown:
 class Deck(Protocol):
     """Where the items come from and the verdicts go."""
 
-    def current(self) -> Shown | None:
-        """The item to show, or None when every item has its label."""
+    def current(self) -> "Shown | ShownOne | None":
+        """The item to show (``ShownOne`` on the thumbs screen), or None when every item has its label."""
 
     def choose(self, choice: str) -> None:
-        """Record ``left``, ``right``, ``tie`` or ``skip`` for the current item (before returning)."""
+        """Record ``left``, ``right``, ``tie`` or ``skip`` (thumbs: ``up``, ``down``, ``skip``) for the current
+        item (before returning)."""
 
     def undo(self) -> bool:
         """Take back the last label (False: there is none)."""
@@ -117,6 +118,79 @@ class CompareApp(App[str]):
         if choice == "tie" and not self.allow_tie:
             self.notify("ties are off for this set: pick a side or skip")
             return
+        self.deck.choose(choice)
+        self._show()
+
+    def action_undo(self) -> None:
+        if not self.deck.undo():
+            self.notify("nothing to undo")
+        self._show()
+
+    def action_leave(self) -> None:
+        self.exit("quit")
+
+
+@dataclass(frozen=True)
+class ShownOne:
+    """One answer as the person sees it, to mark good or bad (``prefloop label --mode thumbs``)."""
+
+    heading: str
+    prompt: str
+    answer: str
+
+
+# what each thumbs key means, in the words the footer shows
+THUMBS = {"up": "good (desirable)", "down": "bad (undesirable)", "skip": "skip"}
+
+
+class ThumbsApp(App[str]):
+    """The thumbs screen: the prompt and one answer; each key goes straight to the deck (``choose`` with ``up``,
+    ``down`` or ``skip``; ``undo``), as in ``CompareApp``. Exits with ``"done"`` or ``"quit"``."""
+
+    CSS = """
+    #progress { height: 1; padding: 0 1; background: $boost; }
+    #prompt { height: auto; max-height: 35%; border: round $secondary; padding: 0 1; }
+    #answer { height: 1fr; border: round $primary; padding: 0 1; }
+    """
+    BINDINGS = [
+        Binding("1,plus", "choose('up')", THUMBS["up"], key_display="1/+", priority=True),
+        Binding("2,minus", "choose('down')", THUMBS["down"], key_display="2/-", priority=True),
+        Binding("s", "choose('skip')", THUMBS["skip"]),
+        Binding("u", "undo", "undo last"),
+        Binding("q,ctrl+c", "leave", "quit", key_display="q", priority=True),
+    ]
+
+    def __init__(self, deck: Deck, title: str = "is this answer good?"):
+        super().__init__()
+        self.deck, self.title = deck, title
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="progress")
+        with VerticalScroll(id="prompt"):
+            yield Static(id="prompt-text")
+        with VerticalScroll(id="answer"):
+            yield Static(id="answer-text")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#answer").border_title = "ANSWER  [1 / + good · 2 / - bad]"
+        self._show()
+
+    def _show(self) -> None:
+        shown = self.deck.current()
+        if shown is None:
+            self.exit("done")
+            return
+        self.query_one("#progress", Static).update(Text(self.deck.progress()))
+        prompt = self.query_one("#prompt", VerticalScroll)
+        prompt.border_title = shown.heading
+        self.query_one("#prompt-text", Static).update(Text(shown.prompt))
+        self.query_one("#answer-text", Static).update(Text(shown.answer))
+        for pane in (prompt, self.query_one("#answer", VerticalScroll)):
+            pane.scroll_home(animate=False)
+        self.query_one("#answer", VerticalScroll).focus()
+
+    def action_choose(self, choice: str) -> None:
         self.deck.choose(choice)
         self._show()
 

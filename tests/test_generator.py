@@ -255,3 +255,94 @@ def test_rank_survives_malformed_replies(ollama_server: Any, tmp_path: Path, kin
     cands = pairs[0].meta["candidates"]
     assert len(cands) == 3 and sum(c["text"].startswith("{") for c in cands) == 1
     assert all(c["score"] is not None for c in cands)
+
+
+def scorer(messages: list[dict[str, Any]], fmt: Any, options: dict[str, Any]) -> str:
+    """Answers differ by seed; the judge scores them by their first word. A 'mute' answer gets a judge reply
+    without a score (every time: dropped, not labelled)."""
+    answer = scored_answer(messages)
+    if answer is not None:
+        if answer.startswith("mute"):
+            return "I would rather not say."
+        return json.dumps({"score": {"great": 90, "fine": 50, "poor": 15}[answer.split()[0]]})
+    return ["great", "poor", "fine", "mute"][options["seed"] - 123] + f" answer #{options['seed'] - 123}"
+
+
+def test_score_labels_each_answer_by_threshold_and_resumes_without_duplicates(ollama_server: Any,
+                                                                             tmp_path: Path) -> None:
+    from prefloop.sources import load_labelled
+
+    ollama_server.reply = scorer
+    src = tmp_path / "prompts.jsonl"
+    src.write_text("\n".join(json.dumps({"prompt": p}) for p in ["Say hello.", "Say goodbye."]) + "\n")
+    cfg = cfg_for(tmp_path, source=str(src), output=str(tmp_path / "labelled.jsonl"), strategy="score", k=4,
+                  threshold=50, judge="ollama:judge")
+    ollama_server.fail("status", status=500, times=-1)   # the server is down: nothing written, every job failed
+    first = generate(cfg, clients=clients_for(ollama_server, cfg))
+    assert first.written == 0 and not rows(cfg.output)
+    ollama_server.clear_faults()
+    summary = generate(cfg, clients=clients_for(ollama_server, cfg))
+    assert summary.failed == 0 and summary.written == 6 and summary.dropped == {"no score from the judge": 2}
+    assert summary.outputs == {"labelled": cfg.output}
+    got, _ = load_labelled(cfg.output)
+    assert len(got) == 6
+    by_word = {(r.prompt, r.completion.split()[0]): r for r in got}
+    for prompt in ("Say hello.", "Say goodbye."):
+        # 90 and the threshold's own 50 are desirable; 15 is not
+        assert [by_word[prompt, w].label for w in ("great", "fine", "poor")] == [True, True, False]
+        assert [by_word[prompt, w].meta["score"] for w in ("great", "fine", "poor")] == [90, 50, 15]
+    assert all(r.meta["strategy"] == "score" and r.meta["judge"] == "ollama:judge" for r in got)
+    assert all(set(row) == {"id", "prompt", "completion", "label", "meta"} for row in rows(cfg.output))
+    dropped = rows(sidecar(cfg.output, "dropped.jsonl"))
+    assert {d["text"].split()[0] for d in dropped} == {"mute"} and all(d["judge"]["raw"] for d in dropped)
+    from generator.report import add_generation_section
+    from prefloop.report import Report
+
+    report = Report("run")
+    add_generation_section(report, cfg.output)
+    assert re.search(r"(un)?desirable \(score \d+", report.to_markdown())   # the run report shows one answer
+
+    calls = ollama_server.count("/api/chat")
+    again = generate(cfg, clients=clients_for(ollama_server, cfg))   # nothing left to do: no call, no duplicate
+    assert again.written == 0 and again.skipped_existing == 8 and ollama_server.count("/api/chat") == calls
+    assert len(rows(cfg.output)) == 6
+
+    stricter = cfg_for(tmp_path, source=str(src), output=str(tmp_path / "labelled.jsonl"), strategy="score", k=4,
+                       threshold=60, judge="ollama:judge")
+    with pytest.raises(ValueError, match="other settings"):         # another threshold is another labelling
+        generate(stricter, clients=clients_for(ollama_server, stricter))
+
+
+def test_prefloop_train_kto_reads_the_score_strategy_output(ollama_server: Any, tmp_path: Path,
+                                                            tiny_model_dir: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    from loop.cli import main
+
+    ollama_server.reply = scorer
+    src = tmp_path / "prompts.jsonl"
+    src.write_text("\n".join(json.dumps({"prompt": p}) for p in ["Say hello.", "Say goodbye."]) + "\n")
+    cfg = cfg_for(tmp_path, source=str(src), output=str(tmp_path / "labelled.jsonl"), strategy="score", k=3,
+                  threshold=60, judge="ollama:judge")
+    assert generate(cfg, clients=clients_for(ollama_server, cfg)).written == 6
+    out = tmp_path / "kto"
+    rc = main(["train", "--objective", "kto", "--model", str(tiny_model_dir), "--data", cfg.output, "--output",
+               str(out), "--max-steps", "1", "--batch-size", "4", "--no-live"])
+    assert rc == 0
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["objective"] == "kto"
+    # great (90) is desirable; fine (50) and poor (15) are not, at threshold 60
+    assert "6 kept (2 desirable, 4 undesirable)" in " ".join(capsys.readouterr().err.split())
+
+
+def test_the_loop_refuses_scored_answers_for_an_objective_that_needs_pairs(tmp_path: Path,
+                                                                          tiny_model_dir: Path) -> None:
+    from loop.checks import SetupError, check_run
+    from loop.config import load_loop_config
+    from test_loop import write_config
+
+    cfg = load_loop_config(write_config(tmp_path, tiny_model_dir), ['generate.strategy="score"'])
+    with pytest.raises(SetupError, match=r"strategy = \"score\".*objective = 'dpo'.*kto"):
+        check_run(cfg, {"train"})
+    kto = load_loop_config(write_config(tmp_path, tiny_model_dir), ['generate.strategy="score"',
+                                                                     'train.objective="kto"'])
+    check_run(kto, {"train"})

@@ -74,3 +74,47 @@ def test_kill_9_while_labelling_then_resume_in_a_real_terminal(tmp_path: Path) -
     final = LabelLog.read(log)
     assert len(final.labels) == N and [lab.verdict for lab in final.labels].count("tie") == 0
     assert len(load_preferences(out)[0]) == N
+
+
+def test_thumbs_kill_9_then_resume_in_a_real_terminal(tmp_path: Path) -> None:
+    from judge.thumbs import ThumbLog
+    from prefloop.sources import load_labelled
+
+    answers, out = tmp_path / "answers.jsonl", tmp_path / "labelled.jsonl"
+    answers.write_text("".join(json.dumps({"prompt": f"Question {i}?", "completion": f"Answer {i}."}) + "\n"
+                               for i in range(N)))
+    log = out.with_name(out.name + ".labels.jsonl")
+
+    def labels() -> int:
+        return len(ThumbLog.read(log).labels)
+
+    def thumbs() -> "pexpect.spawn":
+        env = dict(os.environ, PYTHONPATH=str(ROOT), TERM="xterm-256color", COLUMNS="120", LINES="36")
+        return pexpect.spawn(sys.executable, ["-m", "prefloop", "label", str(answers), "-o", str(out), "--rater",
+                                              "pat", "--mode", "thumbs"],
+                             cwd=str(ROOT), env=env, dimensions=(36, 120), timeout=60, encoding="utf-8")
+
+    child = thumbs()
+    try:
+        child.expect(f"answer 1 of {N}")
+        for n, key in enumerate("12s", start=1):
+            child.send(key)
+            wait_for(lambda: labels() == n)
+    finally:
+        child.kill(signal.SIGKILL)
+        child.close(force=True)
+    assert [r.label for r in load_labelled(out)[0]] == [True, False]   # each row written with its key
+
+    child = thumbs()
+    try:
+        child.expect(f"answer 4 of {N}")
+        child.send("u")                                  # takes back the skip given before the kill
+        wait_for(lambda: ThumbLog.read(log).undone == 1)
+        for n, key in enumerate("1222", start=3):
+            child.send(key)
+            wait_for(lambda: labels() == n)
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+    assert [r.label for r in load_labelled(out)[0]] == [True, False, True, False, False, False]
