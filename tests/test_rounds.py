@@ -65,6 +65,18 @@ def test_a_round_that_changed_nothing_stops_the_run_and_round_one_stays_the_resu
     assert changed["stages"]["round2/generate"]["fingerprint"] != state["stages"]["round2/generate"]["fingerprint"]
     assert changed["stages"]["train"]["fingerprint"] == state["stages"]["train"]["fingerprint"]
 
+    # round 2's reference: the round-1 model by default, the SFT model with reference = "sft" (only training reruns)
+    def ref_model() -> str:
+        return json.loads((run / "rounds" / "2" / "train" / "train_summary.json").read_text())["config"]["ref_model"]
+
+    assert ref_model() == ""
+    assert main(Args(rounds_setup, *SETTINGS, "train.lr=1e-12", "run.rounds=3", "rounds.samples=2",
+                     'rounds.reference="sft"')) == 0
+    sft = json.loads((run / "state.json").read_text())
+    assert ref_model() == str(load_loop_config(rounds_setup).train.model)
+    assert sft["stages"]["round2/generate"]["fingerprint"] == changed["stages"]["round2/generate"]["fingerprint"]
+    assert sft["stages"]["round2/train"]["fingerprint"] != changed["stages"]["round2/train"]["fingerprint"]
+
 
 def test_stop_rule_and_best_round() -> None:
     one = RoundRow(1, "m1", [0.6, 0.55, 0.65], [0.6, 0.55, 0.65], kept=1.0)
@@ -90,6 +102,9 @@ def test_rounds_settings_are_checked(rounds_setup: Path) -> None:
         load_loop_config(rounds_setup, ["rounds.samples=1"])
     with pytest.raises(ConfigError, match="rounds.pairing"):
         load_loop_config(rounds_setup, ['rounds.pairing="best"'])
+    with pytest.raises(ConfigError, match="rounds.reference"):
+        load_loop_config(rounds_setup, ['rounds.reference="policy"'])
+    assert load_loop_config(rounds_setup, ['rounds.reference="sft"']).rounds.reference == "sft"
     assert load_loop_config(rounds_setup).run.rounds == 1          # default: today's loop
 
 
