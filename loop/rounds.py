@@ -185,7 +185,26 @@ class Rounds:
         atomic_write_json(self.loop.run_dir / "rounds" / "curve.json",
                           {"rounds": [r.to_json() for r in rows], "best": best.round, "best_model": best.model,
                            "stopped": stop, "planned": self.n})
+        if self.cfg.export.ollama:
+            self.export_best(best)
         return rows
+
+    def export_best(self, best: RoundRow) -> None:
+        """The best round, not the last (nor round 1, which the loop's export stage created), as
+        ``[export] ollama`` on the server: a stage of its own (``rounds/export``), redone when the best round or
+        its training changes."""
+        e, loop = self.cfg.export, self.loop
+        folder = loop.run_dir / "rounds" / "export"
+        loop.settings["rounds/export"] = fingerprinted(e)
+        trained = loop.fps.get("train" if best.round == 1 else f"round{best.round}/train", "")
+
+        def work(decision: str) -> Any:
+            from loop.export import export_model
+
+            return export_model(replace(e, model=best.model, output_dir=str(folder)), loop.say)
+
+        loop._stage("rounds/export", {"best": str(best.round), "trained": trained},
+                    ["rounds/export", "rounds/export/export.json"], work)
 
     def one(self, k: int) -> None:
         """Round k's stages: sample and pair, train, judge against the SFT model and the previous round."""
