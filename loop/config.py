@@ -122,8 +122,9 @@ class RoundsSection:
                            choices=("rank", "contrast"))
     judge: str = setting("", "who ranks the samples (default: the first [judge] judge that is not a person); "
                              "python:MODULE:FUNCTION and reward:PATH need no server")
-    reference: str = setting("previous", "the reference of round k's DPO: the round k-1 model (the iterative-DPO "
-                                         "standard)", choices=("previous",))
+    reference: str = setting("previous", "the reference of round k's DPO: previous (the round k-1 model, the "
+                                         "iterative-DPO standard) | sft (the SFT model, train.model, every round)",
+                             choices=("previous", "sft"))
     min_kept: float = setting(0.95, "stop when a round keeps less than this share of the SFT model's content "
                                     "recall on the held-out prompts")
 

@@ -10,7 +10,8 @@ round k ≥ 2 then
 2. **pairs** them: ``rank`` scores the samples with the judge (a ``python:``/``reward:`` judge needs no server)
    and pairs the best with the worst, dropping ties; ``contrast`` takes the writer's answer as chosen and the
    round-(k−1) model's own as rejected (with a stronger writer, the judge-free "delta" recipe);
-3. **trains** from the round-(k−1) model, which is also its reference (the iterative-DPO standard);
+3. **trains** from the round-(k−1) model, which is also its reference (the iterative-DPO standard), or with the
+   SFT model as every round's reference (``[rounds] reference = "sft"``; the trainer's ``ref_model``);
 4. is **judged** on the same held-out prompts against the SFT model and against the previous round.
 
 After each round the **stop rule** ends the run, saying why, when the round does not beat the previous one (its
@@ -184,7 +185,26 @@ class Rounds:
         atomic_write_json(self.loop.run_dir / "rounds" / "curve.json",
                           {"rounds": [r.to_json() for r in rows], "best": best.round, "best_model": best.model,
                            "stopped": stop, "planned": self.n})
+        if self.cfg.export.ollama:
+            self.export_best(best)
         return rows
+
+    def export_best(self, best: RoundRow) -> None:
+        """The best round, not the last (nor round 1, which the loop's export stage created), as
+        ``[export] ollama`` on the server: a stage of its own (``rounds/export``), redone when the best round or
+        its training changes."""
+        e, loop = self.cfg.export, self.loop
+        folder = loop.run_dir / "rounds" / "export"
+        loop.settings["rounds/export"] = fingerprinted(e)
+        trained = loop.fps.get("train" if best.round == 1 else f"round{best.round}/train", "")
+
+        def work(decision: str) -> Any:
+            from loop.export import export_model
+
+            return export_model(replace(e, model=best.model, output_dir=str(folder)), loop.say)
+
+        loop._stage("rounds/export", {"best": str(best.round), "trained": trained},
+                    ["rounds/export", "rounds/export/export.json"], work)
 
     def one(self, k: int) -> None:
         """Round k's stages: sample and pair, train, judge against the SFT model and the previous round."""
@@ -198,7 +218,8 @@ class Rounds:
         source = paths.root / "prompts.jsonl"
         write_jsonl(source, [p.to_json() for p in prompts])
         upstream = loop.fps.get("train" if k == 2 else f"round{k - 1}/train", "")
-        rounds_settings = fingerprinted(self.r)
+        # the reference decides training only (its own fingerprint holds ref_model): sampling is not redone for it
+        rounds_settings = fingerprinted(self.r, exclude=("reference",))
 
         gen = self.generate_config(k, prev, source, paths)
         loop.settings[f"round{k}/generate"] = {"identity": gen.identity(), "rounds": rounds_settings}
@@ -216,10 +237,14 @@ class Rounds:
                     [f"rounds/{k}/generate"], sample)
 
         t = replace(self.cfg.train, model=prev, data=str(paths.pairs), output_dir=str(paths.train))
+        if self.r.reference == "sft" and prev != str(self.cfg.train.model):  # round 1 starts from the SFT model
+            t = replace(t, ref_model=str(self.cfg.train.model))
         loop.settings[f"round{k}/train"] = fingerprinted(t)
-        loop.train_stage(f"round{k}/train", t, paths,
-                         {"train": file_hash(paths.pairs), "eval": file_hash(loop.paths.heldout_pairs),
-                          "model": model_identity(prev), "previous": upstream})
+        inputs = {"train": file_hash(paths.pairs), "eval": file_hash(loop.paths.heldout_pairs),
+                  "model": model_identity(prev), "previous": upstream}
+        if t.ref_model:
+            inputs["reference"] = model_identity(t.ref_model)
+        loop.train_stage(f"round{k}/train", t, paths, inputs)
 
         base = replace(self.cfg.judge, prompts=str(loop.paths.heldout_prompts), policy=str(paths.final),
                        pairs=str(paths.pairs), validate=str(loop.paths.heldout_pairs))

@@ -65,6 +65,18 @@ def test_a_round_that_changed_nothing_stops_the_run_and_round_one_stays_the_resu
     assert changed["stages"]["round2/generate"]["fingerprint"] != state["stages"]["round2/generate"]["fingerprint"]
     assert changed["stages"]["train"]["fingerprint"] == state["stages"]["train"]["fingerprint"]
 
+    # round 2's reference: the round-1 model by default, the SFT model with reference = "sft" (only training reruns)
+    def ref_model() -> str:
+        return json.loads((run / "rounds" / "2" / "train" / "train_summary.json").read_text())["config"]["ref_model"]
+
+    assert ref_model() == ""
+    assert main(Args(rounds_setup, *SETTINGS, "train.lr=1e-12", "run.rounds=3", "rounds.samples=2",
+                     'rounds.reference="sft"')) == 0
+    sft = json.loads((run / "state.json").read_text())
+    assert ref_model() == str(load_loop_config(rounds_setup).train.model)
+    assert sft["stages"]["round2/generate"]["fingerprint"] == changed["stages"]["round2/generate"]["fingerprint"]
+    assert sft["stages"]["round2/train"]["fingerprint"] != changed["stages"]["round2/train"]["fingerprint"]
+
 
 def test_stop_rule_and_best_round() -> None:
     one = RoundRow(1, "m1", [0.6, 0.55, 0.65], [0.6, 0.55, 0.65], kept=1.0)
@@ -90,6 +102,9 @@ def test_rounds_settings_are_checked(rounds_setup: Path) -> None:
         load_loop_config(rounds_setup, ["rounds.samples=1"])
     with pytest.raises(ConfigError, match="rounds.pairing"):
         load_loop_config(rounds_setup, ['rounds.pairing="best"'])
+    with pytest.raises(ConfigError, match="rounds.reference"):
+        load_loop_config(rounds_setup, ['rounds.reference="policy"'])
+    assert load_loop_config(rounds_setup, ['rounds.reference="sft"']).rounds.reference == "sft"
     assert load_loop_config(rounds_setup).run.rounds == 1          # default: today's loop
 
 
@@ -100,15 +115,18 @@ def score(prompt, answer):
 '''
 
 
-def test_round_two_beats_round_one_by_a_judge_with_a_known_preference(rounds_setup: Path) -> None:
+def test_round_two_beats_round_one_by_a_judge_with_a_known_preference(rounds_setup: Path, ollama_server) -> None:
     """Contrast rounds: the writer's answers (the test server's, all holding "Thank you") against the trained
     model's own; the python: judge prefers the marker, so a round that learned it more wins against the last."""
     (rounds_setup.parent / "polite_rounds.py").write_text(POLITE)
     run = rounds_setup.parent / "run"
+    # [export] ollama: the loop exports round 1, and the best round is exported under the same name at the end
+    rounds_setup.write_text(rounds_setup.read_text() + '\n[export]\nollama = "tiny-run"\nquantize = "q8_0"\n')
+    args = Args(rounds_setup, 'judge.judges=["python:polite_rounds:score"]', "preflight.enabled=false",
+                "judge.n_boot=200", "run.rounds=2", 'rounds.pairing="contrast"', "rounds.temperature=0.0",
+                'rounds.prompts="all"', "train.lr=3e-3", "train.max_steps=30")
     try:
-        code = main(Args(rounds_setup, 'judge.judges=["python:polite_rounds:score"]', "preflight.enabled=false",
-                         "judge.n_boot=200", "run.rounds=2", 'rounds.pairing="contrast"', "rounds.temperature=0.0",
-                         'rounds.prompts="all"', "train.lr=3e-3", "train.max_steps=30"))
+        code = main(args)
     finally:
         sys.modules.pop("polite_rounds", None)
     assert code == 0
@@ -116,6 +134,19 @@ def test_round_two_beats_round_one_by_a_judge_with_a_known_preference(rounds_set
     print(json.dumps(curve, indent=1))
     rate, low, high = curve["rounds"][1]["vs_previous"]
     assert rate > 0.5 and low > 0.5
+
+    def files(folder: Path) -> dict[str, str]:
+        return json.loads((folder / "export.json").read_text())["files"]
+
+    assert curve["best"] == 2 and curve["best_model"] == str(run / "rounds" / "2" / "train" / "final")
+    served = ollama_server.created["tiny-run:latest"]["files"]
+    assert served == files(run / "rounds" / "export") != files(run / "export" / "policy")
+    creates = ollama_server.count("/api/create")
+    try:
+        assert main(args) == 0                                     # a rerun exports nothing again
+    finally:
+        sys.modules.pop("polite_rounds", None)
+    assert ollama_server.count("/api/create") == creates
 
 
 SLOW_MARKER = MARKER + '''

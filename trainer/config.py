@@ -53,6 +53,9 @@ class TrainConfig:
                                              "rarer side's weight when the labels are unbalanced)")
     reference: str = setting("cached", "the reference model: cached (log-probs computed once, on disk) or model "
                                        "(a frozen copy in memory)", choices=REFERENCES)
+    ref_model: str = setting("", "the reference is this model (folder, Hub name, .gguf or 'smollm2') instead of the "
+                                 "starting model, e.g. the SFT model when training goes on from a DPO-trained one; "
+                                 "it must share the starting model's tokenizer (empty: the starting model)")
     # optimisation
     lr: float = setting(5e-6, "peak learning rate")
     weight_decay: float = setting(0.0, "AdamW weight decay (not on biases and norms)")

@@ -50,7 +50,8 @@ class Spec:
 OBJECTIVES: dict[str, Spec] = {s.name: s for s in (
     Spec("dpo", "trainer.dpo:DPOObjective", "DPO and its family (loss_type), with RPO's NLL term (rpo_alpha)",
          data="pairs", reference=True, average=None,
-         settings=("beta", "loss_type", "label_smoothing", "rpo_alpha", "logp_average", "reference")),
+         settings=("beta", "loss_type", "label_smoothing", "rpo_alpha", "logp_average", "reference",
+                   "ref_model")),
     Spec("simpo", "trainer.objectives_pref:SimPOObjective", "SimPO: length-normalised margin with a target gap γ, "
          "no reference", data="pairs", reference=False, average=True, settings=("beta", "simpo_gamma")),
     Spec("orpo", "trainer.objectives_pref:ORPOObjective", "ORPO: NLL on the chosen answer + β·odds-ratio term, no "
@@ -58,7 +59,8 @@ OBJECTIVES: dict[str, Spec] = {s.name: s for s in (
          settings=("beta",)),
     Spec("kto", "trainer.kto:KTOObjective", "KTO: single answers labelled desirable or undesirable",
          data="labelled", reference=True, average=False,
-         settings=("beta", "desirable_weight", "undesirable_weight", "reference"), whole_batch=True),
+         settings=("beta", "desirable_weight", "undesirable_weight", "reference", "ref_model"),
+         whole_batch=True),
     Spec("sft", "trainer.sft:SFTObjective", "supervised fine-tuning: NLL on the responses", data="text",
          reference=False, average=False),
 )}

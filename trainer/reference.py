@@ -2,12 +2,17 @@
 
 Three ways, chosen by ``reference`` and LoRA: the on-disk cache (default: computed once before the first step,
 keyed by the model's digest), a frozen copy of the starting model in memory, or, with LoRA, the same model with
-its adapter off (no copy). A reference-free objective builds none of this: no pass, no cache, no copy.
+its adapter off (no copy). With ``ref_model`` the reference is that model instead of the starting one (rounds of
+DPO anchored to the SFT model): it is loaded beside the policy, its digest keys the cache (and it is freed once
+the cache is filled) or it stays in memory frozen; the adapter-off path is never used, since the base is not the
+reference. A reference-free objective builds none of this: no pass, no cache, no copy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from dataclasses import replace
 from typing import Any, Callable
 
 import torch
@@ -16,7 +21,7 @@ from prefloop.progress import Progress
 from trainer.config import TrainConfig
 from trainer.data import TrainError
 from trainer.distributed import Dist
-from trainer.logps import packed_logps
+from trainer.logps import PackedLM, packed_logps
 from trainer.loop import Objective
 from trainer.lora import quantization_key
 from trainer.packing import PackedBatch
@@ -37,8 +42,11 @@ class Reference:
             raise TrainError("the reference model is the policy object itself: its log-ratios would stay 0 and "
                              f"{self.cfg.objective.upper()} would not learn; pass a frozen copy or use "
                              "reference = 'cached'")
+        if self.cfg.ref_model and self.model is None:  # another model than the starting one, frozen beside it
+            self.model = load_reference(self.cfg, model, dist.device)
         if self.cfg.reference == "cached":  # rank 0 hashes the unsharded weights; the others take its digest
-            self.digest = dist.broadcast(model_digest(model, quantization_key(self.cfg)) if dist.is_main else None)
+            keyed = self.model if self.cfg.ref_model else model
+            self.digest = dist.broadcast(model_digest(keyed, quantization_key(self.cfg)) if dist.is_main else None)
         elif self.model is None and not self.cfg.lora_r:  # LoRA's reference is the adapter switched off
             self.model = copy.deepcopy(model)
         if self.model is not None:
@@ -48,18 +56,27 @@ class Reference:
                 should_stop: Callable[[], bool]) -> list[str]:
         """The cached reference log-probs of ``examples`` (read, or computed and cached), or a note on the
         in-memory reference."""
+        separate = bool(self.cfg.ref_model)
         if self.cfg.reference == "model":
-            what = ("the same model with its LoRA adapter off (one more forward per step, no copy)" if policy.adapted
-                    else "a frozen copy of the starting model (held in memory, one forward per step)")
+            what = (f"{self.cfg.ref_model}, frozen (held in memory, one forward per step)" if separate
+                    else "the same model with its LoRA adapter off (one more forward per step, no copy)"
+                    if policy.adapted else "a frozen copy of the starting model (held in memory, one forward per step)")
             return [f"reference: {what}"]
         dist = policy.dist
-        with Progress(console, None, "reference log-probs", unit="pairs", enabled=dist.is_main) as ticker, policy.base():
+        # the starting model's log-probs come from the policy before its first step (LoRA: adapter off); another
+        # reference model's from that model, which is then freed: the cache holds all the steps need
+        module = PackedLM(self.model) if separate else policy.module
+        base = contextlib.nullcontext() if separate else policy.base()
+        with Progress(console, None, "reference log-probs", unit="pairs", enabled=dist.is_main) as ticker, base:
             self.cache, computed, path = load_or_compute(
-                policy.module, examples, tokenizer.pad_token_id, batch_size=max(16, 2 * self.cfg.batch_size),
+                module, examples, tokenizer.pad_token_id, batch_size=max(16, 2 * self.cfg.batch_size),
                 dtype=self.cfg.dtype, model_hash=self.digest, device=dist.device, dist=dist, progress=ticker,
                 should_stop=should_stop)
-        return [f"reference log-probs: {len(examples) - computed} read from the cache, {computed} computed and "
-                f"cached ({path})"]
+        if separate:
+            self.model = None
+        whose = f" of {self.cfg.ref_model}" if separate else ""
+        return [f"reference log-probs{whose}: {len(examples) - computed} read from the cache, {computed} computed "
+                f"and cached ({path})"]
 
     def forward(self, policy: Any, batch: PackedBatch) -> torch.Tensor | None:
         """Per-sequence reference sums computed now (in-memory reference), or None when they come from the
@@ -82,6 +99,26 @@ class Reference:
         ref = self.forward(policy, batch)
         sums, counts = policy(batch)
         return sums, counts, (self.lookup(batch, sums.device) if ref is None else ref)
+
+
+def load_reference(cfg: TrainConfig, policy: Any, device: torch.device) -> Any:
+    """``cfg.ref_model`` loaded as the starting model is (same dtype, same quantization), on ``device``. Its
+    log-probs are compared with the policy's token by token, so its vocabulary must be the policy's."""
+    from trainer.load import load_model, resolve_model
+
+    named = replace(cfg, model=cfg.ref_model)
+    try:
+        model = load_model(named, resolve_model(named, None), device)
+    except TrainError as exc:
+        raise TrainError(f"ref_model = {cfg.ref_model!r} (the reference model): {exc}") from None
+    mine, theirs = policy.get_input_embeddings().num_embeddings, model.get_input_embeddings().num_embeddings
+    if mine != theirs:
+        raise TrainError(f"ref_model = {cfg.ref_model!r}: its vocabulary has {theirs} tokens, the starting model's "
+                         f"({cfg.model}) {mine}; the reference must use the starting model's tokenizer (pass the "
+                         "SFT model the starting model was trained from, or leave ref_model empty)")
+    if not cfg.qlora:
+        model.to(device)
+    return model
 
 
 class Referenced(Objective):
