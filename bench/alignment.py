@@ -104,6 +104,16 @@ SEARCH = [
     Setting("rpo1-chat-60steps", max_steps=60, **_D),
     Setting("rpo1-chat-2epochs", epochs=2.0, **_D),
     Setting("rpo0.5-chat", **{**_D, "rpo_alpha": 0.5}),
+    # the NLL term (RPO here, ORPO's own) teaches the dataset answers' length: rpo1-chat answers at 0.40× the
+    # reference's words, and the seed-axis judge sums word weights, so short answers lose to it. These rows move
+    # the preference without that term (plain DPO, further than old-defaults; SimPO), or with it (ORPO, RPO at a
+    # smaller β). SimPO after the paper's small-model settings: β 2.5, γ/β 0.5, lr 1e-6; ORPO: λ (beta) 0.1.
+    Setting("dpo-chat-lr3e-6", lr=3e-6, prompt_format="chat"),
+    Setting("dpo-chat-lr5e-6-beta0.05", lr=5e-6, beta=0.05, prompt_format="chat"),
+    Setting("simpo-chat", lr=1e-6, beta=2.5, prompt_format="chat", extra=(("objective", "simpo"),
+                                                                          ("simpo_gamma", 1.25))),
+    Setting("orpo-chat", lr=8e-6, beta=0.1, prompt_format="chat", extra=(("objective", "orpo"),)),
+    Setting("rpo1-chat-lr1e-5-beta0.05", lr=1e-5, beta=0.05, rpo_alpha=1.0, prompt_format="chat"),
 ]
 
 
