@@ -112,6 +112,8 @@ SEARCH = [
     Setting("dpo-chat-lr5e-6-beta0.05", lr=5e-6, beta=0.05, prompt_format="chat"),
     Setting("simpo-chat", lr=1e-6, beta=2.5, prompt_format="chat", extra=(("objective", "simpo"),
                                                                           ("simpo_gamma", 1.25))),
+    Setting("simpo-chat-60steps", lr=1e-6, beta=2.5, prompt_format="chat", max_steps=60,
+            extra=(("objective", "simpo"), ("simpo_gamma", 1.25))),
     Setting("orpo-chat", lr=8e-6, beta=0.1, prompt_format="chat", extra=(("objective", "orpo"),)),
     Setting("rpo1-chat-lr1e-5-beta0.05", lr=1e-5, beta=0.05, rpo_alpha=1.0, prompt_format="chat"),
 ]
