@@ -370,8 +370,13 @@ def row_for(setting: Setting, data: dict[str, Path], split: str, fast: bool) -> 
     if info.exists():
         facts = json.loads(info.read_text())
         row.seconds, row.steps = facts["seconds"], facts.get("steps")
-    row.reward_chat = reward_accuracy(model_dir, pairs, "chat", setting.logp_average)
-    row.reward_alpaca = reward_accuracy(model_dir, pairs, "alpaca", setting.logp_average)
+    from trainer.objectives import OBJECTIVES
+
+    # per-token means where the objective itself averages (SimPO, ORPO), else as the setting says
+    spec = OBJECTIVES[setting.train_settings().get("objective", "dpo")]
+    average = setting.logp_average if spec.average is None else spec.average
+    row.reward_chat = reward_accuracy(model_dir, pairs, "chat", average)
+    row.reward_alpaca = reward_accuracy(model_dir, pairs, "alpaca", average)
     row.retention, answers, row.embedded = measure(setting.name, model_dir, pairs, split, fast)
     row.axis = axis_win_rate(answers)
     row.commands = [train_command(setting, data, model_dir.parent),
