@@ -391,13 +391,15 @@ def pct(x: float | None) -> str:
 
 def table(rows: list[Row]) -> str:
     """The grid as a Markdown table (the README keeps a copy)."""
-    head = ("| setting | lr | β | rpo_α | Σ/mean | steps | trained as | reward acc (chat / alpaca) | chosen logp/token "
+    from trainer.objectives import OBJECTIVES
+
+    head = ("| setting | objective | lr | β | rpo_α | Σ/mean | steps | trained as | reward acc (chat / alpaca) | chosen logp/token "
             "| content recall (kept) | ROUGE-L | stock opening | loops | length × | seed-axis win rate [95% CI] "
             "| embedded judge acc: win rate |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     ref = rows[0].retention.reference if rows and rows[0].retention else None
     if ref is not None:
-        lines.append(f"| reference (SFT) | | | | | | | | {rows[0].reward_chat.chosen_logp_reference:.2f} | "
+        lines.append(f"| reference (SFT) | | | | | | | | | {rows[0].reward_chat.chosen_logp_reference:.2f} | "
                      f"{ref.content_recall:.3f} | {ref.rouge_l:.3f} | {pct(ref.stock_share)} | {ref.loops} | 1.00 | "
                      f"| |")
     for r in rows:
@@ -409,8 +411,12 @@ def table(rows: list[Row]) -> str:
             judge = f"{pct(v.rule_accuracy)}: " + (pct(r.embedded.win_rate) if v.above_chance else "— (at chance)")
         axis = "—" if a is None else f"{pct(a.rate)} [{pct(a.ci_low)}, {pct(a.ci_high)}]"
         steps = r.steps if r.steps else (s["max_steps"] or f"{s['epochs']:g} ep")
-        lines.append(f"| {r.name} | {s['lr']:g} | {s['beta']:g} | {s['rpo_alpha']:g} | "
-                     f"{'mean' if s['logp_average'] else 'Σ'} | {steps} | {s['prompt_format']} | "
+        spec = OBJECTIVES[s.get("objective", "dpo")]
+        objective = spec.name + (f" γ {s['simpo_gamma']:g}" if "simpo_gamma" in spec.settings else "")
+        average = s["logp_average"] if spec.average is None else spec.average
+        rpo = f"{s['rpo_alpha']:g}" if "rpo_alpha" in spec.settings else "—"
+        lines.append(f"| {r.name} | {objective} | {s['lr']:g} | {s['beta']:g} | {rpo} | "
+                     f"{'mean' if average else 'Σ'} | {steps} | {s['prompt_format']} | "
                      f"{pct(r.reward_chat.accuracy)} / {pct(r.reward_alpaca.accuracy)} | "
                      f"{r.reward_chat.chosen_logp:.2f} | {ret.policy.content_recall:.3f} ({pct(ret.kept)}) | "
                      f"{ret.policy.rouge_l:.3f} | {pct(ret.policy.stock_share)} | {ret.policy.loops} | "
