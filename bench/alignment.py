@@ -307,6 +307,19 @@ def axis_win_rate(answers: list[Any], split_seed: int = 0) -> Axis:
                 e.ci_high)
 
 
+def data_ceiling(answers: list[Any], pairs: Path) -> dict[str, Axis]:
+    """The seed's own answers to the same prompts (``chosen``, ``rejected``) against the reference's, by the same
+    judge: what a model that answered exactly like the training data's chosen side would score. Pairs are matched
+    to answers by their dataset ``output`` (the answers' known-good text)."""
+    from types import SimpleNamespace
+
+    by_output = {r["output"].strip(): r for r in reversed(json.loads(pairs.read_text()))}
+    matched = [(by_output[a.known_good.strip()], a) for a in answers if a.known_good and
+               a.known_good.strip() in by_output]
+    return {side: axis_win_rate([SimpleNamespace(policy_answer=r[side], reference_answer=a.reference_answer)
+                                 for r, a in matched]) for side in ("chosen", "rejected")}
+
+
 @dataclass
 class Row:
     """One line of the table."""
@@ -321,6 +334,7 @@ class Row:
     seconds: float | None = None
     steps: int | None = None
     commands: list[str] = field(default_factory=list)
+    answers: list[Any] = field(default_factory=list, repr=False)
 
 
 def eval_dir(name: str, model_dir: Path, split: str) -> Path:
@@ -379,6 +393,7 @@ def row_for(setting: Setting, data: dict[str, Path], split: str, fast: bool) -> 
     row.reward_alpaca = reward_accuracy(model_dir, pairs, "alpaca", average)
     row.retention, answers, row.embedded = measure(setting.name, model_dir, pairs, split, fast)
     row.axis = axis_win_rate(answers)
+    row.answers = answers
     row.commands = [train_command(setting, data, model_dir.parent),
                     judge_command(model_dir, prompts_file(pairs), pairs, eval_dir(setting.name, model_dir, split),
                                   fast)]
@@ -489,6 +504,10 @@ def main() -> None:
               + (f"; per prompt kept more on {r.retention.better}, less on {r.retention.worse}")
               + (f"; embedded judge rule {v.rule}, validation {pct(v.accuracy)} [{pct(v.ci_low)}, {pct(v.ci_high)}]"
                  if v else ""))
+    if rows:
+        for side, a in data_ceiling(rows[0].answers, data[split]).items():
+            print(f"the seed's {side} answers against the reference's, same judge: {pct(a.rate)} [{pct(a.ci_low)}, "
+                  f"{pct(a.ci_high)}] ({a.wins} W / {a.ties} T / {a.losses} L), equal length {pct(a.equal_length)}")
     good = [r for r in rows if not meets(r)]
     if good and not args.final:
         best = max(good, key=lambda r: (r.retention.kept or 0) + r.axis.rate)
