@@ -230,7 +230,7 @@ def reward_accuracy(model_dir: Path, pairs: Path, fmt: str, logp_average: bool) 
     share of pairs whose chosen answer gained more log-probability over the reference than the rejected one
     (per-token means when the setting averages). The reference's log-probs come from the trainer's disk cache."""
     from prefloop.models import load_model
-    from trainer.dpo import load_pairs
+    from trainer.data import load_pairs
     import torch
 
     from trainer.logps import PackedLM
