@@ -104,6 +104,18 @@ SEARCH = [
     Setting("rpo1-chat-60steps", max_steps=60, **_D),
     Setting("rpo1-chat-2epochs", epochs=2.0, **_D),
     Setting("rpo0.5-chat", **{**_D, "rpo_alpha": 0.5}),
+    # the NLL term (RPO here, ORPO's own) teaches the dataset answers' length: rpo1-chat answers at 0.40× the
+    # reference's words, and the seed-axis judge sums word weights, so short answers lose to it. These rows move
+    # the preference without that term (plain DPO, further than old-defaults; SimPO), or with it (ORPO, RPO at a
+    # smaller β). SimPO after the paper's small-model settings: β 2.5, γ/β 0.5, lr 1e-6; ORPO: λ (beta) 0.1.
+    Setting("dpo-chat-lr3e-6", lr=3e-6, prompt_format="chat"),
+    Setting("dpo-chat-lr5e-6-beta0.05", lr=5e-6, beta=0.05, prompt_format="chat"),
+    Setting("simpo-chat", lr=1e-6, beta=2.5, prompt_format="chat", extra=(("objective", "simpo"),
+                                                                          ("simpo_gamma", 1.25))),
+    Setting("simpo-chat-60steps", lr=1e-6, beta=2.5, prompt_format="chat", max_steps=60,
+            extra=(("objective", "simpo"), ("simpo_gamma", 1.25))),
+    Setting("orpo-chat", lr=8e-6, beta=0.1, prompt_format="chat", extra=(("objective", "orpo"),)),
+    Setting("rpo1-chat-lr1e-5-beta0.05", lr=1e-5, beta=0.05, rpo_alpha=1.0, prompt_format="chat"),
 ]
 
 
@@ -218,7 +230,7 @@ def reward_accuracy(model_dir: Path, pairs: Path, fmt: str, logp_average: bool) 
     share of pairs whose chosen answer gained more log-probability over the reference than the rejected one
     (per-token means when the setting averages). The reference's log-probs come from the trainer's disk cache."""
     from prefloop.models import load_model
-    from trainer.dpo import load_pairs
+    from trainer.data import load_pairs
     import torch
 
     from trainer.logps import PackedLM
@@ -295,6 +307,19 @@ def axis_win_rate(answers: list[Any], split_seed: int = 0) -> Axis:
                 e.ci_high)
 
 
+def data_ceiling(answers: list[Any], pairs: Path) -> dict[str, Axis]:
+    """The seed's own answers to the same prompts (``chosen``, ``rejected``) against the reference's, by the same
+    judge: what a model that answered exactly like the training data's chosen side would score. Pairs are matched
+    to answers by their dataset ``output`` (the answers' known-good text)."""
+    from types import SimpleNamespace
+
+    by_output = {r["output"].strip(): r for r in reversed(json.loads(pairs.read_text()))}
+    matched = [(by_output[a.known_good.strip()], a) for a in answers if a.known_good and
+               a.known_good.strip() in by_output]
+    return {side: axis_win_rate([SimpleNamespace(policy_answer=r[side], reference_answer=a.reference_answer)
+                                 for r, a in matched]) for side in ("chosen", "rejected")}
+
+
 @dataclass
 class Row:
     """One line of the table."""
@@ -309,6 +334,7 @@ class Row:
     seconds: float | None = None
     steps: int | None = None
     commands: list[str] = field(default_factory=list)
+    answers: list[Any] = field(default_factory=list, repr=False)
 
 
 def eval_dir(name: str, model_dir: Path, split: str) -> Path:
@@ -358,10 +384,16 @@ def row_for(setting: Setting, data: dict[str, Path], split: str, fast: bool) -> 
     if info.exists():
         facts = json.loads(info.read_text())
         row.seconds, row.steps = facts["seconds"], facts.get("steps")
-    row.reward_chat = reward_accuracy(model_dir, pairs, "chat", setting.logp_average)
-    row.reward_alpaca = reward_accuracy(model_dir, pairs, "alpaca", setting.logp_average)
+    from trainer.objectives import OBJECTIVES
+
+    # per-token means where the objective itself averages (SimPO, ORPO), else as the setting says
+    spec = OBJECTIVES[setting.train_settings().get("objective", "dpo")]
+    average = setting.logp_average if spec.average is None else spec.average
+    row.reward_chat = reward_accuracy(model_dir, pairs, "chat", average)
+    row.reward_alpaca = reward_accuracy(model_dir, pairs, "alpaca", average)
     row.retention, answers, row.embedded = measure(setting.name, model_dir, pairs, split, fast)
     row.axis = axis_win_rate(answers)
+    row.answers = answers
     row.commands = [train_command(setting, data, model_dir.parent),
                     judge_command(model_dir, prompts_file(pairs), pairs, eval_dir(setting.name, model_dir, split),
                                   fast)]
@@ -374,13 +406,15 @@ def pct(x: float | None) -> str:
 
 def table(rows: list[Row]) -> str:
     """The grid as a Markdown table (the README keeps a copy)."""
-    head = ("| setting | lr | β | rpo_α | Σ/mean | steps | trained as | reward acc (chat / alpaca) | chosen logp/token "
+    from trainer.objectives import OBJECTIVES
+
+    head = ("| setting | objective | lr | β | rpo_α | Σ/mean | steps | trained as | reward acc (chat / alpaca) | chosen logp/token "
             "| content recall (kept) | ROUGE-L | stock opening | loops | length × | seed-axis win rate [95% CI] "
             "| embedded judge acc: win rate |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     ref = rows[0].retention.reference if rows and rows[0].retention else None
     if ref is not None:
-        lines.append(f"| reference (SFT) | | | | | | | | {rows[0].reward_chat.chosen_logp_reference:.2f} | "
+        lines.append(f"| reference (SFT) | | | | | | | | | {rows[0].reward_chat.chosen_logp_reference:.2f} | "
                      f"{ref.content_recall:.3f} | {ref.rouge_l:.3f} | {pct(ref.stock_share)} | {ref.loops} | 1.00 | "
                      f"| |")
     for r in rows:
@@ -392,8 +426,12 @@ def table(rows: list[Row]) -> str:
             judge = f"{pct(v.rule_accuracy)}: " + (pct(r.embedded.win_rate) if v.above_chance else "— (at chance)")
         axis = "—" if a is None else f"{pct(a.rate)} [{pct(a.ci_low)}, {pct(a.ci_high)}]"
         steps = r.steps if r.steps else (s["max_steps"] or f"{s['epochs']:g} ep")
-        lines.append(f"| {r.name} | {s['lr']:g} | {s['beta']:g} | {s['rpo_alpha']:g} | "
-                     f"{'mean' if s['logp_average'] else 'Σ'} | {steps} | {s['prompt_format']} | "
+        spec = OBJECTIVES[s.get("objective", "dpo")]
+        objective = spec.name + (f" γ {s['simpo_gamma']:g}" if "simpo_gamma" in spec.settings else "")
+        average = s["logp_average"] if spec.average is None else spec.average
+        rpo = f"{s['rpo_alpha']:g}" if "rpo_alpha" in spec.settings else "—"
+        lines.append(f"| {r.name} | {objective} | {s['lr']:g} | {s['beta']:g} | {rpo} | "
+                     f"{'mean' if average else 'Σ'} | {steps} | {s['prompt_format']} | "
                      f"{pct(r.reward_chat.accuracy)} / {pct(r.reward_alpaca.accuracy)} | "
                      f"{r.reward_chat.chosen_logp:.2f} | {ret.policy.content_recall:.3f} ({pct(ret.kept)}) | "
                      f"{ret.policy.rouge_l:.3f} | {pct(ret.policy.stock_share)} | {ret.policy.loops} | "
@@ -466,6 +504,10 @@ def main() -> None:
               + (f"; per prompt kept more on {r.retention.better}, less on {r.retention.worse}")
               + (f"; embedded judge rule {v.rule}, validation {pct(v.accuracy)} [{pct(v.ci_low)}, {pct(v.ci_high)}]"
                  if v else ""))
+    if rows:
+        for side, a in data_ceiling(rows[0].answers, data[split]).items():
+            print(f"the seed's {side} answers against the reference's, same judge: {pct(a.rate)} [{pct(a.ci_low)}, "
+                  f"{pct(a.ci_high)}] ({a.wins} W / {a.ties} T / {a.losses} L), equal length {pct(a.equal_length)}")
     good = [r for r in rows if not meets(r)]
     if good and not args.final:
         best = max(good, key=lambda r: (r.retention.kept or 0) + r.axis.rate)
