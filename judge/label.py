@@ -271,6 +271,30 @@ def summarize(log: LabelLog, output: str | Path, rater: str, items: list[Item], 
                        agreement=rater_agreement(log), consistency=self_consistency(log), input_agreement=checked)
 
 
+def run_session(output: str | Path, read_log: Callable[[Path], Any], rewrite: Callable[[Any, str | Path], Any],
+                session_for: Callable[[Any, LabelWriter], Any], screen: Callable[[Any], Any], play: Play | None,
+                dropped: dict[str, int]) -> tuple[Any, str, str]:
+    """One labelling session into ``output``, pairs or thumbs alike: under the output's lock, the log read and the
+    output rebuilt from it (a run killed between a label and its row is caught up), the screen played until done or
+    quit, and the output rebuilt again. Returns the log, the status and the reason (what is left, what was dropped)."""
+    path = log_path(output)
+    with Lock(output):
+        log = read_log(path)
+        rewrite(log, output)
+        with LabelWriter(path, log) as writer:
+            session = session_for(log, writer)
+            if not session.finished:
+                asyncio.run((play or play_in_terminal)(screen(session)))
+            done, total = session.counts()
+        log = read_log(path)
+        rewrite(log, output)
+    status, reason = ("complete", "") if done == total else \
+        ("interrupted", f"{total - done} of {total} left; run the same command again to resume")
+    notes = [reason] if reason else []
+    notes += [f"input: {n} dropped ({why})" for why, n in dropped.items()]
+    return log, status, "; ".join(notes)
+
+
 def label(cfg: LabelConfig, console: Any = None, play: Play | None = None) -> LabelResult:
     """Label ``cfg.source`` into ``cfg.output`` (``cfg.import_labels``: import instead); see the module docstring.
     ``play`` runs the screen (default: this terminal; tests drive it headless)."""
@@ -283,22 +307,13 @@ def label(cfg: LabelConfig, console: Any = None, play: Play | None = None) -> La
         return import_into(cfg)
     items, report = load_items(cfg.source, max_pairs=cfg.max_pairs, seed=cfg.seed, limit=cfg.limit)
     path = log_path(cfg.output)
-    with Lock(cfg.output):
-        log = LabelLog.read(path)
-        write_pairs(log, cfg.output)   # a run killed between a label and its pair is caught up here
-        with LabelWriter(path, log) as writer:
-            session = Session(plan(items, cfg.seed, cfg.repeats), log, writer, cfg.who, cfg.seed,
-                              on_label=lambda item, label, undone: keep_pairs(path, cfg.output, item, label, undone))
-            if not session.finished:
-                asyncio.run((play or play_in_terminal)(screen_for(session, "prefloop label")))
-            done, total = session.counts()
-        log = LabelLog.read(path)
-        write_pairs(log, cfg.output)
-    status, reason = ("complete", "") if done == total else \
-        ("interrupted", f"{total - done} of {total} left; run the same command again to resume")
-    notes = [reason] if reason else []
-    notes += [f"input: {n} dropped ({why})" for why, n in report.dropped.items()]
-    result = summarize(log, cfg.output, cfg.who, items, status, "; ".join(notes))
+    log, status, reason = run_session(
+        cfg.output, LabelLog.read, write_pairs,
+        lambda log, writer: Session(plan(items, cfg.seed, cfg.repeats), log, writer, cfg.who, cfg.seed,
+                                    on_label=lambda item, lab, undone: keep_pairs(path, cfg.output, item, lab,
+                                                                                  undone)),
+        lambda session: screen_for(session, "prefloop label"), play, report.dropped)
+    result = summarize(log, cfg.output, cfg.who, items, status, reason)
     save(result)
     return result
 

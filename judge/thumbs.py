@@ -18,7 +18,6 @@ Log events, beside ``judge.labels``' (a log holds one mode or the other, never b
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -26,10 +25,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from judge.config import LabelConfig
-from judge.label import (LabelResult, NeedsTerminal, Play, Session, log_path, now_iso, plan, play_in_terminal, save,
+from judge.label import (LabelResult, NeedsTerminal, Play, Session, log_path, now_iso, plan, run_session, save,
                          shown_prompt)
-from judge.labels import LabelLog, LabelWriter, rater_agreement, self_consistency
-from prefloop.files import Lock
+from judge.labels import LabelLog, rater_agreement, self_consistency
 from prefloop.jsonl import JsonlAppender, iter_jsonl, write_jsonl
 from prefloop.records import LabelledRecord, Prompt, RecordError, stable_id
 from prefloop.sources import DataError, LoadReport, iter_rows, to_labelled
@@ -276,23 +274,13 @@ def label_thumbs(cfg: LabelConfig, play: Play | None = None) -> ThumbsResult:
     """Mark each answer in ``cfg.source`` up or down into ``cfg.output``; see the module docstring."""
     answers, report = load_answers(cfg.source, limit=cfg.limit)
     path = log_path(cfg.output)
-    with Lock(cfg.output):
-        log = ThumbLog.read(path)
-        write_labelled(log, cfg.output)   # a run killed between a label and its row is caught up here
-        with LabelWriter(path, log) as writer:
-            slots = plan(answers, cfg.seed, cfg.repeats)  # type: ignore[arg-type]  (plan reads only ids)
-            session = ThumbSession(slots, log, writer, cfg.who, cfg.seed, heading="answer {n} of {total}",
-                                   on_label=lambda a, t, undone: keep_labelled(path, cfg.output, a, t, undone))
-            if not session.finished:
-                asyncio.run((play or play_in_terminal)(screen_for(session)))
-            done, total = session.counts()
-        log = ThumbLog.read(path)
-        write_labelled(log, cfg.output)
-    status, reason = ("complete", "") if done == total else \
-        ("interrupted", f"{total - done} of {total} left; run the same command again to resume")
-    notes = [reason] if reason else []
-    notes += [f"input: {n} dropped ({why})" for why, n in report.dropped.items()]
-    result = summarize(log, cfg.output, cfg.who, answers, status, "; ".join(notes))
+    slots = plan(answers, cfg.seed, cfg.repeats)  # type: ignore[arg-type]  (plan reads only ids)
+    log, status, reason = run_session(
+        cfg.output, ThumbLog.read, write_labelled,
+        lambda log, writer: ThumbSession(slots, log, writer, cfg.who, cfg.seed, heading="answer {n} of {total}",
+                                         on_label=lambda a, t, undone: keep_labelled(path, cfg.output, a, t, undone)),
+        screen_for, play, report.dropped)
+    result = summarize(log, cfg.output, cfg.who, answers, status, reason)
     save(result)
     return result
 
