@@ -44,19 +44,27 @@ NO_CANDIDATES = "A or B was not among the top alternatives at the verdict token"
 log = logging.getLogger("prefloop.judge")
 
 
-class LogprobJudge:
-    """A ``LocalClient`` judged by token probabilities (see the module docstring)."""
+class _LogoddsJudge:
+    """A client whose verdicts carry log-odds: cached apart from its plain verdicts (``+logodds`` in its spec);
+    preflight and close are the client's."""
 
     def __init__(self, client: Any):
         self.client = client
         self.spec = f"{client.spec}+logodds"
-        self._lock: asyncio.Lock | None = None
 
     async def preflight(self) -> None:
         await self.client.preflight()
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+class LogprobJudge(_LogoddsJudge):
+    """A ``LocalClient`` judged by token probabilities (see the module docstring)."""
+
+    def __init__(self, client: Any):
+        super().__init__(client)
+        self._lock: asyncio.Lock | None = None
 
     async def chat(self, messages: list[dict[str, str]], *, schema: dict[str, Any] | None = None,
                    options: GenOptions | None = None) -> ChatReply:
@@ -143,28 +151,21 @@ def verdict_logodds(tokens: list[dict[str, Any]] | None) -> tuple[float | None, 
     return _logsumexp(by_label["A"]) - _logsumexp(by_label["B"]), ""
 
 
-class ServedLogprobJudge:
+class ServedLogprobJudge(_LogoddsJudge):
     """A served judge (``OllamaClient``, ``OpenAIClient``) whose verdicts carry log-odds read from the token
     log-probabilities of the same reply (see the module docstring); every other attribute is the client's.
 
     ``with_logodds`` / ``without`` count the replies with and without them; ``why`` keeps the last reason."""
 
     def __init__(self, client: Any, top_logprobs: int = TOP_LOGPROBS):
-        self.client = client
+        super().__init__(client)
         client.top_logprobs = top_logprobs
-        self.spec = f"{client.spec}+logodds"
         self.with_logodds = 0
         self.without = 0
         self.why = ""
 
     def __getattr__(self, name: str) -> Any:  # stats, capacity, facts, complete, hosts: the client's own
         return getattr(self.__dict__["client"], name)
-
-    async def preflight(self) -> None:
-        await self.client.preflight()
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
 
     async def chat(self, messages: list[dict[str, str]], *, schema: dict[str, Any] | None = None,
                    options: GenOptions | None = None) -> ChatReply:
