@@ -56,7 +56,27 @@ class Deck(Protocol):
         """One line: done / total, pace, time left."""
 
 
-class CompareApp(App[str]):
+class DeckApp(App[str]):
+    """A labelling screen over a ``Deck``: the keys the pairwise and thumbs screens share (undo, quit); each
+    subclass lays out what is shown (``_show``) and what choosing means."""
+
+    def __init__(self, deck: Deck, title: str):
+        super().__init__()
+        self.deck, self.title = deck, title
+
+    def _show(self) -> None:
+        raise NotImplementedError
+
+    def action_undo(self) -> None:
+        if not self.deck.undo():
+            self.notify("nothing to undo")
+        self._show()
+
+    def action_leave(self) -> None:
+        self.exit("quit")
+
+
+class CompareApp(DeckApp):
     """The screen. It exits with ``"done"`` when the deck runs out and ``"quit"`` when the person leaves."""
 
     CSS = """
@@ -77,8 +97,8 @@ class CompareApp(App[str]):
     ]
 
     def __init__(self, deck: Deck, title: str = "which answer is better?", allow_tie: bool = True):
-        super().__init__()
-        self.deck, self.title, self.allow_tie = deck, title, allow_tie
+        super().__init__(deck, title)
+        self.allow_tie = allow_tie
 
     def compose(self) -> ComposeResult:
         yield Static(id="progress")
@@ -121,14 +141,6 @@ class CompareApp(App[str]):
         self.deck.choose(choice)
         self._show()
 
-    def action_undo(self) -> None:
-        if not self.deck.undo():
-            self.notify("nothing to undo")
-        self._show()
-
-    def action_leave(self) -> None:
-        self.exit("quit")
-
 
 @dataclass(frozen=True)
 class ShownOne:
@@ -143,7 +155,7 @@ class ShownOne:
 THUMBS = {"up": "good (desirable)", "down": "bad (undesirable)", "skip": "skip"}
 
 
-class ThumbsApp(App[str]):
+class ThumbsApp(DeckApp):
     """The thumbs screen: the prompt and one answer; each key goes straight to the deck (``choose`` with ``up``,
     ``down`` or ``skip``; ``undo``), as in ``CompareApp``. Exits with ``"done"`` or ``"quit"``."""
 
@@ -161,8 +173,7 @@ class ThumbsApp(App[str]):
     ]
 
     def __init__(self, deck: Deck, title: str = "is this answer good?"):
-        super().__init__()
-        self.deck, self.title = deck, title
+        super().__init__(deck, title)
 
     def compose(self) -> ComposeResult:
         yield Static(id="progress")
@@ -193,11 +204,3 @@ class ThumbsApp(App[str]):
     def action_choose(self, choice: str) -> None:
         self.deck.choose(choice)
         self._show()
-
-    def action_undo(self) -> None:
-        if not self.deck.undo():
-            self.notify("nothing to undo")
-        self._show()
-
-    def action_leave(self) -> None:
-        self.exit("quit")
