@@ -290,40 +290,46 @@ def to_prompt(src: str, line: int, row: Any) -> PromptRecord:
     return PromptRecord(id=rid, prompt=prompt, known_good=known_good, meta=meta)
 
 
-R = TypeVar("R", PreferenceRecord, PromptRecord)
+R = TypeVar("R", PreferenceRecord, PromptRecord, LabelledRecord)
 
 
-def _load(source: str | Path, parse: Callable[[str, int, Any], R], *, skip_bad: bool,
-          drop: Callable[[R], str | None], duplicate: str) -> tuple[list[R], LoadReport]:
-    """Parse every row; bad ones are collected (``DataError`` unless ``skip_bad``), ``drop(record)`` names a
-    reason to leave a record out (counted). A repeated id with the same content is a ``duplicate``, dropped and
-    counted with its lines named; a repeated id with other content is a bad record (an ``id`` column that is a
-    category would otherwise lose every row but the first)."""
+def _load(source: str | Path, parse: Callable[[str, int, Any], R | list[R]], *, skip_bad: bool,
+          drop: Callable[[R], str | None], duplicate: str, empty: str = "") -> tuple[list[R], LoadReport]:
+    """Parse every row (into one record, or a list of them: ``empty`` names why a row gave none); bad ones are
+    collected (``DataError`` unless ``skip_bad``), ``drop(record)`` names a reason to leave a record out
+    (counted). A repeated id with the same content is a ``duplicate``, dropped and counted with its lines named; a
+    repeated id with other content is a bad record (an ``id`` column that is a category would otherwise lose every
+    row but the first)."""
     report = LoadReport(source=str(source))
     records: list[R] = []
     seen: dict[str, tuple[int, str]] = {}   # id -> (line, content digest) of its first row
     named: list[str] = []
     for src, line, row in iter_rows(source):
         try:
-            rec = parse(src, line, row)
+            parsed = parse(src, line, row)
         except RecordError as err:
             report.errors.append(err)
             continue
-        content = stable_id(rec.prompt, getattr(rec, "chosen", None), getattr(rec, "rejected", None))
-        first = seen.get(rec.id)
-        if first is not None and first[1] != content:
-            report.errors.append(RecordError(src, line, "id", f"{rec.id!r} is also the id of line {first[0]}, "
-                                             "whose content differs; give each row its own id, or remove the "
-                                             "'id' column to derive ids from the content"))
-            continue
-        why = drop(rec) or (duplicate if first is not None else None)
-        if why:
-            report.dropped[why] += 1
-            if first is not None:
-                named.append(f"line {line} repeats line {first[0]} (id {rec.id!r})")
-            continue
-        seen[rec.id] = (line, content)
-        records.append(rec)
+        parsed = parsed if isinstance(parsed, list) else [parsed]
+        if not parsed:
+            report.dropped[empty] += 1
+        for rec in parsed:
+            content = stable_id(rec.prompt, *(getattr(rec, f, None) for f in ("chosen", "rejected", "completion",
+                                                                                "label")))
+            first = seen.get(rec.id)
+            if first is not None and first[1] != content:
+                report.errors.append(RecordError(src, line, "id", f"{rec.id!r} is also the id of line {first[0]}, "
+                                                 "whose content differs; give each row its own id, or remove the "
+                                                 "'id' column to derive ids from the content"))
+                continue
+            why = drop(rec) or (duplicate if first is not None else None)
+            if why:
+                report.dropped[why] += 1
+                if first is not None:
+                    named.append(f"line {line} repeats line {first[0]} (id {rec.id!r})")
+                continue
+            seen[rec.id] = (line, content)
+            records.append(rec)
     if named:
         n = report.dropped.pop(duplicate)
         report.dropped[f"{duplicate}: " + "; ".join(named[:5]) + (" …" if len(named) > 5 else "")] = n
@@ -392,28 +398,10 @@ def to_labelled(src: str, line: int, row: Any) -> list[LabelledRecord]:
 
 def load_labelled(source: str | Path, *, skip_bad: bool = False) -> tuple[list[LabelledRecord], LoadReport]:
     """Load single answers with desirable/undesirable labels; preference pairs in the same source count as one
-    of each. Bad rows raise ``DataError`` (file, line, field) unless ``skip_bad``; repeated ids are dropped."""
-    report = LoadReport(source=str(source))
-    records: list[LabelledRecord] = []
-    seen: set[str] = set()
-    for src, line, row in iter_rows(source):
-        try:
-            parsed = to_labelled(src, line, row)
-        except RecordError as err:
-            report.errors.append(err)
-            continue
-        if not parsed:
-            report.dropped["chosen identical to rejected"] += 1
-        for rec in parsed:
-            if rec.id in seen:
-                report.dropped["duplicate id"] += 1
-                continue
-            seen.add(rec.id)
-            records.append(rec)
-    report.kept = len(records)
-    if report.errors and not skip_bad:
-        raise DataError(report.errors)
-    return records, report
+    of each. Bad rows raise ``DataError`` (file, line, field) unless ``skip_bad``; repeated ids follow ``_load``'s
+    rule, as for prompts and pairs."""
+    return _load(source, to_labelled, skip_bad=skip_bad, drop=lambda r: None, duplicate="duplicate id",
+                 empty="chosen identical to rejected")
 
 
 def preference_to_prompt(rec: PreferenceRecord) -> PromptRecord:

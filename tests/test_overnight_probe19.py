@@ -104,6 +104,31 @@ def test_a_repeated_id_with_the_same_text_is_a_duplicate_named_in_the_report(tmp
     assert "line 3" in report.summary() and "'a'" in report.summary()
 
 
+def test_labelled_answers_follow_the_same_id_rule(tmp_path: Path) -> None:
+    """KTO's labelled rows (and pairs split into them) load by the same rule as prompts and pairs: a category-like
+    id is an error naming the lines, a true repeat is a duplicate named in the report."""
+    import pytest
+
+    from prefloop.sources import DataError, load_labelled
+
+    src = tmp_path / "labelled.jsonl"
+    rows = [{"id": "good", "prompt": f"Q{i}?", "completion": f"A{i}.", "label": True} for i in range(4)]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError) as err:
+        load_labelled(src)
+    text = str(err.value)
+    assert f"{src}:2: field 'id'" in text and "line 1" in text and f"{src}:4:" in text
+
+    rows = [{"id": "a", "prompt": "Hi?", "completion": "Hello.", "label": True},
+            {"id": "p", "prompt": "Bye?", "chosen": "Goodbye, friend.", "rejected": "Go away."},
+            {"id": "a", "prompt": "Hi?", "completion": "Hello.", "label": True}]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    records, report = load_labelled(src)
+    assert [r.id for r in records] == ["a", "p/chosen", "p/rejected"]
+    assert sum(report.dropped.values()) == 1
+    assert "line 3" in report.summary() and "'a'" in report.summary()
+
+
 # 7. [label] is a section ---------------------------------------------------------------------------------------
 def test_the_sections_a_config_may_hold_are_the_declared_ones(tmp_path: Path, capsys) -> None:
     import dataclasses
