@@ -37,6 +37,7 @@ from prefloop.config import ConfigError, fingerprinted
 from prefloop.files import atomic_write_json
 from prefloop.fingerprint import file_hash, model_identity
 from prefloop.jsonl import write_jsonl
+from prefloop.report import pct
 
 
 def round_paths(run_dir: Path, k: int) -> RunPaths:
@@ -271,13 +272,9 @@ def curve(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{value:.0%}"
-
-
 def _rate(cell: list[float | None]) -> str:
     rate, low, high = (list(cell) + [None, None, None])[:3]
-    return "—" if rate is None else f"{rate:.0%} [{_pct(low)}, {_pct(high)}]"
+    return "—" if rate is None else f"{pct(rate, 0)} [{pct(low, 0)}, {pct(high, 0)}]"
 
 
 def plot_curve(rows: list[dict[str, Any]], out_path: Path) -> Path:
@@ -317,8 +314,8 @@ def add_rounds_section(report: Any, run_dir: Path, plots: Path) -> None:
                      + stopped)
     report.table([{"round": r["round"], "win rate vs SFT": _rate(r["vs_sft"]),
                    "vs previous round": _rate(r["vs_previous"]),
-                   "reward accuracy": _pct(r.get("reward_accuracy")), "content kept": _pct(r["kept"]),
-                   "stock opening": _pct(r["stock_share"]), "loops": r["loops"],
+                   "reward accuracy": pct(r.get("reward_accuracy"), 0), "content kept": pct(r["kept"], 0),
+                   "stock opening": pct(r["stock_share"], 0), "loops": r["loops"],
                    "mean length (chars)": None if r["mean_chars"] is None else round(r["mean_chars"]),
                    "pairs": r["pairs"]} for r in rows],
                  caption="each round on the same held-out prompts, 95 % intervals")
