@@ -40,8 +40,9 @@ from train import SEED_PAIRS, SETTINGS, bench_model_dir, our_config, peak_rss_mi
 OWN = {"simpo": dict(beta=2.0, simpo_gamma=0.5), "orpo": dict(beta=0.1), "kto": dict(beta=0.1)}
 
 
-def our_rows(objective: str, model_dir: str, steps: int) -> list[dict]:
-    """The rows of our first ``steps`` batches, in the order our loop draws them, as TRL's dataset rows."""
+def our_rows(objective: str, model_dir: str, steps: int) -> tuple[list[dict], dict]:
+    """The rows of our first ``steps`` batches, in the order our loop draws them, as TRL's dataset rows; and the
+    model work of those batches on each side (``work``)."""
     from transformers import AutoTokenizer
 
     from trainer.loop import _tokenize
@@ -53,17 +54,38 @@ def our_rows(objective: str, model_dir: str, steps: int) -> list[dict]:
     examples, _ = _tokenize(AutoTokenizer.from_pretrained(model_dir), train_items, cfg)
     by_id = {it.id: it for it in train_items}
     rows: list[dict] = []
+    batches = []
     epoch = 0
-    while len(rows) < steps * cfg.batch_size:
+    while len(batches) < steps:
         for b in epoch_batches(examples, cfg.batch_size, seed=cfg.seed, epoch=epoch):
-            if len(b) == cfg.batch_size and len(rows) < steps * cfg.batch_size:
+            if len(b) == cfg.batch_size and len(batches) < steps:
+                batches.append([examples[i] for i in b])
                 for i in b:
                     it = by_id[examples[i].id]
                     rows.append({"prompt": it.prompt, "completion": it.completions[0], "label": bool(it.label)}
                                 if objective == "kto" else
                                 {"prompt": it.prompt, "chosen": it.completions[0], "rejected": it.completions[1]})
         epoch += 1
-    return rows
+    return rows, work(objective, batches)
+
+
+def work(objective: str, batches: list[list]) -> dict:
+    """Token positions through the model over the steps, in forward-pass units (a backward costs two), padding
+    included: ours (packed rows, the prompt once, SimPO/ORPO/DPO with no reference forward in the steps), and TRL's
+    (each sequence padded to the batch's longest: CPO/ORPO one trained forward of prompt+chosen and prompt+rejected;
+    KTO a trained forward of the labelled rows, a KL forward of mismatched rows without gradient, and both again
+    through the reference). The ratio of the two bounds how much faster ours can be at equal efficiency."""
+    ours = theirs = 0
+    for b in batches:
+        ours += 3 * len(b) * max(ex.packed_length() for ex in b)
+        seqs = [[len(ex.prompt_ids) + len(c) for c in ex.completions] for ex in b]
+        if objective == "kto":  # ours packs [prompt | answer | mismatched answer]: TRL's KL rows are the mismatched
+            main = len(b) * max(s[0] for s in seqs)
+            kl = len(b) * max(s[1] for s in seqs)
+            theirs += 3 * main + kl + main + kl
+        else:
+            theirs += 3 * 2 * len(b) * max(max(s) for s in seqs)
+    return {"ours": ours, "trl": theirs}
 
 
 def side_ours(objective: str, model_dir: str, steps: int, workdir: str) -> dict:
@@ -181,7 +203,8 @@ def main() -> None:
     model_dir = bench_model_dir(a.model)
     with tempfile.TemporaryDirectory() as tmp:
         order_file = str(Path(tmp) / "order.json")
-        Path(order_file).write_text(json.dumps(our_rows(a.objective, model_dir, a.steps)))
+        rows, units = our_rows(a.objective, model_dir, a.steps)
+        Path(order_file).write_text(json.dumps(rows))
         ours = child("ours", a.objective, model_dir, a.steps, order_file)
         theirs = None
         if not a.no_trl:
@@ -192,6 +215,9 @@ def main() -> None:
                 print("trl is not installed: ours only (pip install 'prefloop[bench]')")
     print(f"{a.objective}, {a.steps} steps, batch {SETTINGS['batch_size']}, max length {SETTINGS['max_length']}, "
           f"fp32, model {a.model}; load {os.getloadavg()[0]:.2f} (1 min) at the end")
+
+    print(f"  model work (token positions x passes, padding included): ours {units['ours']:,}, TRL {units['trl']:,}: "
+          f"{units['trl'] / units['ours']:.2f}x more on TRL's side")
 
     def line(name: str, r: dict) -> str:
         return (f"  {name:<5} {r['tokens_per_s']:7,.0f} tok/s (steady {r['steady_tokens_per_s']:7,.0f}, per CPU-s "
