@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train import SEED_PAIRS, SETTINGS, bench_model_dir, our_config, peak_rss_mib, step_figures  # noqa: E402
+from train import SETTINGS, bench_model_dir, our_config, peak_rss_mib, step_figures  # noqa: E402
 
 OWN = {"simpo": dict(beta=2.0, simpo_gamma=0.5), "orpo": dict(beta=0.1), "kto": dict(beta=0.1)}
 
