@@ -12,6 +12,11 @@ differ slightly; the work per step is the same.
 
     .venv/bin/python bench/objectives.py --objective simpo --steps 20
     .venv/bin/python bench/objectives.py --objective kto --steps 20 --no-trl
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python bench/objectives.py --objective orpo   # busy machine
+
+On a machine shared with other work, run both sides with one thread: with two threads on two busy cores every
+parallel operation waits for a descheduled thread, and the figures swing by 3x from run to run (SimPO once read
+1.2x, ORPO 0.75x); with one thread each side's CPU time is its own and the ratios repeat within a few per cent.
 
 tokens: prompt + completion per scored sequence, as TRL counts them (KTO: the labelled answer, not the
 mismatched one), the same rows on both sides, so both sides count the same tokens (checked, printed).
