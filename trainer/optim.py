@@ -8,33 +8,15 @@ from typing import Any
 import torch
 
 
-FUSED_DEVICES = ("cpu", "cuda")
-
-
-def fusable(params: list[torch.Tensor]) -> bool:
-    """Whether torch's fused AdamW kernel takes these weights: plain floating tensors on a CPU or CUDA device (not
-    FSDP2's DTensor shards, which keep the per-weight path)."""
-    return all(type(p) in (torch.Tensor, torch.nn.Parameter) and p.device.type in FUSED_DEVICES
-               and p.is_floating_point() for p in params)
-
-
-def make_optimizer(model: Any, lr: float, weight_decay: float, *, fused: bool | None = None) -> torch.optim.AdamW:
-    """AdamW (β1 0.9, β2 0.999, ε 1e-8) over trainable weights; biases and norms get no weight decay.
-
-    ``fused`` (default: wherever ``fusable``): one kernel updates every weight, as Hugging Face's Trainer does by
-    default, instead of about ten tensor operations per weight. On a CPU each of those operations is a parallel
-    region whose threads must all finish: on the bench Llama the per-weight step takes 58 ms against 10 fused with
-    one thread, and over a second against 60 ms with two threads on two busy cores. ``fused=False`` is the
-    plain per-weight reference (tests check both give the same weights)."""
+def make_optimizer(model: Any, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW (β1 0.9, β2 0.999, ε 1e-8) over trainable weights; biases and norms get no weight decay."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if fused is None:
-        fused = fusable(decay + no_decay)
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
 
 
 def lr_factor(step: int, *, warmup: int, total: int, schedule: str) -> float:
