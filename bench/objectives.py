@@ -2,15 +2,27 @@
 
 Same setup as bench/train.py (the tiny bench Llama, the seed pairs, batch 8, max length 256, fp32, lr 5e-6
 constant), each side in its own process so its peak RSS is its own. TRL: CPOTrainer with loss_type="simpo" and
-cpo_alpha=0 (pure SimPO), ORPOTrainer, KTOTrainer on the pairs unpaired (one desirable and one undesirable row
-each, as ours reads them). SimPO and ORPO sides are given our batches in our order (the loss sequences should
-agree, up to ORPO's NLL, which TRL also takes over the prompt tokens); KTO's batches differ in composition
-(unpaired rows), so only speed and memory compare.
+cpo_alpha=0 (pure SimPO), ORPOTrainer, KTOTrainer (defaults otherwise, as TRL documents them: fused AdamW, no
+precomputed reference for KTO). Both sides train on the same rows in the same order: TRL is given the rows of our
+batches as our loop draws them (``train_sampling_strategy="sequential"``): pairs for SimPO and ORPO (the loss
+sequences then agree, up to ORPO's NLL, which TRL also takes over the prompt tokens), and for KTO our labelled
+rows (each pair split into a desirable and an undesirable answer). KTO's mismatched answers for z₀ are each
+side's own (TRL: the batch's completions shifted by one; ours: the next item with another prompt), so its losses
+differ slightly; the work per step is the same.
 
     .venv/bin/python bench/objectives.py --objective simpo --steps 20
     .venv/bin/python bench/objectives.py --objective kto --steps 20 --no-trl
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python bench/objectives.py --objective orpo   # busy machine
 
-tokens/s: tokens as TRL counts them (non-pad prompt+completion tokens per sequence) over time inside steps.
+On a machine shared with other work, run both sides with one thread: with two threads on two busy cores every
+parallel operation waits for a descheduled thread, and the figures swing by 3x from run to run (SimPO once read
+1.2x, ORPO 0.75x); with one thread each side's CPU time is its own and the ratios repeat within a few per cent.
+
+tokens: prompt + completion per scored sequence, as TRL counts them (KTO: the labelled answer, not the
+mismatched one), the same rows on both sides, so both sides count the same tokens (checked, printed).
+tokens/s: those tokens over the time inside steps (TRL: on_step_begin to on_step_end); "steady": the second half
+of the steps (a short run's warm-up shows in the first figure, not in this one); per CPU-second: the same tokens
+over the process's CPU time in steps (less noisy on a shared machine).
 prepare: our time before the first step (the reference pass: none for SimPO and ORPO).
 """
 
@@ -28,26 +40,74 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train import SEED_PAIRS, SETTINGS, batch_order, bench_model_dir, peak_rss_mib  # noqa: E402
+from train import SETTINGS, bench_model_dir, our_config, peak_rss_mib, step_figures  # noqa: E402
 
 OWN = {"simpo": dict(beta=2.0, simpo_gamma=0.5), "orpo": dict(beta=0.1), "kto": dict(beta=0.1)}
+
+
+def our_rows(objective: str, model_dir: str, steps: int) -> tuple[list[dict], dict]:
+    """The rows of our first ``steps`` batches, in the order our loop draws them, as TRL's dataset rows; and the
+    model work of those batches on each side (``work``)."""
+    from transformers import AutoTokenizer
+
+    from trainer.loop import _tokenize
+    from trainer.objectives import spec
+    from trainer.packing import epoch_batches
+
+    cfg = our_config(model_dir, "unused", steps, objective=objective, **OWN[objective])
+    train_items, _, _ = spec(objective).build(cfg).load(cfg)
+    examples, _ = _tokenize(AutoTokenizer.from_pretrained(model_dir), train_items, cfg)
+    by_id = {it.id: it for it in train_items}
+    rows: list[dict] = []
+    batches = []
+    epoch = 0
+    while len(batches) < steps:
+        for b in epoch_batches(examples, cfg.batch_size, seed=cfg.seed, epoch=epoch):
+            if len(b) == cfg.batch_size and len(batches) < steps:
+                batches.append([examples[i] for i in b])
+                for i in b:
+                    it = by_id[examples[i].id]
+                    rows.append({"prompt": it.prompt, "completion": it.completions[0], "label": bool(it.label)}
+                                if objective == "kto" else
+                                {"prompt": it.prompt, "chosen": it.completions[0], "rejected": it.completions[1]})
+        epoch += 1
+    return rows, work(objective, batches)
+
+
+def work(objective: str, batches: list[list]) -> dict:
+    """Token positions through the model over the steps, in forward-pass units (a backward costs two), padding
+    included: ours (packed rows, the prompt once, SimPO/ORPO/DPO with no reference forward in the steps), and TRL's
+    (each sequence padded to the batch's longest: CPO/ORPO one trained forward of prompt+chosen and prompt+rejected;
+    KTO a trained forward of the labelled rows, a KL forward of mismatched rows without gradient, and both again
+    through the reference). The ratio of the two bounds how much faster ours can be at equal efficiency."""
+    ours = theirs = 0
+    for b in batches:
+        ours += 3 * len(b) * max(ex.packed_length() for ex in b)
+        seqs = [[len(ex.prompt_ids) + len(c) for c in ex.completions] for ex in b]
+        if objective == "kto":  # ours packs [prompt | answer | mismatched answer]: TRL's KL rows are the mismatched
+            main = len(b) * max(s[0] for s in seqs)
+            kl = len(b) * max(s[1] for s in seqs)
+            theirs += 3 * main + kl + main + kl
+        else:
+            theirs += 3 * 2 * len(b) * max(max(s) for s in seqs)
+    return {"ours": ours, "trl": theirs}
 
 
 def side_ours(objective: str, model_dir: str, steps: int, workdir: str) -> dict:
     from rich.console import Console
 
     from prefloop.jsonl import read_jsonl
-    from trainer.config import TrainConfig
     from trainer.train import train
 
     os.environ["PREFLOOP_CACHE"] = str(Path(workdir) / "cache")  # cold cache: the reference pass is counted
-    cfg = TrainConfig(model=model_dir, data=str(SEED_PAIRS), output_dir=str(Path(workdir) / "run"), dtype="fp32",
-                      schedule="constant", max_steps=steps, live=False, objective=objective,
-                      **{**SETTINGS, **OWN[objective]})
+    cfg = our_config(model_dir, str(Path(workdir) / "run"), steps, objective=objective, **OWN[objective])
     result = train(cfg, Console(stderr=True))
     rows = [r for r in read_jsonl(result.metrics_path) if r["split"] == "train"]
-    return {"tokens_per_s": result.tokens_per_second, "prepare_s": result.prepare_seconds,
-            "loop_s": result.loop_seconds, "losses": [r["loss"] for r in rows], "peak_rss_mib": peak_rss_mib()}
+    step_tokens = [float(r["tokens"] - (rows[i - 1]["tokens"] if i else 0)) for i, r in enumerate(rows)]
+    return {"tokens_per_s": result.tokens_per_second, "prepare_s": result.prepare_seconds, "tokens": result.train_tokens,
+            "loop_s": result.loop_seconds, "cpu_tokens_per_s": result.train_tokens / result.loop_cpu_seconds,
+            "losses": [r["loss"] for r in rows], "peak_rss_mib": peak_rss_mib(),
+            **step_figures(step_tokens, [t / r["tokens/s"] for t, r in zip(step_tokens, rows)])}
 
 
 def side_trl(objective: str, model_dir: str, steps: int, order_file: str) -> dict:
@@ -55,26 +115,20 @@ def side_trl(objective: str, model_dir: str, steps: int, order_file: str) -> dic
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-    from prefloop.sources import load_preferences
-
-    records, _ = load_preferences(SEED_PAIRS)
-    by_id = {r.id: r for r in records}
-    order = json.loads(Path(order_file).read_text())
-    rows = [by_id[i] for batch in order for i in batch]
-    if objective == "kto":
-        ds = Dataset.from_list([{"prompt": r.prompt, "completion": c, "label": good}
-                                for r in rows for c, good in ((r.chosen, True), (r.rejected, False))])
-    else:
-        ds = Dataset.from_list([{"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected} for r in rows])
+    ds = Dataset.from_list(json.loads(Path(order_file).read_text()))
 
     class StepTimer(TrainerCallback):
-        total, t0 = 0.0, 0.0
+        def __init__(self) -> None:
+            self.total, self.t0, self.cpu, self.c0 = 0.0, 0.0, 0.0, 0.0
+            self.steps: list[float] = []
 
         def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001
-            self.t0 = time.perf_counter()
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
-            self.total += time.perf_counter() - self.t0
+            self.steps.append(time.perf_counter() - self.t0)
+            self.total += self.steps[-1]
+            self.cpu += time.process_time() - self.c0
 
     timer = StepTimer()
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -103,14 +157,19 @@ def side_trl(objective: str, model_dir: str, steps: int, order_file: str) -> dic
             trainer = KTOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[timer])
         trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
-    tokens = dataset_tokens(trainer.train_dataset, steps * SETTINGS["batch_size"])
+    per_step = [dataset_tokens(trainer.train_dataset, i * SETTINGS["batch_size"], SETTINGS["batch_size"])
+                for i in range(steps)]
+    tokens = sum(per_step)
     return {"tokens_per_s": tokens / timer.total if timer.total else 0.0, "loop_s": timer.total, "tokens": tokens,
-            "losses": [h["loss"] for h in logs], "peak_rss_mib": peak_rss_mib()}
+            "cpu_tokens_per_s": tokens / timer.cpu, "losses": [h["loss"] for h in logs],
+            "peak_rss_mib": peak_rss_mib(), "optim": str(trainer.args.optim),
+            **step_figures([float(t) for t in per_step], timer.steps)}
 
 
-def dataset_tokens(ds, n: int) -> int:
-    """Prompt + completion tokens of the first ``n`` rows of TRL's tokenised set (drawn in order): TRL's count."""
-    rows = ds.select(range(min(n, len(ds))))
+def dataset_tokens(ds, start: int, n: int) -> int:
+    """Prompt + completion tokens of rows ``start:start+n`` of TRL's tokenised set (drawn in order): TRL's count
+    (KTOTrainer's own ``num_tokens``: its main batch's attention mask, not the KL batch)."""
+    rows = ds.select(range(start, min(start + n, len(ds))))
     if "chosen_input_ids" in ds.column_names:  # CPO/ORPO: prompt + answer per side
         return sum(len(c) + len(r) for c, r in zip(rows["chosen_input_ids"], rows["rejected_input_ids"]))
     return sum(len(p) + len(c) for p, c in zip(rows["prompt_ids"], rows["completion_ids"]))  # KTO
@@ -149,7 +208,8 @@ def main() -> None:
     model_dir = bench_model_dir(a.model)
     with tempfile.TemporaryDirectory() as tmp:
         order_file = str(Path(tmp) / "order.json")
-        Path(order_file).write_text(json.dumps(batch_order(model_dir, a.steps)))
+        rows, units = our_rows(a.objective, model_dir, a.steps)
+        Path(order_file).write_text(json.dumps(rows))
         ours = child("ours", a.objective, model_dir, a.steps, order_file)
         theirs = None
         if not a.no_trl:
@@ -159,14 +219,30 @@ def main() -> None:
             except ImportError:
                 print("trl is not installed: ours only (pip install 'prefloop[bench]')")
     print(f"{a.objective}, {a.steps} steps, batch {SETTINGS['batch_size']}, max length {SETTINGS['max_length']}, "
-          f"fp32, model {a.model}")
-    print(f"  ours: {ours['tokens_per_s']:8,.0f} tokens/s  peak RSS {ours['peak_rss_mib']:6,.0f} MiB  "
-          f"prepare {ours['prepare_s']:.2f} s  first losses {[round(x, 4) for x in ours['losses'][:3]]}")
+          f"fp32, model {a.model}; load {os.getloadavg()[0]:.2f} (1 min) at the end")
+
+    print(f"  model work (token positions x passes, padding included): ours {units['ours']:,}, TRL {units['trl']:,}: "
+          f"{units['trl'] / units['ours']:.2f}x more on TRL's side")
+
+    def line(name: str, r: dict) -> str:
+        return (f"  {name:<5} {r['tokens_per_s']:7,.0f} tok/s (steady {r['steady_tokens_per_s']:7,.0f}, per CPU-s "
+                f"{r['cpu_tokens_per_s']:6,.0f})  peak RSS {r['peak_rss_mib']:5,.0f} MiB  {r['tokens']:,.0f} tokens "
+                f"in {r['loop_s']:.1f} s")
+
+    print(line("ours", ours) + f"  prepare {ours['prepare_s']:.2f} s")
+    print(f"        first losses {[round(x, 4) for x in ours['losses'][:4]]}")
     if theirs:
-        print(f"  TRL:  {theirs['tokens_per_s']:8,.0f} tokens/s  peak RSS {theirs['peak_rss_mib']:6,.0f} MiB  "
-              f"             first losses {[round(x, 4) for x in theirs['losses'][:3]]}")
-        print(f"  ours / TRL: {ours['tokens_per_s'] / max(theirs['tokens_per_s'], 1e-9):.2f}x tokens/s, "
-              f"{ours['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}x peak RSS")
+        print(line("TRL", theirs) + f"  ({theirs['optim']})")
+        print(f"        first losses {[round(x, 4) for x in theirs['losses'][:4]]}")
+        same = "the same tokens" if ours["tokens"] == theirs["tokens"] else \
+            f"DIFFERENT token counts ({ours['tokens'] / theirs['tokens']:.3f}x)"
+        print(f"  ours / TRL: {ours['tokens_per_s'] / max(theirs['tokens_per_s'], 1e-9):.2f}x tokens/s "
+              f"(steady {ours['steady_tokens_per_s'] / max(theirs['steady_tokens_per_s'], 1e-9):.2f}x, per CPU-s "
+              f"{ours['cpu_tokens_per_s'] / theirs['cpu_tokens_per_s']:.2f}x), "
+              f"{ours['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}x peak RSS; {same}")
+        if ours["prepare_s"]:
+            print(f"  with our reference pass: "
+                  f"{ours['tokens'] / (ours['loop_s'] + ours['prepare_s']) / theirs['tokens_per_s']:.2f}x tokens/s")
 
 
 if __name__ == "__main__":

@@ -389,3 +389,26 @@ def test_a_whole_batch_objective_refuses_token_capped_pieces() -> None:
         TrainConfig(model="m", data="d.jsonl", objective="kto", max_tokens_per_batch=512)
     TrainConfig(model="m", data="d.jsonl", objective="dpo", max_tokens_per_batch=512)  # pieces sum exactly
     assert [s.name for s in OBJECTIVES.values() if s.whole_batch] == ["kto"]
+
+
+def test_kto_counts_the_labelled_answers_tokens_as_trl_does(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """tokens/s counts prompt + labelled answer per item (TRL's KTOTrainer: its main batch's attention mask), not
+    the mismatched answer that only estimates z₀: counting it would inflate KTO's speed against TRL's."""
+    from trainer.kto import KTOObjective
+    from trainer.loop import run
+
+    data = tmp_path / "labelled.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in labelled_rows()))
+    seen: list[int] = []
+
+    class Counting(KTOObjective):
+        def loss(self, policy, batch):
+            if policy.module.training:  # prompt (segment 0) and the labelled answer (segment 1) of each row
+                seen.append(int(((batch.segment == 0) | (batch.segment == 1)).sum()))
+            return super().loss(policy, batch)
+
+    cfg = TrainConfig(model=str(tiny_model_dir), data=str(data), objective="kto", batch_size=4, max_length=96,
+                      schedule="constant", max_steps=3, live=False, output_dir=str(tmp_path / "run"))
+    result = run(cfg, Counting(cfg), quiet())
+    assert len(seen) == 3 and result.train_tokens == sum(seen)
+    assert result.train_sequences == 3 * 4

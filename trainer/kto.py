@@ -38,6 +38,7 @@ def with_mismatched(items: list[TrainItem]) -> list[TrainItem]:
 
 class KTOObjective(Referenced):
     name = "kto"
+    counted = 1  # tokens/s counts the labelled answers; the mismatched ones only estimate z₀ (TRL's count too)
 
     def __init__(self, cfg: TrainConfig, ref_model: Any = None) -> None:
         super().__init__(cfg, ref_model)

@@ -79,6 +79,8 @@ class Objective:
     processes to the one-process values."""
 
     name = "objective"  # a key of trainer.objectives.OBJECTIVES: its declaration (data, reference, settings)
+    # completions of an item counted in tokens/s, as TRL counts them (None: all; KTO: the labelled answer only)
+    counted: int | None = None
 
     @property
     def spec(self) -> Spec:
@@ -390,7 +392,8 @@ def _run(cfg: TrainConfig, objective: Objective, console: Any, out: Path, dist: 
                 pieces = _pieces(dist, train_ex, idx, cfg.max_tokens_per_batch)
                 parts: dict[str, float] = {}  # each piece's loss and metrics are its part of the micro-batch's
                 for n, (rows, weight) in enumerate(pieces):
-                    batch = pack([train_ex[i] for i in rows], pad_id, share_of=[train_ex[i] for i in idx],
+                    mine = [train_ex[i] for i in rows]
+                    batch = pack(mine, pad_id, share_of=[train_ex[i] for i in idx],
                                  multiple_of=pad_multiple(device)).to(device)
                     last = j == len(groups[pos]) - 1 and n == len(pieces) - 1
                     with distributed.grad_sync(policy.module, dist, sync=last):
@@ -400,9 +403,9 @@ def _run(cfg: TrainConfig, objective: Objective, console: Any, out: Path, dist: 
                         (loss * (weight * dist.world / len(groups[pos]))).backward()
                     for k, v in metrics.items():
                         parts[k] = parts.get(k, 0.0) + v * weight
-                    tokens += batch.counted_tokens * weight
+                    tokens += sum(ex.counted_tokens(objective.counted) for ex in mine) * weight
                 avg.add(parts, len(idx))
-                result.train_sequences += len(idx) * batch.n_completions
+                result.train_sequences += len(idx) * (objective.counted or batch.n_completions)
             max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
             grad_norm = distributed.clip_grad_norm(params, max_norm)
             due = bool(cfg.save_minutes) and time.monotonic() - last_save >= 60 * cfg.save_minutes

@@ -44,9 +44,10 @@ class Example:
     prompt_ids: list[int]
     completions: list[list[int]]
 
-    def counted_tokens(self) -> int:
-        """Tokens as TRL counts them: prompt + completion for every sequence (the prompt counts once per side)."""
-        return sum(len(self.prompt_ids) + len(c) for c in self.completions)
+    def counted_tokens(self, sequences: int | None = None) -> int:
+        """Tokens as TRL counts them: prompt + completion for every sequence (the prompt counts once per side);
+        ``sequences``: only the first that many (KTO's second one is its KL estimate's, which TRL does not count)."""
+        return sum(len(self.prompt_ids) + len(c) for c in self.completions[:sequences])
 
     def packed_length(self) -> int:
         """Length of the packed row: the prompt once, then every completion."""
