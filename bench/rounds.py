@@ -4,8 +4,9 @@ SmolLM2-135M-Instruct is round 0 (the SFT model). Round 1 trains it with DPO on 
 (rows ``[:935]`` of ``../shared/seed-data/instruction-data-with-preference.json``). Each round k ≥ 2 does what
 ``prefloop run`` with ``[run] rounds`` does, through the same stage functions (``loop.rounds``): the round-(k−1)
 model answers a fresh slice of the training prompts ``--samples`` times (local batched generation, the trainer's
-prompt rendering), the ``python:seed_axis_judge:score`` judge (``bench/seed_axis_judge.py``, its lexicon read
-from the training rows only) ranks them best against worst, ties dropped, and the model trains from the
+prompt rendering), the ``python:bench.judges.seed_axis:score`` judge (``bench/judges/seed_axis.py``: the
+Bradley–Terry model of the seed's axis fitted on the training rows only, 94.5 % on the validation pairs; the same
+judge as ``bench/alignment.py``'s) ranks them best against worst, ties dropped, and the model trains from the
 round-(k−1) model as its own reference. Every round is judged on the validation rows ``[1045:]`` (never the test
 rows) against the SFT model and against the previous round, by the same judge, with the retention figures.
 
@@ -15,7 +16,12 @@ The SFT model is measured in the same run (round 1's verdict is against it). The
 previous one (interval above 50 %), round 3 beats round 1, content kept ≥ 0.95, stock openings ≤ 10 %.
 
     nice -n 10 .venv/bin/python bench/rounds.py                       # 3 rounds, defaults below
+    nice -n 10 .venv/bin/python bench/rounds.py --round1 ~/.cache/prefloop/bench/alignment/train/rpo1-chat-*/final
+                                                                      # round 1 = the defaults' model, trained already
     nice -n 10 .venv/bin/python bench/rounds.py --rounds 2 --prompts-per-round 32 --val-limit 20  # smaller
+
+Every round trains with the trainer's defaults (the plain ``prefloop train``: lr 5e-6, RPO weight 1, chat
+rendering), as ``prefloop run`` does with an empty ``[train]``; ``--lr`` changes it.
 
 Everything is written under ``$PREFLOOP_CACHE/bench/rounds`` (``~/.cache/prefloop``); a rerun resumes each stage.
 """
@@ -31,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
-JUDGE = "python:seed_axis_judge:score"
+JUDGE = "python:bench.judges.seed_axis:score"
 
 
 def out_root() -> Path:
@@ -41,9 +47,9 @@ def out_root() -> Path:
 
 
 def slices(val_limit: int) -> dict[str, Path]:
-    from seed_axis_judge import SEED_PAIRS
+    from bench.judges.seed_axis import seed_pairs_path
 
-    rows = json.loads(SEED_PAIRS.read_text())
+    rows = json.loads(seed_pairs_path().read_text())
     folder = out_root() / "data"
     folder.mkdir(parents=True, exist_ok=True)
     val = rows[1045:][:val_limit]
@@ -64,8 +70,9 @@ def train(model: str, data: Path, out: Path, args: argparse.Namespace) -> tuple[
     from trainer.config import TrainConfig
     from trainer.dpo import train as dpo
 
+    lr = {"lr": args.lr} if args.lr else {}     # else the trainer's default, as `prefloop train` has it
     cfg = TrainConfig(model=model, data=str(data), output_dir=str(out), batch_size=8, epochs=1.0, seed=42,
-                      lr=args.lr, dtype="fp32", max_length=768, live=False, threads=args.threads,
+                      dtype="fp32", max_length=1024, **lr, live=False, threads=args.threads,
                       max_steps=args.max_steps, resume=(out / "checkpoints").exists())
     if (out / "final" / "config.json").exists():
         return str(out / "final"), 0.0
@@ -108,11 +115,13 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--prompts-per-round", type=int, default=64)
+    p.add_argument("--prompts-per-round", type=int, default=256)
     p.add_argument("--val-limit", type=int, default=55)
-    p.add_argument("--max-tokens", type=int, default=96)
+    p.add_argument("--max-tokens", type=int, default=128, help="new tokens per answer (bench/alignment.py's 128)")
     p.add_argument("--max-steps", type=int, default=0, help="cap training steps per round (0: one epoch)")
-    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--lr", type=float, default=0.0, help="learning rate per round (0: the trainer's default)")
+    p.add_argument("--round1", default="", help="a model trained already on the training rows to use as round 1 "
+                   "(e.g. bench/alignment.py's rpo1-chat, the plain command's model), instead of training it here")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
 
@@ -124,7 +133,10 @@ def main() -> None:
     root = out_root()
     costs: dict[int, dict[str, float]] = {}
     models = {0: "smollm2"}
-    models[1], t_train = train("smollm2", data["train"], root / "r1" / "train", args)
+    if args.round1:
+        models[1], t_train = str(Path(args.round1).expanduser()), 0.0
+    else:
+        models[1], t_train = train("smollm2", data["train"], root / "r1" / "train", args)
     costs[1] = {"sample+rank": 0.0, "train": t_train,
                 "judge": judge(models[1], "smollm2", data, root / "r1" / "judge", args)}
     prompts = json.loads(data["train_prompts"].read_text())
