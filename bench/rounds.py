@@ -20,8 +20,9 @@ previous one (interval above 50 %), round 3 beats round 1, content kept ≥ 0.95
                                                                       # round 1 = the defaults' model, trained already
     nice -n 10 .venv/bin/python bench/rounds.py --rounds 2 --prompts-per-round 32 --val-limit 20  # smaller
 
-Every round trains with the trainer's defaults (the plain ``prefloop train``: lr 5e-6, RPO weight 1, chat
-rendering), as ``prefloop run`` does with an empty ``[train]``; ``--lr`` changes it.
+Round 1 is the plain ``prefloop train`` (the trainer's defaults: lr 5e-6, RPO weight 1, chat rendering, one epoch of
+117 steps). Rounds 2 and on keep those settings but the learning rate, ``--lr`` (default 1e-5, ``[rounds] lr`` in
+``prefloop run``): a round's 160 prompts give about 20 steps, a sixth of round 1's.
 
 Everything is written under ``$PREFLOOP_CACHE/bench/rounds`` (``~/.cache/prefloop``); a rerun resumes each stage.
 """
@@ -64,13 +65,13 @@ def slices(val_limit: int) -> dict[str, Path]:
     return out
 
 
-def train(model: str, data: Path, out: Path, args: argparse.Namespace) -> tuple[str, float]:
+def train(model: str, data: Path, out: Path, args: argparse.Namespace, lr: float = 0.0) -> tuple[str, float]:
     from rich.console import Console
 
     from trainer.config import TrainConfig
     from trainer.dpo import train as dpo
 
-    lr = {"lr": args.lr} if args.lr else {}     # else the trainer's default, as `prefloop train` has it
+    lr = {"lr": lr} if lr else {}     # else the trainer's default, as `prefloop train` has it
     cfg = TrainConfig(model=model, data=str(data), output_dir=str(out), batch_size=8, epochs=1.0, seed=42,
                       dtype="fp32", max_length=1024, **lr, live=False, threads=args.threads,
                       max_steps=args.max_steps, resume=(out / "checkpoints").exists())
@@ -115,11 +116,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--prompts-per-round", type=int, default=256)
+    p.add_argument("--prompts-per-round", type=int, default=160)
     p.add_argument("--val-limit", type=int, default=55)
     p.add_argument("--max-tokens", type=int, default=128, help="new tokens per answer (bench/alignment.py's 128)")
     p.add_argument("--max-steps", type=int, default=0, help="cap training steps per round (0: one epoch)")
-    p.add_argument("--lr", type=float, default=0.0, help="learning rate per round (0: the trainer's default)")
+    p.add_argument("--lr", type=float, default=1e-5, help="learning rate of rounds 2 and on (round 1: the trainer's "
+                   "default, the plain command); 0: the trainer's default")
     p.add_argument("--round1", default="", help="a model trained already on the training rows to use as round 1 "
                    "(e.g. bench/alignment.py's rpo1-chat, the plain command's model), instead of training it here")
     p.add_argument("--threads", type=int, default=2)
@@ -146,7 +148,7 @@ def main() -> None:
         folder = root / f"r{k}"
         folder.mkdir(parents=True, exist_ok=True)
         pairs, t_sample = sample_and_rank(k, models[k - 1], chunk, folder, args)
-        models[k], t_train = train(models[k - 1], pairs, folder / "train", args)
+        models[k], t_train = train(models[k - 1], pairs, folder / "train", args, lr=args.lr)
         costs[k] = {"sample+rank": t_sample, "train": t_train,
                     "judge": judge(models[k], "smollm2", data, folder / "judge", args)
                     + judge(models[k], models[k - 1], data, folder / "judge-previous", args)}
