@@ -132,6 +132,17 @@ def best_round(rows: list[RoundRow], min_kept: float) -> RoundRow:
     return max(kept, key=lambda r: (r.vs_sft[0] if r.vs_sft[0] is not None else -1.0, -r.round))
 
 
+def round_train_config(cfg: Any, prev: str, pairs: Path, out: Path) -> Any:  # a LoopConfig -> a TrainConfig
+    """Round k's trainer settings: ``[train]``'s, from the round-(k−1) model on the round's pairs, at ``[rounds] lr``
+    when set, with the SFT model as the reference when ``[rounds] reference = "sft"``."""
+    t = replace(cfg.train, model=prev, data=str(pairs), output_dir=str(out))
+    if cfg.rounds.lr:
+        t = replace(t, lr=cfg.rounds.lr)
+    if cfg.rounds.reference == "sft" and prev != str(cfg.train.model):  # round 1 starts from the SFT model
+        t = replace(t, ref_model=str(cfg.train.model))
+    return t
+
+
 class Rounds:
     """Rounds 2..N of a loop (see the module docstring), run through the loop's own stage machinery."""
 
@@ -237,9 +248,7 @@ class Rounds:
         loop._stage(f"round{k}/generate", {"prompts": file_hash(source), "previous": upstream},
                     [f"rounds/{k}/generate"], sample)
 
-        t = replace(self.cfg.train, model=prev, data=str(paths.pairs), output_dir=str(paths.train))
-        if self.r.reference == "sft" and prev != str(self.cfg.train.model):  # round 1 starts from the SFT model
-            t = replace(t, ref_model=str(self.cfg.train.model))
+        t = round_train_config(self.cfg, prev, paths.pairs, paths.train)
         loop.settings[f"round{k}/train"] = fingerprinted(t)
         inputs = {"train": file_hash(paths.pairs), "eval": file_hash(loop.paths.heldout_pairs),
                   "model": model_identity(prev), "previous": upstream}
