@@ -129,7 +129,7 @@ def main() -> None:
 
     import random
 
-    from loop.rounds import stop_reason  # the loop's own stop rule
+    from loop.rounds import best_round, stop_reason  # the loop's own rules
 
     data = slices(args.val_limit)
     root = out_root()
@@ -156,6 +156,7 @@ def main() -> None:
     print(f"\nrounds on the seed's validation rows [1045:] ({args.val_limit} prompts), judge {JUDGE}")
     print(f"{'round':>5} {'vs SFT':>22} {'vs previous':>22} {'kept':>6} {'stock':>6} {'loops':>5} "
           f"{'sample+rank s':>13} {'train s':>8} {'judge s':>8}")
+    rows = []
     for k in range(1, args.rounds + 1):
         row = bench_row(root, k, models[k])
         fmt = lambda c: "—" if c[0] is None else f"{c[0]:.1%} [{c[1]:.1%}, {c[2]:.1%}]"  # noqa: E731
@@ -164,9 +165,11 @@ def main() -> None:
         c = costs[k]
         print(f"{k:>5} {fmt(row.vs_sft):>22} {fmt(row.vs_previous):>22} {kept:>6} {stock:>6} {row.loops!s:>5} "
               f"{c['sample+rank']:>13.0f} {c['train']:>8.0f} {c['judge']:>8.0f}")
+        rows.append(row)
         reason = stop_reason(row, 0.95)
         if reason:
             print(f"      the loop's stop rule would stop here: {reason}")
+    print(f"the loop's result (its best round): round {best_round(rows, 0.95).round}")
     r3 = root / "r3" / "judge-vs-r1"
     if args.rounds >= 3:
         judge(models[3], models[1], data, r3, args)
@@ -174,13 +177,11 @@ def main() -> None:
 
 
 def bench_row(root: Path, k: int, model: str):  # noqa: ANN201 - loop.rounds.RoundRow
-    from loop.rounds import RoundRow, judged
+    from loop.rounds import RoundRow, judged, skill_row
 
     vs_sft, ret = judged(root / f"r{k}" / "judge")
     vs_prev = vs_sft if k == 1 else judged(root / f"r{k}" / "judge-previous")[0]
-    pol = ret.policy if ret is not None else None
-    return RoundRow(round=k, model=model, vs_sft=vs_sft, vs_previous=vs_prev, kept=ret.kept if ret else None,
-                    stock_share=pol.stock_share if pol else None, loops=pol.loops if pol else None)
+    return skill_row(RoundRow(round=k, model=model, vs_sft=vs_sft, vs_previous=vs_prev), ret)
 
 
 def bench_row_folder(folder: Path) -> str:

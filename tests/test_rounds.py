@@ -86,6 +86,10 @@ def test_stop_rule_and_best_round() -> None:
     assert "min_kept" in stop_reason(three, 0.95)
     assert "does not beat" in stop_reason(RoundRow(2, "m", [0.5] * 3, [0.5, 0.4, 0.6], kept=1.0), 0.95)
     assert best_round([one, two, three], 0.95).round == 2          # round 3 lost the skill
+    stock = RoundRow(3, "m3", [0.9, 0.8, 0.96], [0.74, 0.63, 0.84], kept=0.99, stock_share=0.27,
+                     stock_opening="i d be happy")
+    assert "stock phrase" in stop_reason(stock, 0.95) and "i d be happy" in stop_reason(stock, 0.95)
+    assert best_round([one, two, stock], 0.95).round == 2        # round 3 bought its win with one phrase
 
 
 def test_fresh_slices_are_disjoint_and_cover_the_training_prompts() -> None:
