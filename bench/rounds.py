@@ -4,8 +4,9 @@ SmolLM2-135M-Instruct is round 0 (the SFT model). Round 1 trains it with DPO on 
 (rows ``[:935]`` of ``../shared/seed-data/instruction-data-with-preference.json``). Each round k ≥ 2 does what
 ``prefloop run`` with ``[run] rounds`` does, through the same stage functions (``loop.rounds``): the round-(k−1)
 model answers a fresh slice of the training prompts ``--samples`` times (local batched generation, the trainer's
-prompt rendering), the ``python:seed_axis_judge:score`` judge (``bench/seed_axis_judge.py``, its lexicon read
-from the training rows only) ranks them best against worst, ties dropped, and the model trains from the
+prompt rendering), the ``python:bench.judges.seed_axis:score`` judge (``bench/judges/seed_axis.py``: the
+Bradley–Terry model of the seed's axis fitted on the training rows only, 94.5 % on the validation pairs; the same
+judge as ``bench/alignment.py``'s) ranks them best against worst, ties dropped, and the model trains from the
 round-(k−1) model as its own reference. Every round is judged on the validation rows ``[1045:]`` (never the test
 rows) against the SFT model and against the previous round, by the same judge, with the retention figures.
 
@@ -15,7 +16,13 @@ The SFT model is measured in the same run (round 1's verdict is against it). The
 previous one (interval above 50 %), round 3 beats round 1, content kept ≥ 0.95, stock openings ≤ 10 %.
 
     nice -n 10 .venv/bin/python bench/rounds.py                       # 3 rounds, defaults below
+    nice -n 10 .venv/bin/python bench/rounds.py --round1 ~/.cache/prefloop/bench/alignment/train/rpo1-chat-*/final
+                                                                      # round 1 = the defaults' model, trained already
     nice -n 10 .venv/bin/python bench/rounds.py --rounds 2 --prompts-per-round 32 --val-limit 20  # smaller
+
+Round 1 is the plain ``prefloop train`` (the trainer's defaults: lr 5e-6, RPO weight 1, chat rendering, one epoch of
+117 steps). Rounds 2 and on keep those settings but the learning rate, ``--lr`` (default 1e-5, ``[rounds] lr`` in
+``prefloop run``): a round's 160 prompts give about 20 steps, a sixth of round 1's.
 
 Everything is written under ``$PREFLOOP_CACHE/bench/rounds`` (``~/.cache/prefloop``); a rerun resumes each stage.
 """
@@ -31,7 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
-JUDGE = "python:seed_axis_judge:score"
+JUDGE = "python:bench.judges.seed_axis:score"
 
 
 def out_root() -> Path:
@@ -41,9 +48,9 @@ def out_root() -> Path:
 
 
 def slices(val_limit: int) -> dict[str, Path]:
-    from seed_axis_judge import SEED_PAIRS
+    from bench.judges.seed_axis import seed_pairs_path
 
-    rows = json.loads(SEED_PAIRS.read_text())
+    rows = json.loads(seed_pairs_path().read_text())
     folder = out_root() / "data"
     folder.mkdir(parents=True, exist_ok=True)
     val = rows[1045:][:val_limit]
@@ -58,14 +65,15 @@ def slices(val_limit: int) -> dict[str, Path]:
     return out
 
 
-def train(model: str, data: Path, out: Path, args: argparse.Namespace) -> tuple[str, float]:
+def train(model: str, data: Path, out: Path, args: argparse.Namespace, lr: float = 0.0) -> tuple[str, float]:
     from rich.console import Console
 
     from trainer.config import TrainConfig
     from trainer.dpo import train as dpo
 
+    lr = {"lr": lr} if lr else {}     # else the trainer's default, as `prefloop train` has it
     cfg = TrainConfig(model=model, data=str(data), output_dir=str(out), batch_size=8, epochs=1.0, seed=42,
-                      lr=args.lr, dtype="fp32", max_length=768, live=False, threads=args.threads,
+                      dtype="fp32", max_length=1024, **lr, live=False, threads=args.threads,
                       max_steps=args.max_steps, resume=(out / "checkpoints").exists())
     if (out / "final" / "config.json").exists():
         return str(out / "final"), 0.0
@@ -108,23 +116,29 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--prompts-per-round", type=int, default=64)
+    p.add_argument("--prompts-per-round", type=int, default=160)
     p.add_argument("--val-limit", type=int, default=55)
-    p.add_argument("--max-tokens", type=int, default=96)
+    p.add_argument("--max-tokens", type=int, default=128, help="new tokens per answer (bench/alignment.py's 128)")
     p.add_argument("--max-steps", type=int, default=0, help="cap training steps per round (0: one epoch)")
-    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--lr", type=float, default=1e-5, help="learning rate of rounds 2 and on (round 1: the trainer's "
+                   "default, the plain command); 0: the trainer's default")
+    p.add_argument("--round1", default="", help="a model trained already on the training rows to use as round 1 "
+                   "(e.g. bench/alignment.py's rpo1-chat, the plain command's model), instead of training it here")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
 
     import random
 
-    from loop.rounds import stop_reason  # the loop's own stop rule
+    from loop.rounds import best_round, stop_reason  # the loop's own rules
 
     data = slices(args.val_limit)
     root = out_root()
     costs: dict[int, dict[str, float]] = {}
     models = {0: "smollm2"}
-    models[1], t_train = train("smollm2", data["train"], root / "r1" / "train", args)
+    if args.round1:
+        models[1], t_train = str(Path(args.round1).expanduser()), 0.0
+    else:
+        models[1], t_train = train("smollm2", data["train"], root / "r1" / "train", args)
     costs[1] = {"sample+rank": 0.0, "train": t_train,
                 "judge": judge(models[1], "smollm2", data, root / "r1" / "judge", args)}
     prompts = json.loads(data["train_prompts"].read_text())
@@ -134,7 +148,7 @@ def main() -> None:
         folder = root / f"r{k}"
         folder.mkdir(parents=True, exist_ok=True)
         pairs, t_sample = sample_and_rank(k, models[k - 1], chunk, folder, args)
-        models[k], t_train = train(models[k - 1], pairs, folder / "train", args)
+        models[k], t_train = train(models[k - 1], pairs, folder / "train", args, lr=args.lr)
         costs[k] = {"sample+rank": t_sample, "train": t_train,
                     "judge": judge(models[k], "smollm2", data, folder / "judge", args)
                     + judge(models[k], models[k - 1], data, folder / "judge-previous", args)}
@@ -142,6 +156,7 @@ def main() -> None:
     print(f"\nrounds on the seed's validation rows [1045:] ({args.val_limit} prompts), judge {JUDGE}")
     print(f"{'round':>5} {'vs SFT':>22} {'vs previous':>22} {'kept':>6} {'stock':>6} {'loops':>5} "
           f"{'sample+rank s':>13} {'train s':>8} {'judge s':>8}")
+    rows = []
     for k in range(1, args.rounds + 1):
         row = bench_row(root, k, models[k])
         fmt = lambda c: "—" if c[0] is None else f"{c[0]:.1%} [{c[1]:.1%}, {c[2]:.1%}]"  # noqa: E731
@@ -150,9 +165,11 @@ def main() -> None:
         c = costs[k]
         print(f"{k:>5} {fmt(row.vs_sft):>22} {fmt(row.vs_previous):>22} {kept:>6} {stock:>6} {row.loops!s:>5} "
               f"{c['sample+rank']:>13.0f} {c['train']:>8.0f} {c['judge']:>8.0f}")
+        rows.append(row)
         reason = stop_reason(row, 0.95)
         if reason:
             print(f"      the loop's stop rule would stop here: {reason}")
+    print(f"the loop's result (its best round): round {best_round(rows, 0.95).round}")
     r3 = root / "r3" / "judge-vs-r1"
     if args.rounds >= 3:
         judge(models[3], models[1], data, r3, args)
@@ -160,13 +177,11 @@ def main() -> None:
 
 
 def bench_row(root: Path, k: int, model: str):  # noqa: ANN201 - loop.rounds.RoundRow
-    from loop.rounds import RoundRow, judged
+    from loop.rounds import RoundRow, judged, skill_row
 
     vs_sft, ret = judged(root / f"r{k}" / "judge")
     vs_prev = vs_sft if k == 1 else judged(root / f"r{k}" / "judge-previous")[0]
-    pol = ret.policy if ret is not None else None
-    return RoundRow(round=k, model=model, vs_sft=vs_sft, vs_previous=vs_prev, kept=ret.kept if ret else None,
-                    stock_share=pol.stock_share if pol else None, loops=pol.loops if pol else None)
+    return skill_row(RoundRow(round=k, model=model, vs_sft=vs_sft, vs_previous=vs_prev), ret)
 
 
 def bench_row_folder(folder: Path) -> str:

@@ -70,6 +70,7 @@ class RoundRow:
     mean_chars: float | None = None
     pairs: int | None = None
     reward_accuracy: float | None = None   # held-out reward accuracy of the round's training (no judge)
+    stock_opening: str | None = None       # set when the answers collapsed onto it (judge.retention.stock_collapse)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -104,13 +105,21 @@ def round_row(run_dir: Path, k: int, model: str) -> RoundRow:
     paths = round_paths(run_dir, k)
     vs_sft, ret = judged(paths.judge)
     vs_prev = vs_sft if k == 1 else judged(paths.root / "judge-previous")[0]
-    pol = ret.policy if ret is not None else None
     pairs = paths.train_pairs if k == 1 else paths.pairs
-    return RoundRow(round=k, model=model, vs_sft=vs_sft, vs_previous=vs_prev, kept=ret.kept if ret else None,
-                    stock_share=pol.stock_share if pol else None, loops=pol.loops if pol else None,
-                    mean_chars=pol.mean_chars if pol else None,
-                    pairs=sum(1 for _ in pairs.open()) if pairs.exists() else None,
-                    reward_accuracy=held_out_reward_accuracy(paths.train))
+    return skill_row(RoundRow(round=k, model=model, vs_sft=vs_sft, vs_previous=vs_prev,
+                              pairs=sum(1 for _ in pairs.open()) if pairs.exists() else None,
+                              reward_accuracy=held_out_reward_accuracy(paths.train)), ret)
+
+
+def skill_row(row: RoundRow, ret: Any) -> RoundRow:
+    """The row with the skill its held-out answers kept (a ``judge.results`` Retention, or None: not judged)."""
+    from judge.retention import stock_collapse
+
+    if ret is None:
+        return row
+    pol = ret.policy
+    return replace(row, kept=ret.kept, stock_share=pol.stock_share, loops=pol.loops, mean_chars=pol.mean_chars,
+                   stock_opening=pol.stock_opening if stock_collapse(ret) else None)
 
 
 def stop_reason(row: RoundRow, min_kept: float) -> str | None:
@@ -118,6 +127,9 @@ def stop_reason(row: RoundRow, min_kept: float) -> str | None:
     if row.kept is not None and row.kept < min_kept:
         return (f"round {row.round} keeps {row.kept:.0%} of the SFT model's content recall, below [rounds] "
                 f"min_kept = {min_kept:.0%}")
+    if row.stock_opening is not None:
+        return (f"round {row.round}'s answers collapse onto one stock phrase: {row.stock_share:.0%} open with "
+                f"\"{row.stock_opening} …\" (the judge is rewarded by the phrase, not the answers)")
     rate, low, high = row.vs_previous
     if row.round > 1 and rate is not None and low is not None and low <= 0.5:
         return (f"round {row.round} does not beat round {row.round - 1}: win rate {rate:.0%}, interval "
@@ -126,10 +138,21 @@ def stop_reason(row: RoundRow, min_kept: float) -> str | None:
 
 
 def best_round(rows: list[RoundRow], min_kept: float) -> RoundRow:
-    """The round with the highest win rate against the SFT model among those that kept the skill (round 1 when
-    none did); ties go to the earlier round."""
-    kept = [r for r in rows if r.kept is None or r.kept >= min_kept] or rows[:1]
+    """The round with the highest win rate against the SFT model among those that kept the skill and did not
+    collapse onto a stock phrase (round 1 when none did); ties go to the earlier round."""
+    kept = [r for r in rows if (r.kept is None or r.kept >= min_kept) and r.stock_opening is None] or rows[:1]
     return max(kept, key=lambda r: (r.vs_sft[0] if r.vs_sft[0] is not None else -1.0, -r.round))
+
+
+def round_train_config(cfg: Any, prev: str, pairs: Path, out: Path) -> Any:  # a LoopConfig -> a TrainConfig
+    """Round k's trainer settings: ``[train]``'s, from the round-(k−1) model on the round's pairs, at ``[rounds] lr``
+    when set, with the SFT model as the reference when ``[rounds] reference = "sft"``."""
+    t = replace(cfg.train, model=prev, data=str(pairs), output_dir=str(out))
+    if cfg.rounds.lr:
+        t = replace(t, lr=cfg.rounds.lr)
+    if cfg.rounds.reference == "sft" and prev != str(cfg.train.model):  # round 1 starts from the SFT model
+        t = replace(t, ref_model=str(cfg.train.model))
+    return t
 
 
 class Rounds:
@@ -237,9 +260,7 @@ class Rounds:
         loop._stage(f"round{k}/generate", {"prompts": file_hash(source), "previous": upstream},
                     [f"rounds/{k}/generate"], sample)
 
-        t = replace(self.cfg.train, model=prev, data=str(paths.pairs), output_dir=str(paths.train))
-        if self.r.reference == "sft" and prev != str(self.cfg.train.model):  # round 1 starts from the SFT model
-            t = replace(t, ref_model=str(self.cfg.train.model))
+        t = round_train_config(self.cfg, prev, paths.pairs, paths.train)
         loop.settings[f"round{k}/train"] = fingerprinted(t)
         inputs = {"train": file_hash(paths.pairs), "eval": file_hash(loop.paths.heldout_pairs),
                   "model": model_identity(prev), "previous": upstream}

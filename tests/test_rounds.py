@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from loop.config import load_loop_config
-from loop.rounds import RoundRow, best_round, prompt_slice, stop_reason
+from loop.rounds import RoundRow, best_round, prompt_slice, round_train_config, stop_reason
 from loop.run import main
 from test_loop import Args, scripted_reply, write_config
 
@@ -86,6 +86,10 @@ def test_stop_rule_and_best_round() -> None:
     assert "min_kept" in stop_reason(three, 0.95)
     assert "does not beat" in stop_reason(RoundRow(2, "m", [0.5] * 3, [0.5, 0.4, 0.6], kept=1.0), 0.95)
     assert best_round([one, two, three], 0.95).round == 2          # round 3 lost the skill
+    stock = RoundRow(3, "m3", [0.9, 0.8, 0.96], [0.74, 0.63, 0.84], kept=0.99, stock_share=0.27,
+                     stock_opening="i d be happy")
+    assert "stock phrase" in stop_reason(stock, 0.95) and "i d be happy" in stop_reason(stock, 0.95)
+    assert best_round([one, two, stock], 0.95).round == 2        # round 3 bought its win with one phrase
 
 
 def test_fresh_slices_are_disjoint_and_cover_the_training_prompts() -> None:
@@ -106,6 +110,20 @@ def test_rounds_settings_are_checked(rounds_setup: Path) -> None:
         load_loop_config(rounds_setup, ['rounds.reference="policy"'])
     assert load_loop_config(rounds_setup, ['rounds.reference="sft"']).rounds.reference == "sft"
     assert load_loop_config(rounds_setup).run.rounds == 1          # default: today's loop
+
+
+def test_later_rounds_train_at_their_own_learning_rate(rounds_setup: Path, tmp_path: Path) -> None:
+    from prefloop.config import ConfigError
+
+    base = load_loop_config(rounds_setup)
+    t = round_train_config(base, "round1-model", tmp_path / "pairs.jsonl", tmp_path / "train")
+    assert (t.lr, t.model, t.data, t.ref_model) == (base.train.lr, "round1-model", str(tmp_path / "pairs.jsonl"),
+                                                    base.train.ref_model)
+    cfg = load_loop_config(rounds_setup, ["rounds.lr=1e-5", 'rounds.reference="sft"'])
+    t = round_train_config(cfg, "round1-model", tmp_path / "pairs.jsonl", tmp_path / "train")
+    assert t.lr == 1e-5 != cfg.train.lr and t.ref_model == str(cfg.train.model)
+    with pytest.raises(ConfigError, match="rounds.lr"):
+        load_loop_config(rounds_setup, ["rounds.lr=-1"])
 
 
 POLITE = '''
