@@ -203,6 +203,11 @@ def test_kill_9_in_each_stage_of_round_two_then_resume(rounds_setup: Path, tiny_
     state = json.loads((run / "state.json").read_text())["stages"]
     assert all(state[s]["status"] == "done" for s in ("round2/generate", "round2/train", "round2/judge",
                                                        "round2/judge-previous"))
+    # each killed stage was resumed under its fingerprint (its work kept, not moved aside and redone), and round 1
+    # was never started again: the run picked up in the round and stage where it stopped
+    assert all(state[s]["runs"] >= 2 for s in killed), {s: state[s]["runs"] for s in killed}
+    assert all(state[s]["runs"] == 1 for s in ("generate", "split", "train", "judge"))
+    assert not (run / "stale").exists()
     assert (run / "rounds" / "2" / "train" / "final" / "config.json").exists()
 
 
