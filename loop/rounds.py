@@ -268,8 +268,9 @@ class Rounds:
 
             result = generate(gen, console=loop.console)
             if not result.interrupted and result.total_in_output == 0:
+                why = f"generation stopped: {result.aborted}" if result.aborted else "every sample tied?"
                 raise RuntimeError(f"round {k}: no pairs from {sampler} (see {gen.output}.failures.jsonl and its "
-                                   "drops): every sample tied?")
+                                   f"drops): {why}")
             return result
 
         loop._stage(f"round{k}/generate", sampled, [f"rounds/{k}/generate"], sample)
