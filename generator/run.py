@@ -86,8 +86,10 @@ class Context:
     async def chat(self, spec: str, messages: list[dict[str, str]], *, temperature: float,
                    seed: int | None = None, max_tokens: int | None = None) -> ChatReply:
         reply = await self.clients[spec].chat(messages, options=self.options(temperature, seed, max_tokens))
-        if self.runner is not None and reply.attempts > 1:
-            self.runner.note_retries(reply.attempts - 1)
+        if self.runner is not None:
+            self.runner.note_answer()
+            if reply.attempts > 1:
+                self.runner.note_retries(reply.attempts - 1)
         return reply
 
     async def answer(self, spec: str, rec: PromptRecord, *, temperature: float, seed: int | None = None) -> str:
@@ -97,7 +99,10 @@ class Context:
         gets the prompt as a user turn."""
         if parse_spec(spec).kind == "local":
             prompt, _ = prompt_for(rec, self.cfg.prompt_format, self.has_chat_template(spec))
-            return await self.clients[spec].complete(prompt, self.options(temperature, seed))
+            text = await self.clients[spec].complete(prompt, self.options(temperature, seed))
+            if self.runner is not None:
+                self.runner.note_answer()
+            return text
         prompt, _ = prompt_for(rec, self.cfg.prompt_format, True)
         messages = prompt if isinstance(prompt, list) else user_message(prompt)
         return (await self.chat(spec, messages, temperature=temperature, seed=seed)).text
@@ -115,7 +120,10 @@ class Context:
         """The judge's 0-100 score of ``text`` as an answer to ``rec`` (rank), with its known-good answer."""
         from judge.scoring import score_answer
 
-        return await score_answer(self.clients[self.cfg.judge_model], rec.prompt, text, known_good=rec.known_good)
+        score = await score_answer(self.clients[self.cfg.judge_model], rec.prompt, text, known_good=rec.known_good)
+        if self.runner is not None:
+            self.runner.note_answer()
+        return score
 
     def pair(self, rec: PromptRecord, chosen: str, rejected: str, meta: dict[str, Any],
              reply: ChatReply | None = None) -> dict[str, Any]:

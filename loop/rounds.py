@@ -3,8 +3,10 @@
 Round 1 is the loop's own stages: the writer's pairs, the split, training from the SFT model, the verdict. Each
 round k ≥ 2 then
 
-1. **samples**: the round-(k−1) model answers the round's prompts ``[rounds] samples`` times each (local batched
-   generation through the generator's ``rank``/``contrast`` strategies, with the trainer's prompt rendering).
+1. **samples**: the round-(k−1) model answers the round's prompts ``[rounds] samples`` times each, through the
+   generator's ``rank``/``contrast`` strategies with the trainer's prompt rendering: with ``[export] ollama`` the
+   server answers, from the round's model exported as ``<ollama>-round<k−1>`` (stage ``round<k−1>/export``);
+   otherwise local batched generation does.
    The prompts are a fresh slice of the training prompts per round, or all of them again; the held-out prompts
    never reach a round;
 2. **pairs** them: ``rank`` scores the samples with the judge (a ``python:``/``reward:`` judge needs no server)
@@ -12,7 +14,8 @@ round k ≥ 2 then
    round-(k−1) model's own as rejected (with a stronger writer, the judge-free "delta" recipe);
 3. **trains** from the round-(k−1) model, which is also its reference (the iterative-DPO standard), or with the
    SFT model as every round's reference (``[rounds] reference = "sft"``; the trainer's ``ref_model``);
-4. is **judged** on the same held-out prompts against the SFT model and against the previous round.
+4. is **judged** on the same held-out prompts against the SFT model and against the previous round (with
+   ``[export] ollama``, all three served, as round 1 is judged).
 
 After each round the **stop rule** ends the run, saying why, when the round does not beat the previous one (its
 interval against it contains 50 %) or keeps less than ``min_kept`` of the SFT model's content recall. The best
@@ -35,7 +38,7 @@ from typing import Any
 from loop.config import RoundsSection, RunPaths
 from prefloop.config import ConfigError, fingerprinted
 from prefloop.files import atomic_write_json
-from prefloop.fingerprint import file_hash, model_identity
+from prefloop.fingerprint import file_hash, fingerprint, model_identity
 from prefloop.jsonl import write_jsonl
 from prefloop.report import pct
 
@@ -193,6 +196,37 @@ class Rounds:
             return self.loop.final_model() or str(self.loop.paths.final)
         return str(round_paths(self.loop.run_dir, k).final)
 
+    def trained(self, k: int) -> str:
+        """Round k's training fingerprint (what its model is made of)."""
+        return self.loop.fps.get("train" if k == 1 else f"round{k}/train", "")
+
+    def serve(self, k: int) -> str:
+        """With ``[export] ollama``: round k's model created on the server as ``<ollama>-round<k>`` (stage
+        ``round<k>/export``, redone when round k's training changes) and the client spec that asks the server for
+        it; "" without (then the rounds sample and judge the model folders locally). Each round has a name of its
+        own: ``<ollama>`` itself ends up holding the best round."""
+        e, loop = self.cfg.export, self.loop
+        if not e.ollama:
+            return ""
+        name = f"{e.ollama}-round{k}"
+        stage = f"round{k}/export"
+        if stage not in loop.fps:   # round k's export runs once per run: after its training, or before round 2
+            folder = loop.run_dir / "rounds" / str(k) / "export"
+            model = self.model_of(k)
+            loop.settings[stage] = fingerprinted(e)
+
+            def work(decision: str) -> Any:
+                from loop.export import export_model
+
+                return export_model(replace(e, model=model, ollama=name, adapter=False, output_dir=str(folder)),
+                                    loop.say)
+
+            rel = folder.relative_to(loop.run_dir).as_posix()
+            loop._stage(stage, {"trained": self.trained(k), "model": name}, [rel, f"{rel}/export.json"], work)
+        rec = loop.state.get(stage)
+        host = (rec.info if rec else {}).get("host") or e.host   # the server it was created on, whatever else
+        return f"ollama:{name}@{host}" if host else e.served(name)  # [generate] hosts names for the writer
+
     def run(self) -> list[RoundRow]:
         rows = [round_row(self.loop.run_dir, 1, self.model_of(1))]
         stop = stop_reason(rows[0], self.r.min_kept)
@@ -220,7 +254,7 @@ class Rounds:
         e, loop = self.cfg.export, self.loop
         folder = loop.run_dir / "rounds" / "export"
         loop.settings["rounds/export"] = fingerprinted(e)
-        trained = loop.fps.get("train" if best.round == 1 else f"round{best.round}/train", "")
+        trained = self.trained(best.round)
 
         def work(decision: str) -> Any:
             from loop.export import export_model
@@ -241,24 +275,28 @@ class Rounds:
                       "add prompts")
         source = paths.root / "prompts.jsonl"
         write_jsonl(source, [p.to_json() for p in prompts])
-        upstream = loop.fps.get("train" if k == 2 else f"round{k - 1}/train", "")
+        upstream = self.trained(k - 1)
         # the reference decides training only (its own fingerprint holds ref_model): sampling is not redone for it
         rounds_settings = fingerprinted(self.r, exclude=("reference",))
+        sampler = self.serve(k - 1) or f"local:{prev}"   # the server samples the model it was given, else locally
 
-        gen = self.generate_config(k, prev, source, paths)
+        gen = self.generate_config(k, sampler, source, paths)
         loop.settings[f"round{k}/generate"] = {"identity": gen.identity(), "rounds": rounds_settings}
+        sampled = {"prompts": file_hash(source), "previous": upstream}
+        if self.cfg.export.ollama:   # a new export of the previous round (another quantization): new samples
+            sampled["export"] = loop.fps.get(f"round{k - 1}/export", "")
 
         def sample(decision: str) -> Any:
             from generator.run import generate
 
             result = generate(gen, console=loop.console)
             if not result.interrupted and result.total_in_output == 0:
-                raise RuntimeError(f"round {k}: no pairs from {gen.sft_model if gen.strategy == 'contrast' else prev}"
-                                  f" (see {gen.output}.failures.jsonl and its drops): every sample tied?")
+                why = f"generation stopped: {result.aborted}" if result.aborted else "every sample tied?"
+                raise RuntimeError(f"round {k}: no pairs from {sampler} (see {gen.output}.failures.jsonl and its "
+                                   f"drops): {why}")
             return result
 
-        loop._stage(f"round{k}/generate", {"prompts": file_hash(source), "previous": upstream},
-                    [f"rounds/{k}/generate"], sample)
+        loop._stage(f"round{k}/generate", sampled, [f"rounds/{k}/generate"], sample)
 
         t = round_train_config(self.cfg, prev, paths.pairs, paths.train)
         loop.settings[f"round{k}/train"] = fingerprinted(t)
@@ -268,23 +306,32 @@ class Rounds:
             inputs["reference"] = model_identity(t.ref_model)
         loop.train_stage(f"round{k}/train", t, paths, inputs)
 
-        base = replace(self.cfg.judge, prompts=str(loop.paths.heldout_prompts), policy=str(paths.final),
+        # the verdicts ask whoever answers round 1's (the loop's judge stage): the server when it was exported
+        e = self.cfg.export
+        policy, sft = (self.serve(k), e.served(e.reference_name)) if e.ollama else (str(paths.final),
+                                                                                  str(self.cfg.train.model))
+        previous = sampler if e.ollama else prev
+        base = replace(self.cfg.judge, prompts=str(loop.paths.heldout_prompts), policy=policy,
                        pairs=str(paths.pairs), validate=str(loop.paths.heldout_pairs))
-        for name, reference, folder in ((f"round{k}/judge", str(self.cfg.train.model), paths.judge),
-                                        (f"round{k}/judge-previous", prev, paths.root / "judge-previous")):
+        for name, reference, folder in ((f"round{k}/judge", sft, paths.judge),
+                                        (f"round{k}/judge-previous", previous, paths.root / "judge-previous")):
             cfg = replace(base, reference=reference, output_dir=str(folder))
             loop.settings[name] = fingerprinted(cfg)
-            loop.judge_stage(name, cfg, {"trained": loop.fps.get(f"round{k}/train", ""),
-                                         "heldout": file_hash(loop.paths.heldout_prompts),
-                                         "reference": model_identity(reference)}, folder)
+            inputs = {"trained": self.trained(k), "heldout": file_hash(loop.paths.heldout_prompts),
+                      "reference": model_identity(str(self.cfg.train.model) if reference == sft else prev)}
+            if e.ollama:   # the answers come from the exported models: a new export, new answers
+                inputs["export"] = fingerprint({}, {n: loop.fps.get(n, "") for n in (
+                    "export", f"round{k}/export", f"round{k - 1}/export")})
+            loop.judge_stage(name, cfg, inputs, folder)
 
-    def generate_config(self, k: int, prev: str, source: Path, paths: RunPaths) -> Any:
+    def generate_config(self, k: int, sampler: str, source: Path, paths: RunPaths) -> Any:
+        """Round k's generator: ``sampler`` (the previous round's model: ``local:FOLDER``, or the spec of its
+        export on the server) answers."""
         g = self.cfg.generate
         common = dict(source=str(source), output=str(paths.pairs), limit=0, seed=self.r.seed + 1000 * k, round=k)
         if self.r.pairing == "contrast":
-            return replace(g, strategy="contrast", sft_model=f"local:{prev}", temperature=self.r.temperature,
-                           **common)
-        return replace(g, strategy="rank", models=[f"local:{prev}"], judge=self.ranker(), k=self.r.samples,
+            return replace(g, strategy="contrast", sft_model=sampler, temperature=self.r.temperature, **common)
+        return replace(g, strategy="rank", models=[sampler], judge=self.ranker(), k=self.r.samples,
                        rank_temperature=self.r.temperature, min_margin=0.0, **common)
 
 

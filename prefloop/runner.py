@@ -137,7 +137,8 @@ class Runner:
     ``retry_on`` are retried up to ``max_attempts`` times with exponential backoff and jitter; any other
     exception, or the last retryable one, is recorded as a failure (reason, message, attempts, raw reply for
     ``ReplyInvalid``) and retried on the next run. Work functions may call ``note_retries(n)`` to count retries
-    their client made, so the progress bar shows them.
+    their client made, so the progress bar shows them, and ``note_answer()`` for each request answered, so a job of
+    many requests does not look like a stalled server.
     """
 
     def __init__(self, output: str | Path, *, concurrency: int = 4, max_attempts: int = 3,
@@ -166,9 +167,16 @@ class Runner:
         self._failed_before: dict[str, dict[str, Any]] = {}   # from earlier runs (the sidecar, compacted)
         self._failed_now: dict[str, dict[str, Any]] = {}      # this run's
         self._succeeded: set[str] = set()
+        self._last_ok = time.monotonic()   # when a job last finished or a request was answered (note_answer)
 
     def note_retries(self, n: int = 1) -> None:
         self.summary.retries += max(0, n)
+
+    def note_answer(self) -> None:
+        """One request of a job was answered: the server is alive, so the stall clock starts again. A job that
+        makes many requests (K samples and K scores per prompt, batched with other prompts') may finish long
+        after its first answer."""
+        self._last_ok = time.monotonic()
 
     # ----------------------------------------------------------------------------------------------- run
 
@@ -218,13 +226,13 @@ class Runner:
         s = self.summary
         it = iter(pending)  # ids are unique here: run() de-duplicated them
         stop = asyncio.Event()
-        last_ok = [time.monotonic()]  # when a job last finished with a record or a drop
+        self._last_ok = time.monotonic()  # when a job last finished with a record or a drop, or a request answered
 
         async def watchdog() -> None:
             """Stop the run when nothing has come back for ``stall_s`` (failures do not count as answers)."""
             while True:
                 await asyncio.sleep(min(1.0, self.stall_s / 4))
-                if time.monotonic() - last_ok[0] > self.stall_s:
+                if time.monotonic() - self._last_ok > self.stall_s:
                     s.aborted = (f"no answer from any request for {self.stall_s:g} s: the server accepts connections "
                                  "but does not reply (is it stuck, or loading a model too large for it?); finished "
                                  "work is kept, run the same command again once it answers")
@@ -237,7 +245,7 @@ class Runner:
                     return
                 outcome = await self._attempt(job, work)
                 if not isinstance(outcome, BaseException):
-                    last_ok[0] = time.monotonic()
+                    self._last_ok = time.monotonic()
                 if isinstance(outcome, Drop):
                     drops.append({"id": job.id, "reason": outcome.reason, **outcome.detail})
                     s.dropped[outcome.reason] += 1

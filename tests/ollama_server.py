@@ -49,7 +49,9 @@ Server-wide settings are plain attributes: ``version`` (say ``"0.4.0"`` to test 
 ``load_latency`` (extra seconds while a model is not loaded; ``keep_alive`` decides how long it stays),
 ``latency`` (fixed seconds per generation, held inside a slot), ``num_parallel`` and ``max_queue`` (FIFO queue;
 past ``num_parallel + max_queue`` pending requests the answer is the 503 ``server busy``), ``chunk_words`` (words
-per streamed chunk), ``reply`` (a callable ``(messages, format, options) -> str``).
+per streamed chunk), ``reply`` (a callable ``(messages, format, options) -> str``), ``run_weights`` (a model created
+from safetensors answers chat and generate from its own weights, sampled by the request's temperature and seed,
+as the real server does; ``Weights``; a structured ``format`` still gets ``reply``).
 
 Token log-probabilities as Ollama >= 0.12.11 returns them (``api/types.go``: request ``logprobs: bool`` and
 ``top_logprobs: int`` in 0..20 on ``/api/chat`` and ``/api/generate``, else 400 ``top_logprobs must be between 0
@@ -299,6 +301,8 @@ class OllamaServer:
         self.log: list[LogEntry] = []
         self.blobs: dict[str, bytes] = {}               # "sha256:<hex>" -> content
         self.created: dict[str, dict[str, Any]] = {}    # model name -> what its /api/create carried
+        self.run_weights = False  # True: a model created from safetensors answers from its own weights (Weights)
+        self._weights: dict[str, Weights] = {}          # model name -> its loaded weights, per create
         self._port, self.bind = port, bind  # bind "0.0.0.0" to be reached at this machine's own address
         self._lock = threading.Lock()
         self._gates: dict[str, SlotGate] = {}
@@ -389,6 +393,18 @@ class OllamaServer:
                              "details": {"parent_model": "", "format": "gguf", "family": family,
                                          "families": [family], "parameter_size": "8.0B",
                                          "quantization_level": quantization}}
+
+    def weights(self, model: str) -> "Weights | None":
+        """With ``run_weights``: the created model's own weights (loaded on first use after each create), else
+        None (the scripted ``reply`` answers). Adapters and ``from`` models have no weights of their own here."""
+        made = self.created.get(model)
+        if not self.run_weights or not made or not made["files"]:
+            return None
+        key = json.dumps(made["files"], sort_keys=True)
+        loaded = self._weights.get(model)
+        if loaded is None or loaded.key != key:
+            loaded = self._weights[model] = Weights({n: self.blobs[d] for n, d in made["files"].items()}, key)
+        return loaded
 
     def remove_model(self, name: str) -> None:
         self.models.pop(normalize_model(name), None)
@@ -522,6 +538,62 @@ def _safetensors_problem(name: str, data: bytes) -> str:
     if not kinds <= {"F32", "F16", "BF16"}:
         return f"{name}: unsupported safetensors dtype(s) {sorted(kinds - {'F32', 'F16', 'BF16'})}"
     return ""
+
+
+class Weights:
+    """A created model run from the files its create named, as Ollama runs what it imported: the test server's
+    stand-in for llama.cpp (``OllamaServer.run_weights``). The safetensors and tokenizer are loaded with
+    transformers (float32; a ``quantize`` is recorded, not applied); a chat becomes the prompt through the
+    tokenizer's chat template (the one Ollama detects its Go template from), ``raw`` generate sends the prompt as
+    it is. Sampling follows the request's options as Ollama does: ``temperature`` (default 0.8; 0 is greedy),
+    ``seed`` (the same request with the same seed gives the same answer; without one, any), up to ``num_predict``
+    tokens (default here 128) or the end-of-turn token, whichever comes first."""
+
+    def __init__(self, files: dict[str, bytes], key: str = ""):
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        folder = Path(tempfile.mkdtemp(prefix="ollama-test-model-"))
+        try:
+            for name, data in files.items():
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                (folder / name).write_bytes(data)
+            self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.key = key
+        self._lock = threading.Lock()
+
+    def __call__(self, messages: list[dict[str, Any]], options: dict[str, Any], raw: str | None = None) -> str:
+        import torch
+
+        tok = self.tokenizer
+        prompt = raw if raw is not None else tok.apply_chat_template(messages, tokenize=False,
+                                                                     add_generation_prompt=True)
+        ids = tok(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+        temperature = float(options.get("temperature", 0.8))
+        seed = options.get("seed")
+        rng = torch.Generator().manual_seed(int(seed) if seed is not None else random.randrange(2**31))
+        limit = options.get("num_predict")
+        limit = 128 if not isinstance(limit, int) or limit < 0 else limit
+        out: list[int] = []
+        with self._lock, torch.no_grad():
+            for _ in range(limit):
+                logits = self.model(ids).logits[0, -1].float()
+                if temperature <= 0:
+                    token = int(logits.argmax())
+                else:
+                    token = int(torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=rng))
+                if token == tok.eos_token_id:
+                    break
+                out.append(token)
+                ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+        return tok.decode(out, skip_special_tokens=True)
 
 
 def _tokens(text: str) -> list[str]:
@@ -955,7 +1027,10 @@ class _Exchange:
                 if not finished:
                     return self.canceled()
             try:
-                text = owner.reply(messages, fmt, options)
+                raw = body.get("prompt") if api == "generate" and body.get("raw") else None
+                weights = owner.weights(model) if fmt in (None, "") else None
+                text = (await asyncio.to_thread(weights, messages, options, raw) if weights is not None
+                        else owner.reply(messages, fmt, options))
             except Exception as err:  # a broken scripted reply: say so, loudly, instead of dropping the socket
                 import traceback
 

@@ -380,6 +380,30 @@ def test_create_streams_statuses_then_lists_and_serves_the_model(ollama_server):
     assert reply.message.content
 
 
+def test_a_created_model_answers_from_its_own_weights_by_temperature_and_seed(ollama_server, tiny_model_dir):
+    """run_weights: the files a create named are the model that answers (a seed repeats an answer, another seed
+    gives another, temperature 0 is greedy), as a real server samples what it imported."""
+    ollama_server.run_weights = True
+    files = {p.name: p.read_bytes() for p in tiny_model_dir.iterdir() if p.is_file()}
+    config = json.loads(files["config.json"])    # the top-level rope_theta the converter reads
+    files["config.json"] = json.dumps({**config, "rope_theta": config["rope_parameters"]["rope_theta"]}).encode()
+    digests = upload(ollama_server, files)
+    with httpx.Client(base_url=ollama_server.url, trust_env=False) as h:
+        made = h.post("/api/create", json={"model": "tiny", "files": digests, "stream": False,
+                                           "template": "{{ .Prompt }}"})
+        assert made.status_code == 200, made.text
+
+    def ask(**options) -> str:
+        return ollama.Client(host=ollama_server.url).chat(model="tiny", messages=USER,
+                                                          options={"num_predict": 16, **options}).message.content
+
+    one, again, other = ask(temperature=1.0, seed=1), ask(temperature=1.0, seed=1), ask(temperature=1.0, seed=2)
+    assert one and one == again and other != one
+    assert ask(temperature=0) == ask(temperature=0, seed=5)
+    ollama_server.run_weights = False
+    assert ask(temperature=1.0, seed=1) != one                       # the scripted reply again
+
+
 @pytest.mark.parametrize("change,error", [
     ({"architectures": ["MistralForCausalLM"]}, 'unsupported architecture "MistralForCausalLM"'),
     ({"rope_theta": None}, "reads only the top-level rope_theta"),

@@ -74,3 +74,22 @@ def test_the_failure_sidecar_counts_requests_as_well_as_attempts(ollama_server: 
     generate(cfg, clients={"ollama:m": client})
     entry = json.loads((tmp_path / "pairs.jsonl.failures.jsonl").read_text().splitlines()[0])
     assert entry["attempts"] == 2 and entry["requests"] == 6 == ollama_server.count("/api/chat")
+
+
+def test_a_prompt_answered_request_by_request_is_no_stall(ollama_server: Any, tmp_path: Path, monkeypatch) -> None:
+    """rank asks K samples and K scores per prompt: the prompt finishes long after its first answer. Each answer
+    shows the server alive, so only a silent server trips the stall watchdog (issue 17: a round's local sampling
+    and scoring at the quickstart's size stopped with "no answer from any request" while answers kept coming)."""
+    from generator.config import GenerateConfig
+    from generator.run import generate
+
+    monkeypatch.setenv("OLLAMA_HOST", ollama_server.url)
+    ollama_server.latency, ollama_server.num_parallel = 0.4, 1   # 4 samples + 4 scores: ~3 s per prompt
+    src = tmp_path / "prompts.json"
+    write_prompts(src, n=2)
+    cfg = GenerateConfig(source=str(src), output=str(tmp_path / "pairs.jsonl"), strategy="rank",
+                         models=["ollama:llama3.1:70b"], judge="ollama:judge", k=4, concurrency=1, stall_s=1.5,
+                         quiet=True)
+    result = generate(cfg)
+    assert result.aborted is None, result.aborted
+    assert result.written + sum(result.dropped.values()) == 2

@@ -135,7 +135,9 @@ def score(prompt, answer):
 
 def test_round_two_beats_round_one_by_a_judge_with_a_known_preference(rounds_setup: Path, ollama_server) -> None:
     """Contrast rounds: the writer's answers (the test server's, all holding "Thank you") against the trained
-    model's own; the python: judge prefers the marker, so a round that learned it more wins against the last."""
+    model's own; the python: judge prefers the marker, so a round that learned it more wins against the last.
+    With [export] the trained models answer from the server, which runs their weights."""
+    ollama_server.run_weights = True
     (rounds_setup.parent / "polite_rounds.py").write_text(POLITE)
     run = rounds_setup.parent / "run"
     # [export] ollama: the loop exports round 1, and the best round is exported under the same name at the end
@@ -219,6 +221,11 @@ def test_kill_9_in_each_stage_of_round_two_then_resume(rounds_setup: Path, tiny_
     state = json.loads((run / "state.json").read_text())["stages"]
     assert all(state[s]["status"] == "done" for s in ("round2/generate", "round2/train", "round2/judge",
                                                        "round2/judge-previous"))
+    # each killed stage was resumed under its fingerprint (its work kept, not moved aside and redone), and round 1
+    # was never started again: the run picked up in the round and stage where it stopped
+    assert all(state[s]["runs"] >= 2 for s in killed), {s: state[s]["runs"] for s in killed}
+    assert all(state[s]["runs"] == 1 for s in ("generate", "split", "train", "judge"))
+    assert not (run / "stale").exists()
     assert (run / "rounds" / "2" / "train" / "final" / "config.json").exists()
 
 
@@ -228,3 +235,54 @@ def test_a_rounds_judge_that_does_not_import_stops_the_run_before_any_work(round
     assert "[rounds] judge" in capsys.readouterr().err and not (run / "generate").exists()
     assert main(Args(rounds_setup, *SETTINGS, 'judge.judges=["human"]')) == 2
     assert "rank pairing needs a judge" in capsys.readouterr().err
+
+
+def test_with_export_each_round_is_created_on_the_server_and_the_server_samples_it(rounds_setup: Path,
+                                                                                  ollama_server) -> None:
+    """[export] ollama: each round's model is created on the server under a name of its own, round 2's samples
+    are asked of the round-1 model there (each sample its own seed, at the round's temperature), and the
+    verdicts ask the server for both sides. The server answers created models from their own weights."""
+    import ollama
+
+    ollama_server.run_weights = True
+    run = rounds_setup.parent / "run"
+    rounds_setup.write_text(rounds_setup.read_text() + '\n[export]\nollama = "tiny-run"\n')
+    assert main(Args(rounds_setup, *SETTINGS)) == 0
+
+    def files(folder: Path) -> dict[str, str]:
+        return json.loads((folder / "export.json").read_text())["files"]
+
+    made = ollama_server.created
+    assert made["tiny-run-round1:latest"]["files"] == files(run / "rounds" / "1" / "export") \
+        == files(run / "export" / "policy")                          # round 1's model: the one the loop trained
+    assert made["tiny-run-round2:latest"]["files"] == files(run / "rounds" / "2" / "export") \
+        != made["tiny-run-round1:latest"]["files"]
+
+    asked = [b for b in ollama_server.bodies("/api/chat") if b["model"] == "tiny-run-round1"]
+    prompts = (run / "rounds" / "2" / "prompts.jsonl").read_text().splitlines()
+    sampling = [b for b in asked if b["options"].get("temperature") == 1.0]
+    assert len(sampling) == 3 * len(prompts)                         # [rounds] samples = 3 per prompt
+    assert {b["options"]["seed"] for b in sampling} == {2000, 2001, 2002}   # seed + 1000·k + i
+
+    pairs = [json.loads(x) for x in (run / "rounds" / "2" / "generate" / "pairs.jsonl").read_text().splitlines()]
+    sampler = f"ollama:tiny-run-round1@{ollama_server.url}"
+    assert pairs and all(p["meta"]["round"] == 2 and p["meta"]["model"] == [sampler] and
+                         p["meta"]["judge"] == "python:marker_rounds:score" for p in pairs)
+    # the pair holds what the server's round-1 model answers: ask it again with the chosen sample's seed
+    first = pairs[0]
+    best = next(c for c in first["meta"]["candidates"] if c["text"] == first["chosen"])
+    body = next(b for b in sampling if b["options"]["seed"] == best["seed"] and
+                first["meta"]["instruction"] in b["messages"][-1]["content"])
+    again = ollama.Client(host=ollama_server.url).chat(model="tiny-run-round1", messages=body["messages"],
+                                                       options=body["options"])
+    assert again.message.content.strip() == first["chosen"]
+
+    # round 2's verdicts: the round-2 model against the SFT model's export and against round 1, all served
+    answered = {b["model"] for b in ollama_server.bodies("/api/chat")}
+    assert {"tiny-run-round2", "tiny-run-reference", "tiny-run-round1"} <= answered
+    results = json.loads((run / "rounds" / "2" / "judge-previous" / "results.json").read_text())
+    assert json.dumps(results).count(sampler) >= 1
+
+    creates = ollama_server.count("/api/create")
+    assert main(Args(rounds_setup, *SETTINGS)) == 0                   # a rerun creates nothing again
+    assert ollama_server.count("/api/create") == creates
