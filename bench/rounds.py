@@ -129,6 +129,7 @@ def main() -> None:
 
     import random
 
+    from loop.config import RoundsSection
     from loop.rounds import best_round, stop_reason  # the loop's own rules
 
     data = slices(args.val_limit)
@@ -156,7 +157,7 @@ def main() -> None:
     print(f"\nrounds on the seed's validation rows [1045:] ({args.val_limit} prompts), judge {JUDGE}")
     print(f"{'round':>5} {'vs SFT':>22} {'vs previous':>22} {'kept':>6} {'stock':>6} {'loops':>5} "
           f"{'sample+rank s':>13} {'train s':>8} {'judge s':>8}")
-    rows = []
+    rows, guard = [], RoundsSection()        # the loop's defaults: min_kept 0.95, max_stock 0.10
     for k in range(1, args.rounds + 1):
         row = bench_row(root, k, models[k])
         fmt = lambda c: "—" if c[0] is None else f"{c[0]:.1%} [{c[1]:.1%}, {c[2]:.1%}]"  # noqa: E731
@@ -166,10 +167,10 @@ def main() -> None:
         print(f"{k:>5} {fmt(row.vs_sft):>22} {fmt(row.vs_previous):>22} {kept:>6} {stock:>6} {row.loops!s:>5} "
               f"{c['sample+rank']:>13.0f} {c['train']:>8.0f} {c['judge']:>8.0f}")
         rows.append(row)
-        reason = stop_reason(row, 0.95)
+        reason = stop_reason(row, guard)
         if reason:
             print(f"      the loop's stop rule would stop here: {reason}")
-    print(f"the loop's result (its best round): round {best_round(rows, 0.95).round}")
+    print(f"the loop's result (its best round): round {best_round(rows, guard).round}")
     r3 = root / "r3" / "judge-vs-r1"
     if args.rounds >= 3:
         judge(models[3], models[1], data, r3, args)

@@ -124,11 +124,10 @@ def lost_skill(kept: float | None, diff_ci_high: float | None) -> bool:
     return kept is not None and kept < SKILL_KEPT and diff_ci_high is not None and diff_ci_high < 0
 
 
-def stock_collapse(ret: Retention) -> bool:
-    """The preference has become one stock phrase: more than ``STOCK_SHARE`` of the trained answers open alike, and
-    more than the reference's do."""
-    pol, ref = ret.policy, ret.reference
-    return bool(ret.n) and pol.stock_share > STOCK_SHARE and pol.stock_share > ref.stock_share
+def stock_collapse(share: float, reference_share: float, limit: float = STOCK_SHARE) -> bool:
+    """The preference has become one stock phrase: more than ``limit`` of the trained answers open alike, and more
+    than the reference's do."""
+    return share > limit and share > reference_share
 
 
 def retention(answers: Sequence[AnswerRow], *, n_boot: int = 2000, seed: int = 0) -> Retention:
@@ -166,7 +165,7 @@ def retention_warnings(ret: Retention) -> list[str]:
                    f"content (content-word recall of the known-good answers {pol.content_recall:.3f} vs "
                    f"{ref.content_recall:.3f}; worse on {ret.worse} prompts, better on {ret.better}); DPO should "
                    f"shape the style, not lose the skill: {LEVERS}")
-    if stock_collapse(ret):
+    if stock_collapse(pol.stock_share, ref.stock_share):
         out.append(f"{pol.stock_share:.0%} of the trained answers open with \"{pol.stock_opening} …\" (the "
                    f"reference's commonest opening: {ref.stock_share:.0%}): the preference has become one stock "
                    f"phrase; {LEVERS}")

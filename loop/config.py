@@ -127,6 +127,9 @@ class RoundsSection:
                              choices=("previous", "sft"))
     min_kept: float = setting(0.95, "stop when a round keeps less than this share of the SFT model's content "
                                     "recall on the held-out prompts")
+    max_stock: float = setting(0.10, "stop when more than this share of a round's held-out answers open with one "
+                                     "stock phrase (and more than the SFT model's): the judge is rewarded by the "
+                                     "phrase; 1 turns it off")
     lr: float = setting(0.0, "learning rate of rounds 2..N (0: [train] lr). A round's fresh slice gives fewer "
                              "steps than round 1's data; on the seed's pairs 1e-5 against round 1's 5e-6 "
                              "(bench/rounds.py)")
@@ -135,6 +138,8 @@ class RoundsSection:
         check_choices(self, "rounds.")
         if self.samples < 2:
             raise ConfigError(f"rounds.samples: at least 2 answers per prompt to pair, got {self.samples}")
+        if not 0.0 <= self.max_stock <= 1.0:
+            raise ConfigError(f"rounds.max_stock: a share of the answers, e.g. 0.10; got {self.max_stock}")
         if self.lr < 0:
             raise ConfigError(f"rounds.lr: a learning rate > 0, or 0 for [train] lr; got {self.lr}")
         if not 0.0 <= self.min_kept <= 1.5:

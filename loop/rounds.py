@@ -73,7 +73,8 @@ class RoundRow:
     mean_chars: float | None = None
     pairs: int | None = None
     reward_accuracy: float | None = None   # held-out reward accuracy of the round's training (no judge)
-    stock_opening: str | None = None       # set when the answers collapsed onto it (judge.retention.stock_collapse)
+    stock_opening: str | None = None       # the opening most of its answers share
+    sft_stock_share: float | None = None   # the SFT model's share on the same prompts
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -116,23 +117,31 @@ def round_row(run_dir: Path, k: int, model: str) -> RoundRow:
 
 def skill_row(row: RoundRow, ret: Any) -> RoundRow:
     """The row with the skill its held-out answers kept (a ``judge.results`` Retention, or None: not judged)."""
-    from judge.retention import stock_collapse
-
     if ret is None:
         return row
     pol = ret.policy
     return replace(row, kept=ret.kept, stock_share=pol.stock_share, loops=pol.loops, mean_chars=pol.mean_chars,
-                   stock_opening=pol.stock_opening if stock_collapse(ret) else None)
+                   stock_opening=pol.stock_opening, sft_stock_share=ret.reference.stock_share)
 
 
-def stop_reason(row: RoundRow, min_kept: float) -> str | None:
-    """Why the run stops after this round, or None. Round 1 is compared with the SFT model only for the skill."""
-    if row.kept is not None and row.kept < min_kept:
+def collapsed(row: RoundRow, max_stock: float) -> bool:
+    """Its answers collapsed onto one stock phrase (``judge.retention.stock_collapse`` at ``[rounds] max_stock``)."""
+    from judge.retention import stock_collapse
+
+    return row.stock_share is not None and stock_collapse(row.stock_share, row.sft_stock_share or 0.0, max_stock)
+
+
+def stop_reason(row: RoundRow, guard: RoundsSection) -> str | None:
+    """Why the run stops after this round, or None: it lost the skill (``guard.min_kept``), its answers collapsed
+    onto one stock phrase (``guard.max_stock``), or it does not beat the previous round. Round 1 is compared with
+    the SFT model only for the skill."""
+    if row.kept is not None and row.kept < guard.min_kept:
         return (f"round {row.round} keeps {row.kept:.0%} of the SFT model's content recall, below [rounds] "
-                f"min_kept = {min_kept:.0%}")
-    if row.stock_opening is not None:
+                f"min_kept = {guard.min_kept:.0%}")
+    if collapsed(row, guard.max_stock):
         return (f"round {row.round}'s answers collapse onto one stock phrase: {row.stock_share:.0%} open with "
-                f"\"{row.stock_opening} …\" (the judge is rewarded by the phrase, not the answers)")
+                f"\"{row.stock_opening} …\" (the SFT model's: {row.sft_stock_share or 0:.0%}; [rounds] max_stock = "
+                f"{guard.max_stock:.0%}): the judge rewards the phrase, not the answers")
     rate, low, high = row.vs_previous
     if row.round > 1 and rate is not None and low is not None and low <= 0.5:
         return (f"round {row.round} does not beat round {row.round - 1}: win rate {rate:.0%}, interval "
@@ -140,11 +149,11 @@ def stop_reason(row: RoundRow, min_kept: float) -> str | None:
     return None
 
 
-def best_round(rows: list[RoundRow], min_kept: float) -> RoundRow:
+def best_round(rows: list[RoundRow], guard: RoundsSection) -> RoundRow:
     """The round with the highest win rate against the SFT model among those that kept the skill and did not
     collapse onto a stock phrase (round 1 when none did); ties go to the earlier round."""
-    kept = [r for r in rows if (r.kept is None or r.kept >= min_kept) and r.stock_opening is None] or rows[:1]
-    return max(kept, key=lambda r: (r.vs_sft[0] if r.vs_sft[0] is not None else -1.0, -r.round))
+    ok = [r for r in rows if (r.kept is None or r.kept >= guard.min_kept) and not collapsed(r, guard.max_stock)]
+    return max(ok or rows[:1], key=lambda r: (r.vs_sft[0] if r.vs_sft[0] is not None else -1.0, -r.round))
 
 
 def round_train_config(cfg: Any, prev: str, pairs: Path, out: Path) -> Any:  # a LoopConfig -> a TrainConfig
@@ -229,14 +238,14 @@ class Rounds:
 
     def run(self) -> list[RoundRow]:
         rows = [round_row(self.loop.run_dir, 1, self.model_of(1))]
-        stop = stop_reason(rows[0], self.r.min_kept)
+        stop = stop_reason(rows[0], self.r)
         for k in range(2, self.n + 1):
             if stop:
                 break
             self.one(k)
             rows.append(round_row(self.loop.run_dir, k, self.model_of(k)))
-            stop = stop_reason(rows[-1], self.r.min_kept)
-        best = best_round(rows, self.r.min_kept)
+            stop = stop_reason(rows[-1], self.r)
+        best = best_round(rows, self.r)
         if stop:
             self.loop.warn(f"rounds stopped: {stop}")
         self.loop.say(f"[bold]rounds:[/bold] best is round {best.round} ({best.model})")

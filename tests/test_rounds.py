@@ -79,17 +79,26 @@ def test_a_round_that_changed_nothing_stops_the_run_and_round_one_stays_the_resu
 
 
 def test_stop_rule_and_best_round() -> None:
+    from loop.config import RoundsSection
+
+    guard = RoundsSection()                                       # min_kept 0.95, max_stock 0.10
     one = RoundRow(1, "m1", [0.6, 0.55, 0.65], [0.6, 0.55, 0.65], kept=1.0)
     two = RoundRow(2, "m2", [0.7, 0.6, 0.8], [0.6, 0.52, 0.7], kept=0.99)
     three = RoundRow(3, "m3", [0.8, 0.7, 0.9], [0.6, 0.52, 0.7], kept=0.9)
-    assert stop_reason(two, 0.95) is None
-    assert "min_kept" in stop_reason(three, 0.95)
-    assert "does not beat" in stop_reason(RoundRow(2, "m", [0.5] * 3, [0.5, 0.4, 0.6], kept=1.0), 0.95)
-    assert best_round([one, two, three], 0.95).round == 2          # round 3 lost the skill
-    stock = RoundRow(3, "m3", [0.9, 0.8, 0.96], [0.74, 0.63, 0.84], kept=0.99, stock_share=0.27,
-                     stock_opening="i d be happy")
-    assert "stock phrase" in stop_reason(stock, 0.95) and "i d be happy" in stop_reason(stock, 0.95)
-    assert best_round([one, two, stock], 0.95).round == 2        # round 3 bought its win with one phrase
+    assert stop_reason(two, guard) is None
+    assert "min_kept" in stop_reason(three, guard)
+    assert "does not beat" in stop_reason(RoundRow(2, "m", [0.5] * 3, [0.5, 0.4, 0.6], kept=1.0), guard)
+    assert best_round([one, two, three], guard).round == 2          # round 3 lost the skill
+    # the seed's round 4: 89 % against the SFT model, by opening 27 % of its answers alike (the SFT model: 4 %)
+    stock = RoundRow(3, "m3", [0.89, 0.8, 0.96], [0.74, 0.63, 0.84], kept=0.99, stock_share=0.27,
+                     stock_opening="i d be happy", sft_stock_share=0.04)
+    assert "stock phrase" in stop_reason(stock, guard) and "i d be happy" in stop_reason(stock, guard)
+    assert best_round([one, two, stock], guard).round == 2        # round 3 bought its win with one phrase
+    loose = RoundsSection(max_stock=0.3)
+    assert stop_reason(stock, loose) is None and best_round([one, two, stock], loose).round == 3
+    as_sft = RoundRow(3, "m3", [0.89, 0.8, 0.96], [0.74, 0.63, 0.84], kept=0.99, stock_share=0.27,
+                      stock_opening="i m sorry for", sft_stock_share=0.40)   # no more alike than the SFT model's
+    assert stop_reason(as_sft, guard) is None
 
 
 def test_fresh_slices_are_disjoint_and_cover_the_training_prompts() -> None:
@@ -106,6 +115,8 @@ def test_rounds_settings_are_checked(rounds_setup: Path) -> None:
         load_loop_config(rounds_setup, ["rounds.samples=1"])
     with pytest.raises(ConfigError, match="rounds.pairing"):
         load_loop_config(rounds_setup, ['rounds.pairing="best"'])
+    with pytest.raises(ConfigError, match="rounds.max_stock"):
+        load_loop_config(rounds_setup, ["rounds.max_stock=2"])
     with pytest.raises(ConfigError, match="rounds.reference"):
         load_loop_config(rounds_setup, ['rounds.reference="policy"'])
     assert load_loop_config(rounds_setup, ['rounds.reference="sft"']).rounds.reference == "sft"
@@ -144,7 +155,8 @@ def test_round_two_beats_round_one_by_a_judge_with_a_known_preference(rounds_set
     rounds_setup.write_text(rounds_setup.read_text() + '\n[export]\nollama = "tiny-run"\nquantize = "q8_0"\n')
     args = Args(rounds_setup, 'judge.judges=["python:polite_rounds:score"]', "preflight.enabled=false",
                 "judge.n_boot=200", "run.rounds=2", 'rounds.pairing="contrast"', "rounds.temperature=0.0",
-                'rounds.prompts="all"', "train.lr=3e-3", "train.max_steps=30")
+                'rounds.prompts="all"', "train.lr=3e-3", "train.max_steps=30",
+                "rounds.max_stock=1.0")    # this judge wants exactly one phrase: its stock opening is the goal
     try:
         code = main(args)
     finally:
