@@ -27,7 +27,7 @@ import torch
 from prefloop.config import to_dict
 from prefloop.files import Busy, Lock, atomic_path, atomic_write_json
 from prefloop.stage import StageResult
-from trainer import distributed, load, lora
+from trainer import attention, distributed, load, lora
 from trainer.checkpoint import (check_resumable, list_checkpoints, load_checkpoint, run_fingerprint,
                                 save_checkpoint, step_folders)
 from trainer.config import TrainConfig
@@ -230,6 +230,9 @@ def run(cfg: TrainConfig, objective: Objective, console: Any = None, *, model: A
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     lora.check_available(cfg, device)  # peft, and CUDA for QLoRA, before any data or weights are read
+    if attention.resolve(cfg.attention, device) == "flex" and device.type in ("cpu", "mps"):
+        raise TrainError(f"train.attention: flex cannot train on {device.type} (PyTorch has no backward for flex "
+                         "attention there); use attention = 'auto' or 'dense'")
     dist = distributed.start(cfg, device)
     device = dist.device
     if not dist.is_main:
@@ -298,7 +301,7 @@ def _run(cfg: TrainConfig, objective: Objective, console: Any, out: Path, dist: 
     if cfg.lora_r:
         model = lora.add_adapter(model, cfg)
     model.train()
-    policy = Policy(distributed.wrap(PackedLM(model), dist), model, dist)
+    policy = Policy(distributed.wrap(PackedLM(model, attention.resolve(cfg.attention, device)), dist), model, dist)
 
     # 3. plan: an epoch is its batches grouped into optimizer steps of `grad_accum` micro-batches
     def step_groups(epoch: int) -> list[list[list[int]]]:
