@@ -189,3 +189,34 @@ def test_flex_attention_on_the_cpu_is_refused_before_any_work(pairs_path: Path, 
     with pytest.raises(TrainError, match="train.attention: flex cannot train on cpu"):
         train(cfg, Console(file=io.StringIO()))
     assert TrainConfig(attention="auto").attention == "auto"
+
+
+def test_reference_pass_runs_in_token_capped_pieces(tiny_model_dir: Path, pairs_path: Path, tmp_path: Path) -> None:
+    """max_tokens_per_batch bounds every forward of a run, the reference pass's too (it packs 16+ rows a batch),
+    and the pieces give the same reference log-probs as whole batches."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.data import TrainItem
+    from trainer.logps import PackedLM
+    from trainer.refcache import compute_ref_logps
+    from trainer.tokenize import tokenize_records
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    items = [TrainItem(r["id"], r["prompt"], [r["chosen"], r["rejected"]]) for r in read_jsonl(pairs_path)]
+    examples, _ = tokenize_records(tok, items, prompt_format="auto", max_length=64, max_prompt_length=None)
+    cap = 3 * max(ex.packed_length() for ex in examples)
+    forwards: list[int] = []
+    model.model.register_forward_pre_hook(lambda m, a, kw: forwards.append(kw["input_ids"].numel()), with_kwargs=True)
+    cfg = TrainConfig(model=str(tiny_model_dir), data=str(pairs_path), output_dir=str(tmp_path / "run"),
+                      batch_size=8, max_length=64, max_steps=2, live=False, max_tokens_per_batch=cap)
+    train(cfg, Console(file=io.StringIO()), model=model, tokenizer=tok)
+    assert len(forwards) > 2 * 3 and max(forwards) <= cap, (cap, forwards)
+
+    whole, _ = compute_ref_logps(PackedLM(model), examples, tok.pad_token_id, batch_size=16, dtype="fp32",
+                                 device=torch.device("cpu"))
+    pieces, _ = compute_ref_logps(PackedLM(model), examples, tok.pad_token_id, batch_size=16, dtype="fp32",
+                                  device=torch.device("cpu"), max_tokens=cap, multiple_of=64)
+    assert whole.counts == pieces.counts
+    for rid, sums in whole.sums.items():
+        assert pieces.sums[rid] == pytest.approx(sums, abs=1e-4, rel=1e-6)

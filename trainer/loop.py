@@ -40,7 +40,7 @@ from trainer.metrics import (Averager, LiveView, open_metrics, peak_bf16_flops, 
                              train_flops_per_token)
 from trainer.trackers import open_trackers
 from trainer.optim import make_optimizer, make_scheduler, retarget
-from trainer.packing import PackedBatch, epoch_batches, pack, split_by_tokens
+from trainer.packing import PackedBatch, epoch_batches, pack, share_pieces
 from prefloop.progress import Progress
 from trainer.refcache import PassStopped
 from trainer.tokenize import Example, TokenizeReport, tokenize_records
@@ -173,19 +173,6 @@ def claim(out: Path, dist: Dist) -> Iterator[None]:
 # plans and allocator blocks reused from step to step instead of a slow first few steps; a CPU gains nothing.
 def pad_multiple(device: torch.device) -> int:
     return 64 if device.type == "cuda" else 1
-
-
-def _pieces(dist: Dist, examples: list[Example], idx: list[int], max_tokens: int) -> list[tuple[list[int], float]]:
-    """This process's share of micro-batch ``idx`` in pieces of at most ``max_tokens`` packed tokens, each with its
-    weight. Every process runs as many pieces (FSDP2 gathers the weights in each forward, a collective): one with
-    fewer adds weight-0 pieces of one row."""
-    rows, weight = dist.share(idx)
-    mine = [(piece, weight) for piece in split_by_tokens(examples, rows, max_tokens)]
-    if max_tokens and dist.enabled:
-        most = max(len(split_by_tokens(examples, list(idx[r::dist.world]) or list(idx[:1]), max_tokens))
-                   for r in range(dist.world))
-        mine += [(rows[:1], 0.0)] * (most - len(mine))
-    return mine
 
 
 def _tokenize(tokenizer: Any, items: list[TrainItem], cfg: TrainConfig) -> tuple[list[Example], TokenizeReport]:
@@ -390,7 +377,7 @@ def _run(cfg: TrainConfig, objective: Objective, console: Any, out: Path, dist: 
             avg = Averager()
             tokens = 0.0
             for j, idx in enumerate(groups[pos]):
-                pieces = _pieces(dist, train_ex, idx, cfg.max_tokens_per_batch)
+                pieces = share_pieces(dist, train_ex, idx, cfg.max_tokens_per_batch)
                 parts: dict[str, float] = {}  # each piece's loss and metrics are its part of the micro-batch's
                 for n, (rows, weight) in enumerate(pieces):
                     batch = pack([train_ex[i] for i in rows], pad_id, share_of=[train_ex[i] for i in idx],

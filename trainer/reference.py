@@ -23,7 +23,7 @@ from trainer.data import TrainError
 from trainer.distributed import Dist
 from trainer.attention import resolve as resolve_attention
 from trainer.logps import PackedLM
-from trainer.loop import Objective
+from trainer.loop import Objective, pad_multiple
 from trainer.lora import quantization_key
 from trainer.packing import PackedBatch
 from trainer.refcache import RefLogps, load_or_compute, model_digest
@@ -74,7 +74,8 @@ class Reference:
             self.cache, computed, path = load_or_compute(
                 module, examples, tokenizer.pad_token_id, batch_size=max(16, 2 * self.cfg.batch_size),
                 dtype=self.cfg.dtype, model_hash=self.digest, device=dist.device, dist=dist, progress=ticker,
-                should_stop=should_stop)
+                should_stop=should_stop, max_tokens=self.cfg.max_tokens_per_batch,
+                multiple_of=pad_multiple(dist.device))
         if separate:
             self.model = self.module = None
         whose = f" of {self.cfg.ref_model}" if separate else ""
