@@ -220,3 +220,27 @@ def test_reference_pass_runs_in_token_capped_pieces(tiny_model_dir: Path, pairs_
     assert whole.counts == pieces.counts
     for rid, sums in whole.sums.items():
         assert pieces.sums[rid] == pytest.approx(sums, abs=1e-4, rel=1e-6)
+
+
+def test_adamw_is_fused_and_steps_as_the_per_tensor_loop(tiny_model_dir: Path) -> None:
+    """The optimizer takes the fused AdamW kernel on the CPU too (torch would step CPU weights one tensor at a time),
+    and its steps are the per-tensor reference's, weight decay and its exemption for norms included."""
+    from transformers import AutoModelForCausalLM
+
+    from trainer.optim import make_optimizer
+
+    models = [AutoModelForCausalLM.from_pretrained(tiny_model_dir) for _ in range(2)]
+    fast = make_optimizer(models[0], 1e-3, 0.1)
+    assert fast.defaults["fused"] is True
+    slow = make_optimizer(models[1], 1e-3, 0.1)
+    for group in slow.param_groups:
+        group["fused"], group["foreach"] = False, False
+    torch.manual_seed(0)
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in models[0].parameters()]
+        for model, opt in zip(models, (fast, slow)):
+            for p, g in zip(model.parameters(), grads):
+                p.grad = g.clone()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
