@@ -1,9 +1,10 @@
 """Batches: one packed row per prompt, and the order batches are drawn in.
 
 A row holds the prompt once followed by each of its completions: ``[prompt | chosen | rejected]``. A 4-D attention
-mask (built on the device from each position's segment) lets every completion token see the prompt and the earlier tokens of its own completion only, and position
-ids restart each completion right after the prompt, so each completion is computed exactly as if it followed the
-prompt alone, while the prompt's forward (and backward) is done once instead of twice.
+mask (built on the device from each position's segment; on CUDA a flex-attention block mask of the same rule,
+``trainer.attention``) lets every completion token see the prompt and the earlier tokens of its own completion
+only, and position ids restart each completion right after the prompt, so each completion is computed exactly as if
+it followed the prompt alone, while the prompt's forward (and backward) is done once instead of twice.
 
 Only positions that predict a completion token are scored: ``src`` indexes the hidden state that predicts each
 target token (the last prompt token predicts a completion's first token), so the LM head and log-softmax run on
