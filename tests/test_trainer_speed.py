@@ -149,36 +149,48 @@ def test_rows_padded_to_a_multiple_score_the_same(tiny_model_dir: Path, pairs_pa
         torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
 
 
-def test_flex_block_mask_scores_as_the_dense_mask(tiny_model_dir: Path, pairs_path: Path) -> None:
-    """The flex-attention block mask (a GPU run's default) gives the dense 4-D mask's log-probs, rows of different
-    prompt and completion lengths and padding included; the model still scores plain rows as before. (Gradients:
-    PyTorch has no CPU backward for flex attention; bench/attention_check.py compares them on a GPU.)"""
+def test_flex_block_mask_scores_as_the_dense_mask(tiny_model_dir: Path, pairs_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flex-attention block mask (a GPU run's default) gives the dense 4-D mask's log-probs and gradients, rows
+    of different prompt and completion lengths and padding included; the model still scores plain rows as before.
+    PyTorch refuses flex attention's backward on the CPU (its compiled kernels have none); its eager math path
+    does differentiate, so the test lifts that guard to compare gradients here (a GPU compares the compiled ones:
+    bench/gpu_bench.py attention)."""
+    import torch.nn.attention.flex_attention as flex
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trainer.attention import IMPLEMENTATION, block_mask, segment_mask_mod
     from trainer.data import TrainItem
-    from trainer.logps import PackedLM, naive_logps, packed_logps
+    from trainer.logps import PackedLM, naive_logps
     from trainer.packing import pack, segment_mask
     from trainer.tokenize import tokenize_records
 
+    monkeypatch.setattr(flex, "_validate_device", lambda *tensors: None)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     items = [TrainItem(r["id"], r["prompt"], [r["chosen"], r["rejected"]]) for r in read_jsonl(pairs_path)[:6]]
     examples, _ = tokenize_records(tok, items, prompt_format="auto", max_length=64, max_prompt_length=None)
-    batch = pack(examples, tok.pad_token_id, multiple_of=64)  # padding in every row, one 128-token block
+    batch = pack(examples, tok.pad_token_id, multiple_of=64)  # padding in every row
     # the mask_mod is the dense mask's rule, element by element
     rows, length = batch.segment.shape
     b, q, kv = torch.meshgrid(torch.arange(rows), torch.arange(length), torch.arange(length), indexing="ij")
     assert torch.equal(segment_mask_mod(batch.segment)(b, 0, q, kv), segment_mask(batch.segment)[:, 0])
     assert block_mask(batch.segment).shape == (rows, 1, length, length)
-    with torch.no_grad():
-        dense = packed_logps(model, batch)
-        flex = PackedLM(model, "flex")(batch)
-        assert model.config._attn_implementation == IMPLEMENTATION
-        naive = naive_logps(model, examples)  # plain rows after the switch: SDPA with a causal mask, as before
-    assert flex[1].tolist() == dense[1].tolist()
-    torch.testing.assert_close(flex[0] / flex[1], dense[0] / dense[1], rtol=0, atol=1e-5)  # per token (sums ~ 200)
-    torch.testing.assert_close(naive[0], dense[0], rtol=0, atol=1e-4)
+    got = {}
+    for kind in ("dense", "flex"):
+        model.zero_grad(set_to_none=True)
+        sums, counts = PackedLM(model, kind)(batch)
+        (sums * torch.linspace(-1, 1, len(sums))).sum().backward()
+        got[kind] = (sums.detach() / counts, counts, {n: p.grad.clone() for n, p in model.named_parameters()})
+    assert model.config._attn_implementation == IMPLEMENTATION
+    (dense_lp, dense_n, dense_g), (flex_lp, flex_n, flex_g) = got["dense"], got["flex"]
+    assert flex_n.tolist() == dense_n.tolist()
+    torch.testing.assert_close(flex_lp, dense_lp, rtol=0, atol=1e-5)  # per token (sums ~ 200)
+    for name, g in dense_g.items():
+        torch.testing.assert_close(flex_g[name], g, rtol=0, atol=1e-5, msg=name)
+    with torch.no_grad():  # plain rows after the switch: SDPA with its causal mask, as before
+        naive = naive_logps(model, examples)
+    torch.testing.assert_close(naive[0] / naive[1], dense_lp, rtol=0, atol=1e-5)
 
 
 def test_flex_attention_on_the_cpu_is_refused_before_any_work(pairs_path: Path, tmp_path: Path) -> None:
