@@ -2,6 +2,7 @@
 
     python bench/gpu_bench.py peak OUT.json [--cpu]           # bf16 matmul FLOP/s of this GPU (fp32 on a CPU)
     python bench/gpu_bench.py build SHAPE DIR --pairs FILE [--cpu]
+    python bench/gpu_bench.py attention OUT.json MODEL_DIR [--cpu]   # dense mask vs flex block mask, added to OUT
     python bench/gpu_bench.py figures OUT_DIR                 # figures.md from the checks' JSON files
 
 Models are built where no hub is reachable: the config of the real model (written here), random weights (speed
@@ -86,6 +87,87 @@ def build(shape: str, folder: Path, pairs: Path, cpu: bool) -> None:
           f"{time.perf_counter() - t0:.0f} s")
 
 
+def attention(out: Path, model_dir: str, cpu: bool) -> None:
+    """The two ways packed rows attend (trainer.attention), on the same model and micro-batch: their log-probs and
+    gradients side by side in fp32 (the flex path's only gradient check: PyTorch has no CPU backward for it), then
+    bf16 autocast forward+backward timed per variant (first call, which compiles flex, and the steady state) with
+    its peak GPU memory, at GPU micro-batch sizes (4 rows of ~2k packed tokens). Added to ``out`` (peak.json) under
+    "attention", so the check adds no file, with the ``choice`` the later checks train with (flex when it agrees
+    with dense and is faster). On a CPU (``--cpu``): forward only, tiny sizes, and dense (flex cannot train there)."""
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from trainer.logps import PackedLM
+    from trainer.packing import pack
+    from trainer.tokenize import Example
+
+    dev = torch.device("cpu" if cpu else "cuda")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(dev)
+    vocab = min(model.config.vocab_size, 8192)
+    rnd = random.Random(0)
+
+    def batch(rows: int, prompt: int, completion: int):  # noqa: ANN202
+        ids = lambda n: [rnd.randrange(vocab) for _ in range(rnd.randint(n // 2, n))]  # noqa: E731
+        exs = [Example(f"x{i}", ids(prompt), [ids(completion), ids(completion)]) for i in range(rows)]
+        return pack(exs, 0, multiple_of=64).to(dev), sum(e.counted_tokens() for e in exs)
+
+    sync = (lambda: None) if cpu else torch.cuda.synchronize
+
+    def save() -> None:
+        data = json.loads(out.read_text()) if out.exists() else {}
+        data["attention"] = result
+        out.write_text(json.dumps(data))
+
+    small, _ = batch(2, 48 if cpu else 200, 64 if cpu else 300)
+    result: dict = {"model": model_dir}
+    got = {}
+    for kind in ("dense", "flex"):  # fp32: the two must agree (<= 1e-5 per token)
+        lm = PackedLM(model, kind)
+        model.zero_grad(set_to_none=True)
+        with torch.set_grad_enabled(not cpu):
+            sums, counts = lm(small)
+            if not cpu:
+                sums.sum().backward()
+        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+        got[kind] = ((sums / counts).detach(), grads)
+    result["max_logp_diff_per_token"] = float((got["flex"][0] - got["dense"][0]).abs().max())
+    if not cpu:
+        result["max_grad_diff"] = max(float((got["flex"][1][n] - g).abs().max()) for n, g in got["dense"][1].items())
+    save()  # what is measured so far survives the check's time limit
+    model.zero_grad(set_to_none=True)
+    big, tokens = batch(2, 96, 128) if cpu else batch(4, 1024, 1536)
+    result["rows"], result["row_length"], result["tokens"] = big.n_rows, big.input_ids.size(1), tokens
+    for kind in ("dense", "flex"):
+        lm = PackedLM(model, kind)
+        if not cpu:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(6):
+            t0 = time.perf_counter()
+            with torch.set_grad_enabled(not cpu), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=not cpu):
+                sums, _ = lm(big)
+                if not cpu:
+                    sums.sum().backward()
+            sync()
+            times.append(time.perf_counter() - t0)
+            model.zero_grad(set_to_none=True)
+        result[kind] = {"first_s": times[0], "steady_s": sum(times[2:]) / len(times[2:]),
+                        "steady_tokens_per_s": tokens * len(times[2:]) / sum(times[2:]),
+                        "peak_gpu_mib": None if cpu else torch.cuda.max_memory_allocated() / 2**20}
+        save()
+        print(f"attention {kind}: first call {times[0]:.2f} s, steady {result[kind]['steady_s']:.3f} s "
+              f"({result[kind]['steady_tokens_per_s']:,.0f} tok/s)", flush=True)
+    # the variant the later checks train with: flex where it trains (CUDA), agrees with dense and is faster
+    agrees = result["max_logp_diff_per_token"] <= 1e-3 and result.get("max_grad_diff", 0.0) <= 1e-2
+    result["choice"] = ("flex" if not cpu and agrees and result["flex"]["steady_s"] < result["dense"]["steady_s"]
+                        else "dense")
+    save()
+    print(json.dumps(result))
+
+
 SIDES = (("ours", "trl", "full"), ("ours_lora", "trl_lora", "LoRA"), ("ours_qlora", None, "QLoRA"))
 
 
@@ -129,6 +211,23 @@ def figures(out: Path) -> None:
                 side = ("prefloop " if key.startswith("ours") else "TRL ") + label
                 print(f"| {path.stem} | {side} | {r['tokens_per_s']:,.0f} | {r.get('first_tokens_per_s', 0):,.0f} | "
                       f"{r.get('steady_tokens_per_s', 0):,.0f} | {mfu} | {gpu} | {vs} | {dl} | {dp} |")
+    att = json.loads(peak_file.read_text()).get("attention") if peak_file.exists() else None
+    if att:
+        print()
+        print(f"Attention over packed rows ({att.get('rows', '?')} rows of {att.get('row_length', '?')} tokens, "
+              f"{att.get('tokens', '?')} counted tokens; fp32 flex vs dense: log-probs per token differ by "
+              f"{att['max_logp_diff_per_token']:.1e}"
+              + (f", gradients by {att['max_grad_diff']:.1e}" if "max_grad_diff" in att else "") + "):")
+        print(f"The checks above trained with attention = {att.get('choice', 'dense (the check did not finish)')}.")
+        print("| attention | first call s | steady s | steady tok/s | peak GPU MiB |")
+        print("|---|---:|---:|---:|---:|")
+        for kind in ("dense", "flex"):
+            r = att.get(kind)
+            if not r:
+                print(f"| {kind} | (did not finish) | | | |")
+                continue
+            gpu = f"{r['peak_gpu_mib']:,.0f}" if r.get("peak_gpu_mib") else "-"
+            print(f"| {kind} | {r['first_s']:.2f} | {r['steady_s']:.3f} | {r['steady_tokens_per_s']:,.0f} | {gpu} |")
     print()
     for path in sorted(out.glob("*.json")):
         data = json.loads(path.read_text()) if path.name != "peak.json" else {}
@@ -150,6 +249,10 @@ def main() -> None:
     b.add_argument("folder", type=Path)
     b.add_argument("--pairs", type=Path, required=True)
     b.add_argument("--cpu", action="store_true")
+    a = sub.add_parser("attention")
+    a.add_argument("out", type=Path)
+    a.add_argument("model_dir")
+    a.add_argument("--cpu", action="store_true")
     f = sub.add_parser("figures")
     f.add_argument("out", type=Path)
     args = ap.parse_args()
@@ -157,6 +260,8 @@ def main() -> None:
         peak(args.out, args.cpu)
     elif args.cmd == "build":
         build(args.shape, args.folder, args.pairs, args.cpu)
+    elif args.cmd == "attention":
+        attention(args.out, args.model_dir, args.cpu)
     else:
         figures(args.out)
 

@@ -11,8 +11,8 @@
 # checkout, or synthetic pairs. Both sides run bench/train.py's sides on the same batches in the same order, bf16.
 # Each check has its own time limit and writes its JSON as soon as it ends; at most 8 files land in OUT_DIR
 # (default $OUT, the runner's folder, else ./gpu-check-out): log.txt, peak.json (the bf16 matmul peak measured
-# here), one JSON per check, figures.md (first-step and steady tokens/s, MFU, peak GPU memory, loss and log-prob
-# differences against TRL).
+# here, and the packed-attention check: dense mask vs flex block mask, gradients and speed), one JSON per check,
+# figures.md (first-step and steady tokens/s, MFU, peak GPU memory, loss and log-prob differences against TRL).
 set -uo pipefail
 
 MODE=gpu
@@ -117,6 +117,19 @@ ONLY=${GPU_CHECK_ONLY:-}   # e.g. "1b_full 8b_lora_gc": run only these
 want() { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }
 QLORA=""; [ "$MODE" = gpu ] && $PY -c "import bitsandbytes" 2>/dev/null && QLORA="--qlora"
 LR="--lr 1e-4"   # constant and large enough that the loss sequences move: a divergence would show
+
+# packed-row attention first: dense mask vs flex block mask (agreement, speed, memory); every later check of ours
+# trains with the variant it chose, so this one call both measures the two and decides train.attention's default
+ATTN=dense
+if want attention && M=$(model llama-3.2-1b); then
+    log "attention (limit $(( 120 * SLOW ))s): bench/gpu_bench.py attention"
+    timeout --kill-after=10 $(( 120 * SLOW )) "$PY" bench/gpu_bench.py attention "$OUT/peak.json" "$M" $CPUFLAG \
+        >>"$OUT/log.txt" 2>"$WORK/attention.err" || { log "attention failed:"; tail -8 "$WORK/attention.err" | tee -a "$OUT/log.txt"; }
+    ATTN=$("$PY" -c "import json, sys; print(json.load(open(sys.argv[1])).get('attention', {}).get('choice', 'dense'))" \
+           "$OUT/peak.json" 2>/dev/null || echo dense)
+fi
+DEV="$DEV --attention $ATTN"
+log "our sides train with attention = $ATTN"
 
 # the goals first (8B LoRA with checkpointing, 1B full), then the rest while time is left
 if want 8b_lora_gc && M=$(model llama-3.1-8b); then

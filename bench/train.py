@@ -323,6 +323,8 @@ def main() -> None:
     ap.add_argument("--qlora", action="store_true", help="with --lora: also ours with QLoRA (CUDA only)")
     ap.add_argument("--lora-only", action="store_true", help="with --lora: skip the full fine-tune sides")
     ap.add_argument("--gradient-checkpointing", action="store_true", help="both sides recompute activations")
+    ap.add_argument("--attention", choices=("auto", "dense", "flex"), help="our packed rows' attention "
+                    "(trainer.attention; default: the trainer's auto)")
     ap.add_argument("--batch-size", type=int, help=f"pairs per step (default {SETTINGS['batch_size']})")
     ap.add_argument("--max-length", type=int, help=f"tokens per sequence (default {SETTINGS['max_length']})")
     ap.add_argument("--lr", type=float, help=f"constant learning rate (default {SETTINGS['lr']})")
@@ -368,6 +370,8 @@ def main() -> None:
         extra["threads"] = args.threads
     if args.gradient_checkpointing:
         extra["gradient_checkpointing"] = True
+    if args.attention:
+        extra["attention"] = args.attention
     for name in ("batch_size", "max_length", "lr"):
         if getattr(args, name) is not None:
             extra[name] = getattr(args, name)
@@ -414,7 +418,8 @@ def main() -> None:
     theirs_lora = side("trl_lora", "trl", model_dir, steps, lora, order_file) if args.lora and use_trl else None
     ours_q = side("ours_qlora", "ours", model_dir, steps, {**lora, "qlora": True}) if args.lora and args.qlora else None
     ours_n = side(f"ours_x{args.nproc}", "ours", model_dir, steps, extra, nproc=args.nproc) if args.nproc > 1 else None
-    cpu_extra = {**{k: v for k, v in (extra if full else lora).items() if k not in ("dtype", "device")}, "device": "cpu"}
+    cpu_extra = {**{k: v for k, v in (extra if full else lora).items() if k not in ("dtype", "device", "attention")},
+                 "device": "cpu"}
     on_cpu = side("ours_cpu", "ours", model_dir, min(steps, 3), cpu_extra) if args.cpu_reference else None
     if order_file:
         os.unlink(order_file)

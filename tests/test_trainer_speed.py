@@ -147,3 +147,112 @@ def test_rows_padded_to_a_multiple_score_the_same(tiny_model_dir: Path, pairs_pa
     assert got[0][1].tolist() == got[1][1].tolist()
     for a, b in zip(got[0][::2], got[1][::2]):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+
+
+def test_flex_block_mask_scores_as_the_dense_mask(tiny_model_dir: Path, pairs_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flex-attention block mask (a GPU run's default) gives the dense 4-D mask's log-probs and gradients, rows
+    of different prompt and completion lengths and padding included; the model still scores plain rows as before.
+    PyTorch refuses flex attention's backward on the CPU (its compiled kernels have none); its eager math path
+    does differentiate, so the test lifts that guard to compare gradients here (a GPU compares the compiled ones:
+    bench/gpu_bench.py attention)."""
+    import torch.nn.attention.flex_attention as flex
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.attention import IMPLEMENTATION, block_mask, segment_mask_mod
+    from trainer.data import TrainItem
+    from trainer.logps import PackedLM, naive_logps
+    from trainer.packing import pack, segment_mask
+    from trainer.tokenize import tokenize_records
+
+    monkeypatch.setattr(flex, "_validate_device", lambda *tensors: None)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    items = [TrainItem(r["id"], r["prompt"], [r["chosen"], r["rejected"]]) for r in read_jsonl(pairs_path)[:6]]
+    examples, _ = tokenize_records(tok, items, prompt_format="auto", max_length=64, max_prompt_length=None)
+    batch = pack(examples, tok.pad_token_id, multiple_of=64)  # padding in every row
+    # the mask_mod is the dense mask's rule, element by element
+    rows, length = batch.segment.shape
+    b, q, kv = torch.meshgrid(torch.arange(rows), torch.arange(length), torch.arange(length), indexing="ij")
+    assert torch.equal(segment_mask_mod(batch.segment)(b, 0, q, kv), segment_mask(batch.segment)[:, 0])
+    assert block_mask(batch.segment).shape == (rows, 1, length, length)
+    got = {}
+    for kind in ("dense", "flex"):
+        model.zero_grad(set_to_none=True)
+        sums, counts = PackedLM(model, kind)(batch)
+        (sums * torch.linspace(-1, 1, len(sums))).sum().backward()
+        got[kind] = (sums.detach() / counts, counts, {n: p.grad.clone() for n, p in model.named_parameters()})
+    assert model.config._attn_implementation == IMPLEMENTATION
+    (dense_lp, dense_n, dense_g), (flex_lp, flex_n, flex_g) = got["dense"], got["flex"]
+    assert flex_n.tolist() == dense_n.tolist()
+    torch.testing.assert_close(flex_lp, dense_lp, rtol=0, atol=1e-5)  # per token (sums ~ 200)
+    for name, g in dense_g.items():
+        torch.testing.assert_close(flex_g[name], g, rtol=0, atol=1e-5, msg=name)
+    with torch.no_grad():  # plain rows after the switch: SDPA with its causal mask, as before
+        naive = naive_logps(model, examples)
+    torch.testing.assert_close(naive[0] / naive[1], dense_lp, rtol=0, atol=1e-5)
+
+
+def test_flex_attention_on_the_cpu_is_refused_before_any_work(pairs_path: Path, tmp_path: Path) -> None:
+    from trainer.data import TrainError
+
+    cfg = TrainConfig(model="no-such-model", data=str(pairs_path), output_dir=str(tmp_path / "run"), device="cpu",
+                      attention="flex", live=False)
+    with pytest.raises(TrainError, match="train.attention: flex cannot train on cpu"):
+        train(cfg, Console(file=io.StringIO()))
+    assert TrainConfig(attention="auto").attention == "auto"
+
+
+def test_reference_pass_runs_in_token_capped_pieces(tiny_model_dir: Path, pairs_path: Path, tmp_path: Path) -> None:
+    """max_tokens_per_batch bounds every forward of a run, the reference pass's too (it packs 16+ rows a batch),
+    and the pieces give the same reference log-probs as whole batches."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.data import TrainItem
+    from trainer.logps import PackedLM
+    from trainer.refcache import compute_ref_logps
+    from trainer.tokenize import tokenize_records
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    items = [TrainItem(r["id"], r["prompt"], [r["chosen"], r["rejected"]]) for r in read_jsonl(pairs_path)]
+    examples, _ = tokenize_records(tok, items, prompt_format="auto", max_length=64, max_prompt_length=None)
+    cap = 3 * max(ex.packed_length() for ex in examples)
+    forwards: list[int] = []
+    model.model.register_forward_pre_hook(lambda m, a, kw: forwards.append(kw["input_ids"].numel()), with_kwargs=True)
+    cfg = TrainConfig(model=str(tiny_model_dir), data=str(pairs_path), output_dir=str(tmp_path / "run"),
+                      batch_size=8, max_length=64, max_steps=2, live=False, max_tokens_per_batch=cap)
+    train(cfg, Console(file=io.StringIO()), model=model, tokenizer=tok)
+    assert len(forwards) > 2 * 3 and max(forwards) <= cap, (cap, forwards)
+
+    whole, _ = compute_ref_logps(PackedLM(model), examples, tok.pad_token_id, batch_size=16, dtype="fp32",
+                                 device=torch.device("cpu"))
+    pieces, _ = compute_ref_logps(PackedLM(model), examples, tok.pad_token_id, batch_size=16, dtype="fp32",
+                                  device=torch.device("cpu"), max_tokens=cap, multiple_of=64)
+    assert whole.counts == pieces.counts
+    for rid, sums in whole.sums.items():
+        assert pieces.sums[rid] == pytest.approx(sums, abs=1e-4, rel=1e-6)
+
+
+def test_adamw_is_fused_and_steps_as_the_per_tensor_loop(tiny_model_dir: Path) -> None:
+    """The optimizer takes the fused AdamW kernel on the CPU too (torch would step CPU weights one tensor at a time),
+    and its steps are the per-tensor reference's, weight decay and its exemption for norms included."""
+    from transformers import AutoModelForCausalLM
+
+    from trainer.optim import make_optimizer
+
+    models = [AutoModelForCausalLM.from_pretrained(tiny_model_dir) for _ in range(2)]
+    fast = make_optimizer(models[0], 1e-3, 0.1)
+    assert fast.defaults["fused"] is True
+    slow = make_optimizer(models[1], 1e-3, 0.1)
+    for group in slow.param_groups:
+        group["fused"], group["foreach"] = False, False
+    torch.manual_seed(0)
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in models[0].parameters()]
+        for model, opt in zip(models, (fast, slow)):
+            for p, g in zip(model.parameters(), grads):
+                p.grad = g.clone()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)

@@ -14,6 +14,7 @@ from typing import Any
 from prefloop.config import ConfigError, check_choices, load_section, section, setting
 from prefloop.models import DTYPES, normalize_dtype
 from prefloop.templates import PROMPT_FORMATS
+from trainer.attention import ATTENTIONS
 from trainer.objectives import OBJECTIVES
 
 LOSS_TYPES = ("sigmoid", "cdpo", "ipo", "hinge", "robust")
@@ -74,6 +75,10 @@ class TrainConfig:
     dtype: str = setting("fp32", "compute dtype: bf16 autocast (weights stay fp32) or fp32", choices=DTYPES)
     device: str = setting("auto", "auto (a CUDA GPU when present, else the CPU) | cpu | cuda | cuda:N | mps",
                           runtime=True)
+    attention: str = setting("auto", "how packed [prompt | chosen | rejected] rows attend: dense (a 4-D mask, "
+                                     "the reference), flex (a flex-attention block mask: no L x L tensor, masked "
+                                     "blocks skipped; needs CUDA to train) or auto (flex on CUDA, else dense)",
+                             choices=ATTENTIONS, runtime=True)
     gradient_checkpointing: bool = setting(False, "recompute activations in backward (less memory, same "
                                                   "losses)", runtime=True)
     # LoRA / QLoRA (the peft library: pip install 'prefloop[lora]')

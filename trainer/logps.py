@@ -89,14 +89,22 @@ def causal_lm(model: Any) -> Any:
     return get() if callable(get) else model
 
 
-def packed_logps(model: Any, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+def packed_logps(model: Any, batch: PackedBatch, attention: str = "dense") -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence sums of completion token log-probs and token counts, each of shape ``(n_seqs,)``.
 
     Sequences are ordered completion-major: all first completions (chosen), then all second ones (rejected).
+    ``attention``: ``dense`` (the 4-D mask) or ``flex`` (a block mask; the model must be routed through
+    ``trainer.attention.use_packed_attention`` first, as ``PackedLM`` does).
     """
     model = causal_lm(model)
-    out = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                           position_ids=batch.position_ids, use_cache=False)
+    if attention == "flex":
+        from trainer.attention import block_mask
+
+        mask = block_mask(batch.segment)
+    else:
+        mask = batch.attention_mask
+    out = model.base_model(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
+                           use_cache=False)
     hidden = out.last_hidden_state
     picked = hidden.reshape(-1, hidden.size(-1)).index_select(0, batch.src)
     logps = chunked_token_logps(model, picked, batch.targets)
@@ -106,14 +114,20 @@ def packed_logps(model: Any, batch: PackedBatch) -> tuple[torch.Tensor, torch.Te
 
 
 class PackedLM(torch.nn.Module):
-    """``forward(batch)`` is ``packed_logps(lm, batch)``: the module the trainer wraps (DDP, FSDP2) and calls."""
+    """``forward(batch)`` is ``packed_logps(lm, batch, attention)``: the module the trainer wraps (DDP, FSDP2) and
+    calls. ``attention``: ``dense`` or ``flex`` (``trainer.attention``; resolve ``auto`` first)."""
 
-    def __init__(self, lm: Any) -> None:
+    def __init__(self, lm: Any, attention: str = "dense") -> None:
         super().__init__()
         self.lm = lm
+        self.attention = attention
+        if attention == "flex":
+            from trainer.attention import use_packed_attention
+
+            use_packed_attention(causal_lm(lm))
 
     def forward(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        return packed_logps(self.lm, batch)
+        return packed_logps(self.lm, batch, self.attention)
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ import torch
 from prefloop.config import to_dict
 from prefloop.files import Busy, Lock, atomic_path, atomic_write_json
 from prefloop.stage import StageResult
-from trainer import distributed, load, lora
+from trainer import attention, distributed, load, lora
 from trainer.checkpoint import (check_resumable, list_checkpoints, load_checkpoint, run_fingerprint,
                                 save_checkpoint, step_folders)
 from trainer.config import TrainConfig
@@ -40,7 +40,7 @@ from trainer.metrics import (Averager, LiveView, open_metrics, peak_bf16_flops, 
                              train_flops_per_token)
 from trainer.trackers import open_trackers
 from trainer.optim import make_optimizer, make_scheduler, retarget
-from trainer.packing import PackedBatch, epoch_batches, pack, split_by_tokens
+from trainer.packing import PackedBatch, epoch_batches, pack, share_pieces
 from prefloop.progress import Progress
 from trainer.refcache import PassStopped
 from trainer.tokenize import Example, TokenizeReport, tokenize_records
@@ -177,19 +177,6 @@ def pad_multiple(device: torch.device) -> int:
     return 64 if device.type == "cuda" else 1
 
 
-def _pieces(dist: Dist, examples: list[Example], idx: list[int], max_tokens: int) -> list[tuple[list[int], float]]:
-    """This process's share of micro-batch ``idx`` in pieces of at most ``max_tokens`` packed tokens, each with its
-    weight. Every process runs as many pieces (FSDP2 gathers the weights in each forward, a collective): one with
-    fewer adds weight-0 pieces of one row."""
-    rows, weight = dist.share(idx)
-    mine = [(piece, weight) for piece in split_by_tokens(examples, rows, max_tokens)]
-    if max_tokens and dist.enabled:
-        most = max(len(split_by_tokens(examples, list(idx[r::dist.world]) or list(idx[:1]), max_tokens))
-                   for r in range(dist.world))
-        mine += [(rows[:1], 0.0)] * (most - len(mine))
-    return mine
-
-
 def _tokenize(tokenizer: Any, items: list[TrainItem], cfg: TrainConfig) -> tuple[list[Example], TokenizeReport]:
     try:
         return tokenize_records(tokenizer, items, prompt_format=cfg.prompt_format, max_length=cfg.max_length,
@@ -232,6 +219,9 @@ def run(cfg: TrainConfig, objective: Objective, console: Any = None, *, model: A
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     lora.check_available(cfg, device)  # peft, and CUDA for QLoRA, before any data or weights are read
+    if attention.resolve(cfg.attention, device) == "flex" and device.type in ("cpu", "mps"):
+        raise TrainError(f"train.attention: flex cannot train on {device.type} (PyTorch has no backward for flex "
+                         "attention there); use attention = 'auto' or 'dense'")
     dist = distributed.start(cfg, device)
     device = dist.device
     if not dist.is_main:
@@ -300,7 +290,7 @@ def _run(cfg: TrainConfig, objective: Objective, console: Any, out: Path, dist: 
     if cfg.lora_r:
         model = lora.add_adapter(model, cfg)
     model.train()
-    policy = Policy(distributed.wrap(PackedLM(model), dist), model, dist)
+    policy = Policy(distributed.wrap(PackedLM(model, attention.resolve(cfg.attention, device)), dist), model, dist)
 
     # 3. plan: an epoch is its batches grouped into optimizer steps of `grad_accum` micro-batches
     def step_groups(epoch: int) -> list[list[list[int]]]:
@@ -389,7 +379,7 @@ def _run(cfg: TrainConfig, objective: Objective, console: Any, out: Path, dist: 
             avg = Averager()
             tokens = 0.0
             for j, idx in enumerate(groups[pos]):
-                pieces = _pieces(dist, train_ex, idx, cfg.max_tokens_per_batch)
+                pieces = share_pieces(dist, train_ex, idx, cfg.max_tokens_per_batch)
                 parts: dict[str, float] = {}  # each piece's loss and metrics are its part of the micro-batch's
                 for n, (rows, weight) in enumerate(pieces):
                     mine = [train_ex[i] for i in rows]

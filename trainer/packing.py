@@ -1,9 +1,10 @@
 """Batches: one packed row per prompt, and the order batches are drawn in.
 
 A row holds the prompt once followed by each of its completions: ``[prompt | chosen | rejected]``. A 4-D attention
-mask (built on the device from each position's segment) lets every completion token see the prompt and the earlier tokens of its own completion only, and position
-ids restart each completion right after the prompt, so each completion is computed exactly as if it followed the
-prompt alone, while the prompt's forward (and backward) is done once instead of twice.
+mask (built on the device from each position's segment; on CUDA a flex-attention block mask of the same rule,
+``trainer.attention``) lets every completion token see the prompt and the earlier tokens of its own completion
+only, and position ids restart each completion right after the prompt, so each completion is computed exactly as if
+it followed the prompt alone, while the prompt's forward (and backward) is done once instead of twice.
 
 Only positions that predict a completion token are scored: ``src`` indexes the hidden state that predicts each
 target token (the last prompt token predicts a completion's first token), so the LM head and log-softmax run on
@@ -19,6 +20,7 @@ large random chunks so a batch needs little padding (the batch order stays rando
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -150,3 +152,18 @@ def split_by_tokens(examples: list[Example], rows: list[int], max_tokens: int) -
         else:
             pieces.append([i])
     return pieces
+
+
+def share_pieces(dist: Any, examples: list[Example], idx: list[int],
+                 max_tokens: int) -> list[tuple[list[int], float]]:
+    """This process's share of micro-batch ``idx`` (``dist``: a ``trainer.distributed.Dist``, or None for one
+    process) in pieces of at most ``max_tokens`` packed tokens, each with its weight. Every process runs as many
+    pieces (DDP broadcasts buffers and FSDP2 gathers the weights in each forward, both collectives): one with fewer
+    adds weight-0 pieces of one row."""
+    rows, weight = dist.share(idx) if dist is not None else (list(idx), 1.0)
+    mine = [(piece, weight) for piece in split_by_tokens(examples, rows, max_tokens)]
+    if max_tokens and dist is not None and dist.enabled:
+        most = max(len(split_by_tokens(examples, list(idx[r::dist.world]) or list(idx[:1]), max_tokens))
+                   for r in range(dist.world))
+        mine += [(rows[:1], 0.0)] * (most - len(mine))
+    return mine

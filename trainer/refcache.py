@@ -29,7 +29,7 @@ import torch
 from prefloop.files import atomic_path
 from prefloop.models import cache_dir
 from trainer.logps import autocast
-from trainer.packing import epoch_batches, pack
+from trainer.packing import epoch_batches, pack, share_pieces
 from trainer.tokenize import Example
 
 if TYPE_CHECKING:
@@ -87,10 +87,13 @@ def default_cache_root() -> Path:
 def compute_ref_logps(model: Any, examples: list[Example], pad_id: int, *, batch_size: int, dtype: str,
                       device: torch.device, dist: "Dist | None" = None,
                       progress: Callable[[int], None] | None = None,
-                      should_stop: Callable[[], bool] | None = None) -> tuple[RefLogps, bool]:
+                      should_stop: Callable[[], bool] | None = None, max_tokens: int = 0,
+                      multiple_of: int = 1) -> tuple[RefLogps, bool]:
     """``(ref, complete)``: log-probs of ``examples`` from ``model(batch) -> (sums, counts)`` under the training
     dtype, without grad, this process's share of each batch gathered from all; ``complete`` is False when
-    ``should_stop`` (asked after each batch, on every process) ended the pass early."""
+    ``should_stop`` (asked after each batch, on every process) ended the pass early. ``max_tokens``: a forward
+    packs at most that many tokens (``max_tokens_per_batch``; the batch runs in pieces, as a training step does);
+    ``multiple_of``: row padding (``pack``)."""
     sums: dict[str, list[float]] = {}
     counts: dict[str, list[float]] = {}
     was_training = model.training
@@ -98,13 +101,13 @@ def compute_ref_logps(model: Any, examples: list[Example], pad_id: int, *, batch
     complete = True
     with torch.no_grad(), autocast(dtype, device):
         for idx in epoch_batches(examples, batch_size, seed=0, epoch=0, shuffle=False):
-            rows, weight = dist.share(idx) if dist else (idx, 1.0)
-            batch = pack([examples[i] for i in rows], pad_id).to(device)
-            s, c = model(batch)
-            k, n = batch.n_completions, batch.n_rows
-            for r, rid in enumerate(batch.ids if weight else []):
-                sums[rid] = [float(s[j * n + r]) for j in range(k)]
-                counts[rid] = [float(c[j * n + r]) for j in range(k)]
+            for rows, weight in share_pieces(dist, examples, idx, max_tokens):
+                batch = pack([examples[i] for i in rows], pad_id, multiple_of=multiple_of).to(device)
+                s, c = model(batch)
+                k, n = batch.n_completions, batch.n_rows
+                for r, rid in enumerate(batch.ids if weight else []):
+                    sums[rid] = [float(s[j * n + r]) for j in range(k)]
+                    counts[rid] = [float(c[j * n + r]) for j in range(k)]
             if progress:
                 progress(len(idx))
             if should_stop and should_stop():
@@ -143,8 +146,8 @@ def read_cache(path: Path) -> dict[str, tuple[list[float], list[float]]]:
 
 def load_or_compute(model: Any, examples: list[Example], pad_id: int, *, batch_size: int, dtype: str,
                     model_hash: str, device: torch.device, root: Path | None = None, dist: "Dist | None" = None,
-                    progress: "Progress | None" = None,
-                    should_stop: Callable[[], bool] | None = None) -> tuple[RefLogps, int, Path]:
+                    progress: "Progress | None" = None, should_stop: Callable[[], bool] | None = None,
+                    max_tokens: int = 0, multiple_of: int = 1) -> tuple[RefLogps, int, Path]:
     """``(ref, computed, path)``: reference log-probs for ``examples``, computing (and adding to the cache file)
     only those whose tokens are not cached yet for this model and dtype; ``computed`` counts them, and
     ``progress`` is started with their number. Raises ``PassStopped`` after caching what was computed when
@@ -165,7 +168,7 @@ def load_or_compute(model: Any, examples: list[Example], pad_id: int, *, batch_s
             progress.start(len(missing))
         new, complete = compute_ref_logps(model, missing, pad_id, batch_size=batch_size, dtype=dtype, device=device,
                                           dist=dist, progress=progress.advance if progress else None,
-                                          should_stop=should_stop)
+                                          should_stop=should_stop, max_tokens=max_tokens, multiple_of=multiple_of)
         done = [ex for ex in missing if ex.id in new.sums]
         for ex in done:
             entries[keys[ex.id]] = (new.sums[ex.id], new.counts[ex.id])

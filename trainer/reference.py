@@ -21,8 +21,9 @@ from prefloop.progress import Progress
 from trainer.config import TrainConfig
 from trainer.data import TrainError
 from trainer.distributed import Dist
-from trainer.logps import PackedLM, packed_logps
-from trainer.loop import Objective
+from trainer.attention import resolve as resolve_attention
+from trainer.logps import PackedLM
+from trainer.loop import Objective, pad_multiple
 from trainer.lora import quantization_key
 from trainer.packing import PackedBatch
 from trainer.refcache import RefLogps, load_or_compute, model_digest
@@ -34,6 +35,7 @@ class Reference:
         self.cfg = cfg
         self.cache: RefLogps | None = None
         self.model = model
+        self.module: PackedLM | None = None  # the reference model (when in memory) as it scores packed rows
         self.digest: str | None = None
 
     def start(self, model: Any, dist: Dist) -> None:
@@ -51,6 +53,7 @@ class Reference:
             self.model = copy.deepcopy(model)
         if self.model is not None:
             self.model.eval().requires_grad_(False)
+            self.module = PackedLM(self.model, resolve_attention(self.cfg.attention, dist.device))
 
     def prepare(self, policy: Any, tokenizer: Any, examples: list[Example], *, console: Any,
                 should_stop: Callable[[], bool]) -> list[str]:
@@ -65,15 +68,16 @@ class Reference:
         dist = policy.dist
         # the starting model's log-probs come from the policy before its first step (LoRA: adapter off); another
         # reference model's from that model, which is then freed: the cache holds all the steps need
-        module = PackedLM(self.model) if separate else policy.module
+        module = self.module if separate else policy.module
         base = contextlib.nullcontext() if separate else policy.base()
         with Progress(console, None, "reference log-probs", unit="pairs", enabled=dist.is_main) as ticker, base:
             self.cache, computed, path = load_or_compute(
                 module, examples, tokenizer.pad_token_id, batch_size=max(16, 2 * self.cfg.batch_size),
                 dtype=self.cfg.dtype, model_hash=self.digest, device=dist.device, dist=dist, progress=ticker,
-                should_stop=should_stop)
+                should_stop=should_stop, max_tokens=self.cfg.max_tokens_per_batch,
+                multiple_of=pad_multiple(dist.device))
         if separate:
-            self.model = None
+            self.model = self.module = None
         whose = f" of {self.cfg.ref_model}" if separate else ""
         return [f"reference log-probs{whose}: {len(examples) - computed} read from the cache, {computed} computed "
                 f"and cached ({path})"]
@@ -84,8 +88,8 @@ class Reference:
         if self.cache is not None:
             return None
         with torch.no_grad():
-            if self.model is not None:
-                return packed_logps(self.model, batch)[0]
+            if self.module is not None:
+                return self.module(batch)[0]
             with policy.base():
                 return policy(batch)[0]
 
