@@ -77,7 +77,7 @@ class TrainConfig:
                           runtime=True)
     attention: str = setting("auto", "how packed [prompt | chosen | rejected] rows attend: dense (a 4-D mask, "
                                      "the reference), flex (a flex-attention block mask: no L x L tensor, masked "
-                                     "blocks skipped; needs CUDA to train) or auto (flex on CUDA, else dense)",
+                                     "blocks skipped; needs CUDA to train) or auto (dense until bench/gpu_check.sh has measured flex on a GPU)",
                              choices=ATTENTIONS, runtime=True)
     gradient_checkpointing: bool = setting(False, "recompute activations in backward (less memory, same "
                                                   "losses)", runtime=True)
