@@ -14,7 +14,7 @@ asked, never at the top of a command module, so ``prefloop --help`` stays instan
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from rich.text import Text
 from textual.app import App, ComposeResult
@@ -58,13 +58,27 @@ class Deck(Protocol):
 
 class DeckApp(App[str]):
     """A labelling screen over a ``Deck``: the keys the pairwise and thumbs screens share (undo, quit); each
-    subclass lays out what is shown (``_show``) and what choosing means."""
+    subclass lays out its answer panes (``_show_answers``) and what choosing means."""
 
     def __init__(self, deck: Deck, title: str):
         super().__init__()
         self.deck, self.title = deck, title
 
     def _show(self) -> None:
+        """The deck's current item: progress, the prompt under its heading, then the subclass's answer panes; the
+        screen exits with ``"done"`` when the deck runs out."""
+        shown = self.deck.current()
+        if shown is None:
+            self.exit("done")
+            return
+        self.query_one("#progress", Static).update(Text(self.deck.progress()))
+        prompt = self.query_one("#prompt", VerticalScroll)
+        prompt.border_title = shown.heading
+        self.query_one("#prompt-text", Static).update(Text(shown.prompt))
+        prompt.scroll_home(animate=False)
+        self._show_answers(shown)
+
+    def _show_answers(self, shown: Any) -> None:
         raise NotImplementedError
 
     def action_undo(self) -> None:
@@ -119,19 +133,10 @@ class CompareApp(DeckApp):
     def on_resize(self, event: Resize) -> None:
         self.query_one("#answers").set_class(event.size.width < NARROW, "narrow")
 
-    def _show(self) -> None:
-        shown = self.deck.current()
-        if shown is None:
-            self.exit("done")
-            return
-        self.query_one("#progress", Static).update(Text(self.deck.progress()))
-        prompt = self.query_one("#prompt", VerticalScroll)
-        prompt.border_title = shown.heading
-        self.query_one("#prompt-text", Static).update(Text(shown.prompt))
+    def _show_answers(self, shown: Shown) -> None:
         for side, text in (("left", shown.left), ("right", shown.right)):
             self.query_one(f"#{side}-text", Static).update(Text(text))
             self.query_one(f"#{side}", VerticalScroll).scroll_home(animate=False)
-        prompt.scroll_home(animate=False)
         self.query_one("#left", VerticalScroll).focus()
 
     def action_choose(self, choice: str) -> None:
@@ -187,19 +192,11 @@ class ThumbsApp(DeckApp):
         self.query_one("#answer").border_title = "ANSWER  [1 / + good · 2 / - bad]"
         self._show()
 
-    def _show(self) -> None:
-        shown = self.deck.current()
-        if shown is None:
-            self.exit("done")
-            return
-        self.query_one("#progress", Static).update(Text(self.deck.progress()))
-        prompt = self.query_one("#prompt", VerticalScroll)
-        prompt.border_title = shown.heading
-        self.query_one("#prompt-text", Static).update(Text(shown.prompt))
+    def _show_answers(self, shown: ShownOne) -> None:
         self.query_one("#answer-text", Static).update(Text(shown.answer))
-        for pane in (prompt, self.query_one("#answer", VerticalScroll)):
-            pane.scroll_home(animate=False)
-        self.query_one("#answer", VerticalScroll).focus()
+        pane = self.query_one("#answer", VerticalScroll)
+        pane.scroll_home(animate=False)
+        pane.focus()
 
     def action_choose(self, choice: str) -> None:
         self.deck.choose(choice)
