@@ -131,14 +131,33 @@ class Session:
         left = left_side(self.seed, slot.item.id, self.rater, slot.repeat)
         return left, "b" if left == "a" else "a"
 
+    def _on_screen(self) -> int | None:
+        """The next slot to show, timed from the first time it is shown (None: the deck is done)."""
+        i = self._next()
+        if i is not None and (self._shown is None or self._shown[0] != i):
+            self._shown = (i, self.clock())
+        return i
+
+    def _seconds_shown(self, i: int) -> float:
+        shown_at = self._shown[1] if self._shown and self._shown[0] == i else self.clock()
+        return round(self.clock() - shown_at, 2)
+
+    def _given(self, slot: Slot, label: Any) -> None:
+        """A label given to ``slot`` (a ``Label``, or a ``judge.thumbs.Thumb``): written, counted, undoable."""
+        self.writer.label(slot.item, label)
+        self.done.add(slot.key)
+        self.history.append(label)
+        self.given += 1
+        self._shown = None
+        if self.on_label is not None:
+            self.on_label(slot.item, label, False)
+
     def current(self) -> Any:
         from prefloop.screen import Shown
 
-        i = self._next()
+        i = self._on_screen()
         if i is None:
             return None
-        if self._shown is None or self._shown[0] != i:
-            self._shown = (i, self.clock())
         slot = self.slots[i]
         left, right = self._sides(slot)
         heading = self.heading.format(n=i + 1, total=len(self.slots))   # repeats count as items: not announced
@@ -152,18 +171,10 @@ class Session:
         slot = self.slots[i]
         left, right = self._sides(slot)
         verdict = {"left": left, "right": right, "tie": "tie", "skip": "skip"}[choice]
-        shown_at = self._shown[1] if self._shown and self._shown[0] == i else self.clock()
         stamp = now_iso()
-        label = Label(id=stable_id("label", slot.item.id, self.rater, slot.repeat, stamp, time.time_ns()),
-                      item=slot.item.id, rater=self.rater, verdict=verdict, left=left, key=choice,  # type: ignore
-                      repeat=slot.repeat, time=stamp, seconds=round(self.clock() - shown_at, 2))
-        self.writer.label(slot.item, label)
-        self.done.add(slot.key)
-        self.history.append(label)
-        self.given += 1
-        self._shown = None
-        if self.on_label is not None:
-            self.on_label(slot.item, label, False)
+        self._given(slot, Label(id=stable_id("label", slot.item.id, self.rater, slot.repeat, stamp, time.time_ns()),
+                                item=slot.item.id, rater=self.rater, verdict=verdict, left=left,  # type: ignore
+                                key=choice, repeat=slot.repeat, time=stamp, seconds=self._seconds_shown(i)))
 
     def undo(self) -> bool:
         if not self.history:

@@ -188,11 +188,9 @@ class ThumbSession(Session):
     def current(self) -> Any:
         from prefloop.screen import ShownOne
 
-        i = self._next()
+        i = self._on_screen()
         if i is None:
             return None
-        if self._shown is None or self._shown[0] != i:
-            self._shown = (i, self.clock())
         answer = self.slots[i].item
         return ShownOne(heading=self.heading.format(n=i + 1, total=len(self.slots)), prompt=shown_prompt(answer),
                         answer=answer.completion)
@@ -204,18 +202,10 @@ class ThumbSession(Session):
         slot = self.slots[i]
         if choice not in THUMBS:
             raise ValueError(f"a thumbs label is up, down or skip, got {choice!r}")
-        shown_at = self._shown[1] if self._shown and self._shown[0] == i else self.clock()
         stamp = now_iso()
-        thumb = Thumb(id=stable_id("thumb", slot.item.id, self.rater, slot.repeat, stamp, time.time_ns()),
-                      item=slot.item.id, rater=self.rater, verdict=choice, key=choice,  # type: ignore[arg-type]
-                      repeat=slot.repeat, time=stamp, seconds=round(self.clock() - shown_at, 2))
-        self.writer.label(slot.item, thumb)   # type: ignore[arg-type]
-        self.done.add(slot.key)
-        self.history.append(thumb)            # type: ignore[arg-type]
-        self.given += 1
-        self._shown = None
-        if self.on_label is not None:
-            self.on_label(slot.item, thumb, False)   # type: ignore[arg-type]
+        self._given(slot, Thumb(id=stable_id("thumb", slot.item.id, self.rater, slot.repeat, stamp, time.time_ns()),
+                                item=slot.item.id, rater=self.rater, verdict=choice, key=choice,  # type: ignore
+                                repeat=slot.repeat, time=stamp, seconds=self._seconds_shown(i)))
 
 
 # ------------------------------------------------------------------------------------------------- result
