@@ -40,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train import SETTINGS, bench_model_dir, our_config, peak_rss_mib, step_figures  # noqa: E402
+from train import SETTINGS, bench_model_dir, our_config, peak_rss_mib, step_figures, trl_step_timer  # noqa: E402
 
 OWN = {"simpo": dict(beta=2.0, simpo_gamma=0.5), "orpo": dict(beta=0.1), "kto": dict(beta=0.1)}
 
@@ -113,24 +113,11 @@ def side_ours(objective: str, model_dir: str, steps: int, workdir: str) -> dict:
 def side_trl(objective: str, model_dir: str, steps: int, order_file: str) -> dict:
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     ds = Dataset.from_list(json.loads(Path(order_file).read_text()))
 
-    class StepTimer(TrainerCallback):
-        def __init__(self) -> None:
-            self.total, self.t0, self.cpu, self.c0 = 0.0, 0.0, 0.0, 0.0
-            self.steps: list[float] = []
-
-        def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001
-            self.t0, self.c0 = time.perf_counter(), time.process_time()
-
-        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
-            self.steps.append(time.perf_counter() - self.t0)
-            self.total += self.steps[-1]
-            self.cpu += time.process_time() - self.c0
-
-    timer = StepTimer()
+    timer = trl_step_timer()
     tok = AutoTokenizer.from_pretrained(model_dir)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

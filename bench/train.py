@@ -142,19 +142,10 @@ def side_ours(model_dir: str, steps: int, extra: dict, workdir: str) -> dict:
             **step_figures(step_tokens, [t / r["tokens/s"] for t, r in zip(step_tokens, rows)])}
 
 
-def side_trl(model_dir: str, steps: int, order_file: str, extra: dict) -> dict:
+def trl_step_timer():  # noqa: ANN201 - a transformers TrainerCallback (imported lazily)
+    """A callback timing each of the HF Trainer's steps (wall and CPU seconds), as our loop times its own."""
     import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import DPOConfig, DPOTrainer
-
-    from prefloop.sources import load_preferences
-
-    records, _ = load_preferences(SEED_PAIRS)
-    by_id = {r.id: r for r in records}
-    order = json.loads(Path(order_file).read_text())
-    rows = [by_id[i] for batch in order for i in batch]
-    ds = Dataset.from_list([{"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected} for r in rows])
+    from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
         def __init__(self) -> None:
@@ -171,7 +162,24 @@ def side_trl(model_dir: str, steps: int, order_file: str, extra: dict) -> dict:
             self.total += self.steps[-1]
             self.cpu += time.process_time() - self.c0
 
-    timer = StepTimer()
+    return StepTimer()
+
+
+def side_trl(model_dir: str, steps: int, order_file: str, extra: dict) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from prefloop.sources import load_preferences
+
+    records, _ = load_preferences(SEED_PAIRS)
+    by_id = {r.id: r for r in records}
+    order = json.loads(Path(order_file).read_text())
+    rows = [by_id[i] for batch in order for i in batch]
+    ds = Dataset.from_list([{"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected} for r in rows])
+
+    timer = trl_step_timer()
     tok = AutoTokenizer.from_pretrained(model_dir)
     torch.manual_seed(SETTINGS["seed"])  # as our loop seeds before it loads the model and adds the adapter
     bf16 = extra.get("dtype") == "bf16"
