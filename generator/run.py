@@ -78,6 +78,7 @@ class Context:
     def __init__(self, cfg: GenerateConfig, clients: dict[str, Any], runner: Runner | None = None):
         self.cfg, self.clients, self.runner = cfg, clients, runner
         self._templated: dict[str, bool] = {}
+        self._scorer: Any = None
 
     def options(self, temperature: float, seed: int | None = None, max_tokens: int | None = None) -> GenOptions:
         return GenOptions(temperature=temperature, seed=self.cfg.seed if seed is None else seed,
@@ -116,11 +117,20 @@ class Context:
             self._templated[spec] = bool(getattr(tokenizer, "chat_template", None))
         return self._templated[spec]
 
+    def scorer(self) -> Any:
+        """The judge as it scores: a local one from its token probabilities (``judge.logprob.scoring_client``),
+        wrapped once so its lock keeps one scoring forward at a time."""
+        if self._scorer is None:
+            from judge.logprob import scoring_client
+
+            self._scorer = scoring_client(self.cfg.judge_model, self.clients[self.cfg.judge_model])
+        return self._scorer
+
     async def score(self, rec: PromptRecord, text: str) -> Score:
         """The judge's 0-100 score of ``text`` as an answer to ``rec`` (rank), with its known-good answer."""
         from judge.scoring import score_answer
 
-        score = await score_answer(self.clients[self.cfg.judge_model], rec.prompt, text, known_good=rec.known_good)
+        score = await score_answer(self.scorer(), rec.prompt, text, known_good=rec.known_good)
         if self.runner is not None:
             self.runner.note_answer()
         return score
