@@ -5,8 +5,11 @@ the prompt, so every judgment ends up unparsed. AlpacaEval's default judge does 
 reads the log-probabilities of the answer identifiers. We do the same for ``local:`` judges: after the judge
 prompt, the assistant turn is started with ``{"winner": "`` and each way of finishing it (``A"``, ``B"``,
 ``tie"``) is scored by its summed token log-probability; the most likely one is the verdict. It always parses,
-costs three forward passes instead of a generation, and is still judged in both orders, so a judge that only
-likes position A ends up with inconsistent ties, not with a preference.
+costs one forward pass of the prompt (each candidate's few tokens run on a copy of its key/value cache) instead of
+a generation, and is still judged in both orders, so a judge that only likes position A ends up with inconsistent
+ties, not with a preference. A 0-100 score (``judge.scoring``: the rank strategy, the preflight, the judge stage's
+scores) is read the same way, after ``{"score": ``, as the expectation over 0, 10, ..., 100 under the judge's own
+probabilities of writing each (as G-Eval weights its scores), so it always parses and ties are rare.
 
 Served judges (``ollama:``, ``openai:``) get the same log-odds without an extra request (``ServedLogprobJudge``):
 the usual schema-constrained verdict is asked with ``top_logprobs`` alternatives per token, and the alternatives
