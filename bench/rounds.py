@@ -11,7 +11,8 @@ round-(k−1) model as its own reference. Every round is judged on the validatio
 rows) against the SFT model and against the previous round, by the same judge, with the retention figures.
 
 Printed per round: win rate vs SFT and vs the previous round with 95 % intervals, content kept, the share of
-answers opening with one stock phrase, loops, and the cost of each part (sampling + ranking, training, judging).
+answers opening with one stock phrase, loops, and the cost of each part: sampling + ranking (and within it the
+time with a sample, or a score, in flight), training, judging.
 The SFT model is measured in the same run (round 1's verdict is against it). The goals: each round beats the
 previous one (interval above 50 %), round 3 beats round 1, content kept ≥ 0.95, stock openings ≤ 10 %.
 
@@ -96,7 +97,9 @@ def judge(policy: str, reference: str, data: dict[str, Path], out: Path, args: a
     return time.perf_counter() - t0
 
 
-def sample_and_rank(k: int, prev: str, prompts: list[dict], out: Path, args: argparse.Namespace) -> tuple[Path, float]:
+def sample_and_rank(k: int, prev: str, prompts: list[dict], out: Path, args: argparse.Namespace
+                    ) -> tuple[Path, dict[str, float]]:
+    """Round k's pairs, and the time: in all, and with a sample (answer) or a score (rank) in flight."""
     from generator.config import GenerateConfig
     from generator.run import generate
 
@@ -107,8 +110,10 @@ def sample_and_rank(k: int, prev: str, prompts: list[dict], out: Path, args: arg
                          output=str(out / "pairs.jsonl"), max_tokens=args.max_tokens, seed=1000 * k, round=k,
                          prompt_format="auto", concurrency=8, quiet=True)
     t0 = time.perf_counter()
-    generate(cfg)
-    return out / "pairs.jsonl", time.perf_counter() - t0
+    summary = generate(cfg)
+    busy = summary.busy_s
+    return out / "pairs.jsonl", {"sample+rank": time.perf_counter() - t0, "sample": busy.get("answer", 0.0),
+                                 "rank": busy.get("score", 0.0)}
 
 
 def main() -> None:
@@ -140,7 +145,7 @@ def main() -> None:
         models[1], t_train = str(Path(args.round1).expanduser()), 0.0
     else:
         models[1], t_train = train("smollm2", data["train"], root / "r1" / "train", args)
-    costs[1] = {"sample+rank": 0.0, "train": t_train,
+    costs[1] = {"sample+rank": 0.0, "sample": 0.0, "rank": 0.0, "train": t_train,
                 "judge": judge(models[1], "smollm2", data, root / "r1" / "judge", args)}
     prompts = json.loads(data["train_prompts"].read_text())
     random.Random(0).shuffle(prompts)
@@ -150,13 +155,13 @@ def main() -> None:
         folder.mkdir(parents=True, exist_ok=True)
         pairs, t_sample = sample_and_rank(k, models[k - 1], chunk, folder, args)
         models[k], t_train = train(models[k - 1], pairs, folder / "train", args, lr=args.lr)
-        costs[k] = {"sample+rank": t_sample, "train": t_train,
+        costs[k] = {**t_sample, "train": t_train,
                     "judge": judge(models[k], "smollm2", data, folder / "judge", args)
                     + judge(models[k], models[k - 1], data, folder / "judge-previous", args)}
 
     print(f"\nrounds on the seed's validation rows [1045:] ({args.val_limit} prompts), judge {JUDGE}")
     print(f"{'round':>5} {'vs SFT':>22} {'vs previous':>22} {'kept':>6} {'stock':>6} {'loops':>5} "
-          f"{'sample+rank s':>13} {'train s':>8} {'judge s':>8}")
+          f"{'sample+rank s':>13} {'(sample':>7} {'rank)':>6} {'train s':>8} {'judge s':>8}")
     rows, guard = [], RoundsSection()        # the loop's defaults: min_kept 0.95, max_stock 0.10
     for k in range(1, args.rounds + 1):
         row = bench_row(root, k, models[k])
@@ -165,7 +170,7 @@ def main() -> None:
         stock = "—" if row.stock_share is None else f"{row.stock_share:.0%}"
         c = costs[k]
         print(f"{k:>5} {fmt(row.vs_sft):>22} {fmt(row.vs_previous):>22} {kept:>6} {stock:>6} {row.loops!s:>5} "
-              f"{c['sample+rank']:>13.0f} {c['train']:>8.0f} {c['judge']:>8.0f}")
+              f"{c['sample+rank']:>13.0f} {c['sample']:>7.0f} {c['rank']:>6.0f} {c['train']:>8.0f} {c['judge']:>8.0f}")
         rows.append(row)
         reason = stop_reason(row, guard)
         if reason:

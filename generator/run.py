@@ -41,12 +41,35 @@ class GenerateResult(StageResult):
     total_in_output: int = 0
     aborted: str | None = None
     elapsed_s: float = 0.0
+    busy_s: dict[str, float] = field(default_factory=dict)  # seconds with an answer / a score being asked (Busy)
     run: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def of(cls, output: str | Path) -> "GenerateResult | None":
         """The summary saved beside ``output`` (None before a run finished once)."""
         return cls.read(summary_path(output))
+
+
+class Busy:
+    """Wall-clock seconds during which at least one call of a kind was in flight: with many prompts in flight,
+    summed call times would count the same second many times over. Two kinds (answering, scoring) overlap when
+    prompts are in different phases, so their figures can add up to more than the run's time."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._in_flight = 0
+        self._since = 0.0
+
+    def __enter__(self) -> "Busy":
+        if self._in_flight == 0:
+            self._since = time.perf_counter()
+        self._in_flight += 1
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self.seconds += time.perf_counter() - self._since
 
 
 def strategy_module(name: str) -> Any:
@@ -78,6 +101,8 @@ class Context:
     def __init__(self, cfg: GenerateConfig, clients: dict[str, Any], runner: Runner | None = None):
         self.cfg, self.clients, self.runner = cfg, clients, runner
         self._templated: dict[str, bool] = {}
+        self._scorer: Any = None
+        self.busy = {"answer": Busy(), "score": Busy()}  # the cost of a rank round, split (GenerateResult.busy_s)
 
     def options(self, temperature: float, seed: int | None = None, max_tokens: int | None = None) -> GenOptions:
         return GenOptions(temperature=temperature, seed=self.cfg.seed if seed is None else seed,
@@ -97,6 +122,10 @@ class Context:
         (``prefloop.templates.prompt_for``): an Alpaca row reaches a model with a chat template as one chat turn,
         so a local (SFT) model answers on-policy, batched with the other prompts in flight; a served chat model
         gets the prompt as a user turn."""
+        with self.busy["answer"]:
+            return await self._answer(spec, rec, temperature=temperature, seed=seed)
+
+    async def _answer(self, spec: str, rec: PromptRecord, *, temperature: float, seed: int | None) -> str:
         if parse_spec(spec).kind == "local":
             prompt, _ = prompt_for(rec, self.cfg.prompt_format, self.has_chat_template(spec))
             text = await self.clients[spec].complete(prompt, self.options(temperature, seed))
@@ -116,11 +145,21 @@ class Context:
             self._templated[spec] = bool(getattr(tokenizer, "chat_template", None))
         return self._templated[spec]
 
+    def scorer(self) -> Any:
+        """The judge as it scores: a local one from its token probabilities (``judge.logprob.scoring_client``),
+        wrapped once so its lock keeps one scoring forward at a time."""
+        if self._scorer is None:
+            from judge.logprob import scoring_client
+
+            self._scorer = scoring_client(self.cfg.judge_model, self.clients[self.cfg.judge_model])
+        return self._scorer
+
     async def score(self, rec: PromptRecord, text: str) -> Score:
         """The judge's 0-100 score of ``text`` as an answer to ``rec`` (rank), with its known-good answer."""
         from judge.scoring import score_answer
 
-        score = await score_answer(self.clients[self.cfg.judge_model], rec.prompt, text, known_good=rec.known_good)
+        with self.busy["score"]:
+            score = await score_answer(self.scorer(), rec.prompt, text, known_good=rec.known_good)
         if self.runner is not None:
             self.runner.note_answer()
         return score
@@ -263,7 +302,8 @@ async def generate_async(cfg: GenerateConfig, console: Any = None, clients: dict
                              output=str(cfg.output), prompts=len(records), written=run.written, failed=run.failed,
                              dropped=dropped, skipped_existing=run.skipped_existing + run.skipped_dropped,
                              total_in_output=count_lines(cfg.output), aborted=run.aborted,
-                             elapsed_s=round(run.elapsed_s, 3), run=run.to_json())
+                             elapsed_s=round(run.elapsed_s, 3), run=run.to_json(),
+                             busy_s={k: round(b.seconds, 3) for k, b in ctx.busy.items() if b.seconds})
     atomic_write_json(summary_path(cfg.output), summary.to_json())
     return summary
 
@@ -281,6 +321,9 @@ def print_summary(s: GenerateResult, console: Any) -> None:
     what = "labelled answers" if "labelled" in s.outputs else "pairs"
     console.print(f"[bold]generate {state}[/bold] in {s.elapsed_s:.1f}s: {s.written} {what} written, "
                   f"{s.skipped_existing} already done, {s.failed} failed; {s.total_in_output} {what} in {s.output}")
+    if s.busy_s:
+        console.print("  time with a call in flight: " + ", ".join(f"{k} {v:.0f} s" for k, v in s.busy_s.items())
+                      + (" (they overlap)" if len(s.busy_s) > 1 else ""))
     for why, n in sorted(s.dropped.items()):
         console.print(f"  dropped {n}: {why}")
     if s.failed:

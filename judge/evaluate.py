@@ -267,9 +267,11 @@ async def judge_phase(cfg: JudgeConfig, answers: list[AnswerRow], clients: dict[
 async def score_both(cfg: JudgeConfig, judge: str, answers: list[AnswerRow], cache: JudgeCache, client: Any = None
                      ) -> tuple[list[Score], list[Score]]:
     """The seed's 0-100 correctness score of both models' answers against the known-good answer, by the first
-    model judge generating its reply (a local judge too: a score is not one of its verdict tokens)."""
+    model judge (a local one reads it from its token probabilities unless ``verdict = "generate"``)."""
+    from judge.logprob import scoring_client
+
     own = client is None
-    client = judge_client(cfg, judge) if own else client
+    client = scoring_client(judge, judge_client(cfg, judge) if own else client, cfg.verdict)
     items = [a for a in answers if a.known_good]
     try:
         if own:

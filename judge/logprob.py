@@ -5,8 +5,11 @@ the prompt, so every judgment ends up unparsed. AlpacaEval's default judge does 
 reads the log-probabilities of the answer identifiers. We do the same for ``local:`` judges: after the judge
 prompt, the assistant turn is started with ``{"winner": "`` and each way of finishing it (``A"``, ``B"``,
 ``tie"``) is scored by its summed token log-probability; the most likely one is the verdict. It always parses,
-costs three forward passes instead of a generation, and is still judged in both orders, so a judge that only
-likes position A ends up with inconsistent ties, not with a preference.
+costs one forward pass of the prompt (each candidate's few tokens run on a copy of its key/value cache) instead of
+a generation, and is still judged in both orders, so a judge that only likes position A ends up with inconsistent
+ties, not with a preference. A 0-100 score (``judge.scoring``: the rank strategy, the preflight, the judge stage's
+scores) is read the same way, after ``{"score": ``, as the expectation over 0, 10, ..., 100 under the judge's own
+probabilities of writing each (as G-Eval weights its scores), so it always parses and ties are rare.
 
 Served judges (``ollama:``, ``openai:``) get the same log-odds without an extra request (``ServedLogprobJudge``):
 the usual schema-constrained verdict is asked with ``top_logprobs`` alternatives per token, and the alternatives
@@ -35,6 +38,8 @@ from prefloop.models import common_prefix_length
 
 PREFIX = '{"winner": "'
 CANDIDATES = {"A": 'A"', "B": 'B"', "tie": 'tie"'}
+SCORE_PREFIX = '{"score": '
+SCORE_VALUES = tuple(range(0, 101, 10))  # the 0-100 scores a local judge's score is read over (judge.scoring)
 TOP_LOGPROBS = 10  # alternatives asked per token of a served judge's reply (Ollama allows 0-20)
 WINNER_VALUE = re.compile(r'"winner"\s*:\s*"')  # what precedes the deciding token in the verdict JSON
 NO_LOGPROBS = ("the server returned no token log-probabilities (Ollama before 0.12.11, or a server or model "
@@ -70,6 +75,11 @@ class LogprobJudge(_LogoddsJudge):
                    options: GenOptions | None = None) -> ChatReply:
         if self._lock is None:
             self._lock = asyncio.Lock()
+        if schema is not None and "score" in schema.get("properties", {}):  # score mode (judge.scoring)
+            async with self._lock:
+                value, probs = await asyncio.to_thread(self.score, messages)
+            data = {"score": value, "probs": {str(v): p for v, p in probs.items()}}
+            return ChatReply(text=json.dumps(data), data=data, model=str(self.client.spec))
         async with self._lock:  # one forward at a time: two would only fight over the cores
             scores = await asyncio.to_thread(self.scores, messages)
         winner = max(scores, key=lambda k: scores[k])
@@ -82,22 +92,66 @@ class LogprobJudge(_LogoddsJudge):
 
     def scores(self, messages: list[dict[str, str]]) -> dict[str, float]:
         """Summed log-probability of each verdict continuation after the prompt and ``PREFIX``."""
+        return self.continuations(messages, PREFIX, CANDIDATES)
+
+    def score(self, messages: list[dict[str, str]]) -> tuple[float, dict[int, float]]:
+        """The 0-100 score as the expectation over ``SCORE_VALUES`` under the judge's own probabilities of writing
+        each one after ``SCORE_PREFIX`` (normalised over those values), and those probabilities."""
+        logps = self.continuations(messages, SCORE_PREFIX, {v: f"{v}}}" for v in SCORE_VALUES})
+        top = max(logps.values())
+        weights = {v: math.exp(lp - top) for v, lp in logps.items()}
+        total = sum(weights.values())
+        probs = {v: w / total for v, w in weights.items()}
+        return sum(v * p for v, p in probs.items()), probs
+
+    def continuations(self, messages: list[dict[str, str]], prefix: str, candidates: dict[Any, str]
+                      ) -> dict[Any, float]:
+        """Summed log-probability of each ``prefix + candidate`` continuation of the judge prompt's assistant turn.
+
+        The prompt (and the prefix's tokens every candidate shares) runs through the model once; each candidate's
+        few tokens then run on a copy of that key/value cache, so scoring K candidates costs one prompt forward,
+        not K. A tokenizer may merge the prefix's last characters with a candidate's first (``" 8"``): the tokens
+        from where a candidate's tokens part from the prefix's own are the ones scored."""
+        import copy
+        import inspect
+
         import torch
 
         model, tokenizer = self.client.load()
         context = self.client.encode(messages)
-        base = tokenizer(PREFIX, add_special_tokens=False)["input_ids"]
-        out = {}
-        for name, text in CANDIDATES.items():
-            full = tokenizer(PREFIX + text, add_special_tokens=False)["input_ids"]
-            start = len(context) + common_prefix_length(base, full)
-            ids = context + full
-            with torch.no_grad():
-                logits = model(torch.tensor([ids], device=model.device)).logits[0].float()
-            logp = torch.log_softmax(logits[start - 1: len(ids) - 1], dim=-1)
-            target = torch.tensor(ids[start:], device=logp.device)
-            out[name] = float(logp.gather(1, target[:, None]).sum())
-        return out
+        base = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        fulls = {name: tokenizer(prefix + text, add_special_tokens=False)["input_ids"]
+                 for name, text in candidates.items()}
+        shared = min(common_prefix_length(base, full) for full in fulls.values())
+        head = context + base[:shared]
+        # transformers renamed the key/value cache argument and output (past_key_values -> cache)
+        kv_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        with torch.no_grad():
+            out = model(torch.tensor([head], device=model.device), use_cache=True)
+            kv = getattr(out, kv_arg)
+            last = out.logits[0, -1:].float()
+            scores = {}
+            for name, full in fulls.items():
+                tail = full[shared:]
+                first = common_prefix_length(base, full) - shared  # the first scored token in ``tail``
+                logits = model(torch.tensor([tail], device=model.device), use_cache=True,
+                               **{kv_arg: copy.deepcopy(kv)}).logits[0].float()
+                logp = torch.log_softmax(torch.cat([last, logits[:-1]]), dim=-1)  # row i predicts tail[i]
+                target = torch.tensor(tail, device=logp.device)
+                scores[name] = float(logp[first:].gather(1, target[first:, None]).sum())
+        return scores
+
+
+def scoring_client(judge: str, client: Any, verdict: str = "auto") -> Any:
+    """Who gives a 0-100 score (``judge.scoring``): a ``local:`` judge reads it from its token probabilities
+    (``LogprobJudge.score``: one prompt forward, where a generated score took up to ``attempts`` generations of
+    ``judge_max_tokens`` and still often did not parse), unless ``verdict = "generate"``; any other judge as given."""
+    from prefloop.llm.base import parse_spec
+
+    if client is None or verdict == "generate" or isinstance(client, LogprobJudge) \
+            or parse_spec(judge).backend != "local":
+        return client
+    return LogprobJudge(client)
 
 
 def _label(token: str) -> str | None:

@@ -107,7 +107,10 @@ def run_preflight(p: PreflightConfig, judge_cfg: JudgeConfig, sft_model: str, pr
         judge = make_direct(judge_spec)
     else:
         judge = make_client(judge_spec, timeout=judge_cfg.timeout_s)
+    from judge.logprob import scoring_client
+
     options = judge_cfg.score_options()
+    scorer = scoring_client(judge_spec, judge, judge_cfg.verdict)  # a local judge: from token probabilities
     broken = [broken_answer([r.known_good for r in prompts], i) for i in range(len(prompts))]
 
     async def score_all(cache: JudgeCache) -> list[tuple[Any, Any, Any]]:
@@ -115,7 +118,7 @@ def run_preflight(p: PreflightConfig, judge_cfg: JudgeConfig, sft_model: str, pr
             async def score(text: str | None) -> Any:
                 if text is None:
                     return None
-                return await score_answer(judge, rec.prompt, text, known_good=rec.known_good, cache=cache,
+                return await score_answer(scorer, rec.prompt, text, known_good=rec.known_good, cache=cache,
                                           options=options)
 
             # the dataset's own answer: the judge's ceiling on this task; a wrong one: can it tell them apart?

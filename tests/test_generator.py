@@ -186,6 +186,26 @@ def test_rank_best_against_worst_with_ties_and_margins_dropped(ollama_server: An
     assert len(judge_calls) == 4 + 4 + 4  # hello, tie, close (the 'same' prompt needs no judge)
     dropped = {d["reason"]: d for d in rows(sidecar(cfg.output, "dropped.jsonl"))}
     assert len(dropped["margin under 10"]["candidates"]) == 4  # drops keep their candidates too
+    # the round's cost, split: time with an answer in flight, and with a score in flight (each within the run's)
+    assert set(summary.busy_s) == {"answer", "score"}
+    assert all(0 < v <= summary.elapsed_s + 0.1 for v in summary.busy_s.values())
+
+
+def test_busy_counts_overlapping_calls_once(monkeypatch: Any) -> None:
+    """Busy time is wall time with at least one call in flight: calls that overlap are not counted twice."""
+    from generator import run as gen_run
+
+    clock = iter([0.0, 4.0, 10.0, 20.0])   # enter A at 0, leave A at 4 ... (B entered at 1 and left at 10 below)
+    monkeypatch.setattr(gen_run.time, "perf_counter", lambda: next(clock))
+    busy = gen_run.Busy()
+    a, b = busy, busy
+    a.__enter__()          # t=0: first in flight
+    b.__enter__()          # no clock read: already busy
+    a.__exit__()           # one still in flight: no clock read
+    b.__exit__()           # t=4: idle; 4 s busy
+    with busy:             # t=10 .. t=20
+        pass
+    assert busy.seconds == 14.0
 
 
 def test_contrast_asks_both_models_and_drops_identical_answers(ollama_server: Any, tmp_path: Path) -> None:
