@@ -76,19 +76,21 @@ def our_rows(objective: str, model_dir: str, steps: int) -> tuple[list[dict], di
 
 def work(objective: str, batches: list[list]) -> dict:
     """Token positions through the model over the steps, in forward-pass units (a backward costs two), padding
-    included: ours (packed rows, the prompt once, SimPO/ORPO/DPO with no reference forward in the steps), and TRL's
+    included: ours (packed rows, the prompt once, SimPO/ORPO/DPO with no reference forward in the steps; KTO's
+    mismatched answers after the trained forward, without gradient, on the prompts' cached keys), and TRL's
     (each sequence padded to the batch's longest: CPO/ORPO one trained forward of prompt+chosen and prompt+rejected;
     KTO a trained forward of the labelled rows, a KL forward of mismatched rows without gradient, and both again
     through the reference). The ratio of the two bounds how much faster ours can be at equal efficiency."""
     ours = theirs = 0
     for b in batches:
-        ours += 3 * len(b) * max(ex.packed_length() for ex in b)
         seqs = [[len(ex.prompt_ids) + len(c) for c in ex.completions] for ex in b]
-        if objective == "kto":  # ours packs [prompt | answer | mismatched answer]: TRL's KL rows are the mismatched
+        if objective == "kto":  # TRL's KL rows: the prompts with the mismatched answers
             main = len(b) * max(s[0] for s in seqs)
             kl = len(b) * max(s[1] for s in seqs)
+            ours += 3 * main + len(b) * max(len(ex.completions[1]) for ex in b)
             theirs += 3 * main + kl + main + kl
         else:
+            ours += 3 * len(b) * max(ex.packed_length() for ex in b)
             theirs += 3 * 2 * len(b) * max(max(s) for s in seqs)
     return {"ours": ours, "trl": theirs}
 
