@@ -71,26 +71,51 @@ def our_rows(objective: str, model_dir: str, steps: int) -> tuple[list[dict], di
                                 if objective == "kto" else
                                 {"prompt": it.prompt, "chosen": it.completions[0], "rejected": it.completions[1]})
         epoch += 1
-    return rows, work(objective, batches)
+    return rows, work(objective, batches, model_dir)
 
 
-def work(objective: str, batches: list[list]) -> dict:
-    """Token positions through the model over the steps, in forward-pass units (a backward costs two), padding
-    included: ours (packed rows, the prompt once, SimPO/ORPO/DPO with no reference forward in the steps), and TRL's
-    (each sequence padded to the batch's longest: CPO/ORPO one trained forward of prompt+chosen and prompt+rejected;
-    KTO a trained forward of the labelled rows, a KL forward of mismatched rows without gradient, and both again
-    through the reference). The ratio of the two bounds how much faster ours can be at equal efficiency."""
+def work(objective: str, batches: list[list], model_dir: str) -> dict:
+    """Each side's model work over the steps, padding included, in two measures.
+
+    ``ours``/``trl``: token positions through the decoder in forward-pass units (a backward costs two). Ours:
+    packed rows, the prompt once, SimPO/ORPO with no reference forward in the steps; KTO's mismatched answers after
+    the trained forward, without gradient, on the prompts' cached keys. TRL's: each sequence padded to the batch's
+    longest; CPO/ORPO one trained forward of prompt+chosen and prompt+rejected; KTO a trained forward of the
+    labelled rows, a KL forward of mismatched rows without gradient, and both again through the reference.
+
+    ``ours_gflop``/``trl_gflop``: the matmul FLOPs of the linear layers (2 per weight per position and pass), with
+    the LM head where each side applies it: ours on the scored positions only, TRL's on every position (attention's
+    own matmuls, small at these lengths, are left out). Both sides run their matmuls at about the same rate on one
+    CPU thread, so this ratio is what tokens/s can reach at equal efficiency."""
+    from transformers import AutoConfig
+
+    mc = AutoConfig.from_pretrained(model_dir)
+    head_dim = getattr(mc, "head_dim", None) or mc.hidden_size // mc.num_attention_heads
+    kv = getattr(mc, "num_key_value_heads", None) or mc.num_attention_heads
+    decoder = mc.num_hidden_layers * (2 * mc.hidden_size * mc.num_attention_heads * head_dim
+                                      + 2 * mc.hidden_size * kv * head_dim + 3 * mc.hidden_size * mc.intermediate_size)
+    head = mc.hidden_size * mc.vocab_size
     ours = theirs = 0
+    macs = {"ours": 0, "trl": 0}
     for b in batches:
-        ours += 3 * len(b) * max(ex.packed_length() for ex in b)
         seqs = [[len(ex.prompt_ids) + len(c) for c in ex.completions] for ex in b]
-        if objective == "kto":  # ours packs [prompt | answer | mismatched answer]: TRL's KL rows are the mismatched
+        scored = [sum(len(ex.completions[j]) for ex in b) for j in range(len(b[0].completions))]
+        if objective == "kto":  # TRL's KL rows: the prompts with the mismatched answers
             main = len(b) * max(s[0] for s in seqs)
             kl = len(b) * max(s[1] for s in seqs)
+            late = len(b) * max(len(ex.completions[1]) for ex in b)
+            ours += 3 * main + late
             theirs += 3 * main + kl + main + kl
+            macs["ours"] += (3 * main + late) * decoder + (3 * scored[0] + scored[1]) * head
+            macs["trl"] += (3 * main + kl + main + kl) * (decoder + head)
         else:
-            theirs += 3 * 2 * len(b) * max(max(s) for s in seqs)
-    return {"ours": ours, "trl": theirs}
+            packed = len(b) * max(ex.packed_length() for ex in b)
+            padded = 2 * len(b) * max(max(s) for s in seqs)
+            ours += 3 * packed
+            theirs += 3 * padded
+            macs["ours"] += 3 * packed * decoder + 3 * sum(scored) * head
+            macs["trl"] += 3 * padded * (decoder + head)
+    return {"ours": ours, "trl": theirs, "ours_gflop": 2 * macs["ours"] / 1e9, "trl_gflop": 2 * macs["trl"] / 1e9}
 
 
 def side_ours(objective: str, model_dir: str, steps: int, workdir: str) -> dict:
@@ -210,6 +235,8 @@ def main() -> None:
 
     print(f"  model work (token positions x passes, padding included): ours {units['ours']:,}, TRL {units['trl']:,}: "
           f"{units['trl'] / units['ours']:.2f}x more on TRL's side")
+    print(f"  linear-layer FLOPs (LM head where each side applies it): ours {units['ours_gflop']:,.0f} G, TRL "
+          f"{units['trl_gflop']:,.0f} G: {units['trl_gflop'] / units['ours_gflop']:.2f}x more on TRL's side")
 
     def line(name: str, r: dict) -> str:
         return (f"  {name:<5} {r['tokens_per_s']:7,.0f} tok/s (steady {r['steady_tokens_per_s']:7,.0f}, per CPU-s "

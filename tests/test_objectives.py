@@ -250,6 +250,38 @@ def test_kto_matches_trl_kto_trainer(tiny, tmp_path: Path) -> None:
         assert metrics[key] == pytest.approx(logged[key], abs=1e-4), key
 
 
+def test_kto_scores_the_mismatched_answers_without_gradient(tiny) -> None:
+    """z₀ is detached (TRL computes its KL log-probs under no_grad), so the mismatched answers must not go through
+    the trained forward and backward: the policy's only forward with gradient holds the prompts and the labelled
+    answers, and the mismatched answers run after it without gradient (on the prompts' cached keys and values)."""
+    import copy
+
+    from trainer.distributed import Dist
+    from trainer.kto import KTOObjective
+    from trainer.logps import PackedLM
+    from trainer.loop import Policy
+
+    base, tok = tiny
+    model = copy.deepcopy(base)
+    rows = pair_rows(6)
+    items = [TrainItem(r["id"], r["prompt"], [r["chosen"], rows[i - 1]["rejected"]], label=i % 2 == 0)
+             for i, r in enumerate(rows)]
+    examples, _ = tokenize_records(tok, items, prompt_format="text", max_length=96, max_prompt_length=None)
+    objective = KTOObjective(TrainConfig(objective="kto", reference="model"), ref_model=copy.deepcopy(base))
+    objective.reference.start(model, Dist())
+    objective.labels = {it.id: it.label for it in items}
+    seen: list[tuple[int, bool]] = []
+    model.get_input_embeddings().register_forward_hook(
+        lambda m, args, out: seen.append((args[0].shape[1], torch.is_grad_enabled())))
+    loss, _ = objective.loss(Policy(PackedLM(model), model, Dist()), pack(examples, tok.pad_token_id))
+    loss.backward()
+    labelled = max(len(ex.prompt_ids) + len(ex.completions[0]) for ex in examples)
+    mismatched = max(len(ex.completions[1]) for ex in examples)
+    assert [width for width, grad in seen if grad] == [labelled]
+    assert [width for width, grad in seen if not grad] == [mismatched]
+    assert all(p.grad is not None for p in model.parameters())
+
+
 def labelled_rows() -> list[dict]:
     rows = []
     for i in range(8):

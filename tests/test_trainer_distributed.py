@@ -36,6 +36,7 @@ SCENARIOS: dict[str, dict] = {
     "lora_fsdp": dict(lora_r=4, lr=3e-3, distributed="fsdp"),
     "sft_ddp": dict(lr=1e-3, objective="sft"),    # SFT normalises by response tokens, not by rows
     "kto_ddp": dict(objective="kto", lr=1e-2),    # KTO's z₀ is a mean over the whole micro-batch
+    "kto_fsdp": dict(objective="kto", lr=1e-2, distributed="fsdp"),  # and the mismatched answers' no-grad pass
     "pieces_fsdp": dict(distributed="fsdp", max_tokens_per_batch=90),  # token-capped pieces, unequal per rank
     "nan": dict(max_steps=5),                     # rank 1's weights turn NaN in step 3
     "bypass": dict(max_steps=2, save_every=0, eval_split=0.0),  # the log-probs called around the DDP wrapper
@@ -152,7 +153,8 @@ def assert_same_weights(a: Path, b: Path, atol: float = 1e-5) -> None:
     assert worst <= atol, f"max |weight difference| {worst:.2e}"
 
 
-@pytest.mark.parametrize("name", ["ddp", "fsdp", "lora_ddp", "lora_fsdp", "sft_ddp", "kto_ddp", "pieces_fsdp"])
+@pytest.mark.parametrize("name", ["ddp", "fsdp", "lora_ddp", "lora_fsdp", "sft_ddp", "kto_ddp", "kto_fsdp",
+                                  "pieces_fsdp"])
 def test_two_processes_equal_one(name: str, two_procs: Path, tiny_model_dir: Path, pairs_path: Path,  # noqa: F811
                                  tmp_path: Path) -> None:
     single, _ = one_proc(tiny_model_dir, pairs_path, tmp_path, name)

@@ -149,6 +149,39 @@ def test_rows_padded_to_a_multiple_score_the_same(tiny_model_dir: Path, pairs_pa
         torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("multiple", [1, 64])
+def test_completions_scored_without_gradient_match_the_one_pass(tiny_model_dir: Path, pairs_path: Path,
+                                                                multiple: int) -> None:
+    """``no_grad_from=1`` (KTO's mismatched answers): the first completions in a forward with gradient, the others
+    after it without, on the prompt's cached keys and values. Same log-probs as the one packed forward, and the
+    same gradient from the first completions (the others carry none), rows of different lengths and padding
+    included."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.data import TrainItem
+    from trainer.logps import packed_logps
+    from trainer.packing import pack
+    from trainer.tokenize import tokenize_records
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    items = [TrainItem(r["id"], r["prompt"], [r["chosen"], r["rejected"]]) for r in read_jsonl(pairs_path)[:7]]
+    examples, _ = tokenize_records(tok, items, prompt_format="auto", max_length=64, max_prompt_length=None)
+    batch = pack(examples, tok.pad_token_id, multiple_of=multiple)
+    got = []
+    for split in (None, 1):
+        model.zero_grad(set_to_none=True)
+        sums, counts = packed_logps(model, batch, no_grad_from=split)
+        (sums[:7] * torch.linspace(-1, 1, 7)).sum().backward()
+        got.append((sums.detach(), counts, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (one_s, one_n, one_g), (split_s, split_n, split_g) = got
+    assert split_n.tolist() == one_n.tolist()
+    torch.testing.assert_close(split_s, one_s, rtol=0, atol=1e-4)       # sums of ~20 log-probs
+    torch.testing.assert_close(split_s / split_n, one_s / one_n, rtol=0, atol=1e-5)
+    for name, g in one_g.items():
+        torch.testing.assert_close(split_g[name], g, rtol=0, atol=1e-5, msg=name)
+
+
 def test_flex_block_mask_scores_as_the_dense_mask(tiny_model_dir: Path, pairs_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The flex-attention block mask (a GPU run's default) gives the dense 4-D mask's log-probs and gradients, rows

@@ -52,7 +52,9 @@ class KTOObjective(Referenced):
         return train, held, notes
 
     def loss(self, policy: Policy, batch: PackedBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        sums, _, ref = self.reference.logps(policy, batch)
+        # the mismatched answers only estimate z₀, which is detached: scored after the trained forward, without
+        # gradient (as TRL's KL pass), rather than trained through and discarded
+        sums, _, ref = self.reference.logps(policy, batch, no_grad_from=1)
         sums, ref = sums.float(), ref.float()
         b = sums.numel() // 2
         logratio = sums[:b] - ref[:b]

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from trainer.packing import PackedBatch
+from trainer.packing import PackedBatch, segment_mask
 from trainer.tokenize import Example
 
 
@@ -89,28 +89,91 @@ def causal_lm(model: Any) -> Any:
     return get() if callable(get) else model
 
 
-def packed_logps(model: Any, batch: PackedBatch, attention: str = "dense") -> tuple[torch.Tensor, torch.Tensor]:
+def packed_logps(model: Any, batch: PackedBatch, attention: str = "dense",
+                 no_grad_from: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence sums of completion token log-probs and token counts, each of shape ``(n_seqs,)``.
 
     Sequences are ordered completion-major: all first completions (chosen), then all second ones (rejected).
     ``attention``: ``dense`` (the 4-D mask) or ``flex`` (a block mask; the model must be routed through
-    ``trainer.attention.use_packed_attention`` first, as ``PackedLM`` does).
+    ``trainer.attention.use_packed_attention`` first, as ``PackedLM`` does). ``no_grad_from``: completions from
+    this index on are scored without gradient (KTO's mismatched answers, whose log-ratio z₀ is detached), after the
+    forward with gradient instead of inside it (``split_logps``); their sums carry no gradient either way.
     """
     model = causal_lm(model)
-    if attention == "flex":
-        from trainer.attention import block_mask
-
-        mask = block_mask(batch.segment)
-    else:
-        mask = batch.attention_mask
-    out = model.base_model(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
-                           use_cache=False)
+    if (no_grad_from is not None and no_grad_from < batch.n_completions and torch.is_grad_enabled()
+            and not getattr(model, "is_gradient_checkpointing", False)):  # checkpointed layers keep no cache
+        return split_logps(model, batch, attention, no_grad_from)
+    out = model.base_model(input_ids=batch.input_ids, attention_mask=_mask(batch.segment, attention),
+                           position_ids=batch.position_ids, use_cache=False)
     hidden = out.last_hidden_state
     picked = hidden.reshape(-1, hidden.size(-1)).index_select(0, batch.src)
     logps = chunked_token_logps(model, picked, batch.targets)
+    return _sums(batch, logps)
+
+
+def _mask(segment: torch.Tensor, attention: str) -> Any:
+    if attention == "flex":
+        from trainer.attention import block_mask
+
+        return block_mask(segment)
+    return segment_mask(segment)
+
+
+def _sums(batch: PackedBatch, logps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     sums = logps.new_zeros(batch.n_seqs).index_add(0, batch.seq, logps)
     counts = torch.bincount(batch.seq, minlength=batch.n_seqs).to(sums.dtype)
     return sums, counts
+
+
+def split_logps(model: Any, batch: PackedBatch, attention: str, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``packed_logps`` with completions ``g..`` scored without gradient: the same numbers, less work.
+
+    In one packed forward the later completions would go through the trained forward and its backward (three
+    passes) though nothing is learnt from them. Here the rows are cut after completion ``g``: ``[prompt |
+    completions < g]`` runs with gradient and keeps its keys and values (the cache), then the later completions
+    run under ``no_grad`` on that cache, each seeing the prompt's keys and its own (the same rule as the packed
+    mask, ``packing.segment_mask``), with the same position ids. A completion's first token is predicted by the
+    prompt's last hidden state, taken from the first pass, detached."""
+    rows, length = batch.input_ids.shape
+    seg = batch.segment
+    late = seg > g                                          # tokens of the completions scored without gradient
+    first = seg.masked_fill(late, -1)                       # the first pass: prompt and completions 1..g
+    length1 = int((first >= 0).sum(1).max())                # they are each row's first tokens
+    out = model.base_model(input_ids=batch.input_ids[:, :length1], attention_mask=_mask(first[:, :length1], attention),
+                           position_ids=batch.position_ids[:, :length1], use_cache=True)
+    hidden1 = out.last_hidden_state
+    width = hidden1.size(-1)
+    # each row's later completions, moved to the start of a (rows, length2) block
+    start = torch.where(late.any(1), late.float().argmax(1), torch.full((rows,), length, device=seg.device))
+    length2 = max(1, int(late.sum(1).max()))
+    cols = start.unsqueeze(1) + torch.arange(length2, device=seg.device)
+    inside = cols < length
+    cols = cols.clamp(max=length - 1)
+    seg2 = torch.where(inside, seg.gather(1, cols), torch.full_like(cols, -1))
+    seg2 = seg2.masked_fill(seg2 <= g, -1)
+    ids2 = batch.input_ids.gather(1, cols)
+    pos2 = batch.position_ids.gather(1, cols)
+    # mask: the cache's prompt positions, then causal within the same completion; padding queries see themselves
+    idx = torch.arange(length2, device=seg.device)
+    own = ((idx.unsqueeze(1) >= idx.unsqueeze(0)) & (seg2.unsqueeze(2) == seg2.unsqueeze(1))
+           & (seg2.unsqueeze(1) >= 0)) | torch.eye(length2, dtype=torch.bool, device=seg.device)
+    cached = (first[:, :length1] == 0).unsqueeze(1).expand(rows, length2, length1)
+    mask2 = torch.cat([cached, own], dim=2).unsqueeze(1)
+    # targets: flat positions in the packed rows, mapped to the first pass (rows x length1) or the second
+    row, col = batch.src // length, batch.src % length
+    grad = batch.seq < g * rows
+    in_second = col >= start[row]
+    with torch.no_grad():
+        hidden2 = model.base_model(input_ids=ids2, attention_mask=mask2, position_ids=pos2,
+                                   past_key_values=out.past_key_values, use_cache=True).last_hidden_state
+        both = torch.cat([hidden1.detach().reshape(-1, width), hidden2.reshape(-1, width)])
+        where = torch.where(in_second, rows * length1 + row * length2 + (col - start[row]), row * length1 + col)
+        late_logps = chunked_token_logps(model, both.index_select(0, where[~grad]), batch.targets[~grad])
+    picked = hidden1.reshape(-1, width).index_select(0, (row * length1 + col)[grad])
+    logps = chunked_token_logps(model, picked, batch.targets[grad])
+    full = torch.empty(batch.targets.numel(), dtype=logps.dtype, device=logps.device)
+    full = full.masked_scatter(grad, logps).masked_scatter(~grad, late_logps.to(logps.dtype))
+    return _sums(batch, full)
 
 
 class PackedLM(torch.nn.Module):
@@ -126,8 +189,8 @@ class PackedLM(torch.nn.Module):
 
             use_packed_attention(causal_lm(lm))
 
-    def forward(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        return packed_logps(self.lm, batch, self.attention)
+    def forward(self, batch: PackedBatch, no_grad_from: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return packed_logps(self.lm, batch, self.attention, no_grad_from)
 
 
 @torch.no_grad()

@@ -58,8 +58,9 @@ class Policy:
     lm: Any
     dist: Dist
 
-    def __call__(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.module(batch)
+    def __call__(self, batch: PackedBatch, no_grad_from: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``no_grad_from``: completions from this index on are scored without gradient (``logps.split_logps``)."""
+        return self.module(batch, no_grad_from)
 
     @property
     def adapted(self) -> bool:

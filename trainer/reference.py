@@ -97,11 +97,13 @@ class Reference:
         assert self.cache is not None
         return self.cache.lookup(batch.ids)[0].to(device)
 
-    def logps(self, policy: Any, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def logps(self, policy: Any, batch: PackedBatch,
+              no_grad_from: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(policy sums, counts, reference sums) of one packed batch; the reference forward, when there is one,
-        runs first and without gradients."""
+        runs first and without gradients. ``no_grad_from``: the policy scores completions from this index on
+        without gradient (``Policy``)."""
         ref = self.forward(policy, batch)
-        sums, counts = policy(batch)
+        sums, counts = policy(batch, no_grad_from)
         return sums, counts, (self.lookup(batch, sums.device) if ref is None else ref)
 
 
