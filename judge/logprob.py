@@ -34,7 +34,7 @@ import re
 from typing import Any
 
 from prefloop.llm.base import ChatReply, GenOptions, ServerFatal
-from prefloop.models import common_prefix_length
+from prefloop.models import common_prefix_length, kv_cache_name
 
 PREFIX = '{"winner": "'
 CANDIDATES = {"A": 'A"', "B": 'B"', "tie": 'tie"'}
@@ -113,7 +113,6 @@ class LogprobJudge(_LogoddsJudge):
         not K. A tokenizer may merge the prefix's last characters with a candidate's first (``" 8"``): the tokens
         from where a candidate's tokens part from the prefix's own are the ones scored."""
         import copy
-        import inspect
 
         import torch
 
@@ -124,8 +123,7 @@ class LogprobJudge(_LogoddsJudge):
                  for name, text in candidates.items()}
         shared = min(common_prefix_length(base, full) for full in fulls.values())
         head = context + base[:shared]
-        # transformers renamed the key/value cache argument and output (past_key_values -> cache)
-        kv_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        kv_arg = kv_cache_name(model)
         with torch.no_grad():
             out = model(torch.tensor([head], device=model.device), use_cache=True)
             kv = getattr(out, kv_arg)

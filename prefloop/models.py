@@ -155,6 +155,14 @@ def load_model(name: str, *, dtype: str = "fp32") -> tuple[Any, Any]:
     return model, load_tokenizer(where)
 
 
+def kv_cache_name(model: Any) -> str:
+    """What transformers calls a model's key/value cache, as ``forward`` argument and output field: ``cache`` in
+    newer 5.x releases, ``past_key_values`` before (deprecated there, removed in 5.40)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def common_prefix_length(a: "list[int] | tuple[int, ...]", b: "list[int] | tuple[int, ...]") -> int:
     """How many leading token ids two sequences share: where a completion starts after tokenising it together
     with its prompt (BPE merges can change the last prompt tokens)."""

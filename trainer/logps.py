@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from prefloop.models import kv_cache_name
 from trainer.packing import PackedBatch, segment_mask
 from trainer.tokenize import Example
 
@@ -101,7 +102,7 @@ def packed_logps(model: Any, batch: PackedBatch, attention: str = "dense",
     """
     model = causal_lm(model)
     if (no_grad_from is not None and no_grad_from < batch.n_completions and torch.is_grad_enabled()
-            and not getattr(model, "is_gradient_checkpointing", False)):  # checkpointed layers keep no cache
+            and not checkpointed(model)):  # checkpointed layers keep no cache
         return split_logps(model, batch, attention, no_grad_from)
     out = model.base_model(input_ids=batch.input_ids, attention_mask=_mask(batch.segment, attention),
                            position_ids=batch.position_ids, use_cache=False)
@@ -109,6 +110,12 @@ def packed_logps(model: Any, batch: PackedBatch, attention: str = "dense",
     picked = hidden.reshape(-1, hidden.size(-1)).index_select(0, batch.src)
     logps = chunked_token_logps(model, picked, batch.targets)
     return _sums(batch, logps)
+
+
+def checkpointed(model: Any) -> bool:
+    """Whether activation checkpointing is on (transformers 5 renamed ``is_gradient_checkpointing``)."""
+    on = getattr(model, "is_activation_checkpointing", None)
+    return bool(on if on is not None else getattr(model, "is_gradient_checkpointing", False))
 
 
 def _mask(segment: torch.Tensor, attention: str) -> Any:
@@ -164,8 +171,9 @@ def split_logps(model: Any, batch: PackedBatch, attention: str, g: int) -> tuple
     grad = batch.seq < g * rows
     in_second = col >= start[row]
     with torch.no_grad():
+        kv = kv_cache_name(model.base_model)
         hidden2 = model.base_model(input_ids=ids2, attention_mask=mask2, position_ids=pos2,
-                                   past_key_values=out.past_key_values, use_cache=True).last_hidden_state
+                                   use_cache=True, **{kv: getattr(out, kv)}).last_hidden_state
         both = torch.cat([hidden1.detach().reshape(-1, width), hidden2.reshape(-1, width)])
         where = torch.where(in_second, rows * length1 + row * length2 + (col - start[row]), row * length1 + col)
         late_logps = chunked_token_logps(model, both.index_select(0, where[~grad]), batch.targets[~grad])
