@@ -128,6 +128,8 @@ def main() -> None:
                    "default, the plain command); 0: the trainer's default")
     p.add_argument("--round1", default="", help="a model trained already on the training rows to use as round 1 "
                    "(e.g. bench/alignment.py's rpo1-chat, the plain command's model), instead of training it here")
+    p.add_argument("--name", default="", help="keep this run's rounds apart (under rounds/NAME/), e.g. for another "
+                   "--round1; the data slices and the judgment cache are shared")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
 
@@ -137,7 +139,7 @@ def main() -> None:
     from loop.rounds import best_round, stop_reason  # the loop's own rules
 
     data = slices(args.val_limit)
-    root = out_root()
+    root = out_root() / args.name if args.name else out_root()
     costs: dict[int, dict[str, float]] = {}
     models = {0: "smollm2"}
     if args.round1:
