@@ -110,6 +110,8 @@ def sample_and_rank(k: int, prev: str, prompts: list[dict], out: Path, args: arg
                          prompt_format="auto", concurrency=8, quiet=True)
     t0 = time.perf_counter()
     summary = generate(cfg)
+    if summary.status != "complete":  # interrupted or failed: training on part of the round would pass unnoticed
+        raise SystemExit(f"round {k}'s sampling stopped ({summary.status}: {summary.reason}); run again to resume")
     busy = summary.busy_s
     return out / "pairs.jsonl", {"sample+rank": time.perf_counter() - t0, "sample": busy.get("answer", 0.0),
                                  "rank": busy.get("score", 0.0)}
