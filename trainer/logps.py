@@ -160,12 +160,10 @@ def split_logps(model: Any, batch: PackedBatch, attention: str, g: int) -> tuple
     seg2 = seg2.masked_fill(seg2 <= g, -1)
     ids2 = batch.input_ids.gather(1, cols)
     pos2 = batch.position_ids.gather(1, cols)
-    # mask: the cache's prompt positions, then causal within the same completion; padding queries see themselves
-    idx = torch.arange(length2, device=seg.device)
-    own = ((idx.unsqueeze(1) >= idx.unsqueeze(0)) & (seg2.unsqueeze(2) == seg2.unsqueeze(1))
-           & (seg2.unsqueeze(1) >= 0)) | torch.eye(length2, dtype=torch.bool, device=seg.device)
-    cached = (first[:, :length1] == 0).unsqueeze(1).expand(rows, length2, length1)
-    mask2 = torch.cat([cached, own], dim=2).unsqueeze(1)
+    # mask: the cache's prompt positions, then the packed rule within the block (no segment 0 is left in it, so
+    # each token sees its own completion, causally; padding queries see themselves)
+    cached = (first[:, :length1] == 0).view(rows, 1, 1, length1).expand(rows, 1, length2, length1)
+    mask2 = torch.cat([cached, segment_mask(seg2)], dim=3)
     # targets: flat positions in the packed rows, mapped to the first pass (rows x length1) or the second
     row, col = batch.src // length, batch.src % length
     grad = batch.seq < g * rows
