@@ -70,6 +70,7 @@ class LogprobJudge(_LogoddsJudge):
     def __init__(self, client: Any):
         super().__init__(client)
         self._lock: asyncio.Lock | None = None
+        self._tokens: dict[tuple, tuple[list[int], dict[Any, list[int]]]] = {}  # continuations' token ids
 
     async def chat(self, messages: list[dict[str, str]], *, schema: dict[str, Any] | None = None,
                    options: GenOptions | None = None) -> ChatReply:
@@ -118,9 +119,12 @@ class LogprobJudge(_LogoddsJudge):
 
         model, tokenizer = self.client.load()
         context = self.client.encode(messages)
-        base = tokenizer(prefix, add_special_tokens=False)["input_ids"]
-        fulls = {name: tokenizer(prefix + text, add_special_tokens=False)["input_ids"]
-                 for name, text in candidates.items()}
+        key = (prefix, tuple(candidates.items()))
+        if key not in self._tokens:  # the same few strings on every call: tokenised once
+            self._tokens[key] = (tokenizer(prefix, add_special_tokens=False)["input_ids"],
+                                 {name: tokenizer(prefix + text, add_special_tokens=False)["input_ids"]
+                                  for name, text in candidates.items()})
+        base, fulls = self._tokens[key]
         shared = min(common_prefix_length(base, full) for full in fulls.values())
         head = context + base[:shared]
         kv_arg = kv_cache_name(model)
