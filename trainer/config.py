@@ -23,7 +23,7 @@ REFERENCES = ("cached", "model")
 DISTRIBUTED = ("ddp", "fsdp")
 # A CPU trains a micro-batch in pieces of at most this many packed tokens unless told otherwise: the gradients are
 # the same (up to summation order), the activations held for the backward are a piece's, and the smaller tensors
-# stay in cache (bench/objectives.py --pieces: no slower on one thread, 0.82x the peak RSS on the tiny Llama).
+# stay in cache (bench/objectives.py --both-caps: no slower on one thread, 0.83x the peak RSS on the tiny Llama).
 # A GPU wants the whole micro-batch in one forward.
 CPU_PIECE_TOKENS = 512
 
