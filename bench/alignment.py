@@ -116,6 +116,12 @@ SEARCH = [
             extra=(("objective", "simpo"), ("simpo_gamma", 1.25))),
     Setting("orpo-chat", lr=8e-6, beta=0.1, prompt_format="chat", extra=(("objective", "orpo"),)),
     Setting("rpo1-chat-lr1e-5-beta0.05", lr=1e-5, beta=0.05, rpo_alpha=1.0, prompt_format="chat"),
+    # SimPO further than one epoch at its small learning rate: the one single pass past the chosen side's level
+    Setting("simpo-chat-2epochs", lr=1e-6, beta=2.5, prompt_format="chat", epochs=2.0,
+            extra=(("objective", "simpo"), ("simpo_gamma", 1.25))),
+    # KTO on the same pairs, each split into a desirable and an undesirable answer (twice the rows, so 233 steps an
+    # epoch); β 0.1 and lr 1e-6 as TRL's KTOConfig defaults them
+    Setting("kto-chat", lr=1e-6, beta=0.1, prompt_format="chat", extra=(("objective", "kto"),)),
 ]
 
 
@@ -461,7 +467,11 @@ def main() -> None:
     ap.add_argument("--fast", action="store_true", help="no embedded judge: answers, retention, seed-axis judge")
     ap.add_argument("--train-only", action="store_true", help="train (and cache) the settings, measure nothing")
     ap.add_argument("--final", help="measure this setting on the test rows [935:1045] (the final check)")
+    ap.add_argument("--threads", type=int, default=RUNTIME["threads"],
+                    help="torch threads (1 when another job shares the cores: two threads on two busy cores wait "
+                         "on each other); not part of what a row trains, so a cached model is reused")
     args = ap.parse_args()
+    RUNTIME["threads"] = args.threads
     from bench.judges.seed_axis import seed_pairs_path
 
     try:

@@ -117,14 +117,15 @@ def work(objective: str, batches: list[list], model_dir: str) -> dict:
     return {"ours": ours, "trl": theirs, "ours_gflop": 2 * macs["ours"] / 1e9, "trl_gflop": 2 * macs["trl"] / 1e9}
 
 
-def side_ours(objective: str, model_dir: str, steps: int, workdir: str) -> dict:
+def side_ours(objective: str, model_dir: str, steps: int, workdir: str, cap: int | None = None) -> dict:
     from rich.console import Console
 
     from prefloop.jsonl import read_jsonl
     from trainer.train import train
 
     os.environ["PREFLOOP_CACHE"] = str(Path(workdir) / "cache")  # cold cache: the reference pass is counted
-    cfg = our_config(model_dir, str(Path(workdir) / "run"), steps, objective=objective, **OWN[objective])
+    cfg = our_config(model_dir, str(Path(workdir) / "run"), steps, objective=objective, **OWN[objective],
+                     max_tokens_per_batch=cap)
     result = train(cfg, Console(stderr=True))
     rows = [r for r in read_jsonl(result.metrics_path) if r["split"] == "train"]
     step_tokens = [float(r["tokens"] - (rows[i - 1]["tokens"] if i else 0)) for i, r in enumerate(rows)]
@@ -186,11 +187,12 @@ def dataset_tokens(ds, start: int, n: int) -> int:
     return sum(len(p) + len(c) for p, c in zip(rows["prompt_ids"], rows["completion_ids"]))  # KTO
 
 
-def child(side: str, objective: str, model_dir: str, steps: int, order_file: str) -> dict:
+def child(side: str, objective: str, model_dir: str, steps: int, order_file: str, cap: int | None = None) -> dict:
     with tempfile.TemporaryDirectory() as work:
         out = str(Path(work) / "result.json")
         cmd = [sys.executable, __file__, "--side", side, "--objective", objective, "--model-dir", model_dir,
                "--steps", str(steps), "--json-out", out, "--order", order_file, "--workdir", work]
+        cmd += [] if cap is None else ["--max-tokens-per-batch", str(cap)]
         env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", TQDM_DISABLE="1",
                    TRL_EXPERIMENTAL_SILENCE="1")
         proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -205,6 +207,11 @@ def main() -> None:
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--no-trl", action="store_true")
+    ap.add_argument("--max-tokens-per-batch", type=int, default=None,
+                    help="our side's cap on the tokens of one forward (default: the trainer's, 512 on a CPU; 0: the "
+                         "whole micro-batch in one forward, as before)")
+    ap.add_argument("--both-caps", action="store_true",
+                    help="also run our side with the whole micro-batch in one forward (cap 0), back to back")
     ap.add_argument("--side", help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     ap.add_argument("--json-out", help=argparse.SUPPRESS)
@@ -212,7 +219,7 @@ def main() -> None:
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.side:
-        r = (side_ours(a.objective, a.model_dir, a.steps, a.workdir) if a.side == "ours"
+        r = (side_ours(a.objective, a.model_dir, a.steps, a.workdir, a.max_tokens_per_batch) if a.side == "ours"
              else side_trl(a.objective, a.model_dir, a.steps, a.order))
         Path(a.json_out).write_text(json.dumps(r))
         return
@@ -221,7 +228,8 @@ def main() -> None:
         order_file = str(Path(tmp) / "order.json")
         rows, units = our_rows(a.objective, model_dir, a.steps)
         Path(order_file).write_text(json.dumps(rows))
-        ours = child("ours", a.objective, model_dir, a.steps, order_file)
+        ours = child("ours", a.objective, model_dir, a.steps, order_file, a.max_tokens_per_batch)
+        whole = child("ours", a.objective, model_dir, a.steps, order_file, 0) if a.both_caps else None
         theirs = None
         if not a.no_trl:
             try:
@@ -244,6 +252,11 @@ def main() -> None:
 
     print(line("ours", ours) + f"  prepare {ours['prepare_s']:.2f} s")
     print(f"        first losses {[round(x, 4) for x in ours['losses'][:4]]}")
+    if whole:
+        print(line("cap 0", whole) + "  (ours, the whole micro-batch in one forward)")
+        print(f"        ours / cap 0: {ours['tokens_per_s'] / whole['tokens_per_s']:.2f}x tokens/s (per CPU-s "
+              f"{ours['cpu_tokens_per_s'] / whole['cpu_tokens_per_s']:.2f}x), "
+              f"{ours['peak_rss_mib'] / whole['peak_rss_mib']:.2f}x peak RSS")
     if theirs:
         print(line("TRL", theirs) + f"  ({theirs['optim']})")
         print(f"        first losses {[round(x, 4) for x in theirs['losses'][:4]]}")

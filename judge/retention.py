@@ -130,6 +130,17 @@ def stock_collapse(share: float, reference_share: float, limit: float = STOCK_SH
     return share > limit and share > reference_share
 
 
+def taught_opening(chosen: Sequence[str], rejected: Sequence[str], limit: float = STOCK_SHARE) -> str | None:
+    """The opening a set of preference pairs teaches for its own sake: more than ``limit`` of the chosen answers
+    open with it, and at most half as many rejected ones do. Such pairs train the phrase, not the answers (a judge
+    that rewards "I'd be happy to help" picks it whenever a sample has it), and the next round's answers collapse
+    onto it; ``None`` when no opening is taught so."""
+    phrase, count = stock_opening(chosen)
+    if phrase is None or count <= limit * len(chosen):
+        return None
+    return phrase if 2 * sum(opening(r) == phrase for r in rejected) <= count else None
+
+
 def retention(answers: Sequence[AnswerRow], *, n_boot: int = 2000, seed: int = 0) -> Retention:
     """Both models' skill on the held-out prompts and what the policy kept of the reference's."""
     if not answers:

@@ -11,7 +11,9 @@ round k ≥ 2 then
    never reach a round;
 2. **pairs** them: ``rank`` scores the samples with the judge (a ``python:``/``reward:`` judge needs no server)
    and pairs the best with the worst, dropping ties; ``contrast`` takes the writer's answer as chosen and the
-   round-(k−1) model's own as rejected (with a stronger writer, the judge-free "delta" recipe);
+   round-(k−1) model's own as rejected (with a stronger writer, the judge-free "delta" recipe). Pairs that teach
+   one opening for its own sake (over ``max_stock`` of the chosen answers open with it, few rejected ones do) are
+   dropped before training (``guard_pairs``);
 3. **trains** from the round-(k−1) model, which is also its reference (the iterative-DPO standard), or with the
    SFT model as every round's reference (``[rounds] reference = "sft"``; the trainer's ``ref_model``);
 4. is **judged** on the same held-out prompts against the SFT model and against the previous round (with
@@ -39,7 +41,7 @@ from loop.config import RoundsSection, RunPaths
 from prefloop.config import ConfigError, fingerprinted
 from prefloop.files import atomic_write_json
 from prefloop.fingerprint import file_hash, fingerprint, model_identity
-from prefloop.jsonl import write_jsonl
+from prefloop.jsonl import read_jsonl, write_jsonl
 from prefloop.report import pct
 
 
@@ -109,10 +111,31 @@ def round_row(run_dir: Path, k: int, model: str) -> RoundRow:
     paths = round_paths(run_dir, k)
     vs_sft, ret = judged(paths.judge)
     vs_prev = vs_sft if k == 1 else judged(paths.root / "judge-previous")[0]
-    pairs = paths.train_pairs if k == 1 else paths.pairs
+    pairs = paths.train_pairs if k == 1 else guarded_path(paths.pairs)
     return skill_row(RoundRow(round=k, model=model, vs_sft=vs_sft, vs_previous=vs_prev,
                               pairs=sum(1 for _ in pairs.open()) if pairs.exists() else None,
                               reward_accuracy=held_out_reward_accuracy(paths.train)), ret)
+
+
+def guarded_path(pairs: Path) -> Path:
+    """Where ``guard_pairs`` writes the pairs a round trains on, beside the pairs it sampled."""
+    return pairs.with_name(pairs.stem + ".trained.jsonl")
+
+
+def guard_pairs(pairs: Path, max_stock: float) -> tuple[Path, str | None, int]:
+    """The round's pairs without those that teach one opening for its own sake (``judge.retention.taught_opening``
+    at ``[rounds] max_stock``: the chosen answer opens with it and the rejected one does not), written beside the
+    sampled pairs (which stay as they were); the file to train on, the opening and how many pairs were dropped.
+    The stop rule catches a round whose answers collapsed onto a phrase; this keeps the next round from learning
+    it from the judge's taste in the first place."""
+    from judge.retention import opening, taught_opening
+
+    rows = list(read_jsonl(pairs))
+    phrase = taught_opening([r["chosen"] for r in rows], [r["rejected"] for r in rows], max_stock)
+    keep = [r for r in rows if phrase is None or not (opening(r["chosen"]) == phrase != opening(r["rejected"]))]
+    out = guarded_path(pairs)
+    write_jsonl(out, keep)
+    return out, phrase, len(rows) - len(keep)
 
 
 def skill_row(row: RoundRow, ret: Any) -> RoundRow:
@@ -307,9 +330,18 @@ class Rounds:
 
         loop._stage(f"round{k}/generate", sampled, [f"rounds/{k}/generate"], sample)
 
-        t = round_train_config(self.cfg, prev, paths.pairs, paths.train)
+        trained_pairs, phrase, dropped = guard_pairs(paths.pairs, self.r.max_stock)
+        if dropped and not trained_pairs.stat().st_size:
+            loop.stop(f"round {k}: every pair's chosen answer opens with \"{phrase} …\" where its rejected one does "
+                      "not: the round would train the phrase, not the answers (a judge that rewards it, or a model "
+                      "that answers every prompt alike); [rounds] max_stock = 1 trains on them anyway")
+        if dropped:
+            loop.console.print(f"round {k}: {dropped} pairs dropped whose chosen answer opens with \"{phrase} …\" and "
+                               f"whose rejected one does not: over [rounds] max_stock = {self.r.max_stock:.0%} of "
+                               "the chosen answers open so, and they would train the phrase, not the answers")
+        t = round_train_config(self.cfg, prev, trained_pairs, paths.train)
         loop.settings[f"round{k}/train"] = fingerprinted(t)
-        inputs = {"train": file_hash(paths.pairs), "eval": file_hash(loop.paths.heldout_pairs),
+        inputs = {"train": file_hash(trained_pairs), "eval": file_hash(loop.paths.heldout_pairs),
                   "model": model_identity(prev), "previous": upstream}
         if t.ref_model:
             inputs["reference"] = model_identity(t.ref_model)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from loop.config import load_loop_config
-from loop.rounds import RoundRow, best_round, prompt_slice, round_train_config, stop_reason
+from loop.rounds import RoundRow, best_round, guard_pairs, prompt_slice, round_train_config, stop_reason
 from loop.run import main
 from test_loop import Args, scripted_reply, write_config
 
@@ -70,6 +70,11 @@ def test_a_round_that_changed_nothing_stops_the_run_and_round_one_stays_the_resu
         return json.loads((run / "rounds" / "2" / "train" / "train_summary.json").read_text())["config"]["ref_model"]
 
     assert ref_model() == ""
+    # round 2 trains on its sampled pairs through the opening guard (nothing to drop here: the same pairs)
+    summary = json.loads((run / "rounds" / "2" / "train" / "train_summary.json").read_text())
+    trained = run / "rounds" / "2" / "generate" / "pairs.trained.jsonl"
+    assert summary["config"]["data"] == str(trained)
+    assert trained.read_text() == (trained.parent / "pairs.jsonl").read_text()
     assert main(Args(rounds_setup, *SETTINGS, "train.lr=1e-12", "run.rounds=3", "rounds.samples=2",
                      'rounds.reference="sft"')) == 0
     sft = json.loads((run / "state.json").read_text())
@@ -259,7 +264,10 @@ def test_with_export_each_round_is_created_on_the_server_and_the_server_samples_
     ollama_server.run_weights = True
     run = rounds_setup.parent / "run"
     rounds_setup.write_text(rounds_setup.read_text() + '\n[export]\nollama = "tiny-run"\n')
-    assert main(Args(rounds_setup, *SETTINGS)) == 0
+    # the served tiny model answers every prompt with the same words, so every chosen answer opens alike: without
+    # max_stock = 1 the opening guard rightly stops round 2 (test_a_round_that_only_teaches_an_opening_stops)
+    settings = [*SETTINGS, "rounds.max_stock=1.0"]
+    assert main(Args(rounds_setup, *settings)) == 0
 
     def files(folder: Path) -> dict[str, str]:
         return json.loads((folder / "export.json").read_text())["files"]
@@ -296,5 +304,47 @@ def test_with_export_each_round_is_created_on_the_server_and_the_server_samples_
     assert json.dumps(results).count(sampler) >= 1
 
     creates = ollama_server.count("/api/create")
-    assert main(Args(rounds_setup, *SETTINGS)) == 0                   # a rerun creates nothing again
+    assert main(Args(rounds_setup, *settings)) == 0                   # a rerun creates nothing again
     assert ollama_server.count("/api/create") == creates
+
+
+def test_pairs_that_teach_one_opening_are_dropped_before_the_round_trains(tmp_path: Path) -> None:
+    """A judge that rewards "I'd be happy to help" picks it whenever a sample has it: pairs whose chosen answer
+    opens so and whose rejected one does not train the phrase (round 4 on the seed collapsed onto it). Over
+    max_stock of the chosen answers opening alike, with at most half as many rejected ones, those pairs are
+    dropped; the sampled file stays as it was."""
+    from judge.retention import taught_opening
+    from prefloop.jsonl import read_jsonl, write_jsonl
+
+    happy = "I'd be happy to help! "
+    chosen = [happy + "Paris.", happy + "Four.", happy + "Blue.", "The answer is 7.", "Water boils at 100 C.",
+              "Seven.", "Cats purr.", "Red.", "It is a verb.", "Two."]
+    rejected = ["Paris, France.", "4", happy + "Blue!", "7", "100", "seven", "purr", "red", "verb", "2"]
+    assert taught_opening(chosen, rejected, 0.10) == "i d be happy"      # 3 of 10 chosen, 1 rejected
+    assert taught_opening(chosen, rejected, 0.30) is None               # 3 is not over 30 % of 10
+    assert taught_opening(chosen, [happy + r for r in rejected[:2]] + rejected[2:], 0.10) is None  # 3 rejected > 3/2
+
+    src = tmp_path / "pairs.jsonl"
+    rows = [{"id": str(i), "prompt": f"q{i}", "chosen": c, "rejected": r, "meta": {}}
+            for i, (c, r) in enumerate(zip(chosen, rejected))]
+    write_jsonl(src, rows)
+    before = src.read_bytes()
+    out, phrase, dropped = guard_pairs(src, 0.10)
+    assert (phrase, dropped) == ("i d be happy", 2)                      # pair 2 opens alike on both sides: kept
+    assert [r["id"] for r in read_jsonl(out)] == ["2", "3", "4", "5", "6", "7", "8", "9"]
+    assert src.read_bytes() == before
+    out, phrase, dropped = guard_pairs(src, 1.0)                           # max_stock = 1 turns it off
+    assert (phrase, dropped) == (None, 0) and len(list(read_jsonl(out))) == 10
+
+
+def test_a_round_that_only_teaches_an_opening_stops(rounds_setup: Path, ollama_server, capsys) -> None:
+    """The served tiny model answers every prompt with the same words: each pair's chosen answer opens alike and
+    its rejected one does not, so the guard leaves nothing to train on and the run stops at round 2, saying why,
+    with round 1 its result."""
+    ollama_server.run_weights = True
+    run = rounds_setup.parent / "run"
+    rounds_setup.write_text(rounds_setup.read_text() + '\n[export]\nollama = "tiny-run"\n')
+    assert main(Args(rounds_setup, *SETTINGS)) != 0
+    assert not (run / "rounds" / "2" / "train" / "final").exists()
+    out = " ".join(capsys.readouterr().out.split())
+    assert "round 2: every pair's chosen answer opens with" in out, out

@@ -267,6 +267,36 @@ def test_reference_pass_runs_in_token_capped_pieces(tiny_model_dir: Path, pairs_
         assert pieces.sums[rid] == pytest.approx(sums, abs=1e-4, rel=1e-6)
 
 
+@pytest.mark.parametrize("objective", ["simpo", "kto"])
+def test_a_cpu_runs_micro_batches_in_pieces_by_default(tiny_model_dir: Path, pairs_path: Path, tmp_path: Path,
+                                                       objective: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU no forward of the default run packs more than CPU_PIECE_TOKENS (the same gradients, a piece's
+    activations), where max_tokens_per_batch = 0 packs the whole micro-batch at once; KTO's loss reads the whole
+    micro-batch (z0), so its default stays one forward."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.config import CPU_PIECE_TOKENS
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    widest = {}
+    for cap in (None, 0):
+        monkeypatch.setenv("PREFLOOP_CACHE", str(tmp_path / f"cache-{cap}"))  # both runs make the reference pass
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        forwards: list[int] = []
+        model.model.register_forward_pre_hook(lambda m, a, kw: forwards.append(kw["input_ids"].numel()),
+                                              with_kwargs=True)
+        cfg = TrainConfig(model=str(tiny_model_dir), data=str(pairs_path), output_dir=str(tmp_path / f"{cap}"),
+                          batch_size=8, max_length=128, max_steps=2, live=False, objective=objective,
+                          rpo_alpha=0.0, **({} if cap is None else {"max_tokens_per_batch": cap}))
+        train(cfg, Console(file=io.StringIO()), model=model, tokenizer=tok)
+        widest[cap] = max(forwards)
+    assert widest[0] > CPU_PIECE_TOKENS, widest  # the batch is wide enough to be cut
+    if objective == "kto":
+        assert widest[None] == widest[0]
+    else:
+        assert widest[None] <= CPU_PIECE_TOKENS, widest
+
+
 def test_adamw_is_fused_and_steps_as_the_per_tensor_loop(tiny_model_dir: Path) -> None:
     """The optimizer takes the fused AdamW kernel on the CPU too (torch would step CPU weights one tensor at a time),
     and its steps are the per-tensor reference's, weight decay and its exemption for norms included."""

@@ -21,6 +21,11 @@ LOSS_TYPES = ("sigmoid", "cdpo", "ipo", "hinge", "robust")
 SCHEDULES = ("constant", "linear", "cosine")
 REFERENCES = ("cached", "model")
 DISTRIBUTED = ("ddp", "fsdp")
+# A CPU trains a micro-batch in pieces of at most this many packed tokens unless told otherwise: the gradients are
+# the same (up to summation order), the activations held for the backward are a piece's, and the smaller tensors
+# stay in cache (bench/objectives.py --both-caps: no slower on one thread, 0.83x the peak RSS on the tiny Llama).
+# A GPU wants the whole micro-batch in one forward.
+CPU_PIECE_TOKENS = 512
 
 
 @section("train")
@@ -64,9 +69,10 @@ class TrainConfig:
     warmup_ratio: float = setting(0.0, "warmup as a share of the steps (when warmup_steps is 0)")
     schedule: str = setting("linear", "learning-rate schedule after warmup", choices=SCHEDULES)
     batch_size: int = setting(8, "pairs (or examples) per micro-batch")
-    max_tokens_per_batch: int = setting(0, "cap on the tokens one forward packs (rows × longest row): a micro-batch "
-                                           "over it runs in pieces, with the same loss and gradients (0: no cap)",
-                                        runtime=True)
+    max_tokens_per_batch: int | None = setting(None, "cap on the tokens one forward packs (rows × longest row): a "
+                                                  "micro-batch over it runs in pieces, with the same loss and "
+                                                  f"gradients (0: no cap; default: {CPU_PIECE_TOKENS} on a CPU, "
+                                                  "none on a GPU)", runtime=True)
     grad_accum: int = setting(1, "micro-batches per optimizer step")
     max_grad_norm: float = setting(1.0, "gradient clipping norm (0 disables clipping)")
     epochs: float = setting(1.0, "passes over the data")
@@ -162,11 +168,13 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 bad(name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "max_steps", "eval_every", "save_every", "stuck_steps", "threads", "lora_r",
-                     "nproc", "max_tokens_per_batch"):
+                     "nproc"):
             if getattr(self, name) < 0:
                 bad(name, f"must be >= 0, got {getattr(self, name)}")
         from trainer.objectives import spec
 
+        if self.max_tokens_per_batch is not None and self.max_tokens_per_batch < 0:
+            bad("max_tokens_per_batch", f"must be >= 0, got {self.max_tokens_per_batch}")
         if self.max_tokens_per_batch and spec(self.objective).whole_batch:
             bad("max_tokens_per_batch", f"objective {self.objective} reads the whole micro-batch at once (its "
                 "reference point), so it cannot run in token-capped pieces: set it to 0 and lower batch_size")
@@ -190,6 +198,16 @@ class TrainConfig:
             bad("save_minutes", f"must be >= 0, got {self.save_minutes}")
         if self.dist_timeout <= 0:
             bad("dist_timeout", f"must be > 0, got {self.dist_timeout}")
+
+
+def piece_tokens(cfg: TrainConfig, device: Any) -> int:
+    """The token cap in effect on ``device`` (a ``torch.device``): the setting when given, else
+    ``CPU_PIECE_TOKENS`` on a CPU for an objective that can run in pieces, else none (0)."""
+    if cfg.max_tokens_per_batch is not None:
+        return cfg.max_tokens_per_batch
+    from trainer.objectives import spec
+
+    return CPU_PIECE_TOKENS if device.type == "cpu" and not spec(cfg.objective).whole_batch else 0
 
 
 def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None,

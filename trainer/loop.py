@@ -30,7 +30,7 @@ from prefloop.stage import StageResult
 from trainer import attention, distributed, load, lora
 from trainer.checkpoint import (check_resumable, list_checkpoints, load_checkpoint, run_fingerprint,
                                 save_checkpoint, step_folders)
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, piece_tokens
 from trainer.data import DESCRIPTIONS, LOADERS, TrainError, TrainItem, load_data, split_items
 from trainer.distributed import Dist
 from trainer.interrupt import StopFlag
@@ -370,6 +370,7 @@ def _run(cfg: TrainConfig, objective: Objective, console: Any, out: Path, dist: 
         last_save = time.monotonic()
 
     # 6. steps
+    cap = piece_tokens(cfg, dist.device)
     view = LiveView(console, total, cfg.live and dist.is_main, start=step)
     with log, view:
         while step < total:
@@ -380,7 +381,7 @@ def _run(cfg: TrainConfig, objective: Objective, console: Any, out: Path, dist: 
             avg = Averager()
             tokens = 0.0
             for j, idx in enumerate(groups[pos]):
-                pieces = share_pieces(dist, train_ex, idx, cfg.max_tokens_per_batch)
+                pieces = share_pieces(dist, train_ex, idx, cap)
                 parts: dict[str, float] = {}  # each piece's loss and metrics are its part of the micro-batch's
                 for n, (rows, weight) in enumerate(pieces):
                     mine = [train_ex[i] for i in rows]

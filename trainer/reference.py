@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 
 from prefloop.progress import Progress
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, piece_tokens
 from trainer.data import TrainError
 from trainer.distributed import Dist
 from trainer.attention import resolve as resolve_attention
@@ -74,7 +74,7 @@ class Reference:
             self.cache, computed, path = load_or_compute(
                 module, examples, tokenizer.pad_token_id, batch_size=max(16, 2 * self.cfg.batch_size),
                 dtype=self.cfg.dtype, model_hash=self.digest, device=dist.device, dist=dist, progress=ticker,
-                should_stop=should_stop, max_tokens=self.cfg.max_tokens_per_batch,
+                should_stop=should_stop, max_tokens=piece_tokens(self.cfg, dist.device),
                 multiple_of=pad_multiple(dist.device))
         if separate:
             self.model = self.module = None
