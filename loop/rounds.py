@@ -77,6 +77,8 @@ class RoundRow:
     reward_accuracy: float | None = None   # held-out reward accuracy of the round's training (no judge)
     stock_opening: str | None = None       # the opening most of its answers share
     sft_stock_share: float | None = None   # the SFT model's share on the same prompts
+    dropped: int | None = None             # sampled pairs the opening guard kept out of training (guard_pairs)
+    dropped_opening: str | None = None     # the opening their chosen answers taught
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -111,10 +113,18 @@ def round_row(run_dir: Path, k: int, model: str) -> RoundRow:
     paths = round_paths(run_dir, k)
     vs_sft, ret = judged(paths.judge)
     vs_prev = vs_sft if k == 1 else judged(paths.root / "judge-previous")[0]
-    pairs = paths.train_pairs if k == 1 else guarded_path(paths.pairs)
-    return skill_row(RoundRow(round=k, model=model, vs_sft=vs_sft, vs_previous=vs_prev,
-                              pairs=sum(1 for _ in pairs.open()) if pairs.exists() else None,
-                              reward_accuracy=held_out_reward_accuracy(paths.train)), ret)
+    row = RoundRow(round=k, model=model, vs_sft=vs_sft, vs_previous=vs_prev,
+                   reward_accuracy=held_out_reward_accuracy(paths.train))
+    if k == 1:
+        row.pairs = sum(1 for _ in paths.train_pairs.open()) if paths.train_pairs.exists() else None
+    elif guarded_path(paths.pairs).exists():
+        from judge.retention import opening
+
+        kept = {r["id"] for r in read_jsonl(guarded_path(paths.pairs))}
+        gone = [r for r in read_jsonl(paths.pairs) if r["id"] not in kept]
+        row.pairs, row.dropped = len(kept), len(gone)
+        row.dropped_opening = opening(gone[0]["chosen"]) if gone else None
+    return skill_row(row, ret)
 
 
 def guarded_path(pairs: Path) -> Path:
@@ -426,7 +436,9 @@ def add_rounds_section(report: Any, run_dir: Path, plots: Path) -> None:
                    "reward accuracy": pct(r.get("reward_accuracy"), 0), "content kept": pct(r["kept"], 0),
                    "stock opening": pct(r["stock_share"], 0), "loops": r["loops"],
                    "mean length (chars)": None if r["mean_chars"] is None else round(r["mean_chars"]),
-                   "pairs": r["pairs"]} for r in rows],
+                   "pairs": r["pairs"],
+                   "dropped by the opening guard": (f"{r['dropped']} (\"{r['dropped_opening']} …\")"
+                                                    if r.get("dropped") else r.get("dropped"))} for r in rows],
                  caption="each round on the same held-out prompts, 95 % intervals")
     if len(rows) > 1:
         report.image(plot_curve(rows, plots / "rounds.png"), caption="the round curve")

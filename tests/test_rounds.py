@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from loop.config import load_loop_config
-from loop.rounds import RoundRow, best_round, guard_pairs, prompt_slice, round_train_config, stop_reason
+from loop.rounds import (RoundRow, best_round, guard_pairs, prompt_slice, round_row, round_train_config,
+                         stop_reason)
 from loop.run import main
 from test_loop import Args, scripted_reply, write_config
 
@@ -335,6 +336,14 @@ def test_pairs_that_teach_one_opening_are_dropped_before_the_round_trains(tmp_pa
     assert src.read_bytes() == before
     out, phrase, dropped = guard_pairs(src, 1.0)                           # max_stock = 1 turns it off
     assert (phrase, dropped) == (None, 0) and len(list(read_jsonl(out))) == 10
+
+    # the round's row (the report's rounds table, curve.json) says how many pairs trained and what the guard dropped
+    folder = tmp_path / "run" / "rounds" / "2" / "generate"
+    folder.mkdir(parents=True)
+    write_jsonl(folder / "pairs.jsonl", rows)
+    guard_pairs(folder / "pairs.jsonl", 0.10)
+    row = round_row(tmp_path / "run", 2, "m")
+    assert (row.pairs, row.dropped, row.dropped_opening) == (8, 2, "i d be happy")
 
 
 def test_a_round_that_only_teaches_an_opening_stops(rounds_setup: Path, ollama_server, capsys) -> None:
