@@ -10,6 +10,7 @@ file is converted again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -157,10 +158,16 @@ def load_model(name: str, *, dtype: str = "fp32") -> tuple[Any, Any]:
 
 def kv_cache_name(model: Any) -> str:
     """What transformers calls a model's key/value cache, as ``forward`` argument and output field: ``cache`` in
-    newer 5.x releases, ``past_key_values`` before (deprecated there, removed in 5.40)."""
+    newer 5.x releases, ``past_key_values`` before (deprecated there, removed in 5.40). Read once per model class:
+    KTO's training steps and every local verdict ask."""
+    return _kv_cache_name(type(model))
+
+
+@functools.cache
+def _kv_cache_name(cls: type) -> str:
     import inspect
 
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
 def common_prefix_length(a: "list[int] | tuple[int, ...]", b: "list[int] | tuple[int, ...]") -> int:
