@@ -138,7 +138,7 @@ def main() -> None:
     import random
 
     from loop.config import RoundsSection
-    from loop.rounds import best_round, guard_pairs, stop_reason  # the loop's own rules
+    from loop.rounds import best_round, guard_note, guard_pairs, stop_reason  # the loop's own rules
 
     data = slices(args.val_limit)
     root = out_root() / args.name if args.name else out_root()
@@ -157,9 +157,10 @@ def main() -> None:
         folder = root / f"r{k}"
         folder.mkdir(parents=True, exist_ok=True)
         pairs, t_sample = sample_and_rank(k, models[k - 1], chunk, folder, args)
-        pairs, phrase, dropped = guard_pairs(pairs, RoundsSection().max_stock)   # the loop's own opening guard
+        limit = RoundsSection().max_stock
+        pairs, phrase, dropped = guard_pairs(pairs, limit)   # the loop's own opening guard
         if dropped:
-            print(f"round {k}: {dropped} pairs dropped whose chosen answer opens with \"{phrase} …\"", flush=True)
+            print(guard_note(k, phrase, dropped, limit), flush=True)
         models[k], t_train = train(models[k - 1], pairs, folder / "train", args, lr=args.lr)
         costs[k] = {**t_sample, "train": t_train,
                     "judge": judge(models[k], "smollm2", data, folder / "judge", args)

@@ -148,6 +148,13 @@ def guard_pairs(pairs: Path, max_stock: float) -> tuple[Path, str | None, int]:
     return out, phrase, len(rows) - len(keep)
 
 
+def guard_note(k: int, phrase: str | None, dropped: int, max_stock: float) -> str:
+    """The line that says what ``guard_pairs`` kept out of round ``k``."""
+    return (f"round {k}: {dropped} pairs dropped whose chosen answer opens with \"{phrase} …\" and whose rejected "
+            f"one does not: over [rounds] max_stock = {max_stock:.0%} of the chosen answers open so, and they would "
+            "train the phrase, not the answers")
+
+
 def skill_row(row: RoundRow, ret: Any) -> RoundRow:
     """The row with the skill its held-out answers kept (a ``judge.results`` Retention, or None: not judged)."""
     if ret is None:
@@ -346,9 +353,7 @@ class Rounds:
                       "not: the round would train the phrase, not the answers (a judge that rewards it, or a model "
                       "that answers every prompt alike); [rounds] max_stock = 1 trains on them anyway")
         if dropped:
-            loop.console.print(f"round {k}: {dropped} pairs dropped whose chosen answer opens with \"{phrase} …\" and "
-                               f"whose rejected one does not: over [rounds] max_stock = {self.r.max_stock:.0%} of "
-                               "the chosen answers open so, and they would train the phrase, not the answers")
+            loop.console.print(guard_note(k, phrase, dropped, self.r.max_stock))
         t = round_train_config(self.cfg, prev, trained_pairs, paths.train)
         loop.settings[f"round{k}/train"] = fingerprinted(t)
         inputs = {"train": file_hash(trained_pairs), "eval": file_hash(loop.paths.heldout_pairs),
