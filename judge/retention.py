@@ -22,6 +22,7 @@ All pure functions of strings, checked by hand in ``tests/test_judge_retention.p
 from __future__ import annotations
 
 from collections import Counter
+from math import comb
 from typing import Sequence
 
 from judge.results import AnswerRow, PromptSkill, Retention, SideSkill
@@ -30,6 +31,7 @@ from prefloop.text import repeats_itself, words
 
 STOCK_WORDS = 4          # "i d be happy": the opening that marks a stock phrase (4 word tokens)
 STOCK_SHARE = 0.10       # more answers than this opening alike is a stock phrase, not a topic
+TAUGHT_P = 0.05          # an opening on the chosen side of pairs beyond this chance is taught (taught_opening)
 SKILL_KEPT = 0.95        # a policy keeping less than this share of the reference's content has lost skill ...
                          # ... when the per-prompt loss is also clear of noise (diff_ci entirely below 0)
 MIN_RECALL = 0.05         # a reference recalling less of the known-good content gives no ratio ("kept 590 %")
@@ -130,15 +132,36 @@ def stock_collapse(share: float, reference_share: float, limit: float = STOCK_SH
     return share > limit and share > reference_share
 
 
+def sign_test(k: int, m: int) -> float:
+    """One-sided sign test: the chance that a fair coin puts at least ``k`` of ``k + m`` pairs on one side."""
+    n = k + m
+    return sum(comb(n, i) for i in range(k, n + 1)) / 2 ** n
+
+
 def taught_opening(chosen: Sequence[str], rejected: Sequence[str], limit: float = STOCK_SHARE) -> str | None:
-    """The opening a set of preference pairs teaches for its own sake: more than ``limit`` of the chosen answers
-    open with it, and at most half as many rejected ones do. Such pairs train the phrase, not the answers (a judge
-    that rewards "I'd be happy to help" picks it whenever a sample has it), and the next round's answers collapse
-    onto it; ``None`` when no opening is taught so."""
-    phrase, count = stock_opening(chosen)
-    if phrase is None or count <= limit * len(chosen):
+    """The opening a set of preference pairs teaches for its own sake (a judge that rewards "I'd be happy to help"
+    picks it whenever a sample has it, and the next rounds' answers collapse onto it), or ``None``. Either way of
+    telling counts:
+
+    - **share**: more than ``limit`` of the chosen answers open with it, and at most half as many rejected ones;
+    - **sign**: over the pairs whose two answers open differently, it is on the chosen side more often than a fair
+      coin would put it there (one-sided sign test, p < ``TAUGHT_P``). This catches the phrase while it is still
+      rare: on the seed, round 3 had it on the chosen side of 7 pairs and on no rejected side, 4 % of the chosen
+      answers, and round 4's answers opened with it three times as often as the SFT model's.
+
+    ``limit >= 1`` turns both off; of several phrases, the one the sign test is surest of."""
+    if limit >= 1.0:
         return None
-    return phrase if 2 * sum(opening(r) == phrase for r in rejected) <= count else None
+    phrase, count = stock_opening(chosen)
+    if phrase is not None and count > limit * len(chosen) \
+            and 2 * sum(opening(r) == phrase for r in rejected) <= count:
+        return phrase
+    sides = [(opening(c), opening(r)) for c, r in zip(chosen, rejected)]
+    on_chosen = Counter(c for c, r in sides if c is not None and c != r)
+    on_rejected = Counter(r for c, r in sides if r is not None and c != r)
+    p_values = {o: sign_test(k, on_rejected[o]) for o, k in on_chosen.items()}
+    best = min(p_values, key=lambda o: (p_values[o], -on_chosen[o]), default=None)
+    return best if best is not None and p_values[best] < TAUGHT_P else None
 
 
 def retention(answers: Sequence[AnswerRow], *, n_boot: int = 2000, seed: int = 0) -> Retention:

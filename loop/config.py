@@ -130,8 +130,9 @@ class RoundsSection:
     max_stock: float = setting(0.10, "stop when more than this share of a round's held-out answers open with one "
                                      "stock phrase (and more than the SFT model's): the judge is rewarded by the "
                                      "phrase; and drop a round's pairs that teach one opening (more than this share "
-                                     "of its chosen answers open with it, half as many rejected ones or fewer); 1 "
-                                     "turns both off")
+                                     "of its chosen answers open with it, half as many rejected ones or fewer; or "
+                                     "it is on the chosen side beyond chance, sign test p < 0.05); 1 turns both "
+                                     "off")
     lr: float = setting(0.0, "learning rate of rounds 2..N (0: [train] lr). A round's fresh slice gives fewer "
                              "steps than round 1's data; on the seed's pairs 1e-5 against round 1's 5e-6 "
                              "(bench/rounds.py)")

@@ -12,8 +12,8 @@ round k ≥ 2 then
 2. **pairs** them: ``rank`` scores the samples with the judge (a ``python:``/``reward:`` judge needs no server)
    and pairs the best with the worst, dropping ties; ``contrast`` takes the writer's answer as chosen and the
    round-(k−1) model's own as rejected (with a stronger writer, the judge-free "delta" recipe). Pairs that teach
-   one opening for its own sake (over ``max_stock`` of the chosen answers open with it, few rejected ones do) are
-   dropped before training (``guard_pairs``);
+   one opening for its own sake (over ``max_stock`` of the chosen answers open with it and few rejected ones do,
+   or a sign test finds it on the chosen side beyond chance) are dropped before training (``guard_pairs``);
 3. **trains** from the round-(k−1) model, which is also its reference (the iterative-DPO standard), or with the
    SFT model as every round's reference (``[rounds] reference = "sft"``; the trainer's ``ref_model``);
 4. is **judged** on the same held-out prompts against the SFT model and against the previous round (with
@@ -151,8 +151,9 @@ def guard_pairs(pairs: Path, max_stock: float) -> tuple[Path, str | None, int]:
 def guard_note(k: int, phrase: str | None, dropped: int, max_stock: float) -> str:
     """The line that says what ``guard_pairs`` kept out of round ``k``."""
     return (f"round {k}: {dropped} pairs dropped whose chosen answer opens with \"{phrase} …\" and whose rejected "
-            f"one does not: over [rounds] max_stock = {max_stock:.0%} of the chosen answers open so, and they would "
-            "train the phrase, not the answers")
+            f"one does not: the judge picks that opening for its own sake (over [rounds] max_stock = {max_stock:.0%} "
+            "of the chosen answers open so, or the chosen side has it more often than chance: sign test, p < 0.05), "
+            "and they would train the phrase, not the answers")
 
 
 def skill_row(row: RoundRow, ret: Any) -> RoundRow:

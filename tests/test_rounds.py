@@ -346,6 +346,35 @@ def test_pairs_that_teach_one_opening_are_dropped_before_the_round_trains(tmp_pa
     assert (row.pairs, row.dropped, row.dropped_opening) == (8, 2, "i d be happy")
 
 
+def test_an_opening_the_judge_picks_beyond_chance_is_dropped_while_still_rare(tmp_path: Path) -> None:
+    """Round 3 on the seed had "I'd be happy to help" on the chosen side of 7 of its 160 pairs and on no rejected
+    side: 4 % of the chosen answers, under max_stock, yet round 4's answers opened with it three times as often as
+    the SFT model's. Seven of seven on one side is a coin landing heads seven times (p = 1/128): a sign test over
+    the pairs whose answers open differently catches it; three of three (p = 1/8) or 7 against 3 (p = 0.17) is
+    chance, and max_stock = 1 still turns the guard off."""
+    from judge.retention import sign_test, taught_opening
+    from prefloop.jsonl import read_jsonl, write_jsonl
+
+    assert sign_test(7, 0) == 1 / 128 and sign_test(3, 0) == 1 / 8 and abs(sign_test(7, 3) - 176 / 1024) < 1e-12
+    happy = "I'd be happy to help! "
+    plain = [f"Answer number {i} is {i * 3}." for i in range(160)]
+    other = [f"{i * 3}, that is the answer." for i in range(160)]
+    chosen = [happy + a if i < 7 else a for i, a in enumerate(plain)]
+    assert taught_opening(chosen, other, 0.10) == "i d be happy"        # 7 of 160 chosen: 4 %, under 10 %
+    three = [happy + a if i < 3 else a for i, a in enumerate(plain)]
+    assert taught_opening(three, other, 0.10) is None
+    rejected = [happy + a if 7 <= i < 10 else a for i, a in enumerate(other)]
+    assert taught_opening(chosen, rejected, 0.10) is None                # 7 against 3
+    assert taught_opening(chosen, other, 1.0) is None
+
+    src = tmp_path / "pairs.jsonl"
+    write_jsonl(src, [{"id": str(i), "prompt": f"q{i}", "chosen": c, "rejected": r, "meta": {}}
+                      for i, (c, r) in enumerate(zip(chosen, other))])
+    out, phrase, dropped = guard_pairs(src, 0.10)
+    assert (phrase, dropped) == ("i d be happy", 7)
+    assert [r["id"] for r in read_jsonl(out)] == [str(i) for i in range(7, 160)]
+
+
 def test_a_round_that_only_teaches_an_opening_stops(rounds_setup: Path, ollama_server, capsys) -> None:
     """The served tiny model answers every prompt with the same words: each pair's chosen answer opens alike and
     its rejected one does not, so the guard leaves nothing to train on and the run stops at round 2, saying why,
