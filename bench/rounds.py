@@ -17,7 +17,7 @@ The SFT model is measured in the same run (round 1's verdict is against it). The
 previous one (interval above 50 %), round 3 beats round 1, content kept ≥ 0.95, stock openings ≤ 10 %.
 
     nice -n 10 .venv/bin/python bench/rounds.py                       # 3 rounds, defaults below
-    nice -n 10 .venv/bin/python bench/rounds.py --round1 ~/.cache/prefloop/bench/alignment/train/rpo1-chat-*/final
+    nice -n 10 .venv/bin/python bench/rounds.py --round1 rpo1-chat
                                                                       # round 1 = the defaults' model, trained already
     nice -n 10 .venv/bin/python bench/rounds.py --rounds 2 --prompts-per-round 32 --val-limit 20  # smaller
 
@@ -117,6 +117,20 @@ def sample_and_rank(k: int, prev: str, prompts: list[dict], out: Path, args: arg
                                  "rank": busy.get("score", 0.0)}
 
 
+def round1_model(spec: str) -> str:
+    """``--round1``: a model folder, or the name of a ``bench/alignment.py`` setting (its model, trained there first
+    when it is not in that benchmark's cache yet)."""
+    import alignment
+
+    if Path(spec).expanduser().exists():
+        return str(Path(spec).expanduser())
+    names = {s.name: s for s in alignment.SEARCH}
+    if spec not in names:
+        raise SystemExit(f"--round1 {spec}: neither a model folder nor a setting of bench/alignment.py "
+                         f"({', '.join(names)})")
+    return str(alignment.trained(names[spec], alignment.data_slices()))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=3)
@@ -128,8 +142,9 @@ def main() -> None:
     p.add_argument("--max-steps", type=int, default=0, help="cap training steps per round (0: one epoch)")
     p.add_argument("--lr", type=float, default=1e-5, help="learning rate of rounds 2 and on (round 1: the trainer's "
                    "default, the plain command); 0: the trainer's default")
-    p.add_argument("--round1", default="", help="a model trained already on the training rows to use as round 1 "
-                   "(e.g. bench/alignment.py's rpo1-chat, the plain command's model), instead of training it here")
+    p.add_argument("--round1", default="", help="round 1: a model folder trained already on the training rows, or a "
+                   "setting of bench/alignment.py (rpo1-chat: the plain command's model, from that benchmark's "
+                   "cache), instead of training it here")
     p.add_argument("--name", default="", help="keep this run's rounds apart (under rounds/NAME/), e.g. for another "
                    "--round1; the data slices and the judgment cache are shared")
     p.add_argument("--threads", type=int, default=2)
@@ -145,7 +160,7 @@ def main() -> None:
     costs: dict[int, dict[str, float]] = {}
     models = {0: "smollm2"}
     if args.round1:
-        models[1], t_train = str(Path(args.round1).expanduser()), 0.0
+        models[1], t_train = round1_model(args.round1), 0.0
     else:
         models[1], t_train = train("smollm2", data["train"], root / "r1" / "train", args)
     costs[1] = {"sample+rank": 0.0, "sample": 0.0, "rank": 0.0, "train": t_train,
