@@ -68,6 +68,7 @@ def slices(val_limit: int) -> dict[str, Path]:
 def train(model: str, data: Path, out: Path, args: argparse.Namespace, lr: float = 0.0) -> tuple[str, float]:
     from rich.console import Console
 
+    from prefloop.fingerprint import file_hash
     from trainer.config import TrainConfig
     from trainer.dpo import train as dpo
 
@@ -75,12 +76,17 @@ def train(model: str, data: Path, out: Path, args: argparse.Namespace, lr: float
     cfg = TrainConfig(model=model, data=str(data), output_dir=str(out), batch_size=8, epochs=1.0, seed=42,
                       dtype="fp32", max_length=1024, **lr, live=False, threads=args.threads,
                       max_steps=args.max_steps, resume=(out / "checkpoints").exists())
+    trained_on, pairs_hash = out / "pairs.sha256", file_hash(data)   # what the cached model was trained on
     if (out / "final" / "config.json").exists():
+        if trained_on.exists() and trained_on.read_text() != pairs_hash:
+            raise SystemExit(f"{out} holds a model trained on other pairs than {data} holds now (the opening guard "
+                             "changed?): pass --name to keep this run apart, or delete the folder to train again")
         return str(out / "final"), 0.0
     t0 = time.perf_counter()
     result = dpo(cfg, Console(stderr=True))
     if not result.complete:
         raise SystemExit(f"training {out} stopped: {result.reason}")
+    trained_on.write_text(pairs_hash)
     return str(out / "final"), time.perf_counter() - t0
 
 
