@@ -17,16 +17,44 @@ from pathlib import Path
 from generator.report import add_generation_section
 from judge.preflight import add_preflight_section
 from judge.report import JudgeFolder, add_examples
+from judge.results import JudgeResults
 from loop.config import LoopConfig, stage_paths
 from loop.rounds import add_rounds_section, held_out_reward_accuracy
 from prefloop.llm.base import parse_spec
-from prefloop.report import Report, load_json
+from prefloop.report import Report, is_number, load_json, pct
 from trainer.report import add_training_section
 
 HOW_TO_SCALE_UP = (
     "To use Ollama and a stronger judge, edit the config: [generate] model = \"ollama:llama3.1:70b\" (or any "
     "model `ollama list` shows), [judge] judges = [\"ollama:llama3.1:8b\"] (or \"openai:MODEL@URL\"), and point "
     "[data] prompts at your own prompt set; data/reference-recipe.toml is the full-size recipe.")
+
+
+ROUNDS_WHEN_BELOW = 0.60   # a one-round win rate whose interval reaches down to this has not clearly moved
+RANKER_LOW = 0.70          # a judge that ranks a round's samples: its validation interval's low end at least this
+
+
+def rounds_hint(rounds: int, results: JudgeResults) -> str | None:
+    """After a one-round run whose judge validated clearly on the held-out pairs (its accuracy interval from
+    ``RANKER_LOW`` up: it will pick the pairs the rounds train on, so above chance is not enough; the quickstart's
+    135M judge, 57-100 % on 7 pairs, is not) and whose model kept its skill, but whose win rate's interval reaches
+    down to ``ROUNDS_WHEN_BELOW``: the measured next step. One pass with the NLL term learns the data's own answers
+    (on the seed, 41 %); rounds go past them on the model's own answers ranked by that judge (83 % at round 4,
+    content kept). None otherwise: no judge to rank with (a person, or one not clearly right), a model that lost
+    the skill (the headline names those levers), or a preference that moved."""
+    head, ret = results.headline, results.retention
+    v = head.validation
+    if rounds > 1 or not head.n or v is None or not v.n or parse_spec(head.judge).person:
+        return None
+    if not is_number(v.ci[0]) or v.ci[0] < RANKER_LOW:
+        return None
+    if ret is None or ret.lost or (is_number(head.ci_low) and head.ci_low > ROUNDS_WHEN_BELOW):
+        return None
+    return (f"judge {head.judge} validates on your held-out pairs and the model kept its skill, but the preference "
+            f"moved little ({pct(head.win_rate)}, its interval down to {pct(head.ci_low)}). Rounds train again on the "
+            "model's own answers, ranked by that judge: --set run.rounds=4 --set rounds.lr=1e-5 (on the seed's pairs "
+            "41% after one pass, 83% at round 4 with the content kept: README, Rounds); the loop stops sooner when a "
+            "round loses the skill or collapses onto one phrase.")
 
 
 def uses_local_models(cfg: LoopConfig) -> bool:

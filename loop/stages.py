@@ -374,7 +374,7 @@ class Loop:
 
         from judge.report import headline, order_lines
         from judge.results import JudgeResults
-        from loop.report import HOW_TO_SCALE_UP, held_out_reward_accuracy, uses_local_models
+        from loop.report import HOW_TO_SCALE_UP, held_out_reward_accuracy, rounds_hint, uses_local_models
 
         from loop.rounds import curve, round_paths
 
@@ -388,6 +388,9 @@ class Loop:
             for line in headline(results, held_out_reward_accuracy(result_paths.train)).plain() + \
                     order_lines(results):
                 self.say(f"  {escape(line)}")
+            hint = rounds_hint(self.cfg.run.rounds, results)
+            if hint:
+                self.say(f"[bold]next:[/bold] {escape(hint)}")
         self.say(f"report: {paths[0]}  (and {paths[1].name})   total {seconds / 60:.1f} min")
         if uses_local_models(self.cfg):
             self.say(f"[bold]next:[/bold] {escape(HOW_TO_SCALE_UP)}")

@@ -82,3 +82,22 @@ def test_held_out_pairs_are_measured_against_the_dataset_answer_not_the_rewrite(
     path.write_text(json.dumps(rows))
     records, _ = load_eval_prompts(JudgeConfig(policy="p", prompts=str(path), judges=["local:smollm2"]))
     assert [r.known_good for r in records] == ["Athens.", "Hello there!"]
+
+
+def test_a_one_round_run_whose_validated_judge_saw_little_move_is_told_about_rounds():
+    """Issue 21: the one-pass defaults keep the skill and move the preference to the data's own level; rounds with
+    a judge that validates moved it past (README, Rounds). The run says so only where rounds can help: one round,
+    a judge clearly above chance (it would pick the pairs) that is not a person, the skill kept, and a win rate whose interval reaches 60 %."""
+    from loop.report import rounds_hint
+
+    little = results((0.85, 1.0), (0.55, 0.45, 0.65), kept_skill=True)
+    hint = rounds_hint(1, little)
+    assert hint is not None and "--set run.rounds=4 --set rounds.lr=1e-5" in hint and "55.0%" in hint
+    assert rounds_hint(4, little) is None                                              # rounds already
+    assert rounds_hint(1, results((0.4, 0.6), (0.55, 0.45, 0.65), kept_skill=True)) is None   # judge at chance
+    assert rounds_hint(1, results((0.571, 1.0), (0.40, 0.15, 0.65), kept_skill=True)) is None  # the quickstart's
+    assert rounds_hint(1, results((0.85, 1.0), (0.55, 0.45, 0.65))) is None            # skill lost: other levers
+    assert rounds_hint(1, results((0.85, 1.0), (0.80, 0.70, 0.90), kept_skill=True)) is None  # moved clearly
+    person = results((0.85, 1.0), (0.55, 0.45, 0.65), kept_skill=True)
+    person.headline.judge = "human"
+    assert rounds_hint(1, person) is None                                              # a person ranks no samples
