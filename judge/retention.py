@@ -147,7 +147,7 @@ def taught_opening(chosen: Sequence[str], rejected: Sequence[str], limit: float 
     - **sign**: over the pairs whose two answers open differently, it is on the chosen side more often than a fair
       coin would put it there (one-sided sign test, p < ``TAUGHT_P``). This catches the phrase while it is still
       rare: on the seed, round 3 had it on the chosen side of 7 pairs and on no rejected side, 4 % of the chosen
-      answers, and round 4's answers opened with it three times as often as the SFT model's.
+      answers, and round 4's answers opened with it 2.5 times as often as the SFT model's.
 
     ``limit >= 1`` turns both off; of several phrases, the one the sign test is surest of."""
     if limit >= 1.0:

@@ -150,10 +150,12 @@ def guard_pairs(pairs: Path, max_stock: float) -> tuple[Path, str | None, int]:
 
 def guard_note(k: int, phrase: str | None, dropped: int, max_stock: float) -> str:
     """The line that says what ``guard_pairs`` kept out of round ``k``."""
+    from judge.retention import TAUGHT_P
+
     return (f"round {k}: {dropped} pairs dropped whose chosen answer opens with \"{phrase} …\" and whose rejected "
             f"one does not: the judge picks that opening for its own sake (over [rounds] max_stock = {max_stock:.0%} "
-            "of the chosen answers open so, or the chosen side has it more often than chance: sign test, p < 0.05), "
-            "and they would train the phrase, not the answers")
+            "of the chosen answers open so, or the chosen side has it more often than chance: sign test, "
+            f"p < {TAUGHT_P}), and they would train the phrase, not the answers")
 
 
 def skill_row(row: RoundRow, ret: Any) -> RoundRow:
