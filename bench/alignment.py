@@ -119,6 +119,9 @@ SEARCH = [
     # SimPO further than one epoch at its small learning rate: the one single pass past the chosen side's level
     Setting("simpo-chat-2epochs", lr=1e-6, beta=2.5, prompt_format="chat", epochs=2.0,
             extra=(("objective", "simpo"), ("simpo_gamma", 1.25))),
+    # between them: does half an epoch more reach 70 % before the content goes?
+    Setting("simpo-chat-1.5epochs", lr=1e-6, beta=2.5, prompt_format="chat", epochs=1.5,
+            extra=(("objective", "simpo"), ("simpo_gamma", 1.25))),
     # KTO on the same pairs, each split into a desirable and an undesirable answer (twice the rows, so 233 steps an
     # epoch); β 0.1 and lr 1e-6 as TRL's KTOConfig defaults them
     Setting("kto-chat", lr=1e-6, beta=0.1, prompt_format="chat", extra=(("objective", "kto"),)),
