@@ -22,11 +22,10 @@ All pure functions of strings, checked by hand in ``tests/test_judge_retention.p
 from __future__ import annotations
 
 from collections import Counter
-from math import comb
 from typing import Sequence
 
 from judge.results import AnswerRow, PromptSkill, Retention, SideSkill
-from judge.stats import bootstrap_ci
+from judge.stats import bootstrap_ci, sign_test
 from prefloop.text import repeats_itself, words
 
 STOCK_WORDS = 4          # "i d be happy": the opening that marks a stock phrase (4 word tokens)
@@ -130,12 +129,6 @@ def stock_collapse(share: float, reference_share: float, limit: float = STOCK_SH
     """The preference has become one stock phrase: more than ``limit`` of the trained answers open alike, and more
     than the reference's do."""
     return share > limit and share > reference_share
-
-
-def sign_test(k: int, m: int) -> float:
-    """One-sided sign test: the chance that a fair coin puts at least ``k`` of ``k + m`` pairs on one side."""
-    n = k + m
-    return sum(comb(n, i) for i in range(k, n + 1)) / 2 ** n
 
 
 def taught_opening(chosen: Sequence[str], rejected: Sequence[str], limit: float = STOCK_SHARE) -> str | None:

@@ -79,6 +79,12 @@ def bootstrap_ci(values: Sequence[float], *, n_boot: int = 2000, seed: int = 0, 
     return float(low), float(high)
 
 
+def sign_test(k: int, m: int) -> float:
+    """One-sided sign test: the chance that a fair coin puts at least ``k`` of ``k + m`` pairs on one side."""
+    n = k + m
+    return sum(math.comb(n, i) for i in range(k, n + 1)) / 2 ** n
+
+
 def summarize(outcomes: Sequence[str], *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> WinRate:
     """Win rate, interval and counts for per-prompt outcomes."""
     counts = Counter(outcomes)

@@ -87,7 +87,8 @@ def test_held_out_pairs_are_measured_against_the_dataset_answer_not_the_rewrite(
 def test_a_one_round_run_whose_validated_judge_saw_little_move_is_told_about_rounds():
     """Issue 21: the one-pass defaults keep the skill and move the preference to the data's own level; rounds with
     a judge that validates moved it past (README, Rounds). The run says so only where rounds can help: one round,
-    a judge clearly above chance (it would pick the pairs) that is not a person, the skill kept, and a win rate whose interval reaches 60 %."""
+    a judge clearly above chance (it would pick the pairs) that is not a person, the skill kept, and a win rate
+    whose interval reaches 60 %."""
     from loop.report import rounds_hint
 
     little = results((0.85, 1.0), (0.55, 0.45, 0.65), kept_skill=True)

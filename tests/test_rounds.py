@@ -348,11 +348,12 @@ def test_pairs_that_teach_one_opening_are_dropped_before_the_round_trains(tmp_pa
 
 def test_an_opening_the_judge_picks_beyond_chance_is_dropped_while_still_rare(tmp_path: Path) -> None:
     """Round 3 on the seed had "I'd be happy to help" on the chosen side of 7 of its 160 pairs and on no rejected
-    side: 4 % of the chosen answers, under max_stock, yet round 4's answers opened with it three times as often as
+    side: 4 % of the chosen answers, under max_stock, yet round 4's answers opened with it 2.5 times as often as
     the SFT model's. Seven of seven on one side is a coin landing heads seven times (p = 1/128): a sign test over
     the pairs whose answers open differently catches it; three of three (p = 1/8) or 7 against 3 (p = 0.17) is
     chance, and max_stock = 1 still turns the guard off."""
-    from judge.retention import sign_test, taught_opening
+    from judge.retention import taught_opening
+    from judge.stats import sign_test
     from prefloop.jsonl import read_jsonl, write_jsonl
 
     assert sign_test(7, 0) == 1 / 128 and sign_test(3, 0) == 1 / 8 and abs(sign_test(7, 3) - 176 / 1024) < 1e-12
